@@ -1,0 +1,181 @@
+from . import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class LoadBeforeRequest(_message.Message):
+    __slots__ = ("oid", "before_tid", "table_version")
+    OID_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_TID_FIELD_NUMBER: _ClassVar[int]
+    TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    oid: bytes
+    before_tid: bytes
+    table_version: int
+    def __init__(self, oid: _Optional[bytes] = ..., before_tid: _Optional[bytes] = ..., table_version: _Optional[int] = ...) -> None: ...
+
+class LoadSerialRequest(_message.Message):
+    __slots__ = ("oid", "serial", "table_version")
+    OID_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    oid: bytes
+    serial: bytes
+    table_version: int
+    def __init__(self, oid: _Optional[bytes] = ..., serial: _Optional[bytes] = ..., table_version: _Optional[int] = ...) -> None: ...
+
+class LoadReply(_message.Message):
+    __slots__ = ("status", "record", "serial", "next_serial", "data_serial")
+    class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATUS_UNSPECIFIED: _ClassVar[LoadReply.Status]
+        FOUND: _ClassVar[LoadReply.Status]
+        NO_REVISION: _ClassVar[LoadReply.Status]
+    STATUS_UNSPECIFIED: LoadReply.Status
+    FOUND: LoadReply.Status
+    NO_REVISION: LoadReply.Status
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    NEXT_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    DATA_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    status: LoadReply.Status
+    record: _common_pb2.DataRecord
+    serial: bytes
+    next_serial: bytes
+    data_serial: bytes
+    def __init__(self, status: _Optional[_Union[LoadReply.Status, str]] = ..., record: _Optional[_Union[_common_pb2.DataRecord, _Mapping]] = ..., serial: _Optional[bytes] = ..., next_serial: _Optional[bytes] = ..., data_serial: _Optional[bytes] = ...) -> None: ...
+
+class ObjectStore(_message.Message):
+    __slots__ = ("oid", "serial", "record", "data_serial", "undone_creation", "check_only")
+    OID_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    DATA_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    UNDONE_CREATION_FIELD_NUMBER: _ClassVar[int]
+    CHECK_ONLY_FIELD_NUMBER: _ClassVar[int]
+    oid: bytes
+    serial: bytes
+    record: _common_pb2.DataRecord
+    data_serial: bytes
+    undone_creation: bool
+    check_only: bool
+    def __init__(self, oid: _Optional[bytes] = ..., serial: _Optional[bytes] = ..., record: _Optional[_Union[_common_pb2.DataRecord, _Mapping]] = ..., data_serial: _Optional[bytes] = ..., undone_creation: _Optional[bool] = ..., check_only: _Optional[bool] = ...) -> None: ...
+
+class StoreRequest(_message.Message):
+    __slots__ = ("ttid", "objects", "table_version")
+    TTID_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ttid: bytes
+    objects: _containers.RepeatedCompositeFieldContainer[ObjectStore]
+    table_version: int
+    def __init__(self, ttid: _Optional[bytes] = ..., objects: _Optional[_Iterable[_Union[ObjectStore, _Mapping]]] = ..., table_version: _Optional[int] = ...) -> None: ...
+
+class Conflict(_message.Message):
+    __slots__ = ("oid", "serial", "committed_serial", "read_conflict")
+    OID_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    READ_CONFLICT_FIELD_NUMBER: _ClassVar[int]
+    oid: bytes
+    serial: bytes
+    committed_serial: bytes
+    read_conflict: bool
+    def __init__(self, oid: _Optional[bytes] = ..., serial: _Optional[bytes] = ..., committed_serial: _Optional[bytes] = ..., read_conflict: _Optional[bool] = ...) -> None: ...
+
+class StoreReply(_message.Message):
+    __slots__ = ("conflicts",)
+    CONFLICTS_FIELD_NUMBER: _ClassVar[int]
+    conflicts: _containers.RepeatedCompositeFieldContainer[Conflict]
+    def __init__(self, conflicts: _Optional[_Iterable[_Union[Conflict, _Mapping]]] = ...) -> None: ...
+
+class VoteRequest(_message.Message):
+    __slots__ = ("ttid", "transaction", "has_transaction")
+    TTID_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_FIELD_NUMBER: _ClassVar[int]
+    HAS_TRANSACTION_FIELD_NUMBER: _ClassVar[int]
+    ttid: bytes
+    transaction: _common_pb2.TransactionInfo
+    has_transaction: bool
+    def __init__(self, ttid: _Optional[bytes] = ..., transaction: _Optional[_Union[_common_pb2.TransactionInfo, _Mapping]] = ..., has_transaction: _Optional[bool] = ...) -> None: ...
+
+class AbortTransactionRequest(_message.Message):
+    __slots__ = ("ttid", "term")
+    TTID_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    ttid: bytes
+    term: int
+    def __init__(self, ttid: _Optional[bytes] = ..., term: _Optional[int] = ...) -> None: ...
+
+class CommitRequest(_message.Message):
+    __slots__ = ("ttid", "tid", "term")
+    TTID_FIELD_NUMBER: _ClassVar[int]
+    TID_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    ttid: bytes
+    tid: bytes
+    term: int
+    def __init__(self, ttid: _Optional[bytes] = ..., tid: _Optional[bytes] = ..., term: _Optional[int] = ...) -> None: ...
+
+class HistoryRequest(_message.Message):
+    __slots__ = ("oid", "size")
+    OID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    oid: bytes
+    size: int
+    def __init__(self, oid: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...
+
+class Revision(_message.Message):
+    __slots__ = ("tid", "size")
+    TID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    tid: bytes
+    size: int
+    def __init__(self, tid: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...
+
+class HistoryReply(_message.Message):
+    __slots__ = ("revisions",)
+    REVISIONS_FIELD_NUMBER: _ClassVar[int]
+    revisions: _containers.RepeatedCompositeFieldContainer[Revision]
+    def __init__(self, revisions: _Optional[_Iterable[_Union[Revision, _Mapping]]] = ...) -> None: ...
+
+class ListTransactionsRequest(_message.Message):
+    __slots__ = ("partitions", "min_tid", "max_tid", "limit", "descending")
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    MIN_TID_FIELD_NUMBER: _ClassVar[int]
+    MAX_TID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    DESCENDING_FIELD_NUMBER: _ClassVar[int]
+    partitions: _containers.RepeatedScalarFieldContainer[int]
+    min_tid: bytes
+    max_tid: bytes
+    limit: int
+    descending: bool
+    def __init__(self, partitions: _Optional[_Iterable[int]] = ..., min_tid: _Optional[bytes] = ..., max_tid: _Optional[bytes] = ..., limit: _Optional[int] = ..., descending: _Optional[bool] = ...) -> None: ...
+
+class ListTransactionsReply(_message.Message):
+    __slots__ = ("transactions",)
+    TRANSACTIONS_FIELD_NUMBER: _ClassVar[int]
+    transactions: _containers.RepeatedCompositeFieldContainer[_common_pb2.TransactionInfo]
+    def __init__(self, transactions: _Optional[_Iterable[_Union[_common_pb2.TransactionInfo, _Mapping]]] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ("partitions",)
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    partitions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, partitions: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class StatsReply(_message.Message):
+    __slots__ = ("object_count", "size", "last_tid")
+    OBJECT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    LAST_TID_FIELD_NUMBER: _ClassVar[int]
+    object_count: int
+    size: int
+    last_tid: bytes
+    def __init__(self, object_count: _Optional[int] = ..., size: _Optional[int] = ..., last_tid: _Optional[bytes] = ...) -> None: ...

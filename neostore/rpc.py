@@ -1,0 +1,262 @@
+"""The one factory for every gRPC channel and server in neostore.
+
+Masters, storage nodes, clients and ``neoctl`` all create their channels
+with :func:`make_channel` and their servers with :func:`make_server`, so
+that, by construction, everywhere:
+
+* TLS with mutual authentication applies when a :class:`TlsConfig` is given
+  (plain TCP only when none is, for development and tests);
+* messages are bounded in size (``max_message_bytes``), both ways;
+* every call carries the cluster name, and every server refuses a call for
+  another cluster with :class:`~neostore.errors.WrongCluster`;
+* a :class:`~neostore.errors.NeoError` raised by a servicer becomes a gRPC
+  status with the error's class in the trailing metadata, and
+  :func:`call` turns it back into the same exception on the caller's side.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import pathlib
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from neostore import errors
+
+log = logging.getLogger(__name__)
+
+CLUSTER_METADATA_KEY = "neostore-cluster"
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsConfig:
+    """PEM files: the cluster CA, this party's certificate and key."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        return (
+            pathlib.Path(self.ca_file).read_bytes(),
+            pathlib.Path(self.cert_file).read_bytes(),
+            pathlib.Path(self.key_file).read_bytes(),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RpcConfig:
+    """What every connection of one process shares."""
+
+    cluster_name: str
+    tls: TlsConfig | None = None
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+    def __post_init__(self) -> None:
+        if not self.cluster_name or not self.cluster_name.isprintable():
+            raise ValueError(f"invalid cluster name {self.cluster_name!r}")
+
+
+def _options(config: RpcConfig) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.enable_retries", 0),
+    ]
+
+
+# -- server side -------------------------------------------------------------
+
+
+class _ServerInterceptor(grpc.ServerInterceptor):
+    """Checks the cluster name; maps NeoError to a status (one place)."""
+
+    def __init__(self, cluster_name: str) -> None:
+        self._cluster_name = cluster_name
+
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        theirs = metadata.get(CLUSTER_METADATA_KEY)
+        if theirs != self._cluster_name:
+            message = (
+                f"wrong cluster name {theirs!r}: this node belongs to cluster "
+                f"{self._cluster_name!r}"
+                if theirs is not None
+                else f"no cluster name sent: this node belongs to cluster {self._cluster_name!r}"
+            )
+            return _refusing_handler(handler, errors.WrongCluster(message))
+        return _wrap_handler(handler)
+
+
+def _abort(context: grpc.ServicerContext, error: Exception) -> None:
+    if isinstance(error, errors.NeoError):
+        context.set_trailing_metadata(((errors.ERROR_METADATA_KEY, type(error).__name__),))
+        context.abort(error.code, str(error))
+    log.exception("unexpected error in servicer")
+    context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
+
+
+def _wrap_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    if handler.unary_unary is not None:
+        inner_uu = handler.unary_unary
+
+        def unary_unary(request, context):  # type: ignore[no-untyped-def]
+            try:
+                return inner_uu(request, context)
+            except Exception as error:  # noqa: BLE001 - mapped to a status
+                if context.code() is not None:  # already aborted by the servicer
+                    raise
+                _abort(context, error)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        inner_us = handler.unary_stream
+
+        def unary_stream(request, context):  # type: ignore[no-untyped-def]
+            try:
+                yield from inner_us(request, context)
+            except Exception as error:  # noqa: BLE001 - mapped to a status
+                if context.code() is not None:  # already aborted by the servicer
+                    raise
+                _abort(context, error)
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
+
+
+def _refusing_handler(handler: grpc.RpcMethodHandler, error: errors.NeoError) -> grpc.RpcMethodHandler:
+    def refuse(request, context):  # type: ignore[no-untyped-def]
+        _abort(context, error)
+
+    def refuse_stream(request, context):  # type: ignore[no-untyped-def]
+        _abort(context, error)
+        yield  # pragma: no cover - never reached
+
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            refuse_stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return grpc.unary_unary_rpc_method_handler(
+        refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def make_server(config: RpcConfig, address: str, max_workers: int = 64) -> tuple[grpc.Server, int]:
+    """A started-later server bound to ``address`` (``host:0`` picks a port).
+
+    Returns the server and the port it is bound to.  Add servicers, then
+    call ``server.start()``.
+    """
+    server = grpc.server(
+        concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+        interceptors=[_ServerInterceptor(config.cluster_name)],
+        options=_options(config) + [("grpc.so_reuseport", 0)],
+        maximum_concurrent_rpcs=None,
+    )
+    if config.tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        ca, cert, key = config.tls.read()
+        credentials = grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=True
+        )
+        port = server.add_secure_port(address, credentials)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return server, port
+
+
+# -- client side -------------------------------------------------------------
+
+
+class _ClusterNameInterceptor(
+    grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor
+):
+    def __init__(self, cluster_name: str) -> None:
+        self._metadata = ((CLUSTER_METADATA_KEY, cluster_name),)
+
+    def _details(self, details):  # type: ignore[no-untyped-def]
+        metadata = tuple(details.metadata or ()) + self._metadata
+        return _CallDetails(
+            details.method, details.timeout, metadata, details.credentials,
+            getattr(details, "wait_for_ready", None), getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._details(client_call_details), request)
+
+
+@dataclasses.dataclass(frozen=True)
+class _CallDetails(grpc.ClientCallDetails):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: Any
+    compression: Any
+
+
+def make_channel(config: RpcConfig, address: str) -> grpc.Channel:
+    """A channel to ``address`` that sends the cluster name on every call."""
+    if config.tls is None:
+        channel = grpc.insecure_channel(address, options=_options(config))
+    else:
+        ca, cert, key = config.tls.read()
+        credentials = grpc.ssl_channel_credentials(ca, key, cert)
+        channel = grpc.secure_channel(address, credentials, options=_options(config))
+    return grpc.intercept_channel(channel, _ClusterNameInterceptor(config.cluster_name))
+
+
+Reply = TypeVar("Reply")
+
+
+def call(method: Callable[..., Reply], request: Any, timeout: float | None = None, peer: str = "") -> Reply:
+    """Call a unary rpc; a failure raises the matching NeoError."""
+    try:
+        return method(request, timeout=timeout)
+    except grpc.RpcError as error:
+        raise errors.from_rpc_error(error, peer) from None
+
+
+def result(future: grpc.Future, peer: str = "") -> Any:
+    """The result of a ``.future()`` call; a failure raises the NeoError."""
+    try:
+        return future.result()
+    except grpc.RpcError as error:
+        raise errors.from_rpc_error(error, peer) from None
+
+
+def stream(iterator: Iterator[Any], peer: str = "") -> Iterator[Any]:
+    """Iterate a server stream; a failure raises the matching NeoError."""
+    try:
+        yield from iterator
+    except grpc.RpcError as error:
+        raise errors.from_rpc_error(error, peer) from None
