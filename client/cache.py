@@ -1,0 +1,180 @@
+"""The client's object cache: revisions of objects, bounded in bytes.
+
+An entry is one revision of one object: its data, the TID that wrote it
+(``start``) and the TID that replaced it (``end``), or ``None`` while it is
+the current revision as far as the invalidation stream has told us.
+
+* A *non-current* entry (``end`` known) is history: it answers
+  ``loadBefore(oid, tid)`` for every ``start < tid <= end``, forever.
+* A *current* entry answers ``loadBefore(oid, tid)`` for ``tid > start`` only
+  while ``tid - 1`` is not beyond the last TID whose invalidations were
+  processed: beyond it, the cache cannot know whether a newer revision exists.
+* An invalidation of ``oid`` at TID ``t`` turns its current entry into a
+  non-current one ending at ``t``.
+
+A load sent to a storage node races with invalidations: its answer may say
+"current" about a revision that an invalidation processed meanwhile has
+replaced.  :meth:`ObjectCache.begin_load` / :meth:`ObjectCache.end_load`
+bracket every load so that such an answer is stored with the right ``end``.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+
+from neostore.ids import u64
+
+#: Marks loads in flight during a clear(): their answers are not cached.
+_CLEARED = b""
+
+#: Fixed cost counted per entry, beyond its data.
+ENTRY_OVERHEAD = 100
+
+
+@dataclasses.dataclass
+class _Entry:
+    data: bytes
+    start: bytes
+    end: bytes | None
+
+
+class ObjectCache:
+    """Thread-safe LRU cache of object revisions, at most ``max_bytes``."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+        # (oid, start) -> entry, in LRU order (oldest first)
+        self._entries: collections.OrderedDict[tuple[bytes, bytes], _Entry] = collections.OrderedDict()
+        self._current: dict[bytes, bytes] = {}  # oid -> start of current entry
+        self._by_oid: dict[bytes, set[bytes]] = {}  # oid -> starts
+        self._size = 0
+        self._loading: dict[bytes, int] = {}  # oid -> loads in flight
+        # oid -> invalidation TIDs seen while loading it (or [_CLEARED])
+        self._raced: dict[bytes, list[bytes]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # -- lookups ---------------------------------------------------------------
+
+    def load_before(self, oid: bytes, before: bytes, last_seen: bytes) -> tuple[bytes, bytes, bytes | None] | None:
+        """``(data, start, end)`` if the cache can answer, else ``None``."""
+        with self._lock:
+            starts = self._by_oid.get(oid)
+            if starts:
+                for start in starts:
+                    if start >= before:
+                        continue
+                    entry = self._entries[(oid, start)]
+                    if entry.end is None:
+                        if u64(before) - 1 > u64(last_seen):
+                            continue
+                    elif entry.end < before:
+                        continue
+                    self._entries.move_to_end((oid, start))
+                    self.hits += 1
+                    return entry.data, entry.start, entry.end
+            self.misses += 1
+            return None
+
+    def load_serial(self, oid: bytes, serial: bytes) -> bytes | None:
+        with self._lock:
+            entry = self._entries.get((oid, serial))
+            if entry is None:
+                return None
+            self._entries.move_to_end((oid, serial))
+            return entry.data
+
+    # -- loads in flight ---------------------------------------------------------
+
+    def begin_load(self, oid: bytes) -> None:
+        with self._lock:
+            self._loading[oid] = self._loading.get(oid, 0) + 1
+
+    def end_load(self, oid: bytes, data: bytes | None, start: bytes | None, end: bytes | None) -> None:
+        """Finish a load; cache its answer (``data`` None: nothing to cache)."""
+        with self._lock:
+            count = self._loading[oid] - 1
+            raced = self._raced.get(oid, [])
+            if count:
+                self._loading[oid] = count
+            else:
+                del self._loading[oid]
+                self._raced.pop(oid, None)
+            if data is None or start is None or _CLEARED in raced:
+                return
+            if end is None:
+                later = [tid for tid in raced if tid > start]
+                if later:
+                    end = min(later)
+            self._add(oid, data, start, end)
+
+    # -- changes -------------------------------------------------------------------
+
+    def store(self, oid: bytes, data: bytes, start: bytes, end: bytes | None) -> None:
+        with self._lock:
+            self._add(oid, data, start, end)
+
+    def invalidate(self, oids: list[bytes], tid: bytes) -> None:
+        """Objects ``oids`` got a new revision at ``tid``."""
+        with self._lock:
+            for oid in oids:
+                if oid in self._loading:
+                    self._raced.setdefault(oid, []).append(tid)
+                start = self._current.pop(oid, None)
+                if start is not None:
+                    entry = self._entries[(oid, start)]
+                    entry.end = tid
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._current.clear()
+            self._by_oid.clear()
+            self._size = 0
+            for oid in self._loading:
+                self._raced[oid] = [_CLEARED]
+
+    def _add(self, oid: bytes, data: bytes, start: bytes, end: bytes | None) -> None:
+        key = (oid, start)
+        old = self._entries.get(key)
+        if old is not None:
+            if old.end is None and end is not None:
+                old.end = end
+                self._current.pop(oid, None)
+            self._entries.move_to_end(key)
+            return
+        if end is None:
+            current = self._current.get(oid)
+            if current is not None and current > start:
+                return  # we already know a newer revision
+            if current is not None and current < start:
+                # Its end is unknown (maybe not ``start``): forget it.
+                self._remove(oid, current)
+            self._current[oid] = start
+        entry = _Entry(data, start, end)
+        self._entries[key] = entry
+        self._by_oid.setdefault(oid, set()).add(start)
+        self._size += len(data) + ENTRY_OVERHEAD
+        while self._size > self._max_bytes and self._entries:
+            old_oid, old_start = next(iter(self._entries))
+            self._remove(old_oid, old_start)
+
+    def _remove(self, oid: bytes, start: bytes) -> None:
+        victim = self._entries.pop((oid, start))
+        self._size -= len(victim.data) + ENTRY_OVERHEAD
+        starts = self._by_oid[oid]
+        starts.discard(start)
+        if not starts:
+            del self._by_oid[oid]
+        if self._current.get(oid) == start:
+            del self._current[oid]

@@ -1,0 +1,375 @@
+"""Two-phase commit, client side: the whole commit path, top to bottom.
+
+ZODB drives a commit as ``tpc_begin``, ``store``/``checkCurrentSerialIn
+Transaction``/``undo`` (any number), ``tpc_vote``, then ``tpc_finish`` or
+``tpc_abort``.  Each step is one function below:
+
+1. :func:`begin` — the master leader hands out a temporary id, the TTID.
+2. :func:`store` — the data is packed (compressed, checksummed) and queued;
+   queued stores are sent (:func:`send_stores`) to every writable cell of
+   the oid's partition, without waiting, when enough has piled up and at
+   vote.  Each storage node takes the oid's write lock for the TTID and
+   reports a conflict when the serial is not the last committed one.
+3. :func:`vote` — waits for every store, resolves conflicts with ZODB's
+   conflict resolution and stores the result again (the lock is still ours,
+   so the second store cannot conflict with another transaction), then asks
+   every storage node involved to make the data durable; the cells of
+   ``partition(ttid)`` also get the transaction's metadata.  A node that
+   fails is dropped as long as every partition touched keeps one replica
+   that voted.  Returns the oids whose conflicts were resolved.
+4. :func:`finish` — the master decides, assigns the TID, has the storages
+   apply, publishes the invalidation, answers the TID; the client then waits
+   for its invalidation stream to deliver that TID and calls ZODB's callback
+   (see ``neostore.client.invalidations``).
+5. :func:`abort` — waits for stores still in flight (or their locks would
+   outlive the abort), then asks the master to abort the TTID on the
+   storage nodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable
+from typing import Any
+
+from ZODB import POSException
+
+from neostore import errors, rpc
+from neostore.client.cluster import ClusterConnection
+from neostore.client.invalidations import InvalidationDispatcher
+from neostore.ids import partition_of
+from neostore.protocol import common_pb2, master_pb2, storage_pb2
+from neostore.records import Record
+
+#: Queued stores are sent once they hold this many bytes.
+SEND_THRESHOLD_BYTES = 4 * 1024 * 1024
+#: At most this many bytes of objects in one Store request.
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+STORE_TIMEOUT = 120.0
+VOTE_TIMEOUT = 120.0
+FINISH_TIMEOUT = 120.0
+
+#: ZODB's conflict resolution: (oid, committed_serial, old_serial, new_data) -> data
+Resolver = Callable[[bytes, bytes, bytes, bytes], bytes]
+
+
+class Phase(enum.Enum):
+    BEGUN = "begun"
+    VOTED = "voted"
+    FINISHED = "finished"
+    ABORTED = "aborted"
+
+
+@dataclasses.dataclass
+class ObjectWrite:
+    """One object write of a transaction, as last queued for its oid."""
+
+    oid: bytes
+    serial: bytes
+    data: bytes | None = None  # None for undo and check-only writes
+    record: Record | None = None
+    data_serial: bytes = b""  # undo: copy this revision's data
+    undone_creation: bool = False
+    check_only: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.record.data) if self.record is not None else 0
+
+
+@dataclasses.dataclass
+class _InFlight:
+    node_id: int
+    peer: str
+    partitions: frozenset[int]
+    future: Any
+
+
+@dataclasses.dataclass
+class TransactionContext:
+    """Everything the client knows about one transaction in progress."""
+
+    ttid: bytes
+    meta: Any  # ZODB TransactionMetaData
+    phase: Phase = Phase.BEGUN
+    writes: dict[bytes, ObjectWrite] = dataclasses.field(default_factory=dict)
+    queued: list[bytes] = dataclasses.field(default_factory=list)
+    queued_bytes: int = 0
+    in_flight: list[_InFlight] = dataclasses.field(default_factory=list)
+    # node id -> partitions it took stores for, without error
+    stored_on: dict[int, set[int]] = dataclasses.field(default_factory=dict)
+    failed: dict[int, str] = dataclasses.field(default_factory=dict)
+    touched: set[int] = dataclasses.field(default_factory=set)  # partitions
+    conflicts: dict[bytes, storage_pb2.Conflict] = dataclasses.field(default_factory=dict)
+    resolved: set[bytes] = dataclasses.field(default_factory=set)
+    votes: dict[int, set[int]] = dataclasses.field(default_factory=dict)
+    fatal: Exception | None = None
+    undone_oids: set[bytes] = dataclasses.field(default_factory=set)
+
+    @property
+    def changed_oids(self) -> list[bytes]:
+        return [w.oid for w in self.writes.values() if not w.check_only]
+
+
+# -- 1. begin ------------------------------------------------------------------
+
+
+def begin(cluster: ClusterConnection, client_id: str, meta: Any) -> TransactionContext:
+    reply = cluster.master_call("Begin", master_pb2.BeginRequest(client_id=client_id))
+    return TransactionContext(ttid=reply.ttid, meta=meta)
+
+
+# -- 2. store ------------------------------------------------------------------
+
+
+def store(cluster: ClusterConnection, context: TransactionContext, write: ObjectWrite) -> None:
+    """Queue one write; send the queue when it is large enough."""
+    if context.phase is not Phase.BEGUN:
+        raise POSException.StorageTransactionError("store after vote")
+    previous = context.writes.get(write.oid)
+    if previous is not None and write.check_only and not previous.check_only:
+        return  # already written in this transaction: the store checks it
+    context.writes[write.oid] = write
+    context.queued.append(write.oid)
+    context.queued_bytes += write.size
+    if context.queued_bytes >= SEND_THRESHOLD_BYTES:
+        send_stores(cluster, context)
+
+
+def send_stores(cluster: ClusterConnection, context: TransactionContext) -> None:
+    """Send every queued write to every writable cell of its partition."""
+    if not context.queued:
+        return
+    table = cluster.table
+    per_node: dict[int, list[ObjectWrite]] = {}
+    for oid in dict.fromkeys(context.queued):
+        write = context.writes[oid]
+        partition = table.partition_of(oid)
+        context.touched.add(partition)
+        nodes = table.writable_nodes(partition)
+        if not nodes:
+            raise _unavailable(f"partition {partition} has no writable replica")
+        for node_id in nodes:
+            per_node.setdefault(node_id, []).append(write)
+    context.queued.clear()
+    context.queued_bytes = 0
+    for node_id, writes in per_node.items():
+        stub, peer = cluster.storage_stub(node_id)
+        for chunk in _chunks(writes):
+            request = storage_pb2.StoreRequest(
+                ttid=context.ttid, table_version=table.version,
+                objects=[_encode_write(w) for w in chunk],
+            )
+            partitions = frozenset(table.partition_of(w.oid) for w in chunk)
+            context.in_flight.append(
+                _InFlight(node_id, peer, partitions, stub.Store.future(request, timeout=STORE_TIMEOUT))
+            )
+
+
+def _chunks(writes: list[ObjectWrite]) -> list[list[ObjectWrite]]:
+    chunks: list[list[ObjectWrite]] = [[]]
+    size = 0
+    for write in writes:
+        if chunks[-1] and size + write.size > MAX_REQUEST_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(write)
+        size += write.size
+    return chunks
+
+
+def _encode_write(write: ObjectWrite) -> storage_pb2.ObjectStore:
+    message = storage_pb2.ObjectStore(
+        oid=write.oid, serial=write.serial, data_serial=write.data_serial,
+        undone_creation=write.undone_creation, check_only=write.check_only,
+    )
+    if write.record is not None:
+        write.record.to_proto(message.record)
+    return message
+
+
+def collect_stores(context: TransactionContext) -> None:
+    """Wait for every store in flight; record conflicts and failed nodes."""
+    in_flight, context.in_flight = context.in_flight, []
+    for item in in_flight:
+        try:
+            reply = rpc.result(item.future, peer=item.peer)
+        except (errors.LockDied, errors.LockTimeout) as error:
+            context.fatal = context.fatal or POSException.ConflictError(
+                f"transaction {context.ttid.hex()} must be retried: {error}")
+            continue
+        except (errors.Unavailable, errors.NotOwner) as error:
+            context.failed[item.node_id] = str(error)
+            continue
+        except errors.NeoError as error:
+            context.fatal = context.fatal or _storage_error(error)
+            continue
+        context.stored_on.setdefault(item.node_id, set()).update(item.partitions)
+        for conflict in reply.conflicts:
+            context.conflicts[conflict.oid] = conflict
+
+
+# -- 3. vote -------------------------------------------------------------------
+
+
+def vote(
+    cluster: ClusterConnection, context: TransactionContext, resolve: Resolver
+) -> list[bytes]:
+    if context.phase is not Phase.BEGUN:
+        raise POSException.StorageTransactionError("tpc_vote called twice")
+    while True:
+        send_stores(cluster, context)
+        collect_stores(context)
+        if context.fatal is not None:
+            raise context.fatal
+        if not context.conflicts:
+            break
+        conflicts, context.conflicts = context.conflicts, {}
+        for oid, conflict in conflicts.items():
+            _resolve_conflict(cluster, context, resolve, oid, conflict)
+    _check_every_partition_kept_a_replica(context, context.stored_on)
+    _send_votes(cluster, context)
+    context.phase = Phase.VOTED
+    return sorted(context.resolved)
+
+
+def _resolve_conflict(
+    cluster: ClusterConnection, context: TransactionContext, resolve: Resolver,
+    oid: bytes, conflict: storage_pb2.Conflict,
+) -> None:
+    write = context.writes[oid]
+    if conflict.read_conflict or write.check_only:
+        raise POSException.ReadConflictError(
+            oid=oid, serials=(conflict.committed_serial, write.serial))
+    if write.data is None:
+        raise POSException.ConflictError(
+            oid=oid, serials=(conflict.committed_serial, write.serial),
+            message="an undone object was changed by a later transaction")
+    # Raises ConflictError (with oid and serials) when it cannot resolve.
+    data = resolve(oid, conflict.committed_serial, write.serial, write.data)
+    resolved = ObjectWrite(oid, conflict.committed_serial, data, Record.pack(data))
+    context.writes[oid] = resolved
+    context.queued.append(oid)
+    context.queued_bytes += resolved.size
+    context.resolved.add(oid)
+
+
+def _check_every_partition_kept_a_replica(context: TransactionContext, done: dict[int, set[int]]) -> None:
+    covered = set().union(*done.values()) if done else set()
+    lost = sorted(context.touched - covered)
+    if lost:
+        reasons = "; ".join(context.failed.values())
+        raise _unavailable(
+            f"no replica of partition{'s' if len(lost) > 1 else ''} "
+            f"{', '.join(map(str, lost))} took the transaction: {reasons}")
+
+
+def _send_votes(cluster: ClusterConnection, context: TransactionContext) -> None:
+    table = cluster.table
+    meta_partition = partition_of(context.ttid, table.num_partitions)
+    context.touched.add(meta_partition)
+    meta_nodes = table.writable_nodes(meta_partition)
+    if not meta_nodes:
+        raise _unavailable(f"partition {meta_partition} has no writable replica")
+    info = common_pb2.TransactionInfo(
+        user=_as_bytes(context.meta.user), description=_as_bytes(context.meta.description),
+        extension=context.meta.extension_bytes, oids=context.changed_oids,
+    )
+    targets: dict[int, set[int]] = {n: set(p) for n, p in context.stored_on.items()}
+    for node_id in meta_nodes:
+        targets.setdefault(node_id, set()).add(meta_partition)
+    futures = []
+    for node_id, partitions in targets.items():
+        stub, peer = cluster.storage_stub(node_id)
+        with_meta = node_id in meta_nodes
+        request = storage_pb2.VoteRequest(ttid=context.ttid, has_transaction=with_meta)
+        if with_meta:
+            request.transaction.CopyFrom(info)
+        futures.append((node_id, peer, partitions, stub.Vote.future(request, timeout=VOTE_TIMEOUT)))
+    for node_id, peer, partitions, future in futures:
+        try:
+            rpc.result(future, peer=peer)
+        except (errors.Unavailable, errors.NotOwner) as error:
+            context.failed[node_id] = str(error)
+            continue
+        except errors.NeoError as error:
+            raise _storage_error(error) from None
+        context.votes[node_id] = partitions
+    _check_every_partition_kept_a_replica(context, context.votes)
+
+
+def _as_bytes(value: Any) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+# -- 4. finish -----------------------------------------------------------------
+
+
+def finish(
+    cluster: ClusterConnection, dispatcher: InvalidationDispatcher, client_id: str,
+    context: TransactionContext, callback: Callable[[bytes], Any],
+) -> bytes:
+    if context.phase is not Phase.VOTED:
+        raise POSException.StorageTransactionError("tpc_finish before tpc_vote")
+    request = master_pb2.FinishRequest(
+        client_id=client_id, ttid=context.ttid, oids=context.changed_oids,
+        partitions=sorted(context.touched), table_version=cluster.table.version,
+        votes=[master_pb2.Vote(node_id=n, partitions=sorted(p)) for n, p in sorted(context.votes.items())],
+    )
+    dispatcher.expect_own(context.ttid)
+    try:
+        reply = cluster.master_call("Finish", request, timeout=FINISH_TIMEOUT)
+    except errors.NeoError as error:
+        dispatcher.forget_own(context.ttid)
+        context.phase = Phase.ABORTED
+        raise _storage_error(error) from None
+    dispatcher.finish_own(context.ttid, reply.tid, callback)
+    context.phase = Phase.FINISHED
+    return reply.tid
+
+
+# -- 5. abort ------------------------------------------------------------------
+
+
+def abort(cluster: ClusterConnection, client_id: str, context: TransactionContext) -> None:
+    if context.phase in (Phase.FINISHED, Phase.ABORTED):
+        return
+    for item in context.in_flight:
+        try:
+            item.future.result()
+        except Exception:  # noqa: BLE001 - only waiting for it to end
+            pass
+    nodes = set(context.stored_on) | set(context.votes) | set(context.failed)
+    nodes |= {item.node_id for item in context.in_flight}
+    context.in_flight.clear()
+    context.phase = Phase.ABORTED
+    cluster.master_call("Abort", master_pb2.AbortRequest(
+        client_id=client_id, ttid=context.ttid, node_ids=sorted(nodes)))
+
+
+# -- errors ----------------------------------------------------------------------
+
+
+class ClusterUnavailableError(POSException.StorageError):
+    """The cluster cannot take this transaction now (no replica left...)."""
+
+
+def _unavailable(message: str) -> ClusterUnavailableError:
+    return ClusterUnavailableError(message)
+
+
+def _storage_error(error: errors.NeoError) -> Exception:
+    if isinstance(error, errors.ReadOnly):
+        return POSException.ReadOnlyError(str(error))
+    if isinstance(error, (errors.LockDied, errors.LockTimeout)):
+        return POSException.ConflictError(str(error))
+    if isinstance(error, (errors.Unavailable, errors.NotLeader)):
+        return ClusterUnavailableError(str(error))
+    return POSException.StorageError(f"{type(error).__name__}: {error}")
+
+
+__all__ = [
+    "ClusterUnavailableError", "ObjectWrite", "Phase", "TransactionContext",
+    "abort", "begin", "finish", "store", "vote",
+]

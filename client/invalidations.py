@@ -1,0 +1,143 @@
+"""Invalidations: from the master's stream to the cache and to ZODB, in order.
+
+The master streams every committed TID, in TID order, with the oids it
+changed.  For each, :class:`InvalidationDispatcher`:
+
+1. invalidates the client's object cache;
+2. if the TID is one of this client's own commits (recognised by its TTID),
+   hands over to the thread in ``tpc_finish``, which calls ZODB's callback
+   (that is how ZODB invalidates its other connections for a local commit)
+   and only then lets the stream go on; otherwise calls the registered DB's
+   ``invalidate(tid, oids)``;
+3. only then advances ``lastTransaction()``.
+
+So ZODB always receives a TID's invalidations before ``lastTransaction()``
+reports that TID (ZODB 5.6 contract), in TID order, whichever thread commits.
+``lastTransaction()`` also waits while a local ``tpc_finish`` callback runs,
+as FileStorage's lock makes it do.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from neostore import errors
+from neostore.client.cache import ObjectCache
+from neostore.ids import ZERO_TID
+
+#: How long tpc_finish waits for the stream to deliver its own TID.
+FINISH_STREAM_TIMEOUT = 60.0
+
+
+class _OwnCommit:
+    """The meeting point of the stream thread and one ``tpc_finish``."""
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()  # the stream delivered our TID
+        self.released = threading.Event()  # tpc_finish is done with it
+        self.tid: bytes = b""
+
+
+class InvalidationDispatcher:
+    """The stream listener of one client (see the module docstring)."""
+
+    def __init__(self, cache: ObjectCache) -> None:
+        self._cache = cache
+        self._db: Any = None
+        # Held while ZODB is told of a TID and lastTransaction advances.
+        self._order_lock = threading.RLock()
+        self._progress = threading.Condition(threading.Lock())
+        self._last_tid: bytes = ZERO_TID  # last TID handed to ZODB
+        self._started = False
+        self._own: dict[bytes, _OwnCommit] = {}
+
+    def register_db(self, db: Any) -> None:
+        self._db = db
+
+    # -- StreamListener -------------------------------------------------------
+
+    def on_stream_start(self, tid: bytes) -> None:
+        with self._order_lock, self._progress:
+            if not self._started:
+                self._started = True
+                self._last_tid = max(self._last_tid, tid)
+            self._progress.notify_all()
+
+    def on_invalidation(self, tid: bytes, ttid: bytes, oids: list[bytes]) -> None:
+        self._cache.invalidate(oids, tid)
+        with self._progress:
+            own = self._own.get(ttid)
+        if own is not None:
+            own.tid = tid
+            own.reached.set()
+            # tpc_finish calls ZODB's callback and advances lastTransaction.
+            own.released.wait()
+            return
+        with self._order_lock:
+            if tid <= self._last_tid:
+                return  # replayed after a reconnection
+            if self._db is not None:
+                self._db.invalidate(tid, oids)
+            self._advance(tid)
+
+    def on_reset_cache(self, tid: bytes) -> None:
+        self._cache.clear()
+        with self._order_lock:
+            if self._db is not None:
+                self._db.invalidateCache()
+            self._advance(tid)
+
+    def _advance(self, tid: bytes) -> None:
+        with self._progress:
+            if tid > self._last_tid:
+                self._last_tid = tid
+            self._progress.notify_all()
+
+    # -- used by the storage ---------------------------------------------------
+
+    def last_transaction(self) -> bytes:
+        with self._order_lock:
+            return self._last_tid
+
+    def wait_for(self, tid: bytes, timeout: float) -> bool:
+        """Wait until every invalidation up to ``tid`` was handed to ZODB."""
+        with self._progress:
+            return self._progress.wait_for(lambda: self._last_tid >= tid, timeout)
+
+    def expect_own(self, ttid: bytes) -> None:
+        """Before asking the master to finish ``ttid``."""
+        with self._progress:
+            self._own[ttid] = _OwnCommit()
+
+    def finish_own(self, ttid: bytes, tid: bytes, callback: Callable[[bytes], Any]) -> None:
+        """After the master answered ``tid``: wait for the stream to reach it,
+        call ZODB's callback, advance ``lastTransaction`` and let the stream on.
+        """
+        with self._progress:
+            own = self._own[ttid]
+        try:
+            if not own.reached.wait(FINISH_STREAM_TIMEOUT):
+                raise errors.Unavailable(
+                    f"transaction {tid.hex()} committed, but its invalidation did not arrive "
+                    f"within {FINISH_STREAM_TIMEOUT:.0f}s"
+                )
+            with self._order_lock:
+                callback(tid)
+                self._advance(tid)
+        finally:
+            self.forget_own(ttid)
+
+    def forget_own(self, ttid: bytes) -> None:
+        """Release the stream if it is waiting for ``ttid`` (finish failed)."""
+        with self._progress:
+            own = self._own.pop(ttid, None)
+        if own is not None:
+            if own.reached.is_set() and own.tid > self.last_transaction():
+                # Committed after all: ZODB must still hear of it.
+                with self._order_lock:
+                    if self._db is not None:
+                        self._db.invalidateCache()
+                    self._advance(own.tid)
+            own.released.set()

@@ -1,0 +1,312 @@
+"""``NeoStorage``: the ZODB storage that talks to a neostore cluster.
+
+This is the facade ZODB sees (through its ``MVCCAdapter``, as with ZEO and
+NEO).  It declares the interfaces it implements, checks the preconditions
+ZODB expects, maps neostore errors to ZODB exceptions, and forwards:
+
+* reads to :mod:`neostore.client.cluster` (routing to a readable replica)
+  through the object cache (:mod:`neostore.client.cache`);
+* two-phase commit to :mod:`neostore.client.commit`, undo to
+  :mod:`neostore.client.undo`;
+* the transaction log to :mod:`neostore.client.history`;
+* invalidations from the master's stream to ZODB through
+  :mod:`neostore.client.invalidations`.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import zope.interface
+from ZODB import POSException, interfaces
+from ZODB.ConflictResolution import ConflictResolvingStorage
+
+from neostore import errors, rpc
+from neostore.client import commit, history, undo
+from neostore.client.cache import ObjectCache
+from neostore.client.cluster import ClusterConnection
+from neostore.client.invalidations import InvalidationDispatcher
+from neostore.ids import MAX_TID, oid_repr, partition_of, tid_repr
+from neostore.protocol import common_pb2, master_pb2, storage_pb2
+from neostore.records import Record
+
+#: oids asked from the master at a time, as NEO does.
+OID_BATCH = 100
+DEFAULT_CACHE_SIZE = 20 * 1024 * 1024
+SYNC_TIMEOUT = 60.0
+
+
+def _zodb_error(error: errors.NeoError, oid: bytes | None = None) -> Exception:
+    """The ZODB exception for a neostore error (the one place that maps them)."""
+    if isinstance(error, errors.NotFound):
+        return POSException.POSKeyError(oid) if oid is not None else POSException.POSKeyError(str(error))
+    return commit._storage_error(error)
+
+
+@zope.interface.implementer(
+    interfaces.IStorage,
+    interfaces.IMultiCommitStorage,
+    interfaces.IStorageIteration,
+    interfaces.IStorageUndoable,
+)
+class NeoStorage(ConflictResolvingStorage):
+    """A ZODB storage backed by a neostore cluster.
+
+    ``master_nodes``: the masters' ``host:port`` addresses (a list, or one
+    string separated by spaces or commas); ``name``: the cluster name, which
+    every node checks.
+    """
+
+    def __init__(
+        self,
+        master_nodes: str | Iterable[str],
+        name: str,
+        read_only: bool = False,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        compress: bool = True,
+        tls: rpc.TlsConfig | None = None,
+        connect_timeout: float = 30.0,
+        max_message_bytes: int = rpc.DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        if isinstance(master_nodes, str):
+            master_nodes = master_nodes.replace(",", " ").split()
+        self._masters = list(master_nodes)
+        self._name = name
+        self._read_only = read_only
+        self._compress = compress
+        self._client_id = uuid.uuid4().hex
+        self._cache = ObjectCache(cache_size)
+        self._dispatcher = InvalidationDispatcher(self._cache)
+        self._config = rpc.RpcConfig(cluster_name=name, tls=tls, max_message_bytes=max_message_bytes)
+        self._cluster = ClusterConnection(
+            self._config, self._masters, self._client_id, self._dispatcher, connect_timeout)
+        self._transactions: dict[Any, commit.TransactionContext] = {}
+        self._transactions_lock = threading.Lock()
+        self._oid_lock = threading.Lock()
+        self._oids: list[bytes] = []
+        self._closed = False
+        try:
+            self._cluster.connect()
+        except errors.NeoError as error:
+            self._cluster.close()
+            raise _zodb_error(error) from None
+
+    def __repr__(self) -> str:
+        return f"<NeoStorage {self._name!r} masters={','.join(self._masters)}>"
+
+    # -- IStorage: identity --------------------------------------------------
+
+    def getName(self) -> str:
+        return self._name
+
+    def sortKey(self) -> str:
+        return f"neostore:{self._name}"
+
+    def isReadOnly(self) -> bool:
+        return self._read_only
+
+    def supportsUndo(self) -> bool:
+        return True
+
+    def registerDB(self, db: Any) -> None:
+        super().registerDB(db)
+        self._dispatcher.register_db(db)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._cluster.close()
+
+    def new_client(self, **options: Any) -> NeoStorage:
+        """Another, independent client of the same cluster."""
+        settings: dict[str, Any] = dict(
+            read_only=self._read_only, compress=self._compress, tls=self._config.tls,
+            max_message_bytes=self._config.max_message_bytes)
+        settings.update(options)
+        return NeoStorage(self._masters, self._name, **settings)
+
+    # -- IStorage: sizes ---------------------------------------------------------
+
+    def _stats(self) -> tuple[int, int]:
+        table = self._cluster.table
+        count = size = 0
+        for partition in range(table.num_partitions):
+            reply = self._call(lambda: self._cluster.read_call(
+                partition, "GetStats", storage_pb2.StatsRequest(partitions=[partition])))
+            count += reply.object_count
+            size += reply.size
+        return count, size
+
+    def __len__(self) -> int:
+        return self._stats()[0]
+
+    def getSize(self) -> int:
+        return self._stats()[1]
+
+    # -- IStorage: reads -----------------------------------------------------------
+
+    def lastTransaction(self) -> bytes:
+        return self._dispatcher.last_transaction()
+
+    def sync(self, force: bool = True) -> None:
+        """Wait until every transaction committed before now was seen."""
+        info = self._call(lambda: self._cluster.master_call("GetClusterInfo", common_pb2.Empty()))
+        if info.last_tid and not self._dispatcher.wait_for(info.last_tid, SYNC_TIMEOUT):
+            raise commit.ClusterUnavailableError(
+                f"invalidations up to {tid_repr(info.last_tid)} did not arrive in {SYNC_TIMEOUT:.0f}s")
+
+    def loadBefore(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
+        cached = self._cache.load_before(oid, tid, self._dispatcher.last_transaction())
+        if cached is not None:
+            return cached
+        partition = partition_of(oid, self._cluster.table.num_partitions)
+        request = storage_pb2.LoadBeforeRequest(oid=oid, before_tid=tid)
+        self._cache.begin_load(oid)
+        data = start = end = None
+        try:
+            reply = self._call(lambda: self._cluster.read_call(partition, "LoadBefore", request), oid)
+            if reply.status != storage_pb2.LoadReply.FOUND:
+                return None
+            data = Record.from_proto(reply.record).unpack(f"object {oid_repr(oid)}")
+            start, end = reply.serial, reply.next_serial or None
+            return data, start, end
+        finally:
+            self._cache.end_load(oid, data, start, end)
+
+    def load(self, oid: bytes, version: str = "") -> tuple[bytes, bytes]:
+        """The current revision (not used by ZODB itself, kept for tools)."""
+        result = self.loadBefore(oid, MAX_TID)
+        if result is None:
+            raise POSException.POSKeyError(oid)
+        return result[0], result[1]
+
+    def getTid(self, oid: bytes) -> bytes:
+        """The TID of the object's current revision (POSKeyError if none)."""
+        return self.load(oid)[1]
+
+    def loadSerial(self, oid: bytes, serial: bytes) -> bytes:
+        cached = self._cache.load_serial(oid, serial)
+        if cached is not None:
+            return cached
+        partition = partition_of(oid, self._cluster.table.num_partitions)
+        request = storage_pb2.LoadSerialRequest(oid=oid, serial=serial)
+        reply = self._call(lambda: self._cluster.read_call(partition, "LoadSerial", request), oid)
+        if reply.status != storage_pb2.LoadReply.FOUND:
+            raise POSException.POSKeyError(oid)
+        return Record.from_proto(reply.record).unpack(f"object {oid_repr(oid)}@{tid_repr(serial)}")
+
+    def history(self, oid: bytes, size: int = 1) -> list[dict[str, Any]]:
+        return self._call(lambda: history.history(self._cluster, oid, size), oid)
+
+    # -- IStorage: writes ---------------------------------------------------------------
+
+    def new_oid(self) -> bytes:
+        self._check_writable()
+        with self._oid_lock:
+            if not self._oids:
+                reply = self._call(lambda: self._cluster.master_call(
+                    "NewOids", master_pb2.NewOidsRequest(count=OID_BATCH)))
+                first = int.from_bytes(reply.first_oid, "big")
+                self._oids = [(first + i).to_bytes(8, "big") for i in range(reply.count)]
+                self._oids.reverse()
+            return self._oids.pop()
+
+    def tpc_begin(self, transaction: Any, tid: bytes | None = None, status: str = " ") -> None:
+        self._check_writable()
+        if tid is not None:
+            raise POSException.StorageTransactionError(
+                "neostore does not take a TID at tpc_begin (no restore yet)")
+        with self._transactions_lock:
+            if transaction in self._transactions:
+                raise POSException.StorageTransactionError(
+                    "tpc_begin called twice for the same transaction")
+        context = self._call(lambda: commit.begin(self._cluster, self._client_id, transaction))
+        with self._transactions_lock:
+            self._transactions[transaction] = context
+
+    def _context(self, transaction: Any) -> commit.TransactionContext:
+        with self._transactions_lock:
+            context = self._transactions.get(transaction)
+        if context is None:
+            raise POSException.StorageTransactionError(self, transaction)
+        return context
+
+    def store(self, oid: bytes, serial: bytes | None, data: bytes, version: str, transaction: Any) -> None:
+        self._check_writable()
+        if version:
+            raise POSException.Unsupported("Versions aren't supported")
+        context = self._context(transaction)
+        record = Record.pack(data, self._compress)
+        write = commit.ObjectWrite(oid, serial or b"\0" * 8, data, record)
+        self._call(lambda: commit.store(self._cluster, context, write), oid)
+
+    def checkCurrentSerialInTransaction(self, oid: bytes, serial: bytes, transaction: Any) -> None:
+        context = self._context(transaction)
+        write = commit.ObjectWrite(oid, serial, check_only=True)
+        self._call(lambda: commit.store(self._cluster, context, write), oid)
+
+    def undo(self, transaction_id: bytes, transaction: Any) -> tuple[None, list[bytes]]:
+        self._check_writable()
+        context = self._context(transaction)
+        oids = self._call(lambda: undo.undo(
+            self._cluster, context, transaction_id, self.tryToResolveConflict))
+        return None, oids
+
+    def tpc_vote(self, transaction: Any) -> list[bytes]:
+        context = self._context(transaction)
+        return self._call(lambda: commit.vote(self._cluster, context, self.tryToResolveConflict))
+
+    def tpc_finish(self, transaction: Any, func: Callable[[bytes], Any] = lambda tid: None) -> bytes:
+        context = self._context(transaction)
+        try:
+            return self._call(lambda: commit.finish(
+                self._cluster, self._dispatcher, self._client_id, context, func))
+        finally:
+            with self._transactions_lock:
+                self._transactions.pop(transaction, None)
+
+    def tpc_abort(self, transaction: Any) -> None:
+        with self._transactions_lock:
+            context = self._transactions.pop(transaction, None)
+        if context is None:
+            return
+        self._call(lambda: commit.abort(self._cluster, self._client_id, context))
+
+    def tpc_transaction(self) -> None:
+        return None
+
+    def pack(self, t: float, referencesf: Callable[..., Any], gc: bool = True) -> None:
+        raise POSException.StorageError("neostore does not support pack yet")
+
+    # -- IStorageIteration, IStorageUndoable ------------------------------------------------
+
+    def iterator(self, start: bytes | None = None, stop: bytes | None = None) -> Iterator[Any]:
+        return self._call(lambda: history.TransactionIterator(self._cluster, start, stop))
+
+    def undoLog(self, first: int = 0, last: int = -20,
+                filter: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
+        return self._call(lambda: history.undo_log(self._cluster, first, last, filter))
+
+    def undoInfo(self, first: int = 0, last: int = -20,
+                 specification: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        accept = None
+        if specification:
+            def accept(description: dict[str, Any]) -> bool:
+                return all(description.get(k) == v for k, v in specification.items())
+        return self.undoLog(first, last, accept)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self._read_only:
+            raise POSException.ReadOnlyError()
+
+    def _call(self, fn: Callable[[], Any], oid: bytes | None = None) -> Any:
+        try:
+            return fn()
+        except errors.NeoError as error:
+            raise _zodb_error(error, oid) from None

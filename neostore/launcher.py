@@ -1,0 +1,275 @@
+"""``neo-cluster``: a whole neostore cluster on 127.0.0.1, one command.
+
+Starts the masters and the storage nodes as separate processes (each one
+``neo-master`` / ``neo-storage``, exactly as in production), waits until
+the cluster is running, prints how to connect, and then either waits for
+Ctrl-C or runs the command given after ``--`` with ``NEOSTORE_MASTERS`` and
+``NEOSTORE_CLUSTER`` set, and stops the cluster when it exits::
+
+    neo-cluster --data ./neostore-data
+    neo-cluster --data /tmp/demo -- python examples/demo.py
+
+Data stays in ``--data`` (one directory per node), so the next start finds
+the database as it was.  Logs go to ``DATA/logs/``.
+
+:class:`LocalCluster` is the same, as a Python object, for tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import IO
+
+from neostore import rpc
+from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc
+
+READY_TIMEOUT = 60.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free right now on ``host``."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class NodeProcess:
+    """One node process; its first stdout line ``... ready ...`` says it serves."""
+
+    def __init__(self, role: str, args: list[str], log_path: str) -> None:
+        self.role = role
+        self.args = args
+        self.log_path = log_path
+        self.process: subprocess.Popen[str] | None = None
+        self.address = ""
+        self.node_id = 0
+        self._log: IO[str] | None = None
+
+    def start(self, timeout: float = READY_TIMEOUT) -> None:
+        module = {"master": "neostore.master_node.main", "storage": "neostore.storage_node.main"}[self.role]
+        command = [sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())", *self.args]
+        self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in wait()/stop()
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=self._log, text=True, start_new_session=True)
+        ready: list[str] = []
+
+        def read_ready() -> None:
+            assert self.process is not None and self.process.stdout is not None
+            for line in self.process.stdout:
+                if " ready " in f" {line} ":
+                    ready.append(line.strip())
+                    break
+            # Keep draining so the process never blocks on a full pipe.
+            for _ in self.process.stdout:
+                pass
+
+        threading.Thread(target=read_ready, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not ready:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.role} exited with code {self.process.returncode}: {self.last_log_line()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"{self.role} not ready after {timeout:.0f}s: {self.last_log_line()}")
+            time.sleep(0.02)
+        fields = dict(part.split("=", 1) for part in ready[0].split() if "=" in part)
+        self.address = fields.get("address", "")
+        self.node_id = int(fields.get("node_id", "0"))
+
+    def last_log_line(self) -> str:
+        try:
+            with open(self.log_path) as log:
+                lines = [line.strip() for line in log if line.strip()]
+        except OSError:
+            return ""
+        return lines[-1] if lines else "(no log)"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._close_log()
+
+    def kill(self) -> None:
+        """kill -9."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class LocalCluster:
+    """Masters and storage nodes as processes on 127.0.0.1."""
+
+    def __init__(
+        self,
+        data_dir: str,
+        name: str = "neostore",
+        num_storages: int = 3,
+        num_partitions: int = 12,
+        num_replicas: int = 2,
+        host: str = "127.0.0.1",
+        master_port: int = 0,
+    ) -> None:
+        self.data_dir = os.path.abspath(data_dir)
+        self.name = name
+        self.num_storages = num_storages
+        self.num_partitions = num_partitions
+        self.num_replicas = num_replicas
+        self.host = host
+        self.master_port = master_port
+        self.rpc = rpc.RpcConfig(cluster_name=name)
+        self.log_dir = os.path.join(self.data_dir, "logs")
+        self.master: NodeProcess | None = None
+        self.storages: list[NodeProcess] = []
+
+    @property
+    def masters(self) -> list[str]:
+        return [self.master.address] if self.master is not None else []
+
+    def master_process(self) -> NodeProcess:
+        port = self.master_port or free_port(self.host)
+        self.master_port = port
+        return NodeProcess("master", [
+            "--cluster", self.name, "--data", os.path.join(self.data_dir, "master-0"),
+            "--bind", f"{self.host}:{port}", "--partitions", str(self.num_partitions),
+            "--replicas", str(self.num_replicas), "--autostart", str(self.num_storages),
+        ], os.path.join(self.log_dir, "master-0.log"))
+
+    def storage_process(self, index: int) -> NodeProcess:
+        return NodeProcess("storage", [
+            "--cluster", self.name, "--masters", ",".join(self.masters),
+            "--data", os.path.join(self.data_dir, f"storage-{index}"), "--bind", f"{self.host}:0",
+        ], os.path.join(self.log_dir, f"storage-{index}.log"))
+
+    def start(self, timeout: float = READY_TIMEOUT) -> LocalCluster:
+        os.makedirs(self.log_dir, exist_ok=True)
+        self.master = self.master_process()
+        self.master.start(timeout)
+        self.storages = [self.storage_process(i) for i in range(self.num_storages)]
+        for storage in self.storages:
+            storage.start(timeout)
+        self.wait_running(timeout)
+        return self
+
+    def cluster_info(self, timeout: float = 5.0) -> master_pb2.ClusterInfo:
+        channel = rpc.make_channel(self.rpc, self.masters[0])
+        try:
+            stub = master_pb2_grpc.MasterStub(channel)
+            return rpc.call(stub.GetClusterInfo, common_pb2.Empty(), timeout=timeout)
+        finally:
+            channel.close()
+
+    def wait_running(self, timeout: float = READY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.cluster_info().state == master_pb2.ClusterInfo.RUNNING:
+                    return
+            except Exception:  # noqa: BLE001 - not up yet
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cluster {self.name!r} not running after {timeout:.0f}s")
+            time.sleep(0.05)
+
+    def restart_master(self, timeout: float = READY_TIMEOUT) -> None:
+        self.master = self.master_process()
+        self.master.start(timeout)
+
+    def restart_storage(self, index: int, timeout: float = READY_TIMEOUT) -> None:
+        self.storages[index] = self.storage_process(index)
+        self.storages[index].start(timeout)
+
+    def stop(self) -> None:
+        # The master first, so that it does not mark storage nodes down.
+        if self.master is not None:
+            self.master.stop()
+        for storage in self.storages:
+            storage.stop()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--" in argv:
+        index = argv.index("--")
+        argv, command = argv[:index], argv[index + 1:]
+    parser = argparse.ArgumentParser(
+        prog="neo-cluster",
+        description="Start a neostore cluster on this machine (1 master, N storage nodes).",
+        epilog="With `-- COMMAND...`, run COMMAND against the cluster "
+               "(NEOSTORE_MASTERS and NEOSTORE_CLUSTER set), then stop.",
+    )
+    parser.add_argument("--data", default="neostore-data", help="data directory (default: %(default)s)")
+    parser.add_argument("--name", default="neostore", help="cluster name (default: %(default)s)")
+    parser.add_argument("--storages", type=int, default=3, help="storage nodes (default: %(default)s)")
+    parser.add_argument("--replicas", type=int, default=2, help="replicas per partition (default: %(default)s)")
+    parser.add_argument("--partitions", type=int, default=12, help="partitions (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=5551, help="master port, 0 for any (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.storages < 1 or args.replicas < 1 or args.partitions < 1:
+        parser.error("--storages, --replicas and --partitions must be at least 1")
+    if args.replicas > args.storages:
+        parser.error(f"--replicas {args.replicas} needs at least as many storage nodes (--storages {args.storages})")
+    cluster = LocalCluster(args.data, args.name, args.storages, args.partitions, args.replicas,
+                           master_port=args.port)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        cluster.start()
+    except (RuntimeError, OSError) as error:
+        cluster.stop()
+        print(f"neo-cluster: {error} (logs in {cluster.log_dir})", file=sys.stderr)
+        return 1
+    masters = ",".join(cluster.masters)
+    print(f"neostore cluster {args.name!r} running: 1 master at {masters}, "
+          f"{args.storages} storage nodes, {args.partitions} partitions x {args.replicas} replicas")
+    print(f"  data: {cluster.data_dir}   logs: {cluster.log_dir}")
+    print(f"  zodburi:  neostore://{args.name}@{masters}")
+    print(f"  ZConfig:  %import neostore / <neostore> master-nodes {masters} name {args.name} </neostore>")
+    sys.stdout.flush()
+    try:
+        if command:
+            env = dict(os.environ, NEOSTORE_MASTERS=masters, NEOSTORE_CLUSTER=args.name)
+            return subprocess.call(command, env=env)
+        print("Ctrl-C to stop.", flush=True)
+        while not stop.wait(0.5):
+            pass
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        print("stopping the cluster...", flush=True)
+        cluster.stop()
+        print("stopped.", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
