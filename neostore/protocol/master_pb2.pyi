@@ -55,10 +55,12 @@ class NewOidsReply(_message.Message):
     def __init__(self, first_oid: _Optional[bytes] = ..., count: _Optional[int] = ...) -> None: ...
 
 class BeginRequest(_message.Message):
-    __slots__ = ("client_id",)
+    __slots__ = ("client_id", "tid")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TID_FIELD_NUMBER: _ClassVar[int]
     client_id: str
-    def __init__(self, client_id: _Optional[str] = ...) -> None: ...
+    tid: bytes
+    def __init__(self, client_id: _Optional[str] = ..., tid: _Optional[bytes] = ...) -> None: ...
 
 class BeginReply(_message.Message):
     __slots__ = ("ttid",)

@@ -1,0 +1,316 @@
+"""Storage nodes joining and leaving the cluster, oids, administration.
+
+Registration (:meth:`ClusterManager.register_storage`), in order:
+
+1. the request's cluster name must be this cluster's (``WrongCluster``
+   naming both);
+2. :class:`RegisterNode`: a new node gets the next id (RUNNING while the
+   cluster is EMPTY, PENDING once a table exists: an admin admits it); a
+   known node comes back RUNNING (a never-admitted one stays PENDING); an
+   unknown non-zero id is refused (``WrongCluster``);
+3. while the cluster is EMPTY, once ``autostart`` nodes are RUNNING:
+   :class:`CreatePartitionTable` on all of them (the cluster is RUNNING);
+4. for each partition where the node's cell is OUT_OF_DATE but the node
+   reports holding everything committed there (a partition it does not
+   report counts as holding nothing): :class:`MarkUpToDate`;
+5. the reply names, among the node's pending TTIDs, those decided: the node
+   applies them before serving and drops every other pending TTID.  Steps
+   2-5 hold the commit decider (:meth:`CommitCoordinator.registering`), so
+   that a transaction is either decided in time to be in that answer, or
+   decided without the votes the node is about to drop.
+
+A storage node's session (:meth:`ClusterManager.open_session`) streams the
+partition table: at once, then on every change, with a heartbeat every
+``heartbeat_interval`` seconds.  When the stream ends — the node went away,
+or the master marked it DOWN (the session then ends so that the node
+registers again) — the node is marked DOWN, unless it registered again
+meanwhile.  When a session opens, the commit coordinator re-sends the
+decisions the node still has to apply.
+
+Registrations and admin changes are serialized by one lock, so that two
+nodes registering together cannot both try to create the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Union
+
+from neostore import errors
+from neostore.ids import ZERO_TID
+from neostore.master_node.command_log import CommandLog, submit_one
+from neostore.master_node.commit import CommitCoordinator
+from neostore.master_node.state import (
+    AdmitNodes,
+    AllocateOids,
+    ClusterState,
+    ClusterStatus,
+    CreatePartitionTable,
+    MarkUpToDate,
+    PartitionTid,
+    RegisterNode,
+    SetNodeState,
+)
+from neostore.partition_table import CellState, NodeState, PartitionTable
+
+log = logging.getLogger(__name__)
+
+#: The most oids one NewOids call hands out (clients ask 100 at a time).
+MAX_OIDS_PER_REQUEST = 1000
+DEFAULT_HEARTBEAT_INTERVAL = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Heartbeat:
+    """A storage session's keep-alive event."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    """What a registering storage node is told."""
+
+    node_id: int
+    table: PartitionTable
+    last_tid: bytes
+    term: int
+    decided: tuple[tuple[bytes, bytes], ...]  # (ttid, tid) of its pending TTIDs
+
+
+SessionEvent = Union[PartitionTable, Heartbeat]
+
+
+class ClusterManager:
+    """The master's dealings with storage nodes and administrators."""
+
+    def __init__(
+        self,
+        command_log: CommandLog,
+        coordinator: CommitCoordinator,
+        autostart: int = 1,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+    ) -> None:
+        if autostart < 0:
+            raise ValueError("autostart must be 0 (never) or a number of storage nodes")
+        self._log = command_log
+        self._coordinator = coordinator
+        self._autostart = autostart
+        self._heartbeat_interval = heartbeat_interval
+        self._admin_lock = threading.Lock()  # serializes registrations and admin changes
+        self._condition = threading.Condition()  # guards the attributes below
+        self._table = command_log.state.table
+        self._sessions: dict[int, StorageSession] = {}
+        self._stopping = False
+        command_log.add_listener(self._on_state_change)
+
+    @property
+    def state(self) -> ClusterState:
+        return self._log.state
+
+    def stop(self) -> None:
+        """End every storage session without marking its node DOWN."""
+        with self._condition:
+            self._stopping = True
+            self._condition.notify_all()
+
+    def _on_state_change(self, old: ClusterState, new: ClusterState) -> None:
+        if new.table is not old.table:
+            with self._condition:
+                self._table = new.table
+                self._condition.notify_all()
+
+    # -- availability ---------------------------------------------------------------
+
+    def require_running(self) -> ClusterState:
+        """The state, or Unavailable saying what the cluster waits for."""
+        state = self._log.state
+        if state.running:
+            return state
+        if self._autostart == 0:
+            waiting = "waiting for an administrator to add storage nodes (neoctl add)"
+        else:
+            running = len(state.nodes_in_state(NodeState.RUNNING))
+            waiting = f"waiting for {max(1, self._autostart - running)} storage nodes"
+        raise errors.Unavailable(f"cluster {state.cluster_name!r} is not running: {waiting}")
+
+    # -- storage nodes ----------------------------------------------------------------
+
+    def register_storage(
+        self,
+        cluster_name: str,
+        node_id: int,
+        address: str,
+        label: str,
+        pending_ttids: Sequence[bytes],
+        partition_last_tids: Sequence[PartitionTid],
+    ) -> Registration:
+        """Steps 1-5 of the module docstring."""
+        state = self._log.state
+        if cluster_name != state.cluster_name:
+            raise errors.WrongCluster(
+                f"the storage node belongs to cluster {cluster_name!r}; "
+                f"this master serves cluster {state.cluster_name!r}"
+            )
+        if not address:
+            raise errors.BadRequest("a storage node must give the address of its Storage service")
+        for ttid in pending_ttids:
+            if len(ttid) != 8:
+                raise errors.BadRequest(f"pending ttid must be 8 bytes, got {len(ttid)}")
+        for held in partition_last_tids:
+            if held.partition >= state.num_partitions or len(held.tid) != 8:
+                raise errors.BadRequest(
+                    f"bad partition last tid: partition {held.partition} "
+                    f"(of {state.num_partitions}), tid of {len(held.tid)} bytes"
+                )
+        with self._admin_lock, self._coordinator.registering() as registered:
+            node_id = submit_one(self._log, RegisterNode(node_id, address, label))
+            registered(node_id)
+            with self._condition:
+                stale = self._sessions.pop(node_id, None)  # its end must not mark the node DOWN
+            if stale is not None:
+                stale.close()
+            state = self._log.state
+            if state.status == ClusterStatus.EMPTY and self._autostart > 0:
+                running = state.nodes_in_state(NodeState.RUNNING)
+                if len(running) >= self._autostart:
+                    log.info("%d storage nodes running: creating the partition table", len(running))
+                    submit_one(self._log, CreatePartitionTable(running))
+                    state = self._log.state
+            if state.running:
+                # A partition the node does not report: it holds nothing there.
+                held_tids = {held.partition: held.tid for held in partition_last_tids}
+                caught_up = tuple(
+                    PartitionTid(partition, held_tids.get(partition, ZERO_TID))
+                    for partition in state.table.partitions_of_node(node_id, [CellState.OUT_OF_DATE])
+                    if held_tids.get(partition, ZERO_TID) >= state.partition_last_tids[partition]
+                )
+                if caught_up:
+                    marked = submit_one(self._log, MarkUpToDate(node_id, caught_up))
+                    if marked:
+                        log.info("storage node %d is up to date again for partitions %s", node_id, marked)
+                    state = self._log.state
+            decided = []
+            for ttid in pending_ttids:
+                decision = state.decision_of_ttid(ttid)
+                if decision is not None:
+                    decided.append((ttid, decision.tid))
+        log.info("storage node %d registered from %s (%d decided of %d pending)",
+                 node_id, address, len(decided), len(pending_ttids))
+        return Registration(
+            node_id=node_id,
+            table=state.table,
+            last_tid=state.last_tid,
+            term=self._log.term,
+            decided=tuple(decided),
+        )
+
+    def open_session(self, node_id: int) -> StorageSession:
+        """The session of a registered node; it replaces any earlier one."""
+        info = self._log.state.known_node(node_id)
+        if info is None:
+            raise errors.WrongCluster(f"node {node_id} is not known to this cluster")
+        if info.state == NodeState.DOWN:
+            raise errors.Unavailable(f"storage node {node_id} is marked down: register again")
+        session = StorageSession(self, node_id)
+        with self._condition:
+            if self._stopping:
+                raise errors.Unavailable("the master is stopping")
+            previous = self._sessions.get(node_id)
+            self._sessions[node_id] = session
+        if previous is not None:
+            previous.close()
+        self._coordinator.redrive_node(node_id)
+        return session
+
+    def _session_ended(self, session: StorageSession) -> None:
+        with self._condition:
+            if self._sessions.get(session.node_id) is not session:
+                return  # replaced, or the node registered again
+            del self._sessions[session.node_id]
+            if self._stopping:
+                return
+        info = self._log.state.known_node(session.node_id)
+        if info is not None and info.state == NodeState.RUNNING:
+            log.warning("storage node %d left: marking it down", session.node_id)
+            try:
+                submit_one(self._log, SetNodeState(session.node_id, NodeState.DOWN))
+            except errors.NeoError as error:
+                log.error("cannot mark storage node %d down: %s", session.node_id, error)
+
+    # -- clients ------------------------------------------------------------------------
+
+    def new_oids(self, count: int) -> tuple[bytes, int]:
+        """``count`` fresh oids (capped): the first one and how many."""
+        if count < 1:
+            raise errors.BadRequest("NewOids: ask for at least one oid")
+        self.require_running()
+        count = min(count, MAX_OIDS_PER_REQUEST)
+        first = submit_one(self._log, AllocateOids(count))
+        return first, count
+
+    # -- administration -------------------------------------------------------------------
+
+    def add_nodes(self, node_ids: Sequence[int]) -> PartitionTable:
+        """Admit PENDING nodes (all of them when ``node_ids`` is empty); with
+        no table yet, create it on those nodes (every node not DOWN)."""
+        with self._admin_lock:
+            state = self._log.state
+            if state.status == ClusterStatus.EMPTY:
+                chosen = tuple(node_ids) or tuple(
+                    n.node_id for n in state.table.nodes if n.state != NodeState.DOWN)
+                if not chosen:
+                    raise errors.Unavailable(
+                        f"cluster {state.cluster_name!r}: no storage node has registered yet")
+                submit_one(self._log, CreatePartitionTable(chosen))
+            else:
+                chosen = tuple(node_ids) or state.nodes_in_state(NodeState.PENDING)
+                admitted = submit_one(self._log, AdmitNodes(chosen))
+                log.info("admitted storage nodes %s", list(admitted))
+            return self._log.state.table
+
+
+class StorageSession(Iterator[SessionEvent]):
+    """One storage node's stream of tables and heartbeats; ends when closed,
+    when the master stops, or when the node is no longer RUNNING/PENDING."""
+
+    def __init__(self, manager: ClusterManager, node_id: int) -> None:
+        self.node_id = node_id
+        self._manager = manager
+        self._sent_version = -1
+        self._closed = False
+
+    def __iter__(self) -> StorageSession:
+        return self
+
+    def __next__(self) -> SessionEvent:
+        manager = self._manager
+        with manager._condition:
+            deadline = time.monotonic() + manager._heartbeat_interval
+            while True:
+                if self._closed or manager._stopping:
+                    raise StopIteration
+                table = manager._table
+                info = next((n for n in table.nodes if n.node_id == self.node_id), None)
+                if info is None or info.state == NodeState.DOWN:
+                    raise StopIteration  # the node must register again
+                if table.version != self._sent_version:
+                    self._sent_version = table.version
+                    return table
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return Heartbeat()
+                manager._condition.wait(remaining)
+
+    def close(self) -> None:
+        """End the stream (from any thread).  Closing the node's current
+        session marks the node DOWN (not a replaced one, nor on master stop)."""
+        manager = self._manager
+        with manager._condition:
+            if self._closed:
+                return
+            self._closed = True
+            manager._condition.notify_all()
+        manager._session_ended(self)

@@ -1,0 +1,719 @@
+"""The master's side of two-phase commit: begin, decide, apply, publish.
+
+The client stores and votes directly on the storage nodes; the master
+hands out TTIDs, decides, orders the storages to apply, and publishes.
+One transaction goes through these steps (each a method below):
+
+1. :meth:`CommitCoordinator.begin` — a TTID from the TID generator (in
+   memory only: an undecided TTID dies with the master).  The generator
+   starts above the state's ``last_tid``, so TTIDs and TIDs keep growing
+   across restarts.
+2. :meth:`CommitCoordinator.finish` — validate the request (a TTID this
+   client began, 8-byte oids, partitions in range and covering every oid
+   and the metadata partition ``partition(ttid)``, known voters), check the
+   votes (:func:`~neostore.master_node.state.plan_decision`: every partition
+   touched has a voter holding a writable cell, and marking the writable
+   cells that did not vote OUT_OF_DATE leaves it a readable cell — else
+   ``Unavailable`` naming the partition), then queue the transaction for
+   the decider and wait.  A finish refused here or by the decider aborts
+   the transaction (:meth:`_give_up`), as ZODB aborts after a failed
+   tpc_finish.
+3. :meth:`_decide_batch` (decider thread) — take every queued finish,
+   drop the votes of nodes that registered again since the transaction
+   began (a registering node drops its undecided pending data, see
+   :meth:`registering`), check the votes again,
+   assign TIDs in order (strictly increasing, ``tid % P == ttid % P``),
+   and record them all in ONE :class:`CommitDecisions` command: one log
+   entry, one fsync (group commit).  Once ``submit`` returns, the
+   transactions are committed; ``apply`` checks each decision again against
+   the state it lands on and may still refuse one (``Unavailable``).
+4. :meth:`_apply_on` — send ``Commit(ttid, tid, term)`` to every
+   participant (the voters) in parallel, retrying an unreachable node until
+   ``commit_deadline``.  A participant that fails is dropped
+   (:meth:`_participant_failed`): marked DOWN when unreachable, its cells
+   of the transaction's partitions OUT_OF_DATE, out of the participants —
+   unless it holds the last readable cell of one of them, in which case the
+   transaction waits for that node to come back (:meth:`redrive_node`).
+5. :meth:`_publish_ready` — a transaction is published once every
+   remaining participant applied it and every smaller decided TID is
+   published (strict TID order); then the client's Finish returns its TID
+   and the participants that applied it are recorded with
+   :class:`MarkApplied`, lazily batched into the decider's next submit.
+
+:meth:`abort` sends ``Abort(ttid, term)`` to the nodes the client stored
+on and forgets the TTID; :meth:`client_disconnected` does the same for
+every unfinished TTID of a client whose session ended (to every RUNNING
+node, as the master does not know where it stored).  On start,
+:meth:`start` re-drives every decided-but-unapplied decision of the state
+(``Commit`` is idempotent on storage nodes) and publishes them in order.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from neostore import errors
+from neostore.ids import TidGenerator, p64, partition_of, tid_repr, u64
+from neostore.master_node.command_log import CommandLog
+from neostore.master_node.invalidations import InvalidationPublisher
+from neostore.master_node.state import (
+    ClusterState,
+    CommitDecisions,
+    Decision,
+    DropParticipants,
+    MarkApplied,
+    NodeVote,
+    PendingDecision,
+    SetNodeState,
+    plan_decision,
+)
+from neostore.master_node.storage_links import StorageLinks
+from neostore.partition_table import NodeState
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class CommitConfig:
+    """Timings of the commit path (seconds)."""
+
+    commit_timeout: float = 2.0  # one Commit rpc
+    commit_deadline: float = 5.0  # retrying an unreachable participant
+    abort_timeout: float = 2.0  # Abort rpcs of one tpc_abort
+    mark_applied_delay: float = 0.05  # how long MarkApplied may wait for company
+    max_workers: int = 64  # threads sending Commit and Abort orders
+
+
+class Phase(enum.Enum):
+    """Where a transaction the master knows of stands."""
+
+    BEGUN = "begun"  # TTID handed out: stores and votes go to the storages
+    FINISHING = "finishing"  # Finish received: queued for the decider
+    DECIDED = "decided"  # committed in the log: being applied, not yet published
+
+
+class _Transaction:
+    """A TTID handed out by :meth:`CommitCoordinator.begin`."""
+
+    def __init__(
+        self, client_id: str, ttid: bytes, registrations_seen: int, requested_tid: bytes | None = None
+    ) -> None:
+        self.client_id = client_id
+        self.ttid = ttid
+        # The TID the client asked to commit under (restore), if any.
+        self.requested_tid = requested_tid
+        self.phase = Phase.BEGUN
+        # Storage-node registrations counted when it began: a node that
+        # registered again since then dropped its pending data (votes void).
+        self.registrations_seen = registrations_seen
+
+
+class _Finish:
+    """A Finish request waiting for its outcome."""
+
+    def __init__(
+        self,
+        transaction: _Transaction,
+        oids: tuple[bytes, ...],
+        partitions: tuple[int, ...],
+        votes: tuple[NodeVote, ...],
+    ) -> None:
+        self.transaction = transaction
+        self.oids = oids
+        self.partitions = partitions
+        self.votes = votes
+        self.done = threading.Event()
+        self.tid: bytes | None = None
+        self.error: errors.NeoError | None = None
+
+    def succeed(self, tid: bytes) -> None:
+        self.tid = tid
+        self.done.set()
+
+    def fail(self, error: errors.NeoError) -> None:
+        self.error = error
+        self.done.set()
+
+
+class _Applying:
+    """A decided transaction on its way to the participants."""
+
+    def __init__(self, decision: PendingDecision, finish: _Finish | None) -> None:
+        self.decision = decision
+        self.finish = finish
+        self.remaining = set(decision.participants)  # not applied, not dropped
+        self.applied: set[int] = set()
+        self.trying: set[int] = set()  # nodes with a Commit loop running
+
+
+def _require_running(state: ClusterState) -> None:
+    if not state.running:
+        raise errors.Unavailable(f"cluster {state.cluster_name!r} is not running: it has no partition table yet")
+
+
+def last_published_tid(state: ClusterState) -> bytes:
+    """The TID below which a starting master has nothing left to publish."""
+    if state.pending_decisions:
+        return p64(u64(state.pending_decisions[0].tid) - 1)
+    return state.last_tid
+
+
+def validate_finish(
+    state: ClusterState,
+    ttid: bytes,
+    oids: Iterable[bytes],
+    partitions: Iterable[int],
+    votes: Iterable[NodeVote],
+) -> tuple[tuple[bytes, ...], tuple[int, ...], tuple[NodeVote, ...]]:
+    """Check a Finish request's fields; the oids, partitions and votes
+    normalized (duplicates merged, votes limited to the partitions written).
+    Raises :class:`~neostore.errors.BadRequest` naming the bad field.
+    """
+    num_partitions = state.num_partitions
+    if len(ttid) != 8:
+        raise errors.BadRequest(f"ttid must be 8 bytes, got {len(ttid)}")
+    oid_list = list(dict.fromkeys(oids))
+    for oid in oid_list:
+        if len(oid) != 8:
+            raise errors.BadRequest(f"every oid must be 8 bytes, got one of {len(oid)}: {oid!r}")
+    written = sorted(set(partitions))
+    if not written:
+        raise errors.BadRequest("a finish must name the partitions the transaction wrote")
+    for partition in written:
+        if partition >= num_partitions:
+            raise errors.BadRequest(f"partition {partition} out of range: the cluster has {num_partitions}")
+    metadata_partition = partition_of(ttid, num_partitions)
+    if metadata_partition not in written:
+        raise errors.BadRequest(
+            f"partitions {written} miss partition {metadata_partition}, which holds the "
+            f"metadata of transaction {tid_repr(ttid)}"
+        )
+    for oid in oid_list:
+        if partition_of(oid, num_partitions) not in written:
+            raise errors.BadRequest(
+                f"oid {tid_repr(oid)} is in partition {partition_of(oid, num_partitions)}, "
+                f"which is not among the partitions written {written}"
+            )
+    by_node: dict[int, set[int]] = collections.defaultdict(set)
+    for vote in votes:
+        if state.known_node(vote.node_id) is None:
+            raise errors.BadRequest(f"vote from storage node {vote.node_id}, unknown to this cluster")
+        for partition in vote.partitions:
+            if partition >= num_partitions:
+                raise errors.BadRequest(
+                    f"node {vote.node_id} voted for partition {partition}, out of range"
+                )
+        by_node[vote.node_id].update(vote.partitions)
+    normalized = tuple(
+        NodeVote(node_id, tuple(sorted(by_node[node_id] & set(written))))
+        for node_id in sorted(by_node)
+    )
+    return tuple(oid_list), tuple(written), normalized
+
+
+class CommitCoordinator:
+    """Transactions from TTID to published TID (see the module docstring)."""
+
+    def __init__(
+        self,
+        command_log: CommandLog,
+        storages: StorageLinks,
+        publisher: InvalidationPublisher,
+        config: CommitConfig = CommitConfig(),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._log = command_log
+        self._storages = storages
+        self._publisher = publisher
+        self._config = config
+        self._tid_lock = threading.Lock()
+        self._generator = TidGenerator(command_log.state.last_tid, clock)
+        self._decide_lock = threading.Lock()  # a batch's vote check and submit; registrations
+        self._condition = threading.Condition()  # guards every attribute below
+        self._transactions: dict[bytes, _Transaction] = {}
+        self._queue: list[_Finish] = []
+        self._applying: dict[bytes, _Applying] = {}  # by tid, in increasing order
+        self._applied_marks: dict[bytes, set[int]] = {}
+        self._client_sessions: collections.Counter[str] = collections.Counter()
+        self._registrations = 0
+        self._registered_at: dict[int, int] = {}  # node id -> its last registration's number
+        self._stopping = threading.Event()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=config.max_workers, thread_name_prefix="commit"
+        )
+        self._decider = threading.Thread(target=self._decide_loop, name="decider", daemon=True)
+
+    # -- life cycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Re-drive the state's decided-but-unapplied decisions, start deciding."""
+        state = self._log.state
+        with self._condition:
+            for decision in state.pending_decisions:
+                self._applying[decision.tid] = _Applying(decision, None)
+        if state.pending_decisions:
+            log.info("re-driving %d decided transactions", len(state.pending_decisions))
+        for applying in list(self._applying.values()):
+            self._dispatch(applying, applying.decision.participants)
+        self._decider.start()
+
+    def stop(self) -> None:
+        """Stop deciding; fail waiting Finish calls; flush MarkApplied."""
+        with self._condition:
+            self._stopping.set()
+            self._condition.notify_all()
+        if self._decider.is_alive():
+            self._decider.join()
+        with self._condition:
+            for applying in self._applying.values():
+                if applying.finish is not None:
+                    decision = applying.decision
+                    applying.finish.fail(errors.Unavailable(
+                        f"the master stopped before transaction {tid_repr(decision.ttid)}, "
+                        f"committed as {tid_repr(decision.tid)}, was applied everywhere"
+                    ))
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    # -- step 1: begin ------------------------------------------------------------
+
+    def begin(self, client_id: str, requested_tid: bytes | None = None) -> bytes:
+        """A fresh TTID for ``client_id``.
+
+        With ``requested_tid`` (restore), the transaction will commit under
+        that TID, which must stay above every committed one; its TTID falls
+        in the same partition, as every final TID does.
+        """
+        if not client_id:
+            raise errors.BadRequest("client_id is required")
+        state = self._log.state
+        _require_running(state)
+        if requested_tid is not None:
+            if len(requested_tid) != 8:
+                raise errors.BadRequest(f"requested TID must be 8 bytes, got {len(requested_tid)}")
+            _check_requested_tid(requested_tid, state.last_tid)
+        with self._tid_lock:
+            if requested_tid is None:
+                ttid = self._generator.next()
+            else:
+                ttid = self._generator.next(state.num_partitions, same_partition_as=requested_tid)
+        with self._condition:
+            self._check_not_stopping()
+            self._transactions[ttid] = _Transaction(client_id, ttid, self._registrations, requested_tid)
+        return ttid
+
+    # -- step 2: finish -----------------------------------------------------------
+
+    def finish(
+        self,
+        client_id: str,
+        ttid: bytes,
+        oids: Sequence[bytes],
+        partitions: Sequence[int],
+        votes: Sequence[NodeVote],
+    ) -> bytes:
+        """Commit the transaction; its TID once published.
+
+        Raises BadRequest or UnknownTransaction when ``ttid`` is not a TTID
+        this client began (nothing done), or BadRequest / Unavailable about
+        the rest of the request or the votes: then nothing is committed and
+        the transaction is aborted (every RUNNING storage node is ordered to
+        drop it), as ZODB aborts a transaction whose tpc_finish failed.
+        """
+        state = self._log.state
+        _require_running(state)
+        if len(ttid) != 8:
+            raise errors.BadRequest(f"ttid must be 8 bytes, got {len(ttid)}")
+        with self._condition:
+            self._check_not_stopping()
+            transaction = self._transaction_of(client_id, ttid)
+            if transaction.phase is not Phase.BEGUN:
+                raise errors.BadRequest(f"transaction {tid_repr(ttid)} is already being finished")
+            transaction.phase = Phase.FINISHING
+        try:
+            oid_tuple, written, vote_tuple = validate_finish(state, ttid, oids, partitions, votes)
+            plan_decision(state, written, self._valid_votes(transaction, vote_tuple))
+        except errors.NeoError:
+            self._give_up(transaction)
+            raise
+        finish = _Finish(transaction, oid_tuple, written, vote_tuple)
+        with self._condition:
+            if self._stopping.is_set():
+                transaction.phase = Phase.BEGUN
+                raise errors.Unavailable("the master is stopping")
+            self._queue.append(finish)
+            self._condition.notify_all()
+        finish.done.wait()
+        if finish.error is not None:
+            raise finish.error
+        assert finish.tid is not None
+        return finish.tid
+
+    def _transaction_of(self, client_id: str, ttid: bytes) -> _Transaction:
+        transaction = self._transactions.get(ttid)
+        if transaction is None or transaction.client_id != client_id:
+            raise errors.UnknownTransaction(
+                f"transaction {tid_repr(ttid)} of client {client_id!r} is unknown to this master "
+                "(never begun, aborted, finished, or begun before a master restart)"
+            )
+        return transaction
+
+    def _valid_votes(self, transaction: _Transaction, votes: tuple[NodeVote, ...]) -> tuple[NodeVote, ...]:
+        """The votes of nodes that did not register again since the
+        transaction began (a registering node drops undecided pending data)."""
+        with self._condition:
+            return tuple(vote for vote in votes
+                         if self._registered_at.get(vote.node_id, 0) <= transaction.registrations_seen)
+
+    @contextlib.contextmanager
+    def registering(self) -> Iterator[Callable[[int], None]]:
+        """Hold the decider while a storage node registers.
+
+        Use as ``with coordinator.registering() as registered: ...;
+        registered(node_id); ...`` around the registration, up to reading
+        which of its pending TTIDs are decided.  Every batch is decided
+        either before (its decisions are in that answer: the node applies
+        them) or after (the node's earlier votes no longer count: it drops
+        its undecided pending data), never in between.
+        """
+        with self._decide_lock:
+            yield self._note_registration
+
+    def _note_registration(self, node_id: int) -> None:
+        with self._condition:
+            self._registrations += 1
+            self._registered_at[node_id] = self._registrations
+
+    def _check_not_stopping(self) -> None:
+        if self._stopping.is_set():
+            raise errors.Unavailable("the master is stopping")
+
+    # -- step 3: decide (decider thread) -----------------------------------------
+
+    def _decide_loop(self) -> None:
+        while True:
+            with self._condition:
+                marks_due: float | None = None  # MarkApplied alone waits for company until then
+                while not self._queue and not self._stopping.is_set():
+                    if not self._applied_marks:
+                        self._condition.wait()
+                        continue
+                    now = time.monotonic()
+                    if marks_due is None:
+                        marks_due = now + self._config.mark_applied_delay
+                    elif now >= marks_due:
+                        break
+                    self._condition.wait(marks_due - now)
+                batch, self._queue = self._queue, []
+                marks, self._applied_marks = self._applied_marks, {}
+                stopping = self._stopping.is_set()
+            if stopping:
+                for finish in batch:
+                    self._undecided(finish, errors.Unavailable("the master is stopping"))
+                self._decide_batch([], marks)
+                return
+            try:
+                self._decide_batch(batch, marks)
+            except Exception:  # noqa: BLE001 - the decider must survive
+                log.exception("decider failed on a batch")
+                state = self._log.state
+                for finish in batch:
+                    decided = state.decision_of_ttid(finish.transaction.ttid) is not None
+                    if not finish.done.is_set() and not decided:
+                        self._undecided(finish, errors.Unavailable("internal error while deciding"))
+
+    def _decide_batch(self, batch: list[_Finish], marks: dict[bytes, set[int]]) -> None:
+        with self._decide_lock:
+            self._decide_locked(batch, marks)
+
+    def _decide_locked(self, batch: list[_Finish], marks: dict[bytes, set[int]]) -> None:
+        state = self._log.state
+        planned: list[tuple[_Finish, Decision]] = []
+        for finish in batch:
+            votes = self._valid_votes(finish.transaction, finish.votes)
+            try:
+                out_of_date = plan_decision(state, finish.partitions, votes)
+            except errors.NeoError as error:
+                self._undecided(finish, error)
+                continue
+            ttid = finish.transaction.ttid
+            requested = finish.transaction.requested_tid
+            if requested is not None:
+                last = max([state.last_tid] + [d.tid for _, d in planned])
+                try:
+                    _check_requested_tid(requested, last)
+                except errors.NeoError as error:
+                    self._undecided(finish, error)
+                    continue
+                with self._tid_lock:
+                    self._generator.observe(requested)
+                tid = requested
+            else:
+                with self._tid_lock:
+                    tid = self._generator.next(state.num_partitions, same_partition_as=ttid)
+            planned.append((finish, Decision(
+                tid=tid, ttid=ttid, partitions=finish.partitions, votes=votes,
+                oids=finish.oids, out_of_date=out_of_date,
+            )))
+        commands: list = []
+        if planned:
+            commands.append(CommitDecisions(tuple(decision for _, decision in planned)))
+        commands.extend(MarkApplied(tid, tuple(sorted(nodes))) for tid, nodes in sorted(marks.items()))
+        if not commands:
+            return
+        try:
+            results = self._log.submit(commands)
+        except errors.NeoError as error:
+            log.error("cannot record %d commit decisions: %s", len(planned), error)
+            for finish, _ in planned:
+                self._undecided(finish, errors.Unavailable(f"cannot record the commit decision: {error}"))
+            return
+        if not planned:
+            return
+        outcome = results[0]
+        outcomes = [outcome] * len(planned) if isinstance(outcome, errors.NeoError) else list(outcome)
+        if len(planned) > 1:
+            log.debug("decided %d transactions in one entry", len(planned))
+        for (finish, decision), error in zip(planned, outcomes):
+            if error is not None:
+                self._undecided(finish, error)
+            else:
+                self._start_applying(decision.pending(), finish)
+
+    def _undecided(self, finish: _Finish, error: errors.NeoError) -> None:
+        """Not committed: the transaction is aborted, the client told why."""
+        if self._stopping.is_set():
+            with self._condition:
+                finish.transaction.phase = Phase.BEGUN
+        else:
+            self._give_up(finish.transaction)
+        finish.fail(error)
+
+    def _give_up(self, transaction: _Transaction) -> None:
+        """Abort a transaction whose finish was refused: forget it, and order
+        every RUNNING node to drop it (the master does not know every node
+        the client stored on)."""
+        with self._condition:
+            if self._transactions.get(transaction.ttid) is transaction:
+                del self._transactions[transaction.ttid]
+        self._abort_on(self._running_addresses(), transaction.ttid, wait=False)
+
+    def _running_addresses(self) -> list[str]:
+        return [n.address for n in self._log.state.table.nodes if n.state == NodeState.RUNNING]
+
+    # -- step 4: apply on the participants ---------------------------------------
+
+    def _start_applying(self, decision: PendingDecision, finish: _Finish | None) -> None:
+        applying = _Applying(decision, finish)
+        with self._condition:
+            if finish is not None:
+                finish.transaction.phase = Phase.DECIDED
+            self._applying[decision.tid] = applying
+        self._dispatch(applying, decision.participants)
+
+    def _dispatch(self, applying: _Applying, node_ids: Iterable[int]) -> None:
+        with self._condition:
+            nodes = [n for n in node_ids if n in applying.remaining and n not in applying.trying]
+            applying.trying.update(nodes)
+        for node_id in nodes:
+            try:
+                self._executor.submit(self._apply_on, applying, node_id)
+            except RuntimeError:  # executor shut down: the master is stopping
+                with self._condition:
+                    applying.trying.discard(node_id)
+
+    def redrive_node(self, node_id: int) -> None:
+        """Send Commit again for every decision ``node_id`` still has to apply
+        (after it registered again)."""
+        with self._condition:
+            waiting = [a for a in self._applying.values() if node_id in a.remaining]
+        for applying in waiting:
+            self._dispatch(applying, [node_id])
+
+    def _apply_on(self, applying: _Applying, node_id: int) -> None:
+        decision = applying.decision
+        deadline = time.monotonic() + self._config.commit_deadline
+        delay = 0.02
+        error: errors.NeoError = errors.Unavailable("not tried")
+        unreachable = True
+        while not self._stopping.is_set():
+            info = self._log.state.known_node(node_id)
+            try:
+                if info is None:
+                    raise errors.BadRequest(f"storage node {node_id} is no longer known")
+                timeout = max(0.05, min(self._config.commit_timeout, deadline - time.monotonic()))
+                self._storages.commit(info.address, decision.ttid, decision.tid, self._log.term, timeout)
+            except errors.Unavailable as failure:
+                error, unreachable = failure, True
+            except errors.NeoError as failure:
+                error, unreachable = failure, False
+                break
+            else:
+                self._participant_applied(applying, node_id)
+                return
+            if time.monotonic() + delay >= deadline:
+                break
+            self._stopping.wait(delay)
+            delay = min(delay * 2, 0.5)
+        if self._stopping.is_set():
+            with self._condition:
+                applying.trying.discard(node_id)
+            return
+        self._participant_failed(applying, node_id, error, unreachable)
+
+    def _participant_applied(self, applying: _Applying, node_id: int) -> None:
+        with self._condition:
+            applying.trying.discard(node_id)
+            applying.remaining.discard(node_id)
+            applying.applied.add(node_id)
+            self._publish_ready()
+
+    def _participant_failed(
+        self, applying: _Applying, node_id: int, error: errors.NeoError, unreachable: bool
+    ) -> None:
+        tid = applying.decision.tid
+        log.warning("storage node %d failed to apply %s: %s", node_id, tid_repr(tid), error)
+        commands: list = [DropParticipants(tid, (node_id,))]
+        if unreachable:
+            commands.insert(0, SetNodeState(node_id, NodeState.DOWN))
+        try:
+            results = self._log.submit(commands)
+        except errors.NeoError as failure:
+            log.error("cannot record the failure of node %d: %s", node_id, failure)
+            with self._condition:
+                applying.trying.discard(node_id)
+            return
+        dropped = results[-1]
+        with self._condition:
+            applying.trying.discard(node_id)
+            if isinstance(dropped, tuple) and node_id in dropped:
+                applying.remaining.discard(node_id)
+                self._publish_ready()
+            elif not isinstance(dropped, errors.NeoError) and node_id in applying.remaining:
+                log.warning(
+                    "storage node %d holds the last readable cell of a partition of %s: "
+                    "the transaction is published once that node applies it", node_id, tid_repr(tid),
+                )
+
+    # -- step 5: publish ------------------------------------------------------------
+
+    def _publish_ready(self) -> None:
+        """Publish, in TID order, every decision applied everywhere
+        (called with the condition held)."""
+        while self._applying:
+            tid, first = next(iter(self._applying.items()))
+            if first.remaining:
+                return
+            del self._applying[tid]
+            decision = first.decision
+            self._publisher.publish(tid, decision.ttid, decision.oids)
+            if first.applied:
+                self._applied_marks.setdefault(tid, set()).update(first.applied)
+                self._condition.notify_all()
+            if first.finish is not None:
+                self._transactions.pop(decision.ttid, None)
+                first.finish.succeed(tid)
+
+    # -- aborts -----------------------------------------------------------------------
+
+    def abort(self, client_id: str, ttid: bytes, node_ids: Sequence[int]) -> None:
+        """Forget ``ttid`` and order the nodes it stored on to drop it."""
+        if len(ttid) != 8:
+            raise errors.BadRequest(f"ttid must be 8 bytes, got {len(ttid)}")
+        state = self._log.state
+        addresses = []
+        for node_id in sorted(set(node_ids)):
+            info = state.known_node(node_id)
+            if info is None:  # gone from the cluster: nothing to release there
+                log.warning("abort of %s: storage node %d is unknown, skipped", tid_repr(ttid), node_id)
+            else:
+                addresses.append(info.address)
+        with self._condition:
+            if state.decision_of_ttid(ttid) is not None or any(
+                    a.decision.ttid == ttid for a in self._applying.values()):
+                raise errors.BadRequest(f"transaction {tid_repr(ttid)} is committed: too late to abort")
+            transaction = self._transactions.get(ttid)
+            if transaction is not None:
+                if transaction.client_id != client_id:
+                    raise errors.UnknownTransaction(
+                        f"transaction {tid_repr(ttid)} does not belong to client {client_id!r}"
+                    )
+                if transaction.phase is not Phase.BEGUN:
+                    raise errors.BadRequest(
+                        f"transaction {tid_repr(ttid)} is being finished: too late to abort"
+                    )
+                del self._transactions[ttid]
+        self._abort_on(addresses, ttid)
+
+    def _abort_on(self, addresses: Sequence[str], ttid: bytes, wait: bool = True) -> None:
+        """Order every address to drop ``ttid``, in parallel; failures are
+        only logged (a storage node drops undecided TTIDs when it registers)."""
+        term = self._log.term
+        timeout = self._config.abort_timeout
+
+        def report(future: concurrent.futures.Future[None], address: str) -> None:
+            failure = future.exception()
+            if failure is not None:
+                log.warning("abort of %s on %s failed: %s", tid_repr(ttid), address, failure)
+
+        futures = []
+        for address in addresses:
+            try:
+                future = self._executor.submit(self._storages.abort, address, ttid, term, timeout)
+            except RuntimeError:  # executor shut down: the master is stopping
+                return
+            future.add_done_callback(lambda done, address=address: report(done, address))
+            futures.append(future)
+        if wait:
+            concurrent.futures.wait(futures)
+
+    def client_connected(self, client_id: str) -> None:
+        """A client's session (its Subscribe stream) began."""
+        with self._condition:
+            self._client_sessions[client_id] += 1
+
+    def client_disconnected(self, client_id: str) -> None:
+        """A client's session ended: abort its transactions not being finished."""
+        with self._condition:
+            self._client_sessions[client_id] -= 1
+            if self._client_sessions[client_id] > 0:
+                return
+            del self._client_sessions[client_id]
+            if self._stopping.is_set():
+                return
+            orphans = [ttid for ttid, transaction in self._transactions.items()
+                       if transaction.client_id == client_id and transaction.phase is Phase.BEGUN]
+            for ttid in orphans:
+                del self._transactions[ttid]
+        if not orphans:
+            return
+        log.info("client %s left: aborting %d transactions", client_id, len(orphans))
+        addresses = self._running_addresses()
+        for ttid in orphans:
+            self._abort_on(addresses, ttid, wait=False)
+
+    # -- introspection (servicers, tests) --------------------------------------------
+
+    def phase_of(self, ttid: bytes) -> Phase | None:
+        with self._condition:
+            transaction = self._transactions.get(ttid)
+            return transaction.phase if transaction is not None else None
+
+    def decided_unpublished(self) -> list[bytes]:
+        """TIDs decided but not yet published, in order."""
+        with self._condition:
+            return list(self._applying)
+
+
+def _check_requested_tid(requested: bytes, last_tid: bytes) -> None:
+    if requested <= last_tid:
+        raise errors.BadRequest(
+            f"cannot commit under TID {tid_repr(requested)}: it must be above the last "
+            f"committed TID {tid_repr(last_tid)}")

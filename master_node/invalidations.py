@@ -1,0 +1,221 @@
+"""The invalidation publisher: committed transactions, in TID order, to clients.
+
+ZODB clients learn of other processes' commits from this stream, and a
+client must see every committed TID, once, in TID order (the MVCC adapter
+hands them to the DB as they come).  The commit path calls :meth:`publish`
+strictly in TID order, once every readable replica of the touched partitions
+can serve the transaction; table changes come from the command log's
+listener through :meth:`publish_table`.
+
+The publisher keeps a bounded history (``history_size`` transactions) so
+that a reconnecting client can ask "what changed since TID X":
+
+* ``floor`` is the highest TID no longer in the history (at start, the
+  highest TID published by a previous master incarnation); the history holds
+  every published TID above it;
+* a subscription with ``since_tid >= floor`` replays the history after it;
+  one with an older ``since_tid`` gets a :class:`ResetCache` instead (the
+  client drops its whole cache).
+
+Every :class:`Subscription` yields, in order: :class:`StartTid` (the last
+published TID when it started), the current :class:`TableChanged` if a
+table exists, the replay (or :class:`ResetCache`), then every new
+invalidation and table change as it happens.  A subscriber that falls more
+than ``history_size`` transactions behind gets a :class:`ResetCache` and
+continues from the newest TID.  Fan-out is one condition variable: publishers
+append and ``notify_all``; each subscriber, in its own thread (a gRPC
+worker), takes what is past its position.  :meth:`close` ends every stream.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+from collections.abc import Iterator
+from typing import Union
+
+from neostore.ids import ZERO_TID, tid_repr
+from neostore.partition_table import PartitionTable
+
+DEFAULT_HISTORY_SIZE = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class StartTid:
+    """First event of every stream: the last TID published when it began."""
+
+    tid: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Invalidation:
+    """A committed transaction: ``oids`` changed in ``tid``."""
+
+    tid: bytes
+    ttid: bytes
+    oids: tuple[bytes, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ResetCache:
+    """The history no longer reaches the subscriber: drop every cached object;
+    the stream continues after ``tid``."""
+
+    tid: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class TableChanged:
+    """The partition table changed (the newest one; versions may skip)."""
+
+    table: PartitionTable
+
+
+Event = Union[StartTid, Invalidation, ResetCache, TableChanged]
+
+
+class InvalidationPublisher:
+    """Thread-safe fan-out of invalidations and table changes."""
+
+    def __init__(
+        self,
+        last_tid: bytes = ZERO_TID,
+        table: PartitionTable | None = None,
+        history_size: int = DEFAULT_HISTORY_SIZE,
+    ) -> None:
+        if history_size < 1:
+            raise ValueError("history_size must be at least 1")
+        self._condition = threading.Condition()
+        self._history: collections.deque[Invalidation] = collections.deque()
+        self._history_size = history_size
+        self._floor = last_tid
+        self._last_tid = last_tid
+        self._table = table
+        self._closed = False
+
+    @property
+    def last_tid(self) -> bytes:
+        """The last TID published: every TID up to it is visible to clients."""
+        with self._condition:
+            return self._last_tid
+
+    @property
+    def floor(self) -> bytes:
+        with self._condition:
+            return self._floor
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def publish(self, tid: bytes, ttid: bytes, oids: tuple[bytes, ...]) -> None:
+        """Publish a committed transaction; TIDs must strictly increase."""
+        with self._condition:
+            if tid <= self._last_tid:
+                raise ValueError(
+                    f"invalidation {tid_repr(tid)} is not after the last one {tid_repr(self._last_tid)}"
+                )
+            self._history.append(Invalidation(tid, ttid, tuple(oids)))
+            if len(self._history) > self._history_size:
+                self._floor = self._history.popleft().tid
+            self._last_tid = tid
+            self._condition.notify_all()
+
+    def publish_table(self, table: PartitionTable) -> None:
+        """A new partition table (older versions than the current are ignored)."""
+        with self._condition:
+            if self._table is None or table.version > self._table.version:
+                self._table = table
+                self._condition.notify_all()
+
+    def subscribe(self, since_tid: bytes | None = None) -> Subscription:
+        """A stream of events; ``since_tid`` None means from now on."""
+        return Subscription(self, since_tid)
+
+    def close(self) -> None:
+        """End every subscription (master stopping)."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+    # -- for Subscription (called with the condition held) -------------------
+
+    def _start(self, subscription: Subscription, since_tid: bytes | None) -> list[Event]:
+        events: list[Event] = [StartTid(self._last_tid)]
+        if self._table is not None:
+            events.append(TableChanged(self._table))
+            subscription._table_version = self._table.version
+        subscription._position = self._last_tid
+        if since_tid is not None:
+            if since_tid >= self._floor:
+                events.extend(i for i in self._history if i.tid > since_tid)
+                subscription._position = max(self._last_tid, since_tid)
+            else:
+                events.append(ResetCache(self._last_tid))
+        return events
+
+    def _events_after(self, subscription: Subscription) -> list[Event]:
+        events: list[Event] = []
+        if self._table is not None and self._table.version > subscription._table_version:
+            events.append(TableChanged(self._table))
+            subscription._table_version = self._table.version
+        position = subscription._position
+        if position >= self._last_tid:
+            return events
+        if position < self._floor:
+            events.append(ResetCache(self._last_tid))
+        else:
+            newer: list[Invalidation] = []
+            for invalidation in reversed(self._history):
+                if invalidation.tid <= position:
+                    break
+                newer.append(invalidation)
+            events.extend(reversed(newer))
+        subscription._position = self._last_tid
+        return events
+
+
+class Subscription(Iterator[Event]):
+    """One subscriber's stream; iterate it (blocks), :meth:`close` to end it."""
+
+    def __init__(self, publisher: InvalidationPublisher, since_tid: bytes | None) -> None:
+        self._publisher = publisher
+        self._position = ZERO_TID
+        self._table_version = -1
+        self._buffer: collections.deque[Event] = collections.deque()
+        self._closed = False
+        with publisher._condition:  # the stream starts now, not at the first read
+            self._buffer.extend(publisher._start(self, since_tid))
+
+    @property
+    def ended(self) -> bool:
+        """Closed (by itself or by the publisher) and nothing left to read."""
+        return (self._closed or self._publisher.closed) and not self._buffer
+
+    def close(self) -> None:
+        """End the stream (safe from any thread, e.g. a gRPC cancel callback)."""
+        with self._publisher._condition:
+            self._closed = True
+            self._publisher._condition.notify_all()
+
+    def __iter__(self) -> Subscription:
+        return self
+
+    def __next__(self) -> Event:
+        event = self.next_event()
+        if event is None:
+            raise StopIteration
+        return event
+
+    def next_event(self, timeout: float | None = None) -> Event | None:
+        """The next event; None when the stream ended or ``timeout`` passed."""
+        publisher = self._publisher
+        with publisher._condition:
+            while not self._buffer:
+                if self._closed or publisher._closed:
+                    return None
+                self._buffer.extend(publisher._events_after(self))
+                if not self._buffer and not publisher._condition.wait(timeout):
+                    return None
+            return self._buffer.popleft()

@@ -1,0 +1,79 @@
+"""``neo-master``: run one master node as a process.
+
+    neo-master --cluster NAME --data DIR [--bind 127.0.0.1:PORT]
+               [--partitions 12] [--replicas 2] [--autostart N] [--log-level INFO]
+
+Prints ``neo-master ready address=HOST:PORT`` on stdout (flushed) once it
+serves, so that launchers and tests can wait for that line.  SIGTERM and
+SIGINT stop it cleanly (exit status 0).  A fatal error prints one line,
+``neo-master: error: ...``, on stderr and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+import lmdb
+
+from neostore import errors
+from neostore.master_node.node import MasterConfig, MasterNode
+from neostore.rpc import RpcConfig
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="neo-master", description="Run a neostore master node.")
+    parser.add_argument("--cluster", required=True, help="cluster name (every node checks it)")
+    parser.add_argument("--data", required=True, help="data directory (command log)")
+    parser.add_argument("--bind", default="127.0.0.1:0", help="host:port to serve on (port 0: any)")
+    parser.add_argument("--partitions", type=int, default=12, help="partitions, when creating the cluster")
+    parser.add_argument("--replicas", type=int, default=2, help="replicas per partition, when creating the cluster")
+    parser.add_argument("--autostart", type=int, default=1,
+                        help="storage nodes to wait for before creating the partition table (0: admin only)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        config = MasterConfig(
+            rpc=RpcConfig(cluster_name=args.cluster),
+            data_dir=args.data,
+            bind=args.bind,
+            num_partitions=args.partitions,
+            num_replicas=args.replicas,
+            autostart=args.autostart,
+        )
+        node = MasterNode(config)
+        node.start()
+    except (errors.NeoError, OSError, ValueError, RuntimeError, lmdb.Error) as error:
+        print(f"neo-master: error: {error}", file=sys.stderr, flush=True)
+        return 1
+    print(f"neo-master ready address={node.address}", flush=True)
+    try:
+        while not stop_requested.wait(1.0):
+            pass
+    finally:
+        node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

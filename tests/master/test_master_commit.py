@@ -1,0 +1,385 @@
+"""The master's side of two-phase commit, against fake storage nodes over gRPC."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from master_fakes import CLUSTER, RPC_CONFIG, FakeStorage, in_background, running_log, wait_until
+from neostore import errors
+from neostore.ids import p64, u64
+from neostore.master_node.command_log import MemoryCommandLog, submit_one
+from neostore.master_node.commit import CommitConfig, CommitCoordinator, Phase, last_published_tid
+from neostore.master_node.invalidations import Invalidation, InvalidationPublisher
+from neostore.master_node.state import (
+    ClusterState,
+    CommitDecisions,
+    CreateCluster,
+    CreatePartitionTable,
+    Decision,
+    NodeVote,
+    RegisterNode,
+    SetNodeState,
+    plan_decision,
+)
+from neostore.master_node.storage_links import StorageLinks
+from neostore.partition_table import CellState, NodeState
+
+FAST = CommitConfig(commit_timeout=0.5, commit_deadline=0.4, abort_timeout=1.0, mark_applied_delay=0.01)
+
+
+class SlowLog(MemoryCommandLog):
+    """A memory log whose every write takes ``delay`` (an fsync's stand-in)
+    and which counts the CommitDecisions entries it wrote."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(term=7)
+        self.delay = delay
+
+    def _persist(self, entries: list[bytes], state: ClusterState) -> None:
+        time.sleep(self.delay)
+        super()._persist(entries, state)
+
+    def decision_entries(self) -> list[bytes]:
+        return [entry for entry in self.entries if entry.startswith(b'{"command":"CommitDecisions"')]
+
+
+class Harness:
+    """A coordinator over a memory log, a publisher and fake storages 1..N."""
+
+    def __init__(self, storages: list[FakeStorage], num_partitions: int = 4, num_replicas: int = 2,
+                 command_log: MemoryCommandLog | None = None, config: CommitConfig = FAST) -> None:
+        self.storages = storages
+        if command_log is None:
+            command_log = running_log([s.address for s in storages], num_partitions, num_replicas)
+        self.log = command_log
+        state = command_log.state
+        self.publisher = InvalidationPublisher(last_published_tid(state), state.table)
+        self.subscription = self.publisher.subscribe()
+        self.links = StorageLinks(RPC_CONFIG)
+        self.coordinator = CommitCoordinator(command_log, self.links, self.publisher, config)
+
+    @property
+    def state(self) -> ClusterState:
+        return self.log.state
+
+    def votes_for(self, partitions: list[int], nodes: list[int] | None = None) -> list[NodeVote]:
+        """Votes of ``nodes`` (default: every node holding a cell there)."""
+        table = self.state.table
+        voters = nodes if nodes is not None else sorted(
+            {cell.node_id for p in partitions for cell in table.rows[p]})
+        return [NodeVote(node, tuple(p for p in partitions
+                                     if table.cell_state(p, node) is not None)) for node in voters]
+
+    def commit(self, client: str = "client", nodes: list[int] | None = None, ttid: bytes | None = None) -> bytes:
+        """Begin (unless ttid given) and finish a transaction writing one oid."""
+        if ttid is None:
+            ttid = self.coordinator.begin(client)
+        partition = u64(ttid) % self.state.num_partitions
+        oid = p64(partition)
+        return self.coordinator.finish(client, ttid, [oid], [partition], self.votes_for([partition], nodes))
+
+    def published(self) -> list[bytes]:
+        events = []
+        while (event := self.subscription.next_event(timeout=0.01)) is not None:
+            if isinstance(event, Invalidation):
+                events.append(event.tid)
+        return events
+
+    def close(self) -> None:
+        self.coordinator.stop()
+        self.links.close()
+        self.publisher.close()
+
+
+@pytest.fixture
+def storages() -> Iterator[list[FakeStorage]]:
+    made = [FakeStorage(), FakeStorage()]
+    yield made
+    for storage in made:
+        storage.stop()
+
+
+@pytest.fixture
+def harness(storages: list[FakeStorage]) -> Iterator[Harness]:
+    made = Harness(storages)
+    made.coordinator.start()
+    yield made
+    made.close()
+
+
+def test_finish_commits_on_every_voter_and_returns_the_published_tid(harness: Harness) -> None:
+    ttid = harness.coordinator.begin("client")
+    tid = harness.commit(ttid=ttid)
+    assert tid > ttid
+    assert u64(tid) % 4 == u64(ttid) % 4
+    for storage in harness.storages:
+        assert storage.commits == [(ttid, tid, harness.log.term)]
+    assert harness.publisher.last_tid == tid
+    assert harness.published() == [tid]
+    assert harness.coordinator.phase_of(ttid) is None
+    wait_until(lambda: harness.state.pending_decisions == (), what="MarkApplied")
+
+
+def test_concurrent_finishes_share_log_entries_and_publish_in_tid_order(storages: list[FakeStorage]) -> None:
+    command_log = SlowLog(delay=0.03)
+    submit_one(command_log, CreateCluster(CLUSTER, 4, 2))
+    for storage in storages:
+        submit_one(command_log, RegisterNode(0, storage.address))
+    submit_one(command_log, CreatePartitionTable((1, 2)))
+    harness = Harness(storages, command_log=command_log)
+    harness.coordinator.start()
+    try:
+        ttids = [harness.coordinator.begin(f"client-{n}") for n in range(12)]
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            futures = [pool.submit(harness.commit, f"client-{n}", None, ttid) for n, ttid in enumerate(ttids)]
+            tids = [future.result(timeout=20) for future in futures]
+        assert len(set(tids)) == 12
+        for ttid, tid in zip(ttids, tids):
+            assert u64(tid) % 4 == u64(ttid) % 4
+        assert harness.published() == sorted(tids)
+        decided = sum(entry.count(b'"ttid"') for entry in command_log.decision_entries())
+        assert decided == 12
+        assert len(command_log.decision_entries()) < 12, "finishes arriving together share one entry"
+        assert all(storage.committed_tids() and set(storage.committed_tids()) == set(tids) for storage in storages)
+    finally:
+        harness.close()
+
+
+def test_a_writable_cell_that_did_not_vote_is_marked_out_of_date(harness: Harness) -> None:
+    version = harness.state.table.version
+    ttid = harness.coordinator.begin("client")
+    partition = u64(ttid) % 4
+    tid = harness.commit(ttid=ttid, nodes=[1])
+    assert harness.state.table.cell_state(partition, 2) == CellState.OUT_OF_DATE
+    assert harness.state.table.cell_state(partition, 1) == CellState.UP_TO_DATE
+    assert harness.state.table.version == version + 1
+    assert harness.storages[0].committed_tids() == [tid]
+    assert harness.storages[1].committed_tids() == []
+
+
+def test_finish_without_a_writable_voter_is_unavailable_and_aborts_the_transaction(harness: Harness) -> None:
+    ttid = harness.coordinator.begin("client")
+    partition = u64(ttid) % 4
+    with pytest.raises(errors.Unavailable, match=f"partition {partition}: no storage node holding a writable cell"):
+        harness.coordinator.finish("client", ttid, [p64(partition)], [partition], [])
+    assert harness.coordinator.phase_of(ttid) is None
+    for storage in harness.storages:
+        wait_until(lambda storage=storage: storage.aborted_ttids() == [ttid], what="abort on every running node")
+    harness.coordinator.abort("client", ttid, [1, 2])  # the client's own abort, later: harmless
+    assert harness.published() == []
+
+
+def test_finish_refuses_to_leave_a_partition_without_readable_cell(harness: Harness) -> None:
+    submit_one(harness.log, SetNodeState(1, NodeState.DOWN))
+    submit_one(harness.log, RegisterNode(1, harness.storages[0].address))  # back, cells OUT_OF_DATE
+    ttid = harness.coordinator.begin("client")
+    partition = u64(ttid) % 4
+    with pytest.raises(errors.Unavailable, match=f"partition {partition}: the transaction would leave no readable"):
+        harness.commit(ttid=ttid, nodes=[1])
+
+
+def test_the_vote_of_a_node_that_registered_again_since_begin_does_not_count(harness: Harness) -> None:
+    ttid = harness.coordinator.begin("client")
+    partition = u64(ttid) % 4
+    with harness.coordinator.registering() as registered:
+        registered(2)  # node 2 restarted: it drops its undecided pending data
+    tid = harness.commit(ttid=ttid)
+    assert harness.state.table.cell_state(partition, 2) == CellState.OUT_OF_DATE
+    assert harness.storages[1].committed_tids() == []
+    assert harness.storages[0].committed_tids() == [tid]
+    later = harness.coordinator.begin("client")
+    assert harness.votes_for([u64(later) % 4], [1, 2])[1].node_id == 2
+    harness.commit(ttid=later)  # begun after the registration: node 2's vote counts again
+    assert len(harness.storages[1].committed_tids()) == 1
+
+
+def test_an_unreachable_participant_is_marked_down_and_dropped(harness: Harness) -> None:
+    harness.storages[1].fail_with = errors.Unavailable("disk on fire")
+    ttid = harness.coordinator.begin("client")
+    partition = u64(ttid) % 4
+    tid = harness.commit(ttid=ttid)
+    state = harness.state
+    assert state.table.node(2).state == NodeState.DOWN
+    assert state.table.cell_state(partition, 2) == CellState.OUT_OF_DATE
+    assert harness.storages[1].commit_calls > 1, "an unreachable node is retried"
+    assert harness.published() == [tid]
+    wait_until(lambda: harness.state.pending_decisions == (), what="MarkApplied")
+
+
+def test_a_participant_refusing_the_commit_is_dropped_but_not_marked_down(harness: Harness) -> None:
+    harness.storages[1].fail_with = errors.UnknownTransaction("no such ttid")
+    ttid = harness.coordinator.begin("client")
+    partition = u64(ttid) % 4
+    tid = harness.commit(ttid=ttid)
+    state = harness.state
+    assert state.table.node(2).state == NodeState.RUNNING
+    assert state.table.cell_state(partition, 2) == CellState.OUT_OF_DATE
+    assert harness.storages[1].commit_calls == 1
+    assert harness.published() == [tid]
+
+
+def test_the_holder_of_the_last_readable_cell_delays_publication_until_it_returns(harness: Harness) -> None:
+    submit_one(harness.log, SetNodeState(2, NodeState.DOWN))
+    submit_one(harness.log, RegisterNode(2, harness.storages[1].address))  # back, cells OUT_OF_DATE
+    harness.storages[0].fail_with = errors.Unavailable("network cut")
+    ttid = harness.coordinator.begin("client")
+    finishing = in_background(harness.commit, "client", None, ttid)
+    wait_until(lambda: harness.state.table.node(1).state == NodeState.DOWN, what="node 1 marked down")
+    time.sleep(0.1)
+    assert not finishing.done()
+    assert harness.published() == []
+    assert harness.state.pending_decisions[0].participants == (1, 2), "node 1 was not dropped"
+    harness.storages[0].fail_with = None
+    submit_one(harness.log, RegisterNode(1, harness.storages[0].address))
+    harness.coordinator.redrive_node(1)
+    tid = finishing.result(timeout=5)
+    assert harness.published() == [tid]
+    assert harness.storages[0].committed_tids() == [tid]
+
+
+def test_publication_keeps_tid_order_when_a_later_transaction_applies_first(storages: list[FakeStorage]) -> None:
+    harness = Harness(storages, num_partitions=2, num_replicas=1)  # partition p on node p + 1
+    harness.coordinator.start()
+    try:
+        first = harness.coordinator.begin("a")
+        second = harness.coordinator.begin("b")
+        while u64(second) % 2 == u64(first) % 2:
+            second = harness.coordinator.begin("b")
+        storages[u64(first) % 2].commit_delay = 0.3
+        slow = in_background(harness.commit, "a", None, first)
+        wait_until(lambda: harness.coordinator.decided_unpublished(), what="first decided")
+        fast = in_background(harness.commit, "b", None, second)
+        wait_until(lambda: len(storages[u64(second) % 2].commits) == 1, what="second applied")
+        assert not fast.done(), "a later TID waits for the earlier one to be published"
+        first_tid, second_tid = slow.result(timeout=5), fast.result(timeout=5)
+        assert first_tid < second_tid
+        assert harness.published() == [first_tid, second_tid]
+    finally:
+        harness.close()
+
+
+def test_abort_orders_the_named_nodes_and_forgets_the_transaction(harness: Harness) -> None:
+    ttid = harness.coordinator.begin("client")
+    harness.coordinator.abort("client", ttid, [2, 77])  # 77: unknown, skipped
+    assert harness.storages[1].aborts == [(ttid, harness.log.term)]
+    assert harness.storages[0].aborts == []
+    with pytest.raises(errors.UnknownTransaction):
+        harness.commit(ttid=ttid)
+
+
+def test_another_clients_transaction_can_neither_be_finished_nor_aborted(harness: Harness) -> None:
+    ttid = harness.coordinator.begin("owner")
+    with pytest.raises(errors.UnknownTransaction, match="'intruder'"):
+        harness.commit(client="intruder", ttid=ttid)
+    with pytest.raises(errors.UnknownTransaction, match="does not belong"):
+        harness.coordinator.abort("intruder", ttid, [])
+    assert harness.coordinator.phase_of(ttid) is Phase.BEGUN
+
+
+def _finish_args(harness: Harness, ttid: bytes) -> dict[str, Any]:
+    partition = u64(ttid) % 4
+    return {"client_id": "client", "ttid": ttid, "oids": [p64(partition)], "partitions": [partition],
+            "votes": harness.votes_for([partition])}
+
+
+@pytest.mark.parametrize(
+    "change, error, message",
+    [
+        pytest.param(lambda a: {**a, "ttid": b"short"}, errors.BadRequest, "ttid must be 8 bytes", id="short-ttid"),
+        pytest.param(lambda a: {**a, "oids": [b"\0" * 9]}, errors.BadRequest, "oid must be 8 bytes", id="long-oid"),
+        pytest.param(lambda a: {**a, "partitions": a["partitions"] + [4]}, errors.BadRequest, "out of range",
+                     id="partition-out-of-range"),
+        pytest.param(lambda a: {**a, "partitions": [], "oids": []}, errors.BadRequest, "name the partitions",
+                     id="no-partitions"),
+        pytest.param(lambda a: {**a, "partitions": [(a["partitions"][0] + 1) % 4], "oids": []},
+                     errors.BadRequest, "holds the metadata", id="metadata-partition-missing"),
+        pytest.param(lambda a: {**a, "oids": [p64(a["partitions"][0] + 1)]}, errors.BadRequest,
+                     "not among the partitions written", id="oid-partition-missing"),
+        pytest.param(lambda a: {**a, "votes": [NodeVote(9, tuple(a["partitions"]))]}, errors.BadRequest,
+                     "unknown to this cluster", id="unknown-voter"),
+        pytest.param(lambda a: {**a, "ttid": p64(u64(a["ttid"]) + 4)}, errors.UnknownTransaction,
+                     "unknown to this master", id="unknown-ttid"),
+    ],
+)
+def test_finish_refuses_bad_requests(harness: Harness, change, error: type, message: str) -> None:  # type: ignore[no-untyped-def]
+    ttid = harness.coordinator.begin("client")
+    with pytest.raises(error, match=message):
+        harness.coordinator.finish(**change(_finish_args(harness, ttid)))
+    if change(_finish_args(harness, ttid))["ttid"] != ttid:
+        assert harness.coordinator.phase_of(ttid) is Phase.BEGUN, "another ttid: this one is untouched"
+    else:
+        assert harness.coordinator.phase_of(ttid) is None, "a refused finish aborts the transaction"
+        wait_until(lambda: harness.storages[0].aborted_ttids() == [ttid], what="abort")
+    assert harness.published() == []
+
+
+def test_a_client_leaving_aborts_its_unfinished_transactions_on_every_running_node(harness: Harness) -> None:
+    coordinator = harness.coordinator
+    coordinator.client_connected("leaver")
+    coordinator.client_connected("leaver")  # a second session (reconnect)
+    unfinished = [coordinator.begin("leaver"), coordinator.begin("leaver")]
+    finished = coordinator.begin("leaver")
+    harness.commit(client="leaver", ttid=finished)
+    other = coordinator.begin("stayer")
+    coordinator.client_disconnected("leaver")
+    time.sleep(0.05)
+    assert all(storage.aborts == [] for storage in harness.storages), "one session is still open"
+    coordinator.client_disconnected("leaver")
+    for storage in harness.storages:
+        wait_until(lambda storage=storage: sorted(storage.aborted_ttids()) == sorted(unfinished), what="aborts")
+    assert [coordinator.phase_of(ttid) for ttid in unfinished] == [None, None]
+    assert coordinator.phase_of(other) is Phase.BEGUN
+
+
+def test_start_redrives_decided_transactions_and_publishes_them(storages: list[FakeStorage]) -> None:
+    command_log = running_log([s.address for s in storages])
+    state = command_log.state
+    votes = (NodeVote(1, (1,)), NodeVote(2, (1,)))
+    decision = Decision(tid=p64(1001), ttid=p64(997), partitions=(1,), votes=votes, oids=(p64(5),),
+                        out_of_date=plan_decision(state, (1,), votes))
+    assert command_log.submit([CommitDecisions((decision,))]) == [(None,)]
+    harness = Harness(storages, command_log=command_log)
+    assert harness.publisher.last_tid == p64(1000)
+    harness.coordinator.start()
+    try:
+        wait_until(lambda: harness.publisher.last_tid == p64(1001), what="re-driven decision published")
+        assert harness.published() == [p64(1001)]
+        assert all(storage.commits == [(p64(997), p64(1001), 1)] for storage in storages)
+        wait_until(lambda: harness.state.pending_decisions == (), what="MarkApplied")
+        ttid = harness.coordinator.begin("client")
+        assert ttid > p64(1001), "new TTIDs start above the last decided TID"
+    finally:
+        harness.close()
+
+
+def test_begin_before_the_cluster_runs_is_unavailable(storages: list[FakeStorage]) -> None:
+    command_log = MemoryCommandLog()
+    submit_one(command_log, CreateCluster(CLUSTER, 4, 2))
+    harness = Harness(storages, command_log=command_log)
+    harness.coordinator.start()
+    try:
+        with pytest.raises(errors.Unavailable, match="not running"):
+            harness.coordinator.begin("client")
+    finally:
+        harness.close()
+
+
+def test_stop_fails_finishes_that_wait_for_a_participant(storages: list[FakeStorage]) -> None:
+    harness = Harness(storages, num_partitions=2, num_replicas=1,
+                      config=dataclasses.replace(FAST, commit_deadline=30.0))
+    harness.coordinator.start()
+    for storage in storages:
+        storage.fail_with = errors.Unavailable("unreachable")
+    ttid = harness.coordinator.begin("client")
+    finishing = in_background(harness.commit, "client", None, ttid)
+    wait_until(lambda: harness.coordinator.decided_unpublished(), what="decided")
+    harness.close()
+    with pytest.raises(errors.Unavailable, match="committed as"):
+        finishing.result(timeout=5)
+    assert harness.state.pending_decisions, "the decision stays in the state, to be re-driven"
