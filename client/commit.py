@@ -115,8 +115,12 @@ class TransactionContext:
 # -- 1. begin ------------------------------------------------------------------
 
 
-def begin(cluster: ClusterConnection, client_id: str, meta: Any) -> TransactionContext:
-    reply = cluster.master_call("Begin", master_pb2.BeginRequest(client_id=client_id))
+def begin(
+    cluster: ClusterConnection, client_id: str, meta: Any, tid: bytes | None = None
+) -> TransactionContext:
+    """A TTID from the master; ``tid``: commit under this TID (restore)."""
+    request = master_pb2.BeginRequest(client_id=client_id, tid=tid or b"")
+    reply = cluster.master_call("Begin", request)
     return TransactionContext(ttid=reply.ttid, meta=meta)
 
 

@@ -217,14 +217,11 @@ class NeoStorage(ConflictResolvingStorage):
 
     def tpc_begin(self, transaction: Any, tid: bytes | None = None, status: str = " ") -> None:
         self._check_writable()
-        if tid is not None:
-            raise POSException.StorageTransactionError(
-                "neostore does not take a TID at tpc_begin (no restore yet)")
         with self._transactions_lock:
             if transaction in self._transactions:
                 raise POSException.StorageTransactionError(
                     "tpc_begin called twice for the same transaction")
-        context = self._call(lambda: commit.begin(self._cluster, self._client_id, transaction))
+        context = self._call(lambda: commit.begin(self._cluster, self._client_id, transaction, tid))
         with self._transactions_lock:
             self._transactions[transaction] = context
 
