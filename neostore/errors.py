@@ -49,7 +49,7 @@ class NotOwner(NeoError):
 
 
 class LockDied(NeoError):
-    """Wait-die: a younger transaction asked for a lock an older one holds.
+    """Wound-wait: an older transaction took a lock this one held.
 
     The transaction must abort and be retried (ZODB: a ConflictError).
     """

@@ -101,7 +101,7 @@ class StorageServicer:
 
     def Store(self, request, context):
         """client -> storage, serves store, checkCurrentSerialInTransaction and
-        undo: takes each oid's write lock for the TTID (wait-die by TTID) and
+        undo: takes each oid's write lock for the TTID (wound-wait by TTID) and
         answers the oids whose serial is not the last committed one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

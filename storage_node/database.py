@@ -1,0 +1,661 @@
+"""A storage node's LMDB environment: committed revisions, pending votes, meta.
+
+One environment per node, laid out as :mod:`neostore.storage_node.layout`
+describes.  This module is the only one that talks to LMDB.
+
+Reading (``load_before``, ``load_serial``, ``history``...) uses read-only
+LMDB transactions, which never block and see one consistent snapshot.
+Writing happens in two steps of two-phase commit, each one LMDB write
+transaction, fsynced before it returns (the environment is opened with
+``sync``):
+
+1. :meth:`Database.write_pending` (at vote): the transaction's objects and
+   metadata go to ``pending`` under its TTID.  Once it returns, a crash
+   loses nothing the node voted for.
+2. :meth:`Database.commit` (at the master's decision): moves the TTID's
+   pending entries to ``objects`` and ``transactions`` under the final TID,
+   updates the per-partition last TID and statistics in ``meta``, and
+   records ``ttid → tid`` in ``applied``.  Idempotent: with nothing pending
+   it changes nothing and returns False.
+
+Reading an object as of a TID (``load_before``): revisions of one object
+are adjacent keys ``(partition, oid, tid)``, oldest first.  ``set_range`` on
+``(partition, oid, before_tid)`` lands on the first revision at or after
+``before_tid`` (its TID is the answer's ``next_serial``); one step back is
+the revision to return.  A back-pointer revision (written by undo) takes
+its data from the revision it names, followed until a revision holding
+data.  The outcomes, as ZODB's ``loadBefore`` wants them (ZODB issue #318):
+
+* the oid has no revision at all here → :class:`~neostore.errors.NotFound`;
+* no revision before ``before_tid`` (not created yet) → NO_REVISION with no
+  ``serial``;
+* the revision before ``before_tid`` is an undone creation (deleted) →
+  NO_REVISION, ``serial`` the deleting revision;
+* otherwise FOUND with the data, its ``serial``, the ``next_serial`` and,
+  for a back-pointer, the ``data_serial`` holding the data.
+
+Writes are serialised by one mutex (LMDB allows one writer at a time
+anyway).  A full map or disk raises :class:`~neostore.errors.StorageFull`
+naming the data directory; the failed LMDB transaction is aborted, so
+nothing already committed is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import errno
+import fcntl
+import heapq
+import itertools
+import os
+import threading
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import IO, cast
+
+import lmdb
+
+from neostore import errors
+from neostore.ids import oid_repr, tid_repr
+from neostore.records import Record
+from neostore.storage_node import layout
+from neostore.storage_node.layout import PartitionStats, StoredObject, TransactionMetadata
+
+DEFAULT_MAP_SIZE = 64 * 2**30
+#: How many committed TTIDs ``applied`` remembers (oldest TTIDs go first).
+APPLIED_HISTORY = 100_000
+#: Back-pointer chains longer than this are taken for a cycle (corruption).
+MAX_BACK_POINTER_HOPS = 10_000
+LOCK_FILE_NAME = "neostore-storage.lock"
+
+_PAST_ANY_TID = b"\xff" * 8
+
+
+class LoadStatus(enum.Enum):
+    FOUND = "found"
+    NO_REVISION = "no revision"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadResult:
+    """What a load finds.
+
+    ``serial``: FOUND: the revision returned; NO_REVISION: the revision that
+    undid the object's creation, or None when it was not created yet.
+    ``next_serial``: the revision after ``serial`` (or after ``before_tid``
+    when there is no ``serial``), None if none.  ``data_serial``: set when
+    the revision is a back-pointer: the revision whose data it carries.
+    """
+
+    status: LoadStatus
+    serial: bytes | None
+    next_serial: bytes | None
+    record: Record | None = None
+    data_serial: bytes | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingObject:
+    partition: int
+    oid: bytes
+    stored: StoredObject
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingMetadata:
+    """A transaction's metadata, voted on the cells of ``partition``."""
+
+    partition: int
+    metadata: TransactionMetadata
+
+
+@dataclasses.dataclass(frozen=True)
+class TransactionRecord:
+    partition: int
+    tid: bytes
+    metadata: TransactionMetadata
+
+
+@dataclasses.dataclass(frozen=True)
+class Revision:
+    """One line of an object's history: ``size`` is the stored data's."""
+
+    tid: bytes
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    object_count: int
+    size: int
+    last_tid: bytes | None
+
+
+class Database:
+    """The LMDB environment of one storage node (thread-safe)."""
+
+    def __init__(
+        self,
+        path: str,
+        cluster_name: str,
+        map_size: int = DEFAULT_MAP_SIZE,
+        sync: bool = True,
+    ) -> None:
+        self._path = os.path.abspath(path)
+        self._cluster_name = cluster_name
+        self._write_mutex = threading.Lock()
+        self._closed = False
+        os.makedirs(self._path, exist_ok=True)
+        self._lock_file: IO[bytes] | None = self._lock_directory()
+        self._env: lmdb.Environment | None = None
+        try:
+            self._env = lmdb.open(
+                self._path,
+                map_size=map_size,
+                max_dbs=len(layout.DATABASE_NAMES),
+                subdir=True,
+                sync=sync,
+                metasync=sync,
+                lock=True,
+            )
+            self._objects = self._env.open_db(layout.OBJECTS_DB)
+            self._transactions = self._env.open_db(layout.TRANSACTIONS_DB)
+            self._pending = self._env.open_db(layout.PENDING_DB)
+            self._applied = self._env.open_db(layout.APPLIED_DB)
+            self._meta = self._env.open_db(layout.META_DB)
+            self._claim_cluster()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- opening and closing -------------------------------------------------
+
+    def _lock_directory(self) -> IO[bytes]:
+        """Refuse a second node (process or in-process) on one directory."""
+        handle = open(os.path.join(self._path, LOCK_FILE_NAME), "ab")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise errors.Unavailable(
+                f"data directory {self._path} is in use by another storage node"
+            ) from None
+        return handle
+
+    def _claim_cluster(self) -> None:
+        with self._write() as txn:
+            theirs = _get(txn, layout.META_CLUSTER_NAME, self._meta)
+            if theirs is None:
+                txn.put(layout.META_CLUSTER_NAME, self._cluster_name.encode(), db=self._meta)
+            elif theirs.decode() != self._cluster_name:
+                raise errors.WrongCluster(
+                    f"data directory {self._path} belongs to cluster {theirs.decode()!r}, "
+                    f"not {self._cluster_name!r}"
+                )
+
+    def close(self) -> None:
+        """Close the environment and the directory lock (idempotent)."""
+        with self._write_mutex:
+            self._closed = True
+            if self._env is not None:
+                self._env.close()
+                self._env = None
+            if self._lock_file is not None:
+                self._lock_file.close()
+                self._lock_file = None
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def cluster_name(self) -> str:
+        return self._cluster_name
+
+    def _environment(self) -> lmdb.Environment:
+        if self._env is None:
+            raise errors.Unavailable(f"the database in {self._path} is closed")
+        return self._env
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[lmdb.Transaction]:
+        """One fsynced write transaction; full map or disk → StorageFull."""
+        with self._write_mutex:
+            env = self._environment()
+            try:
+                with env.begin(write=True) as txn:
+                    yield txn
+            except lmdb.MapFullError as error:
+                raise errors.StorageFull(
+                    f"storage node data directory {self._path} is full "
+                    f"(LMDB map size {env.info()['map_size']} bytes reached): {error}"
+                ) from None
+            except (lmdb.Error, OSError) as error:
+                if _is_disk_full(error):
+                    raise errors.StorageFull(
+                        f"no space left on the disk of storage node data directory {self._path}: {error}"
+                    ) from None
+                raise
+
+    def _read(self) -> lmdb.Transaction:
+        return self._environment().begin(write=False)
+
+    # -- meta ----------------------------------------------------------------
+
+    def node_id(self) -> int:
+        """The node id the master gave this node, 0 if none yet."""
+        with self._read() as txn:
+            value = _get(txn, layout.META_NODE_ID, self._meta)
+        return layout.decode_u64(value) if value is not None else 0
+
+    def set_node_id(self, node_id: int) -> None:
+        with self._write() as txn:
+            txn.put(layout.META_NODE_ID, layout.encode_u64(node_id), db=self._meta)
+
+    def term(self) -> int:
+        """The highest master term this node has seen (0: none)."""
+        with self._read() as txn:
+            value = _get(txn, layout.META_TERM, self._meta)
+        return layout.decode_u64(value) if value is not None else 0
+
+    def set_term(self, term: int) -> None:
+        with self._write() as txn:
+            txn.put(layout.META_TERM, layout.encode_u64(term), db=self._meta)
+
+    def last_tid(self) -> bytes | None:
+        """The highest TID committed on this node, None if none."""
+        with self._read() as txn:
+            return _get(txn, layout.META_LAST_TID, self._meta)
+
+    def partition_last_tids(self) -> dict[int, bytes]:
+        """Per partition holding committed data: its highest TID."""
+        prefix = layout.partition_last_tid_prefix()
+        result = {}
+        with self._read() as txn:
+            cursor = txn.cursor(db=self._meta)
+            if cursor.set_range(prefix):
+                for key, value in _items(cursor):
+                    if not key.startswith(prefix):
+                        break
+                    result[layout.decode_partition_meta_key(key, prefix)] = value
+        return result
+
+    def stats(self, partitions: Iterable[int]) -> Stats:
+        """Objects with data in their current revision, bytes, last TID."""
+        totals = PartitionStats()
+        last: bytes | None = None
+        with self._read() as txn:
+            for partition in sorted(set(partitions)):
+                value = _get(txn, layout.partition_stats_key(partition), self._meta)
+                if value is not None:
+                    stats = layout.decode_stats(value)
+                    totals = totals.plus(stats.object_count, stats.size)
+                tid = _get(txn, layout.partition_last_tid_key(partition), self._meta)
+                if tid is not None and (last is None or tid > last):
+                    last = tid
+        return Stats(totals.object_count, totals.size, last)
+
+    # -- reading objects -------------------------------------------------------
+
+    def load_before(self, partition: int, oid: bytes, before_tid: bytes) -> LoadResult:
+        """The revision of ``oid`` current just before ``before_tid``.
+
+        See the module docstring for the outcomes.  Raises NotFound only
+        when this node holds no revision of ``oid`` at all.
+        """
+        prefix = layout.object_prefix(partition, oid)
+        with self._read() as txn:
+            cursor = txn.cursor(db=self._objects)
+            next_serial: bytes | None = None
+            if cursor.set_range(layout.object_key(partition, oid, before_tid)):
+                if _key(cursor).startswith(prefix):
+                    next_serial = _key(cursor)[len(prefix):]
+                positioned = cursor.prev()
+            else:
+                positioned = cursor.last()
+            if not positioned or not _key(cursor).startswith(prefix):
+                if next_serial is None:
+                    raise errors.NotFound(
+                        f"object {oid_repr(oid)} has no revision in partition {partition} of this node"
+                    )
+                return LoadResult(LoadStatus.NO_REVISION, None, next_serial)
+            serial = _key(cursor)[len(prefix):]
+            stored = layout.decode_object(_value(cursor))
+            return self._resolve(txn, partition, oid, serial, stored, next_serial)
+
+    def load_serial(self, partition: int, oid: bytes, serial: bytes) -> LoadResult:
+        """Revision ``serial`` of ``oid``: FOUND, or NotFound (also when
+        that revision undid the object's creation, as FileStorage does)."""
+        prefix = layout.object_prefix(partition, oid)
+        with self._read() as txn:
+            cursor = txn.cursor(db=self._objects)
+            if not cursor.set_key(layout.object_key(partition, oid, serial)):
+                known = cursor.set_range(prefix) and _key(cursor).startswith(prefix)
+                raise errors.NotFound(
+                    f"object {oid_repr(oid)} has no revision {tid_repr(serial)} on this node"
+                    if known else
+                    f"object {oid_repr(oid)} has no revision in partition {partition} of this node"
+                )
+            stored = layout.decode_object(_value(cursor))
+            next_serial = None
+            if cursor.next() and _key(cursor).startswith(prefix):
+                next_serial = _key(cursor)[len(prefix):]
+            result = self._resolve(txn, partition, oid, serial, stored, next_serial)
+        if result.status is not LoadStatus.FOUND:
+            raise errors.NotFound(
+                f"object {oid_repr(oid)} has no data in revision {tid_repr(serial)}: "
+                "that transaction undid its creation"
+            )
+        return result
+
+    def _resolve(
+        self,
+        txn: lmdb.Transaction,
+        partition: int,
+        oid: bytes,
+        serial: bytes,
+        stored: StoredObject,
+        next_serial: bytes | None,
+    ) -> LoadResult:
+        """Follow back-pointers from revision ``serial`` to its data."""
+        data_serial: bytes | None = None
+        current = stored
+        hops = 0
+        while current.data_tid is not None:
+            hops += 1
+            if hops > MAX_BACK_POINTER_HOPS:
+                raise errors.Corrupted(
+                    f"revision {tid_repr(serial)} of object {oid_repr(oid)}: back-pointer cycle"
+                )
+            data_serial = current.data_tid
+            value = _get(txn, layout.object_key(partition, oid, data_serial), self._objects)
+            if value is None:
+                raise errors.Corrupted(
+                    f"revision {tid_repr(serial)} of object {oid_repr(oid)} points to revision "
+                    f"{tid_repr(data_serial)}, which this node does not hold"
+                )
+            current = layout.decode_object(value)
+        if current.undone_creation:
+            return LoadResult(LoadStatus.NO_REVISION, serial, next_serial)
+        record = current.record()
+        if zlib.crc32(record.data) != record.checksum:
+            raise errors.Corrupted(
+                f"revision {tid_repr(data_serial or serial)} of object {oid_repr(oid)} "
+                f"fails its checksum in {self._path}"
+            )
+        return LoadResult(LoadStatus.FOUND, serial, next_serial, record, data_serial)
+
+    def has_revision(self, partition: int, oid: bytes, tid: bytes) -> bool:
+        """Whether revision ``tid`` of ``oid`` is committed here (any kind)."""
+        with self._read() as txn:
+            return _get(txn, layout.object_key(partition, oid, tid), self._objects) is not None
+
+    def last_serial(self, partition: int, oid: bytes) -> bytes | None:
+        """The TID of ``oid``'s last committed revision (any kind), or None."""
+        prefix = layout.object_prefix(partition, oid)
+        with self._read() as txn:
+            cursor = txn.cursor(db=self._objects)
+            if _last_with_prefix(cursor, prefix):
+                return _key(cursor)[len(prefix):]
+        return None
+
+    def history(self, partition: int, oid: bytes, size: int = 0) -> list[Revision]:
+        """``oid``'s revisions, newest first, at most ``size`` (0: all).
+
+        A back-pointer's size is that of the data it points to; an undone
+        creation's is 0.  NotFound when the node holds no revision of it.
+        """
+        prefix = layout.object_prefix(partition, oid)
+        revisions: list[Revision] = []
+        with self._read() as txn:
+            cursor = txn.cursor(db=self._objects)
+            if _last_with_prefix(cursor, prefix):
+                while _key(cursor).startswith(prefix) and (size == 0 or len(revisions) < size):
+                    stored = layout.decode_object(_value(cursor))
+                    data_size = self._data_size(txn, partition, oid, stored)
+                    revisions.append(Revision(_key(cursor)[len(prefix):], data_size))
+                    if not cursor.prev():
+                        break
+        if not revisions:
+            raise errors.NotFound(f"object {oid_repr(oid)} has no revision in partition {partition} of this node")
+        return revisions
+
+    def _data_size(self, txn: lmdb.Transaction, partition: int, oid: bytes, stored: StoredObject) -> int:
+        hops = 0
+        while stored.data_tid is not None and hops < MAX_BACK_POINTER_HOPS:
+            value = _get(txn, layout.object_key(partition, oid, stored.data_tid), self._objects)
+            if value is None:
+                return 0
+            stored = layout.decode_object(value)
+            hops += 1
+        return len(stored.data)
+
+    # -- reading transactions --------------------------------------------------
+
+    def list_transactions(
+        self,
+        partitions: Iterable[int],
+        min_tid: bytes | None = None,
+        max_tid: bytes | None = None,
+        limit: int = 0,
+        descending: bool = False,
+    ) -> list[TransactionRecord]:
+        """Committed transactions of ``partitions`` with ``min_tid <= tid <=
+        max_tid`` (None: unbounded), merged in TID order, at most ``limit``
+        (0: all)."""
+        low = min_tid or layout.ZERO_ID
+        high = max_tid or _PAST_ANY_TID
+        with self._read() as txn:
+            scans = [
+                self._scan_transactions(txn, partition, low, high, descending)
+                for partition in sorted(set(partitions))
+            ]
+            merged = heapq.merge(*scans, key=lambda record: record.tid, reverse=descending)
+            return list(itertools.islice(merged, limit or None))
+
+    def _scan_transactions(
+        self, txn: lmdb.Transaction, partition: int, low: bytes, high: bytes, descending: bool
+    ) -> Iterator[TransactionRecord]:
+        prefix = layout.transaction_prefix(partition)
+        cursor = txn.cursor(db=self._transactions)
+        if descending:
+            if cursor.set_range(prefix + high):
+                if _key(cursor) != prefix + high and not cursor.prev():
+                    return
+            elif not cursor.last():
+                return
+            items = _items(cursor, reverse=True)
+        else:
+            if not cursor.set_range(prefix + low):
+                return
+            items = _items(cursor)
+        for key, value in items:
+            if not key.startswith(prefix):
+                return
+            tid = key[len(prefix):]
+            if tid < low or tid > high:
+                return
+            yield TransactionRecord(partition, tid, layout.decode_transaction(value))
+
+    # -- two-phase commit ------------------------------------------------------
+
+    def write_pending(
+        self,
+        ttid: bytes,
+        objects: Sequence[PendingObject],
+        metadata: PendingMetadata | None = None,
+    ) -> None:
+        """Make a vote durable: ``ttid``'s objects and metadata, replacing
+        whatever was pending for it, in one fsynced write."""
+        with self._write() as txn:
+            self._delete_pending(txn, ttid)
+            for entry in objects:
+                txn.put(
+                    layout.pending_object_key(ttid, entry.partition, entry.oid),
+                    layout.encode_object(entry.stored),
+                    db=self._pending,
+                )
+            if metadata is not None:
+                txn.put(
+                    layout.pending_metadata_key(ttid, metadata.partition),
+                    layout.encode_transaction(metadata.metadata),
+                    db=self._pending,
+                )
+
+    def pending_ttids(self) -> list[bytes]:
+        """TTIDs with voted, uncommitted data, in TTID order."""
+        ttids = []
+        with self._read() as txn:
+            cursor = txn.cursor(db=self._pending)
+            found = cursor.first()
+            while found:
+                ttid = _key(cursor)[:8]
+                ttids.append(ttid)
+                end = _prefix_end(ttid)
+                found = end is not None and cursor.set_range(end)
+        return ttids
+
+    def has_pending(self, ttid: bytes) -> bool:
+        with self._read() as txn:
+            cursor = txn.cursor(db=self._pending)
+            return cursor.set_range(layout.pending_prefix(ttid)) and _key(cursor).startswith(ttid)
+
+    def applied_tid(self, ttid: bytes) -> bytes | None:
+        """The TID ``ttid`` was committed under on this node, if remembered."""
+        with self._read() as txn:
+            return _get(txn, layout.applied_key(ttid), self._applied)
+
+    def commit(self, ttid: bytes, tid: bytes) -> bool:
+        """Move ``ttid``'s pending data under ``tid`` (one fsynced write).
+
+        Returns False, changing nothing, when nothing is pending for it.
+        """
+        if len(tid) != layout.TID_SIZE:
+            raise layout.LayoutError("tid must be 8 bytes")
+        with self._write() as txn:
+            entries = self._pending_entries(txn, ttid)
+            if not entries:
+                return False
+            deltas: dict[int, tuple[int, int]] = {}
+            for key, value in entries:
+                pending = layout.decode_pending_key(key)
+                partition = pending.partition
+                objects_delta, size_delta = deltas.get(partition, (0, 0))
+                if pending.oid is None:
+                    txn.put(layout.transaction_key(partition, tid), value, db=self._transactions)
+                else:
+                    stored = layout.decode_object(value)
+                    objects_delta += self._liveness_change(txn, partition, pending.oid, stored)
+                    size_delta += len(stored.data)
+                    txn.put(layout.object_key(partition, pending.oid, tid), value, db=self._objects)
+                deltas[partition] = (objects_delta, size_delta)
+                txn.delete(key, db=self._pending)
+            for partition, (objects_delta, size_delta) in deltas.items():
+                self._update_partition_meta(txn, partition, tid, objects_delta, size_delta)
+            last = _get(txn, layout.META_LAST_TID, self._meta)
+            if last is None or tid > last:
+                txn.put(layout.META_LAST_TID, tid, db=self._meta)
+            txn.put(layout.applied_key(ttid), tid, db=self._applied)
+            self._trim_applied(txn)
+        return True
+
+    def abort(self, ttid: bytes) -> bool:
+        """Drop ``ttid``'s pending data; whether there was any."""
+        if not self.has_pending(ttid):
+            return False
+        with self._write() as txn:
+            return self._delete_pending(txn, ttid) > 0
+
+    def _pending_entries(self, txn: lmdb.Transaction, ttid: bytes) -> list[tuple[bytes, bytes]]:
+        prefix = layout.pending_prefix(ttid)
+        cursor = txn.cursor(db=self._pending)
+        entries = []
+        if cursor.set_range(prefix):
+            for key, value in _items(cursor):
+                if not key.startswith(prefix):
+                    break
+                entries.append((key, value))
+        return entries
+
+    def _delete_pending(self, txn: lmdb.Transaction, ttid: bytes) -> int:
+        entries = self._pending_entries(txn, ttid)
+        for key, _value in entries:
+            txn.delete(key, db=self._pending)
+        return len(entries)
+
+    def _liveness_change(self, txn: lmdb.Transaction, partition: int, oid: bytes, stored: StoredObject) -> int:
+        """+1 if the object comes to life, -1 if it dies, 0 otherwise."""
+        cursor = txn.cursor(db=self._objects)
+        was_live = False
+        if _last_with_prefix(cursor, layout.object_prefix(partition, oid)):
+            was_live = not layout.decode_object(_value(cursor)).undone_creation
+        now_live = not stored.undone_creation
+        return int(now_live) - int(was_live)
+
+    def _update_partition_meta(
+        self, txn: lmdb.Transaction, partition: int, tid: bytes, objects_delta: int, size_delta: int
+    ) -> None:
+        last_key = layout.partition_last_tid_key(partition)
+        last = _get(txn, last_key, self._meta)
+        if last is None or tid > last:
+            txn.put(last_key, tid, db=self._meta)
+        stats_key = layout.partition_stats_key(partition)
+        value = _get(txn, stats_key, self._meta)
+        stats = layout.decode_stats(value) if value is not None else PartitionStats()
+        txn.put(stats_key, layout.encode_stats(stats.plus(objects_delta, size_delta)), db=self._meta)
+
+    def _trim_applied(self, txn: lmdb.Transaction) -> None:
+        surplus = txn.stat(self._applied)["entries"] - APPLIED_HISTORY
+        if surplus <= 0:
+            return
+        cursor = txn.cursor(db=self._applied)
+        cursor.first()
+        for _ in range(surplus):
+            if not cursor.delete():
+                break
+
+
+def _get(txn: lmdb.Transaction, key: bytes, db: lmdb._Database) -> bytes | None:
+    """``txn.get`` typed: the environment hands out bytes, never buffers."""
+    return cast("bytes | None", txn.get(key, db=db))
+
+
+def _key(cursor: lmdb.Cursor) -> bytes:
+    return cast(bytes, cursor.key())
+
+
+def _value(cursor: lmdb.Cursor) -> bytes:
+    return cast(bytes, cursor.value())
+
+
+def _items(cursor: lmdb.Cursor, reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) from the cursor's position on, forwards or backwards."""
+    items = cursor.iterprev() if reverse else cursor.iternext()
+    return cast(Iterator[tuple[bytes, bytes]], items)
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key above every key starting with ``prefix`` (None: none)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def _last_with_prefix(cursor: lmdb.Cursor, prefix: bytes) -> bool:
+    """Position ``cursor`` on the last key starting with ``prefix``."""
+    end = _prefix_end(prefix)
+    if end is not None and cursor.set_range(end):
+        positioned = cursor.prev()
+    else:
+        positioned = cursor.last()
+    return bool(positioned) and _key(cursor).startswith(prefix)
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(error)
+    return "No space left on device" in text or "Disk quota exceeded" in text

@@ -1,0 +1,119 @@
+"""``neo-storage``: run one storage node as a process.
+
+    neo-storage --cluster NAME --masters HOST:PORT[,HOST:PORT...] --data DIR
+                [--bind 127.0.0.1:PORT] [--advertise HOST] [--label L]
+                [--map-size BYTES] [--register-timeout SECONDS] [--log-level INFO]
+                [--ca FILE --cert FILE --key FILE]
+
+Logs go to stderr.  Once the node is registered and serving, one line goes
+to stdout (flushed), for launchers and tests to wait on::
+
+    neo-storage ready node_id=N address=HOST:PORT
+
+SIGTERM or SIGINT stop it cleanly (exit status 0).  A fatal error (data
+directory of another cluster, no master reachable, port taken...) ends it
+with one line on stderr and a non-zero status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from neostore import errors, rpc
+from neostore.storage_node.database import DEFAULT_MAP_SIZE
+from neostore.storage_node.node import StorageConfig, StorageNode
+
+log = logging.getLogger("neostore.storage_node")
+
+EXIT_FATAL = 1
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neo-storage", description="Run a neostore storage node.")
+    parser.add_argument("--cluster", required=True, help="cluster name")
+    parser.add_argument("--masters", required=True, help="master addresses, HOST:PORT[,HOST:PORT...]")
+    parser.add_argument("--data", required=True, help="data directory (one LMDB environment)")
+    parser.add_argument("--bind", default="127.0.0.1:0", help="listen address (default %(default)s)")
+    parser.add_argument("--advertise", default="", help="host (or host:port) peers reach this node at")
+    parser.add_argument("--label", default="", help="failure domain label (host, rack)")
+    parser.add_argument("--map-size", type=int, default=DEFAULT_MAP_SIZE,
+                        help="LMDB map size in bytes (default %(default)s)")
+    parser.add_argument("--register-timeout", type=float, default=60.0,
+                        help="seconds to keep trying the masters at start (default %(default)s)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+    parser.add_argument("--ca", help="TLS: cluster CA certificate (PEM)")
+    parser.add_argument("--cert", help="TLS: this node's certificate (PEM)")
+    parser.add_argument("--key", help="TLS: this node's private key (PEM)")
+    return parser
+
+
+def _config(arguments: argparse.Namespace) -> StorageConfig:
+    tls_files = (arguments.ca, arguments.cert, arguments.key)
+    if any(tls_files) and not all(tls_files):
+        raise ValueError("TLS needs all of --ca, --cert and --key")
+    tls = rpc.TlsConfig(arguments.ca, arguments.cert, arguments.key) if all(tls_files) else None
+    masters = [address.strip() for address in arguments.masters.split(",") if address.strip()]
+    if not masters:
+        raise ValueError("--masters names no address")
+    return StorageConfig(
+        rpc=rpc.RpcConfig(cluster_name=arguments.cluster, tls=tls),
+        masters=masters,
+        data_dir=arguments.data,
+        bind=arguments.bind,
+        advertise=arguments.advertise,
+        label=arguments.label,
+        map_size=arguments.map_size,
+        register_timeout=arguments.register_timeout,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = _parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, arguments.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = _config(arguments)
+    except ValueError as error:
+        print(f"neo-storage: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    node = StorageNode(config)
+    stop_requested = threading.Event()
+
+    def request_stop(signal_number: int, frame: FrameType | None) -> None:
+        stop_requested.set()
+        node.interrupt()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        node.start()
+    except (errors.NeoError, OSError) as error:
+        if stop_requested.is_set():
+            return 0
+        print(f"neo-storage: error: {error}", file=sys.stderr)
+        return EXIT_FATAL
+    print(f"neo-storage ready node_id={node.node_id} address={node.address}", flush=True)
+    while not stop_requested.wait(0.5):
+        failure = node.failure
+        if failure is not None:
+            node.stop()
+            print(f"neo-storage: error: {failure}", file=sys.stderr)
+            return EXIT_FATAL
+    log.info("stopping storage node %d", node.node_id)
+    node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""A storage node: its database, its gRPC server and its session with the master.
+
+Start-up, in order (:meth:`StorageNode.start`):
+
+1. open the LMDB environment of the data directory (refused with
+   :class:`~neostore.errors.WrongCluster` if it belongs to another cluster);
+2. start the ``Storage`` gRPC server (it answers Unavailable to reads and
+   writes until a partition table arrives; Commit and Abort work at once);
+3. register with the master (``Master.RegisterStorage``), trying every
+   master address, with backoff, until one answers or the timeout passes.
+   The request carries the node id kept in ``meta`` (0 for a new node), the
+   address and label, the pending (voted, undecided) TTIDs and the last TID
+   of each partition held.  The answer gives the node id (kept in ``meta``),
+   the master's term, the partition table, and which pending TTIDs were
+   decided: those are committed, every other pending TTID is aborted,
+   *before* the table is adopted and stores are taken;
+4. open ``Master.StorageSession`` in a background thread: the stream of
+   partition-table changes.  The master marks a node DOWN when its session
+   ends, so whenever the stream ends or breaks the thread registers again
+   (with backoff, trying every master, following NotLeader hints) and then
+   opens a new session.  A WrongCluster answer (the cluster no longer knows
+   this node) is fatal: :attr:`StorageNode.failure` is set.
+
+A node with no master addresses skips 3 and 4: tests give it a node id and
+a partition table directly (:meth:`adopt_node_id`,
+:meth:`set_partition_table`), which is also what the session thread calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import threading
+import time
+from typing import Any
+
+import grpc
+
+from neostore import errors, rpc
+from neostore.ids import tid_repr
+from neostore.partition_table import PartitionTable
+from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc, storage_pb2_grpc
+from neostore.storage_node.database import DEFAULT_MAP_SIZE, Database
+from neostore.storage_node.locks import DEFAULT_LOCK_TIMEOUT, LockManager
+from neostore.storage_node.ownership import Ownership
+from neostore.storage_node.servicer import StorageServicer
+from neostore.storage_node.transaction_manager import TransactionManager
+
+log = logging.getLogger(__name__)
+
+_ADDRESS_PATTERN = re.compile(r"[\w.\-\[\]:]+:\d+")
+_WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
+
+
+@dataclasses.dataclass(frozen=True)
+class StorageConfig:
+    """How to run one storage node.
+
+    ``advertise``: the host (or host:port) other nodes reach this one at;
+    empty: the host of ``bind`` (127.0.0.1 when ``bind`` is a wildcard).
+    """
+
+    rpc: rpc.RpcConfig
+    masters: list[str]
+    data_dir: str
+    bind: str = "127.0.0.1:0"
+    label: str = ""
+    map_size: int = DEFAULT_MAP_SIZE
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    register_timeout: float = 60.0
+    rpc_timeout: float = 10.0
+    advertise: str = ""
+    max_workers: int = 64
+    #: Reconnection backoff of the session, seconds.
+    min_backoff: float = 0.05
+    max_backoff: float = 2.0
+
+
+class StorageNode:
+    """One storage node, usable in-process (tests) or as a process (main)."""
+
+    def __init__(self, config: StorageConfig) -> None:
+        self._config = config
+        self._ownership = Ownership()
+        self._locks = LockManager(config.lock_timeout)
+        self._database: Database | None = None
+        self._manager: TransactionManager | None = None
+        self._server: grpc.Server | None = None
+        self._port = 0
+        self._stopping = threading.Event()
+        self._registered = threading.Event()
+        self._master_mutex = threading.Lock()
+        self._master_channels: dict[str, grpc.Channel] = {}
+        self._master_index = 0
+        self._session_thread = threading.Thread(
+            target=self._run_session, name="neostore-storage-session", daemon=True
+        )
+        self._session_call: Any = None
+        self._failure: errors.NeoError | None = None
+
+    # -- life cycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Open, serve, register; returns once registered and serving."""
+        try:
+            self._database = Database(self._config.data_dir, self._config.rpc.cluster_name, self._config.map_size)
+            self._ownership.set_node_id(self._database.node_id())
+            self._manager = TransactionManager(self._database, self._locks)
+            server, self._port = rpc.make_server(self._config.rpc, self._config.bind, self._config.max_workers)
+            storage_pb2_grpc.add_StorageServicer_to_server(
+                StorageServicer(self._database, self._manager, self._ownership), server
+            )
+            self._server = server
+            server.start()
+            log.info("storage node serving on %s (data in %s)", self.address, self._database.path)
+            if self._config.masters:
+                self._register(self._config.register_timeout)
+                self._session_thread.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def interrupt(self) -> None:
+        """Make a start() in progress give up (safe from a signal handler)."""
+        self._stopping.set()
+
+    def stop(self, grace: float = 2.0) -> None:
+        """Stop serving, end the session, close the database (idempotent)."""
+        self._stopping.set()
+        with self._master_mutex:
+            call = self._session_call
+        if call is not None:
+            call.cancel()
+        if self._session_thread.is_alive():
+            self._session_thread.join(timeout=10)
+        if self._manager is not None:
+            self._manager.close()
+        if self._server is not None:
+            self._server.stop(grace).wait()
+            self._server = None
+        with self._master_mutex:
+            channels = list(self._master_channels.values())
+            self._master_channels.clear()
+        for channel in channels:
+            channel.close()
+        if self._database is not None:
+            self._database.close()
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """host:port that peers reach this node at."""
+        bind_host = self._config.bind.rsplit(":", 1)[0]
+        advertise = self._config.advertise
+        if advertise:
+            return advertise if _ADDRESS_PATTERN.fullmatch(advertise) else f"{advertise}:{self._port}"
+        host = "127.0.0.1" if bind_host in _WILDCARD_HOSTS else bind_host
+        return f"{host}:{self._port}"
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def node_id(self) -> int:
+        return self._ownership.node_id
+
+    @property
+    def partition_table(self) -> PartitionTable | None:
+        return self._ownership.table
+
+    @property
+    def database(self) -> Database:
+        if self._database is None:
+            raise errors.Unavailable("storage node not started")
+        return self._database
+
+    @property
+    def manager(self) -> TransactionManager:
+        if self._manager is None:
+            raise errors.Unavailable("storage node not started")
+        return self._manager
+
+    @property
+    def failure(self) -> errors.NeoError | None:
+        """A fatal error of the session (another cluster...), if any."""
+        return self._failure
+
+    def adopt_node_id(self, node_id: int) -> None:
+        """Take the node id the master gave (kept in the database)."""
+        if node_id <= 0:
+            raise errors.BadRequest(f"invalid storage node id {node_id}")
+        if self.database.node_id() != node_id:
+            self.database.set_node_id(node_id)
+        self._ownership.set_node_id(node_id)
+
+    def set_partition_table(self, table: PartitionTable) -> bool:
+        """Adopt a newer partition table; whether it was newer."""
+        adopted = self._ownership.set_table(table)
+        if adopted:
+            log.info("storage node %d: partition table version %d", self.node_id, table.version)
+        return adopted
+
+    # -- registration --------------------------------------------------------
+
+    def _master_stub(self, address: str) -> master_pb2_grpc.MasterStub:
+        with self._master_mutex:
+            channel = self._master_channels.get(address)
+            if channel is None:
+                channel = self._master_channels[address] = rpc.make_channel(self._config.rpc, address)
+        return master_pb2_grpc.MasterStub(channel)
+
+    def _masters_in_order(self) -> list[str]:
+        masters = self._config.masters
+        start = self._master_index % len(masters)
+        return masters[start:] + masters[:start]
+
+    def _follow_hint(self, error: errors.NeoError) -> None:
+        """After NotLeader: prefer the leader its message names, if one of ours."""
+        for candidate in _ADDRESS_PATTERN.findall(str(error)):
+            if candidate in self._config.masters:
+                self._master_index = self._config.masters.index(candidate)
+                return
+        self._master_index += 1
+
+    def _registration_request(self) -> master_pb2.RegisterStorageRequest:
+        database = self.database
+        return master_pb2.RegisterStorageRequest(
+            cluster_name=self._config.rpc.cluster_name,
+            node_id=database.node_id(),
+            address=self.address,
+            label=self._config.label,
+            pending_ttids=database.pending_ttids(),
+            partition_last_tids=[
+                common_pb2.PartitionLastTid(partition=partition, tid=tid)
+                for partition, tid in sorted(database.partition_last_tids().items())
+            ],
+        )
+
+    def _register(self, timeout: float) -> None:
+        """Register with whichever master answers, then recover pending TTIDs."""
+        deadline = time.monotonic() + timeout
+        delay = self._config.min_backoff
+        last_error: errors.NeoError | None = None
+        while True:
+            for address in self._masters_in_order():
+                if self._stopping.is_set():
+                    raise errors.Unavailable("storage node stopping during registration")
+                try:
+                    reply = rpc.call(
+                        self._master_stub(address).RegisterStorage,
+                        self._registration_request(),
+                        timeout=self._config.rpc_timeout,
+                        peer=address,
+                    )
+                except errors.NotLeader as error:
+                    last_error = error
+                    self._follow_hint(error)
+                    break
+                except errors.Unavailable as error:
+                    last_error = error
+                    self._master_index += 1
+                    continue
+                self._master_index = self._config.masters.index(address)
+                self._apply_registration(reply, address)
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise errors.Unavailable(
+                    f"storage node {self.address}: no master of {', '.join(self._config.masters)} "
+                    f"accepted its registration within {timeout:g}s (last error: {last_error})"
+                )
+            if self._stopping.wait(min(delay, remaining)):
+                raise errors.Unavailable("storage node stopping during registration")
+            delay = min(delay * 2, self._config.max_backoff)
+
+    def _apply_registration(self, reply: master_pb2.RegisterStorageReply, master: str) -> None:
+        if reply.node_id <= 0:
+            raise errors.BadRequest(f"master {master} answered the registration without a node id")
+        self.adopt_node_id(reply.node_id)
+        manager = self.manager
+        manager.observe_term(reply.term, "registration")
+        decided = {decision.ttid: decision.tid for decision in reply.decided}
+        committed, aborted = manager.recover(decided)
+        for ttid in committed:
+            log.info("recovered transaction %s: committed as %s", tid_repr(ttid), tid_repr(decided[ttid]))
+        for ttid in aborted:
+            log.info("recovered transaction %s: undecided, aborted", tid_repr(ttid))
+        self.set_partition_table(PartitionTable.from_proto(reply.partition_table))
+        self._registered.set()
+        log.info("storage node %d registered with master %s (term %d)", self.node_id, master, reply.term)
+
+    # -- session -------------------------------------------------------------
+
+    def _run_session(self) -> None:
+        """Follow partition-table changes; register again whenever it ends.
+
+        The master marks a node DOWN when its session ends (and ends the
+        session of a node it marks DOWN), so a node whose session ended,
+        for whatever reason, registers again before opening a new one.
+        """
+        delay = self._config.min_backoff
+        must_register = False
+        while not self._stopping.is_set():
+            address = ""
+            try:
+                if must_register:
+                    self._register(self._config.register_timeout)
+                    must_register = False
+                    delay = self._config.min_backoff
+                address = self._masters_in_order()[0]
+                self._follow_session(address)
+                log.info("session with master %s ended: registering again", address)
+            except errors.WrongCluster as error:
+                log.error("storage node %d refused by the cluster: %s", self.node_id, error)
+                self._failure = error
+                return
+            except errors.NeoError as error:
+                if self._stopping.is_set():
+                    return
+                log.warning("session with master %s broke: %s", address or "-", error)
+            except Exception:  # noqa: BLE001 - the session must survive anything
+                log.exception("session with master %s failed", address or "-")
+            must_register = True
+            if self._stopping.wait(delay):
+                return
+            delay = min(delay * 2, self._config.max_backoff)
+
+    def _follow_session(self, address: str) -> None:
+        call = self._master_stub(address).StorageSession(
+            master_pb2.StorageSessionRequest(node_id=self.node_id)
+        )
+        with self._master_mutex:
+            self._session_call = call
+        if self._stopping.is_set():
+            call.cancel()
+        try:
+            for event in rpc.stream(call, peer=address):
+                if event.HasField("partition_table"):
+                    self.set_partition_table(PartitionTable.from_proto(event.partition_table))
+        finally:
+            with self._master_mutex:
+                self._session_call = None

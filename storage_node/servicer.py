@@ -1,0 +1,205 @@
+"""The ``Storage`` gRPC service: decode, check, call domain code, encode.
+
+Each rpc checks its identifiers (an oid or a TID is exactly 8 bytes, else
+:class:`~neostore.errors.BadRequest`) and, through
+:class:`~neostore.storage_node.ownership.Ownership`, that this node holds a
+suitable cell of the partition (readable for reads, writable for writes),
+then calls :class:`~neostore.storage_node.database.Database` (reads) or
+:class:`~neostore.storage_node.transaction_manager.TransactionManager`
+(two-phase commit) and encodes the answer.  Errors are raised as
+``neostore.errors`` exceptions; the interceptor of ``neostore.rpc`` turns
+them into gRPC statuses (and refuses calls naming another cluster).
+
+Commit and Abort are the master's (and the client's) orders: they are not
+checked against the partition table, since applying a decision must not
+depend on the table version the node happens to hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from neostore import errors
+from neostore.ids import tid_repr, oid_repr
+from neostore.partition_table import READABLE_STATES
+from neostore.protocol import common_pb2, storage_pb2, storage_pb2_grpc
+from neostore.records import Record
+from neostore.storage_node.database import Database, LoadResult, LoadStatus, PendingMetadata
+from neostore.storage_node.layout import StoredObject, TransactionMetadata
+from neostore.storage_node.ownership import Ownership
+from neostore.storage_node.transaction_manager import ObjectWrite, TransactionManager
+
+
+def _identifier(value: bytes, what: str) -> bytes:
+    if len(value) != 8:
+        raise errors.BadRequest(f"{what} must be 8 bytes, got {len(value)}")
+    return value
+
+
+def _optional_identifier(value: bytes, what: str) -> bytes | None:
+    return _identifier(value, what) if value else None
+
+
+class StorageServicer(storage_pb2_grpc.StorageServicer):
+    """Serves one storage node's cells."""
+
+    def __init__(self, database: Database, manager: TransactionManager, ownership: Ownership) -> None:
+        self._database = database
+        self._manager = manager
+        self._ownership = ownership
+
+    # -- reads ---------------------------------------------------------------
+
+    def LoadBefore(self, request: storage_pb2.LoadBeforeRequest, context: Any) -> storage_pb2.LoadReply:
+        oid = _identifier(request.oid, "oid")
+        before_tid = _identifier(request.before_tid, "before_tid")
+        partition = self._ownership.partition_of(oid)
+        self._ownership.readable(partition, request.table_version)
+        return _load_reply(self._database.load_before(partition, oid, before_tid))
+
+    def LoadSerial(self, request: storage_pb2.LoadSerialRequest, context: Any) -> storage_pb2.LoadReply:
+        oid = _identifier(request.oid, "oid")
+        serial = _identifier(request.serial, "serial")
+        partition = self._ownership.partition_of(oid)
+        self._ownership.readable(partition, request.table_version)
+        return _load_reply(self._database.load_serial(partition, oid, serial))
+
+    def History(self, request: storage_pb2.HistoryRequest, context: Any) -> storage_pb2.HistoryReply:
+        oid = _identifier(request.oid, "oid")
+        partition = self._ownership.partition_of(oid)
+        self._ownership.readable(partition)
+        revisions = self._database.history(partition, oid, request.size)
+        return storage_pb2.HistoryReply(
+            revisions=[storage_pb2.Revision(tid=r.tid, size=r.size) for r in revisions]
+        )
+
+    def ListTransactions(
+        self, request: storage_pb2.ListTransactionsRequest, context: Any
+    ) -> storage_pb2.ListTransactionsReply:
+        partitions = self._readable_partitions(request.partitions)
+        records = self._database.list_transactions(
+            partitions,
+            _optional_identifier(request.min_tid, "min_tid"),
+            _optional_identifier(request.max_tid, "max_tid"),
+            request.limit,
+            request.descending,
+        )
+        return storage_pb2.ListTransactionsReply(transactions=[
+            common_pb2.TransactionInfo(
+                tid=record.tid,
+                user=record.metadata.user,
+                description=record.metadata.description,
+                extension=record.metadata.extension,
+                oids=list(record.metadata.oids),
+                packed=record.metadata.packed,
+            )
+            for record in records
+        ])
+
+    def GetStats(self, request: storage_pb2.StatsRequest, context: Any) -> storage_pb2.StatsReply:
+        stats = self._database.stats(self._readable_partitions(request.partitions))
+        return storage_pb2.StatsReply(
+            object_count=stats.object_count, size=stats.size, last_tid=stats.last_tid or b""
+        )
+
+    def _readable_partitions(self, partitions: Sequence[int]) -> list[int]:
+        """The partitions asked for, each checked; none asked: all readable here."""
+        if not partitions:
+            return self._ownership.readable_partitions()
+        for partition in partitions:
+            self._ownership.readable(partition)
+        return list(partitions)
+
+    # -- two-phase commit ------------------------------------------------------
+
+    def Store(self, request: storage_pb2.StoreRequest, context: Any) -> storage_pb2.StoreReply:
+        ttid = _identifier(request.ttid, "ttid")
+        # Decode and check everything before taking any lock.
+        writes = [
+            self._object_write(ttid, index, item, request.table_version)
+            for index, item in enumerate(request.objects)
+        ]
+        conflicts = self._manager.store(ttid, writes)
+        return storage_pb2.StoreReply(conflicts=[
+            storage_pb2.Conflict(
+                oid=conflict.oid,
+                serial=conflict.serial,
+                committed_serial=conflict.committed_serial,
+                read_conflict=conflict.read_conflict,
+            )
+            for conflict in conflicts
+        ])
+
+    def _object_write(
+        self, ttid: bytes, index: int, item: storage_pb2.ObjectStore, routed_version: int
+    ) -> ObjectWrite:
+        oid = _identifier(item.oid, f"objects[{index}].oid")
+        serial = _identifier(item.serial, f"objects[{index}].serial")
+        data_serial = _optional_identifier(item.data_serial, f"objects[{index}].data_serial")
+        partition = self._ownership.partition_of(oid)
+        state = self._ownership.writable(partition, routed_version)
+        stored: StoredObject | None
+        if item.check_only:
+            stored = None
+        elif item.undone_creation:
+            if data_serial is not None:
+                raise errors.BadRequest(
+                    f"store of object {oid_repr(oid)}: both undone_creation and data_serial set"
+                )
+            stored = StoredObject.deletion(previous_tid=serial)
+        elif data_serial is not None:
+            stored = StoredObject.back_pointer(data_serial, previous_tid=serial)
+        else:
+            record = Record.from_proto(item.record)
+            try:
+                record.verify()
+            except errors.Corrupted:
+                raise errors.Corrupted(
+                    f"object {oid_repr(oid)} stored by transaction {tid_repr(ttid)} "
+                    "fails its checksum: not stored"
+                ) from None
+            stored = StoredObject.from_record(record, previous_tid=serial)
+        return ObjectWrite(partition, oid, serial, stored, locking=state in READABLE_STATES)
+
+    def Vote(self, request: storage_pb2.VoteRequest, context: Any) -> common_pb2.Empty:
+        ttid = _identifier(request.ttid, "ttid")
+        metadata = None
+        if request.has_transaction:
+            partition = self._ownership.partition_of(ttid)
+            self._ownership.writable(partition)
+            info = request.transaction
+            oids = tuple(_identifier(oid, f"transaction.oids[{i}]") for i, oid in enumerate(info.oids))
+            metadata = PendingMetadata(
+                partition,
+                TransactionMetadata(info.user, info.description, info.extension, oids, packed=False),
+            )
+        self._manager.vote(ttid, metadata)
+        return common_pb2.Empty()
+
+    def Commit(self, request: storage_pb2.CommitRequest, context: Any) -> common_pb2.Empty:
+        ttid = _identifier(request.ttid, "ttid")
+        tid = _identifier(request.tid, "tid")
+        self._manager.commit(ttid, tid, request.term)
+        return common_pb2.Empty()
+
+    def Abort(self, request: storage_pb2.AbortTransactionRequest, context: Any) -> common_pb2.Empty:
+        ttid = _identifier(request.ttid, "ttid")
+        self._manager.abort(ttid, request.term)
+        return common_pb2.Empty()
+
+
+def _load_reply(result: LoadResult) -> storage_pb2.LoadReply:
+    """Encode a load: NO_REVISION carries ``serial`` only for a deletion."""
+    reply = storage_pb2.LoadReply(
+        serial=result.serial or b"",
+        next_serial=result.next_serial or b"",
+        data_serial=result.data_serial or b"",
+    )
+    if result.status is LoadStatus.FOUND:
+        assert result.record is not None
+        reply.status = storage_pb2.LoadReply.FOUND
+        result.record.to_proto(reply.record)
+    else:
+        reply.status = storage_pb2.LoadReply.NO_REVISION
+    return reply

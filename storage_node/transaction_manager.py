@@ -1,0 +1,404 @@
+"""The storage node's side of two-phase commit: store, vote, commit, abort.
+
+1. **store** (``Store`` rpc, ZODB ``store``/``checkCurrentSerialInTransaction``
+   /``undo``): for each object in order, take its write lock for the TTID
+   (wound-wait, :mod:`~neostore.storage_node.locks`: a younger transaction
+   waits for an older holder; an older one wounds a younger holder that is
+   still storing here, and waits for one that is voting or voted), then
+   compare the serial the client based its change on with the last
+   committed revision (a new object's serial is 8 zero bytes).  A mismatch
+   is a conflict: it is answered, the lock is kept, nothing is buffered for
+   that oid (the client resolves and stores again, or aborts).  Otherwise
+   the change is buffered in memory
+   (:mod:`~neostore.storage_node.transactions`); a check-only store buffers
+   nothing.  Cells being replicated (OUT_OF_DATE) take the write without
+   lock or conflict check, as NEO does: their copy may lag, so their view
+   of "last committed" would report false conflicts, and the readable
+   replicas already order the writers.
+2. **vote** (``Vote``, ``tpc_vote``): the buffered objects, and the
+   transaction's metadata on the cells of ``partition(ttid)``, become
+   *pending* in one fsynced LMDB write before the answer.  A vote with
+   unresolved conflicts is refused.
+3. **commit** (``Commit``, from the master once the decision is in its Raft
+   log): pending → committed under the final TID in one fsynced write, then
+   the locks are released.  Idempotent: a repeated commit (a new leader
+   re-driving its decisions, even after this node restarted) is recognised
+   through ``applied`` and answers without change.
+4. **abort** (``Abort``, client or master): drop buffer and pending, release
+   the locks.  Idempotent; aborting a committed TTID changes nothing.
+
+Master orders (commit, abort) carry the master's Raft term; the highest
+term seen is kept durably, and an order from a lower term is refused (a
+deposed leader must not commit or abort anything).  Term 0 means an order
+that is not fenced: a client's abort.
+
+Finished TTIDs are remembered (bounded) so that a store arriving after its
+transaction's abort cannot take locks that nobody would ever release.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+
+from neostore import errors
+from neostore.ids import ZERO_TID, oid_repr, tid_repr
+from neostore.storage_node.database import Database, PendingMetadata
+from neostore.storage_node.layout import StoredObject
+from neostore.storage_node.locks import LockManager, wound_message
+from neostore.storage_node.transactions import Phase, TransactionBuffer
+
+log = logging.getLogger(__name__)
+
+#: How many finished TTIDs are remembered in memory.
+FINISHED_MEMORY = 100_000
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectWrite:
+    """One object of a store.
+
+    ``stored`` is None for a check-only store.  ``locking`` is False on a
+    cell being replicated: no lock, no conflict check.
+    """
+
+    partition: int
+    oid: bytes
+    serial: bytes
+    stored: StoredObject | None
+    locking: bool = True
+
+    @property
+    def check_only(self) -> bool:
+        return self.stored is None
+
+
+@dataclasses.dataclass(frozen=True)
+class Conflict:
+    oid: bytes
+    serial: bytes
+    committed_serial: bytes
+    read_conflict: bool
+
+
+class TransactionManager:
+    """Buffers, locks and the two-phase commit of one storage node.
+
+    It takes charge of ``locks``: it gives them its wound function
+    (:meth:`LockManager.set_wound`), so that an older transaction wounds a
+    younger lock holder only while that one is still storing here.
+    """
+
+    def __init__(self, database: Database, locks: LockManager, finished_memory: int = FINISHED_MEMORY) -> None:
+        self._database = database
+        self._locks = locks
+        self._finished_memory = finished_memory
+        self._mutex = threading.Lock()
+        self._buffers: dict[bytes, TransactionBuffer] = {}
+        #: ttid -> final TID (committed) or None (aborted), oldest first.
+        self._finished: collections.OrderedDict[bytes, bytes | None] = collections.OrderedDict()
+        self._term_mutex = threading.Lock()
+        self._term = database.term()
+        locks.set_wound(self._wound)
+
+    # -- observation ---------------------------------------------------------
+
+    def phase(self, ttid: bytes) -> Phase | None:
+        """The phase of a TTID in progress here, None if none."""
+        with self._mutex:
+            buffer = self._buffers.get(ttid)
+            return buffer.phase if buffer is not None else None
+
+    def active_ttids(self) -> list[bytes]:
+        with self._mutex:
+            return sorted(self._buffers)
+
+    @property
+    def term(self) -> int:
+        with self._term_mutex:
+            return self._term
+
+    # -- store ---------------------------------------------------------------
+
+    def store(self, ttid: bytes, writes: Sequence[ObjectWrite]) -> list[Conflict]:
+        """Lock, check and buffer ``writes`` in order; the conflicts found."""
+        conflicts = []
+        for write in writes:
+            conflict = self._store_one(ttid, write)
+            if conflict is not None:
+                conflicts.append(conflict)
+        return conflicts
+
+    def _store_one(self, ttid: bytes, write: ObjectWrite) -> Conflict | None:
+        with self._mutex:
+            self._storing_buffer(ttid)
+        newly_locked = False
+        if write.locking:
+            # LockDied if wounded (before or while waiting): the buffer is
+            # already DIED and the locks released, by the wound.
+            newly_locked = self._locks.acquire(write.oid, ttid)
+        committed = None
+        if write.locking:
+            # Stable while we hold the lock: a commit of this oid releases
+            # the lock only after its LMDB write.
+            committed = self._database.last_serial(write.partition, write.oid) or ZERO_TID
+            self._check_back_pointer(ttid, write)
+        with self._mutex:
+            buffer = self._buffers.get(ttid)
+            if buffer is None or buffer.phase is not Phase.STORING:
+                # Aborted, died or voted while we waited for the lock.
+                if buffer is None:
+                    self._locks.release_all(ttid)
+                elif buffer.phase is Phase.DIED:
+                    # Its death released its locks and refuses new ones:
+                    # this changes nothing, but states it.
+                    self._locks.die(ttid, buffer.died_reason)
+                elif newly_locked:
+                    self._locks.release(write.oid, ttid)
+                if buffer is None:
+                    self._refuse_finished(ttid, "store")
+                    raise errors.UnknownTransaction(
+                        f"transaction {tid_repr(ttid)} ended while its store waited for a lock"
+                    )
+                self._storing_buffer(ttid)  # raises: died or voted
+            if committed is not None and committed != write.serial:
+                buffer.conflicted(write.oid)
+                return Conflict(write.oid, write.serial, committed, read_conflict=write.check_only)
+            if write.stored is None:
+                buffer.checked(write.oid)
+            else:
+                buffer.buffer(write.partition, write.oid, write.stored)
+        return None
+
+    def _check_back_pointer(self, ttid: bytes, write: ObjectWrite) -> None:
+        """An undo must point to a revision that exists (on readable cells,
+        which hold every committed revision)."""
+        data_tid = write.stored.data_tid if write.stored is not None else None
+        if data_tid is not None and not self._database.has_revision(write.partition, write.oid, data_tid):
+            raise errors.BadRequest(
+                f"undo by transaction {tid_repr(ttid)} points object {oid_repr(write.oid)} "
+                f"to revision {tid_repr(data_tid)}, which does not exist"
+            )
+
+    def _storing_buffer(self, ttid: bytes) -> TransactionBuffer:
+        """The TTID's buffer, created if new; raises if it takes no stores."""
+        buffer = self._buffers.get(ttid)
+        if buffer is None:
+            self._refuse_finished(ttid, "store")
+            buffer = self._buffers[ttid] = TransactionBuffer(ttid)
+        if buffer.phase is Phase.DIED:
+            raise errors.LockDied(buffer.died_reason)
+        if buffer.phase is not Phase.STORING:
+            raise errors.BadRequest(
+                f"store for transaction {tid_repr(ttid)} after its vote ({buffer.phase.value})"
+            )
+        return buffer
+
+    def _refuse_finished(self, ttid: bytes, what: str) -> None:
+        if ttid in self._finished:
+            tid = self._finished[ttid]
+            outcome = f"committed as {tid_repr(tid)}" if tid is not None else "aborted"
+            raise errors.UnknownTransaction(
+                f"{what} for transaction {tid_repr(ttid)}, already {outcome} on this node"
+            )
+
+    def _wound(self, victim: bytes, by: bytes, oid: bytes) -> bool:
+        """The lock manager's wound function (:data:`~neostore.storage_node.locks.Wound`).
+
+        The older ``by`` wants ``oid``, which the younger ``victim`` holds.
+        While ``victim`` is storing here, it dies: its buffer is dropped,
+        its locks are released, its waiting stores wake up and every later
+        store or vote fails with LockDied until it is aborted.  Once it votes
+        it cannot be wounded: False, ``by`` waits.  Called by the lock
+        manager without its mutex held; takes ours, then the lock manager's
+        (the one order used everywhere).
+        """
+        with self._mutex:
+            buffer = self._buffers.get(victim)
+            if buffer is None:
+                return False  # ending (or ended) on its own: wait for its release
+            if buffer.phase is Phase.DIED:
+                return True
+            if buffer.phase is not Phase.STORING:
+                return False
+            reason = wound_message(victim, by, oid)
+            buffer.die(reason)
+            # Under our mutex, so that an abort (which forgets the death in
+            # the lock manager) cannot come in between.
+            released = self._locks.die(victim, reason)
+        log.info(
+            "transaction %s wounded by older %s on %s (wound-wait), %d locks released",
+            tid_repr(victim), tid_repr(by), oid_repr(oid), released,
+        )
+        return True
+
+    # -- vote ----------------------------------------------------------------
+
+    def vote(self, ttid: bytes, metadata: PendingMetadata | None = None) -> None:
+        """Make ``ttid``'s stores (and metadata) durable as pending."""
+        with self._mutex:
+            buffer = self._buffers.get(ttid)
+            if buffer is None:
+                self._refuse_finished(ttid, "vote")
+                if metadata is None:
+                    return
+                buffer = self._buffers[ttid] = TransactionBuffer(ttid)
+        with buffer.vote_mutex:
+            with self._mutex:
+                if self._buffers.get(ttid) is not buffer:
+                    self._refuse_finished(ttid, "vote")
+                    raise errors.UnknownTransaction(f"transaction {tid_repr(ttid)} ended during its vote")
+                if buffer.phase is Phase.DIED:
+                    raise errors.LockDied(buffer.died_reason)
+                if buffer.phase is Phase.VOTED:
+                    return
+                if buffer.conflicts:
+                    listed = ", ".join(oid_repr(oid) for oid in sorted(buffer.conflicts))
+                    raise errors.BadRequest(
+                        f"vote for transaction {tid_repr(ttid)} with unresolved conflicts on {listed}"
+                    )
+                # From now on it cannot be wounded: older transactions wait.
+                buffer.phase = Phase.VOTING
+                objects = buffer.pending_objects()
+            try:
+                if objects or metadata is not None:
+                    self._database.write_pending(ttid, objects, metadata)
+            except BaseException:
+                with self._mutex:
+                    buffer.phase = Phase.STORING
+                # Woundable again: older waiters may wound it now.
+                self._locks.reconsider(ttid)
+                raise
+            with self._mutex:
+                buffer.phase = Phase.VOTED
+                buffer.has_pending = bool(objects) or metadata is not None
+
+    # -- commit and abort ------------------------------------------------------
+
+    def commit(self, ttid: bytes, tid: bytes, term: int = 0) -> bool:
+        """Apply ``ttid``'s vote under ``tid``; whether anything was applied
+        now (False: already applied, or an empty vote)."""
+        self.observe_term(term, f"commit of {tid_repr(ttid)}")
+        if self._already_committed(ttid, tid):
+            return False
+        with self._mutex:
+            buffer = self._buffers.get(ttid)
+        if buffer is None:
+            return self._commit_recovered(ttid, tid)
+        with buffer.vote_mutex:
+            with self._mutex:
+                current = self._buffers.get(ttid)
+                phase = buffer.phase
+            if current is not buffer:
+                if self._already_committed(ttid, tid):
+                    return False
+                raise errors.UnknownTransaction(
+                    f"commit of transaction {tid_repr(ttid)}: it was aborted on this node"
+                )
+            if phase is not Phase.VOTED:
+                raise errors.BadRequest(
+                    f"commit of transaction {tid_repr(ttid)}, which this node has not voted ({phase.value})"
+                )
+            applied = self._database.commit(ttid, tid)
+            with self._mutex:
+                del self._buffers[ttid]
+                self._remember(ttid, tid)
+            self._locks.release_all(ttid)
+        return applied
+
+    def _commit_recovered(self, ttid: bytes, tid: bytes) -> bool:
+        """Commit of a TTID with no buffer: pending data from before a restart."""
+        if self._database.commit(ttid, tid):
+            with self._mutex:
+                self._remember(ttid, tid)
+            self._locks.release_all(ttid)
+            return True
+        if self._already_committed(ttid, tid):
+            return False
+        with self._mutex:
+            self._refuse_finished(ttid, "commit")
+        raise errors.UnknownTransaction(f"commit of transaction {tid_repr(ttid)}: nothing voted on this node")
+
+    def _already_committed(self, ttid: bytes, tid: bytes) -> bool:
+        with self._mutex:
+            committed = self._finished.get(ttid)
+        if committed is None:
+            committed = self._database.applied_tid(ttid)
+        if committed is None:
+            return False
+        if committed != tid:
+            raise errors.BadRequest(
+                f"transaction {tid_repr(ttid)} was committed as {tid_repr(committed)}, not {tid_repr(tid)}"
+            )
+        return True
+
+    def abort(self, ttid: bytes, term: int = 0) -> None:
+        """Drop ``ttid``'s buffer and pending data, release its locks."""
+        self.observe_term(term, f"abort of {tid_repr(ttid)}")
+        with self._mutex:
+            buffer = self._buffers.get(ttid)
+        if buffer is None:
+            if self._database.applied_tid(ttid) is not None:
+                return
+            self._database.abort(ttid)
+            with self._mutex:
+                self._remember(ttid, None)
+            self._locks.release_all(ttid)
+            return
+        with buffer.vote_mutex:
+            with self._mutex:
+                if self._buffers.get(ttid) is buffer:
+                    del self._buffers[ttid]
+                if self._finished.get(ttid) is not None:
+                    return  # committed meanwhile
+                self._remember(ttid, None)
+            self._database.abort(ttid)
+            self._locks.release_all(ttid)
+
+    def _remember(self, ttid: bytes, tid: bytes | None) -> None:
+        """Record how ``ttid`` ended (mutex held); never forget a commit for an abort."""
+        if tid is None and self._finished.get(ttid) is not None:
+            return
+        self._finished[ttid] = tid
+        self._finished.move_to_end(ttid)
+        while len(self._finished) > self._finished_memory:
+            self._finished.popitem(last=False)
+
+    # -- recovery and fencing --------------------------------------------------
+
+    def recover(self, decided: Mapping[bytes, bytes]) -> tuple[list[bytes], list[bytes]]:
+        """At (re)registration: commit the pending TTIDs the master decided,
+        abort every other one.  Returns (committed, aborted) TTIDs."""
+        committed, aborted = [], []
+        for ttid in self._database.pending_ttids():
+            tid = decided.get(ttid)
+            if tid is not None:
+                self.commit(ttid, tid)
+                committed.append(ttid)
+            else:
+                self.abort(ttid)
+                aborted.append(ttid)
+        return committed, aborted
+
+    def observe_term(self, term: int, what: str = "order") -> None:
+        """Refuse an order from a term below the highest seen; keep a new one.
+
+        Term 0 is an unfenced order (a client's abort).
+        """
+        if term == 0:
+            return
+        with self._term_mutex:
+            if term < self._term:
+                raise errors.BadRequest(
+                    f"stale master term {term} for {what}: this node has seen term {self._term}"
+                )
+            if term > self._term:
+                self._database.set_term(term)
+                self._term = term
+
+    def close(self) -> None:
+        """Wake and refuse every lock waiter (the node is stopping)."""
+        self._locks.close()
