@@ -672,7 +672,9 @@ class CommitCoordinator:
             future.add_done_callback(lambda done, address=address: report(done, address))
             futures.append(future)
         if wait:
-            concurrent.futures.wait(futures)
+            # Bounded: the executor may be shut down (master or interpreter
+            # stopping) with these never run.
+            concurrent.futures.wait(futures, timeout=timeout + 1.0)
 
     def client_connected(self, client_id: str) -> None:
         """A client's session (its Subscribe stream) began."""
