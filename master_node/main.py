@@ -2,6 +2,7 @@
 
     neo-master --cluster NAME --data DIR [--bind 127.0.0.1:PORT]
                [--partitions 12] [--replicas 2] [--autostart N] [--log-level INFO]
+               [--ca FILE --cert FILE --key FILE]
 
 Prints ``neo-master ready address=HOST:PORT`` on stdout (flushed) once it
 serves, so that launchers and tests can wait for that line.  SIGTERM and
@@ -23,7 +24,7 @@ import lmdb
 
 from neostore import errors
 from neostore.master_node.node import MasterConfig, MasterNode
-from neostore.rpc import RpcConfig
+from neostore.rpc import RpcConfig, add_tls_arguments, tls_from_arguments
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -36,6 +37,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--autostart", type=int, default=1,
                         help="storage nodes to wait for before creating the partition table (0: admin only)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_tls_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -54,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     try:
         config = MasterConfig(
-            rpc=RpcConfig(cluster_name=args.cluster),
+            rpc=RpcConfig(cluster_name=args.cluster, tls=tls_from_arguments(args)),
             data_dir=args.data,
             bind=args.bind,
             num_partitions=args.partitions,

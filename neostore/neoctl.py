@@ -28,9 +28,10 @@ EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 class Admin:
     """Admin calls, tried on each master in turn."""
 
-    def __init__(self, masters: list[str], cluster: str, timeout: float = 10.0) -> None:
+    def __init__(self, masters: list[str], cluster: str, tls: rpc.TlsConfig | None = None,
+                 timeout: float = 10.0) -> None:
         self._masters = masters
-        self._config = rpc.RpcConfig(cluster_name=cluster)
+        self._config = rpc.RpcConfig(cluster_name=cluster, tls=tls)
         self._timeout = timeout
 
     def call(self, method: str, request: Any) -> Any:
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cluster", default=os.environ.get("NEOSTORE_CLUSTER", "neostore"),
                         help="cluster name (default: $NEOSTORE_CLUSTER or %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    rpc.add_tls_arguments(parser, "neoctl")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     show = commands.add_parser("print", help="print cluster, node, pt (partition table) or ids")
     show.add_argument("what", choices=["cluster", "node", "pt", "ids"])
@@ -151,7 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     masters = [m for m in args.masters.replace(",", " ").split() if m]
-    admin = Admin(masters, args.cluster)
+    try:
+        tls = rpc.tls_from_arguments(args)
+    except ValueError as error:
+        parser.error(str(error))
+    admin = Admin(masters, args.cluster, tls)
     try:
         return args.run(admin, args)
     except errors.Unavailable as error:

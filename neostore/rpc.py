@@ -62,6 +62,23 @@ class RpcConfig:
             raise ValueError(f"invalid cluster name {self.cluster_name!r}")
 
 
+def add_tls_arguments(parser: Any, who: str = "this node") -> None:
+    """The ``--ca``/``--cert``/``--key`` options every command shares."""
+    parser.add_argument("--ca", help="TLS: the cluster CA certificate (PEM)")
+    parser.add_argument("--cert", help=f"TLS: {who}'s certificate (PEM)")
+    parser.add_argument("--key", help=f"TLS: {who}'s private key (PEM)")
+
+
+def tls_from_arguments(arguments: Any) -> TlsConfig | None:
+    """The TlsConfig the ``--ca``/``--cert``/``--key`` options name, if any."""
+    files = (arguments.ca, arguments.cert, arguments.key)
+    if not any(files):
+        return None
+    if not all(files):
+        raise ValueError("TLS needs all of --ca, --cert and --key")
+    return TlsConfig(arguments.ca, arguments.cert, arguments.key)
+
+
 def _options(config: RpcConfig) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_send_message_length", config.max_message_bytes),

@@ -49,17 +49,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds to keep trying the masters at start (default %(default)s)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
-    parser.add_argument("--ca", help="TLS: cluster CA certificate (PEM)")
-    parser.add_argument("--cert", help="TLS: this node's certificate (PEM)")
-    parser.add_argument("--key", help="TLS: this node's private key (PEM)")
+    rpc.add_tls_arguments(parser)
     return parser
 
 
 def _config(arguments: argparse.Namespace) -> StorageConfig:
-    tls_files = (arguments.ca, arguments.cert, arguments.key)
-    if any(tls_files) and not all(tls_files):
-        raise ValueError("TLS needs all of --ca, --cert and --key")
-    tls = rpc.TlsConfig(arguments.ca, arguments.cert, arguments.key) if all(tls_files) else None
+    tls = rpc.tls_from_arguments(arguments)
     masters = [address.strip() for address in arguments.masters.split(",") if address.strip()]
     if not masters:
         raise ValueError("--masters names no address")

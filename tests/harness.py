@@ -28,10 +28,11 @@ class ThreadCluster:
         num_storages: int = 3,
         num_partitions: int = 12,
         num_replicas: int = 2,
+        tls: rpc.TlsConfig | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.name = name
-        self.rpc = rpc.RpcConfig(cluster_name=name)
+        self.rpc = rpc.RpcConfig(cluster_name=name, tls=tls)
         self.master = MasterNode(MasterConfig(
             rpc=self.rpc, data_dir=os.path.join(data_dir, "master"),
             num_partitions=num_partitions, num_replicas=num_replicas, autostart=num_storages,
@@ -71,6 +72,7 @@ class ThreadCluster:
         return info.state == master_pb2.ClusterInfo.RUNNING
 
     def client(self, **options: Any) -> NeoStorage:
+        options.setdefault("tls", self.rpc.tls)
         storage = NeoStorage(self.masters, self.name, **options)
         self._clients.append(storage)
         return storage
