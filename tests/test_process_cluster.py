@@ -1,0 +1,140 @@
+"""A cluster of separate processes, as ``neo-cluster`` starts it.
+
+The master and each storage node are their own process; ZODB talks to them
+over gRPC on 127.0.0.1.  These tests start real processes, so they share
+one cluster where that is safe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import transaction
+import ZODB
+import zodburi
+from persistent.mapping import PersistentMapping
+from ZODB.config import databaseFromString
+
+from neostore.client import NeoStorage
+from neostore.launcher import LocalCluster, NodeProcess
+from neostore.storage_node.database import Database
+
+pytestmark = pytest.mark.process
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    running = LocalCluster(str(tmp_path_factory.mktemp("processes")), name="proc")
+    running.start()
+    yield running
+    running.stop()
+
+
+def test_a_zodb_application_writes_and_another_client_reads(cluster: LocalCluster) -> None:
+    writer = ZODB.DB(NeoStorage(cluster.masters, cluster.name))
+    with writer.transaction() as conn:
+        conn.root()["greeting"] = PersistentMapping(text="hello", count=1)
+    reader = ZODB.DB(NeoStorage(cluster.masters, cluster.name))
+    with reader.transaction() as conn:
+        assert conn.root()["greeting"]["text"] == "hello"
+    # The reader sees the writer's next commit in its next transaction.
+    with writer.transaction() as conn:
+        conn.root()["greeting"]["count"] = 2
+    with reader.transaction() as conn:
+        assert conn.root()["greeting"]["count"] == 2
+    writer.close()
+    reader.close()
+
+
+def test_zconfig_and_zodburi_open_the_cluster(cluster: LocalCluster) -> None:
+    masters = " ".join(cluster.masters)
+    db = databaseFromString(f"""
+        %import neostore
+        <zodb>
+          <neostore>
+            master-nodes {masters}
+            name {cluster.name}
+            cache-size 5MB
+          </neostore>
+        </zodb>
+    """)
+    with db.transaction() as conn:
+        conn.root()["zconfig"] = True
+    db.close()
+    factory, dbkw = zodburi.resolve_uri(f"neostore://{cluster.name}@{cluster.masters[0]}?cache_size=1MB")
+    db = ZODB.DB(factory(), **dbkw)
+    with db.transaction() as conn:
+        assert conn.root()["zconfig"] is True
+    db.close()
+
+
+def _neoctl(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "neostore.neoctl", "--masters", ",".join(cluster.masters),
+         "--cluster", cluster.name, *args],
+        capture_output=True, text=True, timeout=60)
+
+
+def test_neoctl_prints_the_cluster_and_the_partition_table(cluster: LocalCluster) -> None:
+    result = _neoctl(cluster, "print", "cluster", "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["cluster_name"] == cluster.name and info["state"] == "RUNNING"
+    table = json.loads(_neoctl(cluster, "print", "pt", "--json").stdout)
+    assert len(table["rows"]) == 12
+    assert all(len(row) == 2 for row in table["rows"])
+    text = _neoctl(cluster, "print", "pt").stdout
+    assert "12 partitions, 2 replicas" in text
+    nodes = _neoctl(cluster, "print", "node").stdout
+    assert nodes.count("RUNNING") == 3
+
+
+def test_neoctl_names_the_masters_it_could_not_reach() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "neostore.neoctl", "--masters", "127.0.0.1:1", "print", "cluster"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3
+    assert "127.0.0.1:1" in result.stderr
+
+
+def test_storage_refuses_another_clusters_data_directory(cluster: LocalCluster, tmp_path: Any) -> None:
+    data_dir = str(tmp_path / "theirs")
+    Database(data_dir, "their-cluster").close()  # a data directory of another cluster
+    node = NodeProcess("storage", [
+        "--cluster", cluster.name, "--masters", ",".join(cluster.masters),
+        "--data", data_dir, "--bind", "127.0.0.1:0",
+    ], str(tmp_path / "intruder.log"))
+    with pytest.raises(RuntimeError, match="exited") as raised:
+        node.start(timeout=30)
+    message = str(raised.value)
+    assert "their-cluster" in message and f"'{cluster.name}'" in message and data_dir in message
+
+
+def test_data_survives_a_restart_of_the_whole_cluster(tmp_path: Any) -> None:
+    with LocalCluster(str(tmp_path / "restart"), name="restart") as first:
+        db = ZODB.DB(NeoStorage(first.masters, "restart"))
+        with db.transaction() as conn:
+            conn.root()["kept"] = PersistentMapping(value=42)
+        db.close()
+    with LocalCluster(str(tmp_path / "restart"), name="restart") as second:
+        db = ZODB.DB(NeoStorage(second.masters, "restart"))
+        with db.transaction() as conn:
+            assert conn.root()["kept"]["value"] == 42
+        db.close()
+    transaction.abort()
+
+
+def test_neo_cluster_runs_the_demo_and_stops(tmp_path: Any) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "neostore.launcher", "--data", str(tmp_path / "demo"), "--name", "demo",
+         "--port", "0", "--", sys.executable, os.path.join(ROOT, "examples", "demo.py")],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "demo: OK" in result.stdout
+    assert "stopped." in result.stdout
