@@ -37,6 +37,7 @@ from ZODB import POSException
 
 from neostore import errors, rpc
 from neostore.client.cluster import ClusterConnection
+from neostore.client.exceptions import ClusterUnavailableError, to_zodb_error
 from neostore.client.invalidations import InvalidationDispatcher
 from neostore.ids import partition_of
 from neostore.protocol import common_pb2, master_pb2, storage_pb2
@@ -153,7 +154,7 @@ def send_stores(cluster: ClusterConnection, context: TransactionContext) -> None
         context.touched.add(partition)
         nodes = table.writable_nodes(partition)
         if not nodes:
-            raise _unavailable(f"partition {partition} has no writable replica")
+            raise ClusterUnavailableError(f"partition {partition} has no writable replica")
         for node_id in nodes:
             per_node.setdefault(node_id, []).append(write)
     context.queued.clear()
@@ -207,7 +208,7 @@ def collect_stores(context: TransactionContext) -> None:
             context.failed[item.node_id] = str(error)
             continue
         except errors.NeoError as error:
-            context.fatal = context.fatal or _storage_error(error)
+            context.fatal = context.fatal or to_zodb_error(error)
             continue
         context.stored_on.setdefault(item.node_id, set()).update(item.partitions)
         for conflict in reply.conflicts:
@@ -264,7 +265,7 @@ def _check_every_partition_kept_a_replica(context: TransactionContext, done: dic
     lost = sorted(context.touched - covered)
     if lost:
         reasons = "; ".join(context.failed.values())
-        raise _unavailable(
+        raise ClusterUnavailableError(
             f"no replica of partition{'s' if len(lost) > 1 else ''} "
             f"{', '.join(map(str, lost))} took the transaction: {reasons}")
 
@@ -275,7 +276,7 @@ def _send_votes(cluster: ClusterConnection, context: TransactionContext) -> None
     context.touched.add(meta_partition)
     meta_nodes = table.writable_nodes(meta_partition)
     if not meta_nodes:
-        raise _unavailable(f"partition {meta_partition} has no writable replica")
+        raise ClusterUnavailableError(f"partition {meta_partition} has no writable replica")
     info = common_pb2.TransactionInfo(
         user=_as_bytes(context.meta.user), description=_as_bytes(context.meta.description),
         extension=context.meta.extension_bytes, oids=context.changed_oids,
@@ -298,7 +299,7 @@ def _send_votes(cluster: ClusterConnection, context: TransactionContext) -> None
             context.failed[node_id] = str(error)
             continue
         except errors.NeoError as error:
-            raise _storage_error(error) from None
+            raise to_zodb_error(error) from None
         context.votes[node_id] = partitions
     _check_every_partition_kept_a_replica(context, context.votes)
 
@@ -327,7 +328,7 @@ def finish(
     except errors.NeoError as error:
         dispatcher.forget_own(context.ttid)
         context.phase = Phase.ABORTED
-        raise _storage_error(error) from None
+        raise to_zodb_error(error) from None
     dispatcher.finish_own(context.ttid, reply.tid, callback)
     context.phase = Phase.FINISHED
     return reply.tid
@@ -350,30 +351,3 @@ def abort(cluster: ClusterConnection, client_id: str, context: TransactionContex
     context.phase = Phase.ABORTED
     cluster.master_call("Abort", master_pb2.AbortRequest(
         client_id=client_id, ttid=context.ttid, node_ids=sorted(nodes)))
-
-
-# -- errors ----------------------------------------------------------------------
-
-
-class ClusterUnavailableError(POSException.StorageError):
-    """The cluster cannot take this transaction now (no replica left...)."""
-
-
-def _unavailable(message: str) -> ClusterUnavailableError:
-    return ClusterUnavailableError(message)
-
-
-def _storage_error(error: errors.NeoError) -> Exception:
-    if isinstance(error, errors.ReadOnly):
-        return POSException.ReadOnlyError(str(error))
-    if isinstance(error, (errors.LockDied, errors.LockTimeout)):
-        return POSException.ConflictError(str(error))
-    if isinstance(error, (errors.Unavailable, errors.NotLeader)):
-        return ClusterUnavailableError(str(error))
-    return POSException.StorageError(f"{type(error).__name__}: {error}")
-
-
-__all__ = [
-    "ClusterUnavailableError", "ObjectWrite", "Phase", "TransactionContext",
-    "abort", "begin", "finish", "store", "vote",
-]

@@ -28,6 +28,7 @@ from neostore import errors, rpc
 from neostore.client import commit, history, undo
 from neostore.client.cache import ObjectCache
 from neostore.client.cluster import ClusterConnection
+from neostore.client.exceptions import ClusterUnavailableError, to_zodb_error
 from neostore.client.invalidations import InvalidationDispatcher
 from neostore.ids import MAX_TID, oid_repr, partition_of, tid_repr
 from neostore.protocol import common_pb2, master_pb2, storage_pb2
@@ -37,13 +38,6 @@ from neostore.records import Record
 OID_BATCH = 100
 DEFAULT_CACHE_SIZE = 20 * 1024 * 1024
 SYNC_TIMEOUT = 60.0
-
-
-def _zodb_error(error: errors.NeoError, oid: bytes | None = None) -> Exception:
-    """The ZODB exception for a neostore error (the one place that maps them)."""
-    if isinstance(error, errors.NotFound):
-        return POSException.POSKeyError(oid) if oid is not None else POSException.POSKeyError(str(error))
-    return commit._storage_error(error)
 
 
 @zope.interface.implementer(
@@ -92,7 +86,7 @@ class NeoStorage(ConflictResolvingStorage):
             self._cluster.connect()
         except errors.NeoError as error:
             self._cluster.close()
-            raise _zodb_error(error) from None
+            raise to_zodb_error(error) from None
 
     def __repr__(self) -> str:
         return f"<NeoStorage {self._name!r} masters={','.join(self._masters)}>"
@@ -156,7 +150,7 @@ class NeoStorage(ConflictResolvingStorage):
         """Wait until every transaction committed before now was seen."""
         info = self._call(lambda: self._cluster.master_call("GetClusterInfo", common_pb2.Empty()))
         if info.last_tid and not self._dispatcher.wait_for(info.last_tid, SYNC_TIMEOUT):
-            raise commit.ClusterUnavailableError(
+            raise ClusterUnavailableError(
                 f"invalidations up to {tid_repr(info.last_tid)} did not arrive in {SYNC_TIMEOUT:.0f}s")
 
     def loadBefore(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
@@ -306,4 +300,4 @@ class NeoStorage(ConflictResolvingStorage):
         try:
             return fn()
         except errors.NeoError as error:
-            raise _zodb_error(error, oid) from None
+            raise to_zodb_error(error, oid) from None
