@@ -122,23 +122,20 @@ def _revision_tids(cluster: ClusterConnection, oid: bytes, size: int = 0) -> lis
 
 
 def _load_serial(cluster: ClusterConnection, oid: bytes, serial: bytes) -> _Revision | None:
-    partition = partition_of(oid, cluster.table.num_partitions)
-    try:
-        reply = cluster.read_call(partition, "LoadSerial", storage_pb2.LoadSerialRequest(
-            oid=oid, serial=serial, table_version=cluster.table.version))
-    except errors.NotFound:
-        return None
-    if reply.status != storage_pb2.LoadReply.FOUND:
-        return None
-    data = Record.from_proto(reply.record).unpack(f"object {oid.hex()}@{serial.hex()}")
-    return _Revision(serial, data, reply.data_serial or serial)
+    return _load(cluster, oid, "LoadSerial", storage_pb2.LoadSerialRequest(
+        oid=oid, serial=serial, table_version=cluster.table.version))
 
 
 def _load_before(cluster: ClusterConnection, oid: bytes, tid: bytes) -> _Revision | None:
+    return _load(cluster, oid, "LoadBefore", storage_pb2.LoadBeforeRequest(
+        oid=oid, before_tid=tid, table_version=cluster.table.version))
+
+
+def _load(cluster: ClusterConnection, oid: bytes, method: str, request: object) -> _Revision | None:
+    """The revision a load rpc answers, None when there is none with data."""
     partition = partition_of(oid, cluster.table.num_partitions)
     try:
-        reply = cluster.read_call(partition, "LoadBefore", storage_pb2.LoadBeforeRequest(
-            oid=oid, before_tid=tid, table_version=cluster.table.version))
+        reply = cluster.read_call(partition, method, request)
     except errors.NotFound:
         return None
     if reply.status != storage_pb2.LoadReply.FOUND:
