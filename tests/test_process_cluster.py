@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import pytest
@@ -138,3 +139,37 @@ def test_neo_cluster_runs_the_demo_and_stops(tmp_path: Any) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo: OK" in result.stdout
     assert "stopped." in result.stdout
+
+
+def test_no_committed_transaction_is_lost_when_a_storage_node_is_killed(tmp_path: Any) -> None:
+    """R=2: kill -9 one storage node, between commits and during them;
+    every acknowledged commit stays readable, and commits go on."""
+    with LocalCluster(str(tmp_path / "kill"), name="kill") as cluster:
+        db = ZODB.DB(NeoStorage(cluster.masters, "kill"))
+        acknowledged: dict[int, int] = {}
+
+        def commit_values(first: int, count: int) -> None:
+            for i in range(first, first + count):
+                with db.transaction() as conn:
+                    conn.root()[f"value-{i}"] = PersistentMapping(n=i)
+                acknowledged[i] = i
+
+        commit_values(0, 20)
+        killer = threading.Timer(0.05, cluster.storages[0].kill)
+        killer.start()  # kill -9 while the next commits are in flight
+        commit_values(20, 40)
+        killer.join()
+        assert not cluster.storages[0].running
+        reader = ZODB.DB(NeoStorage(cluster.masters, "kill"))
+        with reader.transaction() as conn:
+            root = conn.root()
+            assert {i: root[f"value-{i}"]["n"] for i in acknowledged} == acknowledged
+        cluster.restart_storage(0)  # it rejoins on its LMDB data
+        commit_values(60, 5)
+        with reader.transaction() as conn:
+            root = conn.root()
+            assert {i: root[f"value-{i}"]["n"] for i in acknowledged} == acknowledged
+        nodes = json.loads(_neoctl(cluster, "print", "node", "--json").stdout)
+        assert [n["state"] for n in nodes] == ["RUNNING"] * 3
+        reader.close()
+        db.close()
