@@ -152,9 +152,9 @@ def send_stores(cluster: ClusterConnection, context: TransactionContext) -> None
         write = context.writes[oid]
         partition = table.partition_of(oid)
         context.touched.add(partition)
-        nodes = table.writable_nodes(partition)
+        nodes = [n for n in table.writable_nodes(partition) if n not in context.failed]
         if not nodes:
-            raise ClusterUnavailableError(f"partition {partition} has no writable replica")
+            raise ClusterUnavailableError(f"partition {partition} has no writable replica left")
         for node_id in nodes:
             per_node.setdefault(node_id, []).append(write)
     context.queued.clear()
@@ -194,6 +194,15 @@ def _encode_write(write: ObjectWrite) -> storage_pb2.ObjectStore:
     return message
 
 
+def _drop_node(context: TransactionContext, node_id: int, reason: str) -> None:
+    """A node that missed a store or a vote takes no further part: it may
+    lack some of the transaction's objects, so it must not count as a voter
+    (the master then marks its cells OUT_OF_DATE)."""
+    context.failed[node_id] = reason
+    context.stored_on.pop(node_id, None)
+    context.votes.pop(node_id, None)
+
+
 def collect_stores(context: TransactionContext) -> None:
     """Wait for every store in flight; record conflicts and failed nodes."""
     in_flight, context.in_flight = context.in_flight, []
@@ -205,12 +214,13 @@ def collect_stores(context: TransactionContext) -> None:
                 f"transaction {context.ttid.hex()} must be retried: {error}")
             continue
         except (errors.Unavailable, errors.NotOwner) as error:
-            context.failed[item.node_id] = str(error)
+            _drop_node(context, item.node_id, str(error))
             continue
         except errors.NeoError as error:
             context.fatal = context.fatal or to_zodb_error(error)
             continue
-        context.stored_on.setdefault(item.node_id, set()).update(item.partitions)
+        if item.node_id not in context.failed:
+            context.stored_on.setdefault(item.node_id, set()).update(item.partitions)
         for conflict in reply.conflicts:
             context.conflicts[conflict.oid] = conflict
 
@@ -283,7 +293,8 @@ def _send_votes(cluster: ClusterConnection, context: TransactionContext) -> None
     )
     targets: dict[int, set[int]] = {n: set(p) for n, p in context.stored_on.items()}
     for node_id in meta_nodes:
-        targets.setdefault(node_id, set()).add(meta_partition)
+        if node_id not in context.failed:
+            targets.setdefault(node_id, set()).add(meta_partition)
     futures = []
     for node_id, partitions in targets.items():
         stub, peer = cluster.storage_stub(node_id)
@@ -296,7 +307,7 @@ def _send_votes(cluster: ClusterConnection, context: TransactionContext) -> None
         try:
             rpc.result(future, peer=peer)
         except (errors.Unavailable, errors.NotOwner) as error:
-            context.failed[node_id] = str(error)
+            _drop_node(context, node_id, str(error))
             continue
         except errors.NeoError as error:
             raise to_zodb_error(error) from None

@@ -20,7 +20,7 @@ from ZODB.utils import maxtid, p64, u64, z64
 from harness import ThreadCluster
 from neostore import errors, rpc
 from neostore.client import NeoStorage
-from neostore.partition_table import PartitionTable
+from neostore.partition_table import CellState, PartitionTable
 from neostore.protocol import common_pb2, master_pb2_grpc, storage_pb2, storage_pb2_grpc
 
 
@@ -217,3 +217,24 @@ def test_restore_under_a_tid_at_or_below_the_last_is_refused(storage: NeoStorage
         storage.tpc_begin(txn, last)
     # The refused transaction left nothing behind: a normal one commits.
     assert commit(storage, {storage.new_oid(): (z64, b"y")}) > last
+
+
+def test_a_replica_lost_before_the_vote_does_not_fail_the_commit(tmp_path: Any) -> None:
+    with ThreadCluster(str(tmp_path / "lost")) as lost_cluster:
+        storage = lost_cluster.client()
+        master = master_pb2_grpc.MasterStub(rpc.make_channel(lost_cluster.rpc, lost_cluster.master.address))
+        table = PartitionTable.from_proto(rpc.call(master.GetPartitionTable, common_pb2.Empty(), timeout=5))
+        oid = storage.new_oid()
+        partition = table.partition_of(oid)
+        victim_id = table.cells(partition)[0].node_id
+        txn = TransactionMetaData()
+        storage.tpc_begin(txn)
+        storage.store(oid, z64, b"kept", "", txn)
+        victim = next(s for s in lost_cluster.storages if s.node_id == victim_id)
+        victim.stop()  # the stores go out at vote: one replica is gone by then
+        storage.tpc_vote(txn)
+        tid = storage.tpc_finish(txn)
+        assert storage.loadBefore(oid, maxtid) == (b"kept", tid, None)
+        after = PartitionTable.from_proto(rpc.call(master.GetPartitionTable, common_pb2.Empty(), timeout=5))
+        assert after.cell_state(partition, victim_id) is not CellState.UP_TO_DATE
+        assert victim_id not in after.readable_nodes(partition)
