@@ -241,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     cluster = LocalCluster(args.data, args.name, args.storages, args.partitions, args.replicas,
                            master_port=args.port)
     stop = threading.Event()
+    # Handled explicitly: a shell may start us with SIGINT ignored.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         cluster.start()
     except (RuntimeError, OSError) as error:
@@ -262,8 +264,6 @@ def main(argv: list[str] | None = None) -> int:
         print("Ctrl-C to stop.", flush=True)
         while not stop.wait(0.5):
             pass
-        return 0
-    except KeyboardInterrupt:
         return 0
     finally:
         print("stopping the cluster...", flush=True)

@@ -173,3 +173,22 @@ def test_no_committed_transaction_is_lost_when_a_storage_node_is_killed(tmp_path
         assert [n["state"] for n in nodes] == ["RUNNING"] * 3
         reader.close()
         db.close()
+
+
+def test_neo_cluster_stops_cleanly_on_ctrl_c(tmp_path: Any) -> None:
+    import signal
+
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "neostore.launcher", "--data", str(tmp_path / "ctrl-c"), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert launcher.stdout is not None
+    lines = []
+    for line in launcher.stdout:
+        lines.append(line)
+        if "Ctrl-C to stop." in line:
+            break
+    assert any("running: 1 master at 127.0.0.1:" in line for line in lines), lines
+    launcher.send_signal(signal.SIGINT)
+    rest, _ = launcher.communicate(timeout=60)
+    assert launcher.returncode == 0
+    assert rest.strip().endswith("stopped.")
