@@ -23,9 +23,10 @@ apply loop (:class:`_AppliedLog`):
 
 * :class:`MemoryCommandLog` — the same without a disk, for tests.
 
-The Raft issue replaces the LMDB log with a replicated one behind the same
-interface: ``submit`` then returns once the entry is committed by a majority
-and applied, and ``term`` is Raft's.
+With several masters, :class:`~neostore.master_node.raft_driver.RaftCommandLog`
+replaces the LMDB log behind the same interface: ``submit`` then returns
+once the entry is committed by a majority and applied, and ``term`` is
+Raft's (the term in which the master became leader).
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ class LmdbCommandLog(_AppliedLog):
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory
         self._snapshot_every = snapshot_every
-        self._lock_file: BinaryIO = _lock_directory(directory)
+        self._lock_file: BinaryIO = lock_directory(directory)
         try:
             self._env = lmdb.open(
                 str(directory), subdir=True, max_dbs=4, map_size=map_size,
@@ -281,7 +282,8 @@ class LmdbCommandLog(_AppliedLog):
         self._lock_file.close()
 
 
-def _lock_directory(directory: pathlib.Path) -> BinaryIO:
+def lock_directory(directory: pathlib.Path) -> BinaryIO:
+    """Lock ``directory`` for this process (``Unavailable`` if another holds it); close to unlock."""
     lock_file = open(directory / _LOCK_FILE, "ab")  # noqa: SIM115 - held until close
     try:
         fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -122,6 +122,17 @@ class InvalidationPublisher:
             self._last_tid = tid
             self._condition.notify_all()
 
+    def skip_to(self, tid: bytes) -> None:
+        """Transactions up to ``tid`` were committed but cannot be listed
+        (a follower that caught up from a snapshot): every subscriber, and
+        every new one asking for an older TID, gets a ResetCache."""
+        with self._condition:
+            if tid <= self._last_tid:
+                return
+            self._history.clear()
+            self._floor = self._last_tid = tid
+            self._condition.notify_all()
+
     def publish_table(self, table: PartitionTable) -> None:
         """A new partition table (older versions than the current are ignored)."""
         with self._condition:

@@ -2,7 +2,13 @@
 
     neo-master --cluster NAME --data DIR [--bind 127.0.0.1:PORT]
                [--partitions 12] [--replicas 2] [--autostart N] [--log-level INFO]
+               [--masters HOST:PORT,HOST:PORT,... --node-id N]
                [--ca FILE --cert FILE --key FILE]
+
+With ``--masters`` (every master's address, the same list in the same order
+on each master) and ``--node-id`` (this master's position in it, from 1),
+the masters agree through Raft; ``--bind`` then defaults to this master's
+address in the list.
 
 Prints ``neo-master ready address=HOST:PORT`` on stdout (flushed) once it
 serves, so that launchers and tests can wait for that line.  SIGTERM and
@@ -36,6 +42,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--replicas", type=int, default=2, help="replicas per partition, when creating the cluster")
     parser.add_argument("--autostart", type=int, default=1,
                         help="storage nodes to wait for before creating the partition table (0: admin only)")
+    parser.add_argument("--masters", default="",
+                        help="every master's host:port, comma-separated (Raft between them)")
+    parser.add_argument("--node-id", type=int, default=0,
+                        help="this master's position in --masters, from 1")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_tls_arguments(parser)
     return parser.parse_args(argv)
@@ -55,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
+        masters = tuple(address.strip() for address in args.masters.split(",") if address.strip())
+        if len(masters) > 1 and not 1 <= args.node_id <= len(masters):
+            raise ValueError(f"--node-id must be between 1 and {len(masters)} with {len(masters)} --masters")
         config = MasterConfig(
             rpc=RpcConfig(cluster_name=args.cluster, tls=tls_from_arguments(args)),
             data_dir=args.data,
@@ -62,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_partitions=args.partitions,
             num_replicas=args.replicas,
             autostart=args.autostart,
+            masters=masters if len(masters) > 1 else (),
+            node_id=args.node_id if len(masters) > 1 else 0,
         )
         node = MasterNode(config)
         node.start()

@@ -118,6 +118,10 @@ class LmdbLogStore:
     ) -> None:
         self.close()
 
+    def sync(self) -> None:
+        """Flush committed transactions to disk (one fsync), for stores opened with ``sync=False``."""
+        self._env.sync(True)
+
     # --- reads ----------------------------------------------------------------------
 
     def hard_state(self) -> HardState:

@@ -3,7 +3,10 @@
 Servicers only decode, call domain code, and encode: registration, oids and
 administration live in :mod:`~neostore.master_node.cluster`, the commit path
 in :mod:`~neostore.master_node.commit`, the invalidation stream in
-:mod:`~neostore.master_node.invalidations`.  Errors are raised as
+:mod:`~neostore.master_node.invalidations`.  Writes go to the components
+:class:`~neostore.master_node.leadership.Leadership` holds while this master
+leads (a follower answers them with ``NotLeader`` naming the leader); reads
+and the invalidation stream are served by every master.  Errors are raised as
 :class:`~neostore.errors.NeoError` and become gRPC statuses in the one
 interceptor of :mod:`neostore.rpc`.
 
@@ -19,8 +22,7 @@ from collections.abc import Callable, Iterator
 import grpc
 
 from neostore import errors
-from neostore.master_node.cluster import ClusterManager, Heartbeat
-from neostore.master_node.commit import CommitCoordinator
+from neostore.master_node.cluster import Heartbeat
 from neostore.master_node.invalidations import (
     Event,
     Invalidation,
@@ -29,14 +31,26 @@ from neostore.master_node.invalidations import (
     StartTid,
     TableChanged,
 )
+from neostore.master_node.leadership import Leadership
 from neostore.master_node.state import NodeVote, PartitionTid
 from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc
 
 
-def cluster_info(cluster: ClusterManager, publisher: InvalidationPublisher, address: str,
-                 term: int) -> master_pb2.ClusterInfo:
-    """GetClusterInfo's answer; ``last_tid`` is the last TID published."""
-    state = cluster.state
+class MasterInfo:
+    """What GetClusterInfo tells of the masters: this one, all of them, the leader, the term."""
+
+    def __init__(self, address: Callable[[], str], masters: Callable[[], list[str]],
+                 leader: Callable[[], str], term: Callable[[], int]) -> None:
+        self.address = address
+        self.masters = masters
+        self.leader = leader
+        self.term = term
+
+
+def cluster_info(leadership: Leadership, publisher: InvalidationPublisher,
+                 info: MasterInfo) -> master_pb2.ClusterInfo:
+    """GetClusterInfo's answer; ``last_tid`` is the last TID this master published."""
+    state = leadership.state
     return master_pb2.ClusterInfo(
         cluster_name=state.cluster_name,
         state=int(state.status),
@@ -45,9 +59,9 @@ def cluster_info(cluster: ClusterManager, publisher: InvalidationPublisher, addr
         table_version=state.table.version,
         last_oid=state.last_oid,
         last_tid=publisher.last_tid,
-        masters=[address],
-        leader=address,
-        term=term,
+        masters=info.masters(),
+        leader=info.leader(),
+        term=info.term(),
     )
 
 
@@ -73,43 +87,35 @@ def _close_on_cancel(context: grpc.ServicerContext, close: Callable[[], None]) -
 class MasterServicer(master_pb2_grpc.MasterServicer):
     """service Master (master.proto): clients and storage nodes."""
 
-    def __init__(
-        self,
-        cluster: ClusterManager,
-        coordinator: CommitCoordinator,
-        publisher: InvalidationPublisher,
-        address: Callable[[], str],
-        term: Callable[[], int],
-    ) -> None:
-        self._cluster = cluster
-        self._coordinator = coordinator
+    def __init__(self, leadership: Leadership, publisher: InvalidationPublisher, info: MasterInfo) -> None:
+        self._leadership = leadership
         self._publisher = publisher
-        self._address = address
-        self._term = term
+        self._info = info
 
     def GetClusterInfo(self, request: common_pb2.Empty, context: grpc.ServicerContext) -> master_pb2.ClusterInfo:
-        return cluster_info(self._cluster, self._publisher, self._address(), self._term())
+        return cluster_info(self._leadership, self._publisher, self._info)
 
     def GetPartitionTable(self, request: common_pb2.Empty, context: grpc.ServicerContext) -> common_pb2.PartitionTable:
-        return self._cluster.state.table.to_proto()
+        return self._leadership.state.table.to_proto()
 
     def NewOids(self, request: master_pb2.NewOidsRequest, context: grpc.ServicerContext) -> master_pb2.NewOidsReply:
-        first, count = self._cluster.new_oids(request.count)
+        first, count = self._leadership.cluster().new_oids(request.count)
         return master_pb2.NewOidsReply(first_oid=first, count=count)
 
     def Begin(self, request: master_pb2.BeginRequest, context: grpc.ServicerContext) -> master_pb2.BeginReply:
-        self._cluster.require_running()
-        return master_pb2.BeginReply(ttid=self._coordinator.begin(request.client_id, request.tid or None))
+        self._leadership.cluster().require_running()
+        coordinator = self._leadership.coordinator()
+        return master_pb2.BeginReply(ttid=coordinator.begin(request.client_id, request.tid or None))
 
     def Finish(self, request: master_pb2.FinishRequest, context: grpc.ServicerContext) -> master_pb2.FinishReply:
-        self._cluster.require_running()
+        self._leadership.cluster().require_running()
         votes = [NodeVote(vote.node_id, tuple(vote.partitions)) for vote in request.votes]
-        tid = self._coordinator.finish(
+        tid = self._leadership.coordinator().finish(
             request.client_id, request.ttid, list(request.oids), list(request.partitions), votes)
         return master_pb2.FinishReply(tid=tid)
 
     def Abort(self, request: master_pb2.AbortRequest, context: grpc.ServicerContext) -> common_pb2.Empty:
-        self._coordinator.abort(request.client_id, request.ttid, list(request.node_ids))
+        self._leadership.coordinator().abort(request.client_id, request.ttid, list(request.node_ids))
         return common_pb2.Empty()
 
     def Subscribe(self, request: master_pb2.SubscribeRequest,
@@ -120,18 +126,22 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
         if since_tid is not None and len(since_tid) != 8:
             raise errors.BadRequest(f"since_tid must be 8 bytes, got {len(since_tid)}")
         subscription = self._publisher.subscribe(since_tid)
-        self._coordinator.client_connected(request.client_id)
+        # The client's session: only the leader aborts what a departed client left.
+        coordinator = self._leadership.coordinator_if_leader()
+        if coordinator is not None:
+            coordinator.client_connected(request.client_id)
         try:
             _close_on_cancel(context, subscription.close)
             for event in subscription:
                 yield client_event(event)
         finally:
             subscription.close()
-            self._coordinator.client_disconnected(request.client_id)
+            if coordinator is not None:
+                coordinator.client_disconnected(request.client_id)
 
     def RegisterStorage(self, request: master_pb2.RegisterStorageRequest,
                         context: grpc.ServicerContext) -> master_pb2.RegisterStorageReply:
-        registration = self._cluster.register_storage(
+        registration = self._leadership.cluster().register_storage(
             cluster_name=request.cluster_name,
             node_id=request.node_id,
             address=request.address,
@@ -149,7 +159,7 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
 
     def StorageSession(self, request: master_pb2.StorageSessionRequest,
                        context: grpc.ServicerContext) -> Iterator[master_pb2.StorageEvent]:
-        session = self._cluster.open_session(request.node_id)
+        session = self._leadership.cluster().open_session(request.node_id)
         try:
             _close_on_cancel(context, session.close)
             for event in session:
@@ -164,23 +174,16 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
 class AdminServicer(master_pb2_grpc.AdminServicer):
     """service Admin (master.proto): neoctl."""
 
-    def __init__(
-        self,
-        cluster: ClusterManager,
-        publisher: InvalidationPublisher,
-        address: Callable[[], str],
-        term: Callable[[], int],
-    ) -> None:
-        self._cluster = cluster
+    def __init__(self, leadership: Leadership, publisher: InvalidationPublisher, info: MasterInfo) -> None:
+        self._leadership = leadership
         self._publisher = publisher
-        self._address = address
-        self._term = term
+        self._info = info
 
     def GetClusterInfo(self, request: common_pb2.Empty, context: grpc.ServicerContext) -> master_pb2.ClusterInfo:
-        return cluster_info(self._cluster, self._publisher, self._address(), self._term())
+        return cluster_info(self._leadership, self._publisher, self._info)
 
     def GetPartitionTable(self, request: common_pb2.Empty, context: grpc.ServicerContext) -> common_pb2.PartitionTable:
-        return self._cluster.state.table.to_proto()
+        return self._leadership.state.table.to_proto()
 
     def AddNodes(self, request: master_pb2.AddNodesRequest, context: grpc.ServicerContext) -> common_pb2.PartitionTable:
-        return self._cluster.add_nodes(list(request.node_ids)).to_proto()
+        return self._leadership.cluster().add_nodes(list(request.node_ids)).to_proto()

@@ -1,0 +1,143 @@
+"""The network under the masters' Raft: one sender thread per peer, one servicer.
+
+Sending (:class:`RaftTransport`): the driver hands over the messages of a
+``Ready`` and returns at once; each peer has its own queue and thread, which
+takes everything queued for that peer and sends it in ONE ``Raft.Step`` rpc
+(``proto/raft.proto``), in order.  A slow or dead peer therefore delays
+only its own queue, never the driver's loop nor the other peers.  A failed
+send is reported to the driver (``report_unreachable``: the core then probes
+that follower instead of pipelining) and the messages are dropped — Raft
+tolerates lost messages, the leader resends what a follower lacks.  A queue
+that grows beyond ``max_queued`` (a peer down for long) drops its oldest
+messages for the same reason.
+
+Receiving (:class:`RaftServicer`): decode each message with the core's own
+codec and hand the batch to the driver's inbox.  The cluster-name check is
+the one every neostore server applies (:mod:`neostore.rpc`).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+import grpc
+
+from neostore import errors, rpc
+from neostore.protocol import common_pb2, raft_pb2, raft_pb2_grpc
+from neostore.raft import DecodeError, Message, decode_message, encode_message
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEND_TIMEOUT = 2.0
+DEFAULT_MAX_QUEUED = 4096
+RECONNECT_BACKOFF = 0.5
+
+
+class _PeerSender:
+    """The queue and thread that send one peer its messages."""
+
+    def __init__(self, peer_id: int, address: str, config: rpc.RpcConfig,
+                 unreachable: Callable[[int], None], timeout: float, max_queued: int) -> None:
+        self.peer_id = peer_id
+        self.address = address
+        self._unreachable = unreachable
+        self._timeout = timeout
+        self._max_queued = max_queued
+        # A peer back from a crash must hear from the leader within an election timeout or so.
+        self._channel = rpc.make_channel(config, address, max_reconnect_backoff=RECONNECT_BACKOFF)
+        self._stub = raft_pb2_grpc.RaftStub(self._channel)
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._condition = threading.Condition()
+        self._closed = False
+        self._failing = False
+        self._thread = threading.Thread(target=self._run, name=f"raft-send-{peer_id}", daemon=True)
+        self._thread.start()
+
+    def enqueue(self, messages: Sequence[Message]) -> None:
+        with self._condition:
+            if self._closed:
+                return
+            self._queue.extend(encode_message(message) for message in messages)
+            while len(self._queue) > self._max_queued:
+                self._queue.popleft()
+            self._condition.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._queue and not self._closed:
+                    self._condition.wait()
+                if self._closed:
+                    return
+                batch = list(self._queue)
+                self._queue.clear()
+            try:
+                rpc.call(self._stub.Step, raft_pb2.RaftMessages(messages=batch),
+                         timeout=self._timeout, peer=self.address)
+            except errors.NeoError as error:
+                if not self._failing:
+                    log.info("raft: peer %d at %s unreachable: %s", self.peer_id, self.address, error)
+                self._failing = True
+                self._unreachable(self.peer_id)
+            else:
+                if self._failing:
+                    log.info("raft: peer %d at %s reachable again", self.peer_id, self.address)
+                self._failing = False
+
+    def close(self) -> None:
+        with self._condition:
+            self._closed = True
+            self._condition.notify()
+        self._thread.join(self._timeout + 1.0)
+        self._channel.close()
+
+
+class RaftTransport:
+    """Sends the core's messages to the peers named in ``addresses`` (node id → host:port)."""
+
+    def __init__(
+        self,
+        config: rpc.RpcConfig,
+        addresses: dict[int, str],
+        unreachable: Callable[[int], None],
+        timeout: float = DEFAULT_SEND_TIMEOUT,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+    ) -> None:
+        self._senders = {
+            peer_id: _PeerSender(peer_id, address, config, unreachable, timeout, max_queued)
+            for peer_id, address in addresses.items()
+        }
+
+    def send(self, messages: Sequence[Message]) -> None:
+        """Queue ``messages`` for their targets; never blocks on the network."""
+        by_target: dict[int, list[Message]] = {}
+        for message in messages:
+            by_target.setdefault(message.target, []).append(message)
+        for target, batch in by_target.items():
+            sender = self._senders.get(target)
+            if sender is None:
+                log.warning("raft: no address for node %d: %d messages dropped", target, len(batch))
+                continue
+            sender.enqueue(batch)
+
+    def close(self) -> None:
+        for sender in self._senders.values():
+            sender.close()
+
+
+class RaftServicer(raft_pb2_grpc.RaftServicer):
+    """service Raft (raft.proto): other masters' messages, into the driver."""
+
+    def __init__(self, receive: Callable[[list[Message]], None]) -> None:
+        self._receive = receive
+
+    def Step(self, request: raft_pb2.RaftMessages, context: grpc.ServicerContext) -> common_pb2.Empty:
+        try:
+            messages = [decode_message(data) for data in request.messages]
+        except DecodeError as error:
+            raise errors.BadRequest(f"undecodable raft message: {error}") from None
+        self._receive(messages)
+        return common_pb2.Empty()
