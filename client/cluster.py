@@ -80,6 +80,8 @@ class ClusterConnection:
         while True:
             try:
                 info = self.master_call("GetClusterInfo", common_pb2.Empty(), retry_seconds=0)
+                if info.leader in self._masters:  # any master answers: prefer the leader
+                    self._preferred_master = self._masters.index(info.leader)
                 if info.state == master_pb2.ClusterInfo.RUNNING:
                     break
                 reason = f"cluster {self._config.cluster_name!r} is not running yet"
@@ -211,7 +213,10 @@ class ClusterConnection:
     def _run_stream(self) -> None:
         backoff = 0.05
         while not self._closed.is_set():
-            for address in self._masters:
+            # From the preferred master on (the leader, once known): any
+            # master serves the stream, the leader with the least delay.
+            start = self._preferred_master
+            for address in self._masters[start:] + self._masters[:start]:
                 if self._closed.is_set():
                     return
                 try:

@@ -131,7 +131,10 @@ class LocalCluster:
         num_replicas: int = 2,
         host: str = "127.0.0.1",
         master_port: int = 0,
+        num_masters: int = 1,
     ) -> None:
+        if num_masters < 1:
+            raise ValueError("a cluster needs at least one master")
         self.data_dir = os.path.abspath(data_dir)
         self.name = name
         self.num_storages = num_storages
@@ -139,23 +142,39 @@ class LocalCluster:
         self.num_replicas = num_replicas
         self.host = host
         self.master_port = master_port
+        self.num_masters = num_masters
         self.rpc = rpc.RpcConfig(cluster_name=name)
         self.log_dir = os.path.join(self.data_dir, "logs")
         self.master: NodeProcess | None = None
+        self.other_masters: list[NodeProcess | None] = []  # masters 2.. (Raft), by index - 1
+        self.master_addresses: list[str] = []  # every master's host:port (Raft), fixed at start
         self.storages: list[NodeProcess] = []
 
     @property
     def masters(self) -> list[str]:
+        if self.num_masters > 1:
+            return list(self.master_addresses)
         return [self.master.address] if self.master is not None else []
 
-    def master_process(self) -> NodeProcess:
-        port = self.master_port or free_port(self.host)
-        self.master_port = port
+    def master_process(self, index: int = 0) -> NodeProcess:
+        """Master ``index`` (from 0); with several masters, each knows them all (Raft)."""
+        if self.num_masters == 1:
+            port = self.master_port or free_port(self.host)
+            self.master_port = port
+            raft: list[str] = []
+        else:
+            if not self.master_addresses:
+                first = self.master_port or free_port(self.host)
+                self.master_port = first
+                self.master_addresses = [f"{self.host}:{first}"] + [
+                    f"{self.host}:{free_port(self.host)}" for _ in range(self.num_masters - 1)]
+            port = int(self.master_addresses[index].rsplit(":", 1)[1])
+            raft = ["--masters", ",".join(self.master_addresses), "--node-id", str(index + 1)]
         return NodeProcess("master", [
-            "--cluster", self.name, "--data", os.path.join(self.data_dir, "master-0"),
+            "--cluster", self.name, "--data", os.path.join(self.data_dir, f"master-{index}"),
             "--bind", f"{self.host}:{port}", "--partitions", str(self.num_partitions),
-            "--replicas", str(self.num_replicas), "--autostart", str(self.num_storages),
-        ], os.path.join(self.log_dir, "master-0.log"))
+            "--replicas", str(self.num_replicas), "--autostart", str(self.num_storages), *raft,
+        ], os.path.join(self.log_dir, f"master-{index}.log"))
 
     def storage_process(self, index: int) -> NodeProcess:
         return NodeProcess("storage", [
@@ -167,14 +186,19 @@ class LocalCluster:
         os.makedirs(self.log_dir, exist_ok=True)
         self.master = self.master_process()
         self.master.start(timeout)
+        self.other_masters = [self.master_process(index) for index in range(1, self.num_masters)]
+        for master in self.other_masters:
+            assert master is not None
+            master.start(timeout)
         self.storages = [self.storage_process(i) for i in range(self.num_storages)]
         for storage in self.storages:
             storage.start(timeout)
         self.wait_running(timeout)
         return self
 
-    def cluster_info(self, timeout: float = 5.0) -> master_pb2.ClusterInfo:
-        channel = rpc.make_channel(self.rpc, self.masters[0])
+    def cluster_info(self, timeout: float = 5.0, address: str = "") -> master_pb2.ClusterInfo:
+        """GetClusterInfo from ``address`` (default: the first master); any master answers."""
+        channel = rpc.make_channel(self.rpc, address or self.masters[0])
         try:
             stub = master_pb2_grpc.MasterStub(channel)
             return rpc.call(stub.GetClusterInfo, common_pb2.Empty(), timeout=timeout)
@@ -193,16 +217,23 @@ class LocalCluster:
                 raise RuntimeError(f"cluster {self.name!r} not running after {timeout:.0f}s")
             time.sleep(0.05)
 
-    def restart_master(self, timeout: float = READY_TIMEOUT) -> None:
-        self.master = self.master_process()
-        self.master.start(timeout)
+    def restart_master(self, timeout: float = READY_TIMEOUT, index: int = 0) -> None:
+        process = self.master_process(index)
+        process.start(timeout)
+        if index == 0:
+            self.master = process
+        else:
+            self.other_masters[index - 1] = process
 
     def restart_storage(self, index: int, timeout: float = READY_TIMEOUT) -> None:
         self.storages[index] = self.storage_process(index)
         self.storages[index].start(timeout)
 
     def stop(self) -> None:
-        # The master first, so that it does not mark storage nodes down.
+        # The masters first, so that they do not mark storage nodes down.
+        for master in self.other_masters:
+            if master is not None:
+                master.stop()
         if self.master is not None:
             self.master.stop()
         for storage in self.storages:
@@ -223,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         argv, command = argv[:index], argv[index + 1:]
     parser = argparse.ArgumentParser(
         prog="neo-cluster",
-        description="Start a neostore cluster on this machine (1 master, N storage nodes).",
+        description="Start a neostore cluster on this machine (M masters, N storage nodes).",
         epilog="With `-- COMMAND...`, run COMMAND against the cluster "
                "(NEOSTORE_MASTERS and NEOSTORE_CLUSTER set), then stop.",
     )
@@ -232,14 +263,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storages", type=int, default=3, help="storage nodes (default: %(default)s)")
     parser.add_argument("--replicas", type=int, default=2, help="replicas per partition (default: %(default)s)")
     parser.add_argument("--partitions", type=int, default=12, help="partitions (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=5551, help="master port, 0 for any (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=5551,
+                        help="first master's port, 0 for any (default: %(default)s)")
+    parser.add_argument("--masters", type=int, default=1,
+                        help="masters, agreeing through Raft when more than one (default: %(default)s)")
     args = parser.parse_args(argv)
-    if args.storages < 1 or args.replicas < 1 or args.partitions < 1:
-        parser.error("--storages, --replicas and --partitions must be at least 1")
+    if args.storages < 1 or args.replicas < 1 or args.partitions < 1 or args.masters < 1:
+        parser.error("--masters, --storages, --replicas and --partitions must be at least 1")
     if args.replicas > args.storages:
         parser.error(f"--replicas {args.replicas} needs at least as many storage nodes (--storages {args.storages})")
     cluster = LocalCluster(args.data, args.name, args.storages, args.partitions, args.replicas,
-                           master_port=args.port)
+                           master_port=args.port, num_masters=args.masters)
     stop = threading.Event()
     # Handled explicitly: a shell may start us with SIGINT ignored.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -251,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"neo-cluster: {error} (logs in {cluster.log_dir})", file=sys.stderr)
         return 1
     masters = ",".join(cluster.masters)
-    print(f"neostore cluster {args.name!r} running: 1 master at {masters}, "
+    print(f"neostore cluster {args.name!r} running: {args.masters} master{'s' if args.masters > 1 else ''} at {masters}, "
           f"{args.storages} storage nodes, {args.partitions} partitions x {args.replicas} replicas")
     print(f"  data: {cluster.data_dir}   logs: {cluster.log_dir}")
     print(f"  zodburi:  neostore://{args.name}@{masters}")

@@ -241,14 +241,27 @@ class _CallDetails(grpc.ClientCallDetails):
     compression: Any
 
 
-def make_channel(config: RpcConfig, address: str) -> grpc.Channel:
-    """A channel to ``address`` that sends the cluster name on every call."""
+def make_channel(config: RpcConfig, address: str, max_reconnect_backoff: float | None = None) -> grpc.Channel:
+    """A channel to ``address`` that sends the cluster name on every call.
+
+    ``max_reconnect_backoff`` (seconds) caps how long the channel waits
+    before trying to reconnect to a peer that was down (gRPC's default grows
+    to minutes); calls made meanwhile fail at once.
+    """
+    options = _options(config)
+    if max_reconnect_backoff is not None:
+        backoff_ms = max(1, int(max_reconnect_backoff * 1000))
+        options += [
+            ("grpc.initial_reconnect_backoff_ms", min(backoff_ms, 100)),
+            ("grpc.min_reconnect_backoff_ms", min(backoff_ms, 100)),
+            ("grpc.max_reconnect_backoff_ms", backoff_ms),
+        ]
     if config.tls is None:
-        channel = grpc.insecure_channel(address, options=_options(config))
+        channel = grpc.insecure_channel(address, options=options)
     else:
         ca, cert, key = config.tls.read()
         credentials = grpc.ssl_channel_credentials(ca, key, cert)
-        channel = grpc.secure_channel(address, credentials, options=_options(config))
+        channel = grpc.secure_channel(address, credentials, options=options)
     return grpc.intercept_channel(channel, _ClusterNameInterceptor(config.cluster_name))
 
 

@@ -13,13 +13,15 @@ import time
 from typing import Any
 
 from neostore import rpc
+from neostore.launcher import free_port
 from neostore.client import NeoStorage
 from neostore.master_node.node import MasterConfig, MasterNode
 from neostore.storage_node.node import StorageConfig, StorageNode
 
 
 class ThreadCluster:
-    """One master and ``num_storages`` storage nodes, in this process."""
+    """``num_masters`` masters (Raft when more than one) and ``num_storages``
+    storage nodes, in this process.  ``master`` is the first master."""
 
     def __init__(
         self,
@@ -29,24 +31,46 @@ class ThreadCluster:
         num_partitions: int = 12,
         num_replicas: int = 2,
         tls: rpc.TlsConfig | None = None,
+        num_masters: int = 1,
+        raft_tick_interval: float = 0.1,
     ) -> None:
         self.data_dir = data_dir
         self.name = name
         self.rpc = rpc.RpcConfig(cluster_name=name, tls=tls)
-        self.master = MasterNode(MasterConfig(
-            rpc=self.rpc, data_dir=os.path.join(data_dir, "master"),
-            num_partitions=num_partitions, num_replicas=num_replicas, autostart=num_storages,
-        ))
+        addresses: tuple[str, ...] = ()
+        if num_masters > 1:
+            addresses = tuple(f"127.0.0.1:{free_port()}" for _ in range(num_masters))
+        self.master_nodes = [
+            MasterNode(MasterConfig(
+                rpc=self.rpc,
+                data_dir=os.path.join(data_dir, "master" if num_masters == 1 else f"master-{index + 1}"),
+                num_partitions=num_partitions, num_replicas=num_replicas, autostart=num_storages,
+                masters=addresses, node_id=index + 1 if addresses else 0,
+                # Every node of the cluster shares this process's GIL: a long
+                # election timeout (10 to 20 ticks) keeps a busy test from
+                # deposing a healthy leader.
+                raft_tick_interval=raft_tick_interval,
+            ))
+            for index in range(num_masters)
+        ]
+        self.master = self.master_nodes[0]
         self.num_storages = num_storages
         self.storages: list[StorageNode] = []
         self._clients: list[NeoStorage] = []
 
     @property
     def masters(self) -> list[str]:
-        return [self.master.address]
+        return [master.address for master in self.master_nodes]
+
+    def leader(self) -> MasterNode | None:
+        """The master serving writes now, if any."""
+        return next((master for master in self.master_nodes if master.is_leader), None)
 
     def start(self, timeout: float = 30.0) -> ThreadCluster:
-        self.master.start()
+        for master in self.master_nodes:
+            master.start()
+        if len(self.master_nodes) > 1:
+            self.master.campaign()  # a leader at once, rather than after an election timeout
         for index in range(self.num_storages):
             storage = StorageNode(StorageConfig(
                 rpc=self.rpc, masters=self.masters,
@@ -64,12 +88,15 @@ class ThreadCluster:
     def _running(self) -> bool:
         from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc
 
-        channel = rpc.make_channel(self.rpc, self.master.address)
-        try:
-            info = rpc.call(master_pb2_grpc.MasterStub(channel).GetClusterInfo, common_pb2.Empty(), timeout=5)
-        finally:
-            channel.close()
-        return info.state == master_pb2.ClusterInfo.RUNNING
+        for master in self.master_nodes:
+            channel = rpc.make_channel(self.rpc, master.address)
+            try:
+                info = rpc.call(master_pb2_grpc.MasterStub(channel).GetClusterInfo, common_pb2.Empty(), timeout=5)
+            finally:
+                channel.close()
+            if info.state != master_pb2.ClusterInfo.RUNNING:
+                return False
+        return True
 
     def client(self, **options: Any) -> NeoStorage:
         options.setdefault("tls", self.rpc.tls)
@@ -81,7 +108,8 @@ class ThreadCluster:
         for client in self._clients:
             client.close()
         self._clients.clear()
-        self.master.stop()
+        for master in self.master_nodes:
+            master.stop()
         for storage in self.storages:
             storage.stop()
 
