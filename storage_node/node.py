@@ -71,7 +71,9 @@ class StorageConfig:
     register_timeout: float = 60.0
     rpc_timeout: float = 10.0
     advertise: str = ""
-    max_workers: int = 64
+    # Store rpcs wait for locks on a server thread: enough threads that
+    # waiting stores never starve the master's Commit and Abort orders.
+    max_workers: int = 512
     #: Reconnection backoff of the session, seconds.
     min_backoff: float = 0.05
     max_backoff: float = 2.0
