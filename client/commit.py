@@ -20,7 +20,11 @@ Transaction``/``undo`` (any number), ``tpc_vote``, then ``tpc_finish`` or
 4. :func:`finish` — the master decides, assigns the TID, has the storages
    apply, publishes the invalidation, answers the TID; the client then waits
    for its invalidation stream to deliver that TID and calls ZODB's callback
-   (see ``neostore.client.invalidations``).
+   (see ``neostore.client.invalidations``).  When the Finish rpc fails
+   without a definite answer (Unavailable, NotLeader, UnknownTransaction:
+   the leader died or changed mid-finish), :func:`transaction_outcome` asks
+   the masters what became of the TTID: committed, tpc_finish goes on as if
+   the Finish had answered; aborted, it raises (nothing committed).
 5. :func:`abort` — waits for stores still in flight (or their locks would
    outlive the abort), then asks the master to abort the TTID on the
    storage nodes.
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +55,8 @@ MAX_REQUEST_BYTES = 16 * 1024 * 1024
 STORE_TIMEOUT = 120.0
 VOTE_TIMEOUT = 120.0
 FINISH_TIMEOUT = 120.0
+#: How long tpc_finish keeps asking what became of a transaction whose Finish failed.
+OUTCOME_TIMEOUT = 120.0
 
 #: ZODB's conflict resolution: (oid, committed_serial, old_serial, new_data) -> data
 Resolver = Callable[[bytes, bytes, bytes, bytes], bytes]
@@ -335,14 +342,58 @@ def finish(
     )
     dispatcher.expect_own(context.ttid)
     try:
-        reply = cluster.master_call("Finish", request, timeout=FINISH_TIMEOUT)
+        # One try per master: Finish is not idempotent, a lost answer is
+        # recovered below by asking what became of the TTID.
+        tid = cluster.master_call("Finish", request, timeout=FINISH_TIMEOUT, retry_seconds=0).tid
+    except (errors.Unavailable, errors.NotLeader, errors.UnknownTransaction) as error:
+        # The master died or leadership changed mid-finish: committed or not?
+        # (Not when this client is closing: its stream is gone, nobody waits.)
+        tid = None
+        if not cluster.closed:
+            try:
+                tid = transaction_outcome(cluster, client_id, context.ttid)
+            except errors.NeoError as failure:
+                error = failure
+        if tid is None:
+            dispatcher.forget_own(context.ttid)
+            context.phase = Phase.ABORTED
+            raise to_zodb_error(error) from None
     except errors.NeoError as error:
         dispatcher.forget_own(context.ttid)
         context.phase = Phase.ABORTED
         raise to_zodb_error(error) from None
-    dispatcher.finish_own(context.ttid, reply.tid, callback)
+    dispatcher.finish_own(context.ttid, tid, callback)
     context.phase = Phase.FINISHED
-    return reply.tid
+    return tid
+
+
+def transaction_outcome(
+    cluster: ClusterConnection, client_id: str, ttid: bytes, timeout: float = OUTCOME_TIMEOUT
+) -> bytes | None:
+    """The TID ``ttid`` committed as, or None if it did not and never will.
+
+    Asks ``GetTransactionOutcome`` (every master in turn, following the
+    leader) until a definite answer: a follower knows recent commits, the
+    leader knows everything (it waits for a finish still in progress and
+    makes sure an unknown TTID can never commit).  Raises Unavailable when
+    no master could tell within ``timeout`` seconds.
+    """
+    request = master_pb2.TransactionOutcomeRequest(ttid=ttid, client_id=client_id)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            reply = cluster.master_call("GetTransactionOutcome", request)
+        except errors.Unavailable:
+            if cluster.closed or time.monotonic() >= deadline:
+                raise
+            continue
+        if reply.status == master_pb2.TransactionOutcome.COMMITTED:
+            return bytes(reply.tid)
+        if reply.status == master_pb2.TransactionOutcome.ABORTED:
+            return None
+        if time.monotonic() >= deadline:
+            raise errors.Unavailable(f"the outcome of transaction {ttid.hex()} is unknown")
+        time.sleep(0.1)
 
 
 # -- 5. abort ------------------------------------------------------------------

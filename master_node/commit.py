@@ -81,6 +81,10 @@ from neostore.partition_table import NodeState
 log = logging.getLogger(__name__)
 
 
+#: How many times an Abort order is sent to a node that does not answer.
+ABORT_ATTEMPTS = 5
+
+
 @dataclasses.dataclass(frozen=True)
 class CommitConfig:
     """Timings of the commit path (seconds)."""
@@ -90,6 +94,10 @@ class CommitConfig:
     abort_timeout: float = 2.0  # Abort rpcs of one tpc_abort
     mark_applied_delay: float = 0.05  # how long MarkApplied may wait for company
     max_workers: int = 64  # threads sending Commit and Abort orders
+    # A client whose session (Subscribe stream) ended has this long to come
+    # back (a stream broken by the network or a busy machine) before its
+    # unfinished transactions are aborted.
+    session_grace: float = 10.0
 
 
 class Phase(enum.Enum):
@@ -461,6 +469,7 @@ class CommitCoordinator:
             planned.append((finish, Decision(
                 tid=tid, ttid=ttid, partitions=finish.partitions, votes=votes,
                 oids=finish.oids, out_of_date=out_of_date,
+                client_id=finish.transaction.client_id,
             )))
         commands: list = []
         if planned:
@@ -503,6 +512,7 @@ class CommitCoordinator:
         with self._condition:
             if self._transactions.get(transaction.ttid) is transaction:
                 del self._transactions[transaction.ttid]
+            self._condition.notify_all()  # outcome() may be waiting
         self._abort_on(self._running_addresses(), transaction.ttid, wait=False)
 
     def _running_addresses(self) -> list[str]:
@@ -620,6 +630,58 @@ class CommitCoordinator:
             if first.finish is not None:
                 self._transactions.pop(decision.ttid, None)
                 first.finish.succeed(tid)
+                self._condition.notify_all()  # outcome() may be waiting
+
+    # -- outcome of a finish the client lost track of ----------------------------------
+
+    def outcome(self, client_id: str, ttid: bytes, timeout: float = 10.0) -> bytes | None:
+        """The TID ``client_id``'s ``ttid`` committed as, or None: it never will.
+
+        Called (``GetTransactionOutcome``) by a client whose Finish failed
+        without a definite answer (the master died, leadership changed).
+        The answer is final, as this master leads with a complete state (the
+        log applied an entry of its term, so every decision of an older
+        leader is in the state or can never commit) and only this
+        coordinator decides from now on:
+
+        * recorded in the state's recent outcomes: committed;
+        * FINISHING or DECIDED here: wait (at most ``timeout``, then
+          Unavailable: the client asks again) for the finish to end;
+        * BEGUN here: aborted now (forgotten, so a late Finish fails with
+          UnknownTransaction; the storage nodes drop it);
+        * unknown here (begun under an older leader, or already given up):
+          no Finish can succeed, as a Finish needs a TTID this coordinator
+          began; the storage nodes are ordered to drop it.
+        """
+        if len(ttid) != 8:
+            raise errors.BadRequest(f"ttid must be 8 bytes, got {len(ttid)}")
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while True:
+                self._check_not_stopping()
+                tid = self._log.state.outcome_of(ttid, client_id)
+                if tid is not None:
+                    return tid
+                transaction = self._transactions.get(ttid)
+                if transaction is None:
+                    break  # unknown, given up, or published (then recorded: checked below)
+                if transaction.client_id != client_id:
+                    return None  # another client's TTID: the one asked about is not known here
+                if transaction.phase is Phase.BEGUN:
+                    del self._transactions[ttid]
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise errors.Unavailable(
+                        f"transaction {tid_repr(ttid)} is still being finished: ask again")
+                # The decision lands in the state without a notification: poll it.
+                self._condition.wait(min(remaining, 0.05))
+        tid = self._log.state.outcome_of(ttid, client_id)
+        if tid is not None:
+            return tid
+        log.info("transaction %s of client %s: not committed, aborted", tid_repr(ttid), client_id)
+        self._abort_on(self._running_addresses(), ttid, wait=False)
+        return None
 
     # -- aborts -----------------------------------------------------------------------
 
@@ -653,10 +715,22 @@ class CommitCoordinator:
         self._abort_on(addresses, ttid)
 
     def _abort_on(self, addresses: Sequence[str], ttid: bytes, wait: bool = True) -> None:
-        """Order every address to drop ``ttid``, in parallel; failures are
-        only logged (a storage node drops undecided TTIDs when it registers)."""
+        """Order every address to drop ``ttid``, in parallel.  A node that
+        does not answer in time (a busy machine) is asked again, a few times:
+        until it drops the TTID, its locks stay held.  Failures after that
+        are only logged (a storage node drops undecided TTIDs when it
+        registers again)."""
         term = self._log.term
         timeout = self._config.abort_timeout
+
+        def abort(address: str) -> None:
+            for attempt in range(ABORT_ATTEMPTS):
+                try:
+                    self._storages.abort(address, ttid, term, timeout)
+                    return
+                except errors.Unavailable:
+                    if attempt + 1 == ABORT_ATTEMPTS or self._stopping.wait(min(0.5 * 2**attempt, 4.0)):
+                        raise
 
         def report(future: concurrent.futures.Future[None], address: str) -> None:
             failure = future.exception()
@@ -666,7 +740,7 @@ class CommitCoordinator:
         futures = []
         for address in addresses:
             try:
-                future = self._executor.submit(self._storages.abort, address, ttid, term, timeout)
+                future = self._executor.submit(abort, address)
             except RuntimeError:  # executor shut down: the master is stopping
                 return
             future.add_done_callback(lambda done, address=address: report(done, address))
@@ -682,7 +756,8 @@ class CommitCoordinator:
             self._client_sessions[client_id] += 1
 
     def client_disconnected(self, client_id: str) -> None:
-        """A client's session ended: abort its transactions not being finished."""
+        """A client's session ended: unless it opens a new one within
+        ``session_grace`` seconds, abort its transactions not being finished."""
         with self._condition:
             self._client_sessions[client_id] -= 1
             if self._client_sessions[client_id] > 0:
@@ -690,6 +765,18 @@ class CommitCoordinator:
             del self._client_sessions[client_id]
             if self._stopping.is_set():
                 return
+        if self._config.session_grace <= 0:
+            self._client_gone(client_id)
+            return
+        timer = threading.Timer(self._config.session_grace, self._client_gone, args=(client_id,))
+        timer.daemon = True
+        timer.start()
+
+    def _client_gone(self, client_id: str) -> None:
+        """The grace after a client's session ended is over."""
+        with self._condition:
+            if client_id in self._client_sessions or self._stopping.is_set():
+                return  # it came back
             orphans = [ttid for ttid, transaction in self._transactions.items()
                        if transaction.client_id == client_id and transaction.phase is Phase.BEGUN]
             for ttid in orphans:

@@ -16,7 +16,9 @@ administration) and the :class:`~neostore.master_node.commit.CommitCoordinator`
   a new coordinator — whose ``start`` re-drives every decided-but-unapplied
   decision of the state (``Commit`` is idempotent on storage nodes) — and a
   new cluster manager.  Transactions begun under the previous leader are
-  unknown here: their Finish fails, and the storage nodes, whose sessions
+  unknown here: their Finish fails (a client that lost a Finish's answer
+  asks ``GetTransactionOutcome``: decided TTIDs are in the replicated
+  state's recent outcomes, any other is ABORTED), and the storage nodes, whose sessions
   with the previous leader ended, register again and drop every pending
   TTID that was not decided (that is how undecided TTIDs are aborted).
   :meth:`become_follower` stops both: storage sessions end, the nodes

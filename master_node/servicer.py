@@ -118,6 +118,20 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
         self._leadership.coordinator().abort(request.client_id, request.ttid, list(request.node_ids))
         return common_pb2.Empty()
 
+    def GetTransactionOutcome(self, request: master_pb2.TransactionOutcomeRequest,
+                              context: grpc.ServicerContext) -> master_pb2.TransactionOutcome:
+        committed = master_pb2.TransactionOutcome.COMMITTED
+        coordinator = self._leadership.coordinator_if_leader()
+        if coordinator is None:  # a follower: the replicated record only proves a commit
+            tid = self._leadership.state.outcome_of(request.ttid, request.client_id)
+            if tid is not None:
+                return master_pb2.TransactionOutcome(status=committed, tid=tid)
+            coordinator = self._leadership.coordinator()  # NotLeader naming the leader
+        tid = coordinator.outcome(request.client_id, request.ttid)
+        if tid is None:
+            return master_pb2.TransactionOutcome(status=master_pb2.TransactionOutcome.ABORTED)
+        return master_pb2.TransactionOutcome(status=committed, tid=tid)
+
     def Subscribe(self, request: master_pb2.SubscribeRequest,
                   context: grpc.ServicerContext) -> Iterator[master_pb2.ClientEvent]:
         if not request.client_id:

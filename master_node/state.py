@@ -3,8 +3,10 @@
 Everything the masters agree on lives in one frozen :class:`ClusterState`:
 the cluster's name and run state, its partition table (whose ``nodes`` are
 the storage-node registry), the OID and TID high-water marks, the last TID
-committed in each partition, and the commit decisions that some storage node
-has not applied yet.
+committed in each partition, the commit decisions that some storage node
+has not applied yet, and the outcome (ttid -> tid) of the last
+:data:`MAX_RECENT_OUTCOMES` decisions, so that any master can answer "what
+became of TTID X" after a leader change (``GetTransactionOutcome``).
 
 The state changes only through commands — frozen dataclasses listed in
 :data:`COMMAND_TYPES` — and only in :func:`apply`::
@@ -119,6 +121,7 @@ class Decision:
     votes: tuple[NodeVote, ...]
     oids: tuple[bytes, ...]
     out_of_date: tuple[CellRef, ...] = ()
+    client_id: str = ""  # who began it (for GetTransactionOutcome); "" in old logs
 
     @property
     def participants(self) -> tuple[int, ...]:
@@ -147,6 +150,21 @@ class PendingDecision:
 
 
 @dataclasses.dataclass(frozen=True)
+class Outcome:
+    """A recent decision: client ``client_id``'s TTID ``ttid`` committed as ``tid``."""
+
+    ttid: bytes
+    tid: bytes
+    client_id: str = ""
+
+
+#: How many decisions :attr:`ClusterState.recent_outcomes` remembers.  A
+#: client asks about its own in-flight tpc_finish within seconds of a leader
+#: change; 10 000 decisions cover that at any realistic commit rate.
+MAX_RECENT_OUTCOMES = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
 class ClusterState:
     """Everything the masters agree on.  Change it only through :func:`apply`.
 
@@ -164,6 +182,9 @@ class ClusterState:
     partition_last_tids: tuple[bytes, ...] = ()
     pending_decisions: tuple[PendingDecision, ...] = ()  # by increasing tid
     next_node_id: int = 1
+    # The last MAX_RECENT_OUTCOMES decisions, oldest first (increasing tid):
+    # any master can tell a client what became of its TTID after a leader change.
+    recent_outcomes: tuple[Outcome, ...] = ()
 
     @property
     def created(self) -> bool:
@@ -186,6 +207,14 @@ class ClusterState:
         for decision in self.pending_decisions:
             if decision.tid == tid:
                 return decision
+        return None
+
+    def outcome_of(self, ttid: bytes, client_id: str) -> bytes | None:
+        """The TID ``client_id``'s TTID ``ttid`` committed as, if it is among
+        the recent decisions (a record without client id matches any)."""
+        for outcome in reversed(self.recent_outcomes):
+            if outcome.ttid == ttid and outcome.client_id in ("", client_id):
+                return outcome.tid
         return None
 
     def decision_of_ttid(self, ttid: bytes) -> PendingDecision | None:
@@ -607,7 +636,16 @@ def _decide(state: ClusterState, decision: Decision) -> ClusterState:
         last_tid=decision.tid,
         partition_last_tids=tuple(partition_last_tids),
         pending_decisions=state.pending_decisions + (decision.pending(),),
+        recent_outcomes=_remember(state.recent_outcomes, Outcome(decision.ttid, decision.tid, decision.client_id)),
     )
+
+
+def _remember(outcomes: tuple[Outcome, ...], outcome: Outcome) -> tuple[Outcome, ...]:
+    """``outcomes`` plus ``outcome``, the oldest dropped beyond the bound."""
+    kept = outcomes + (outcome,)
+    if len(kept) > MAX_RECENT_OUTCOMES:
+        kept = kept[len(kept) - MAX_RECENT_OUTCOMES:]
+    return kept
 
 
 @_handles(CommitDecisions)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0cmaster.proto\x12\x08neostore\x1a\x0c\x63ommon.proto\"\x9f\x02\n\x0b\x43lusterInfo\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.neostore.ClusterInfo.State\x12\x16\n\x0enum_partitions\x18\x03 \x01(\r\x12\x14\n\x0cnum_replicas\x18\x04 \x01(\r\x12\x15\n\rtable_version\x18\x05 \x01(\x04\x12\x10\n\x08last_oid\x18\x06 \x01(\x0c\x12\x10\n\x08last_tid\x18\x07 \x01(\x0c\x12\x0f\n\x07masters\x18\x08 \x03(\t\x12\x0e\n\x06leader\x18\t \x01(\t\x12\x0c\n\x04term\x18\n \x01(\x04\"6\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\t\n\x05\x45MPTY\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\"\x1f\n\x0eNewOidsRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\r\"0\n\x0cNewOidsReply\x12\x11\n\tfirst_oid\x18\x01 \x01(\x0c\x12\r\n\x05\x63ount\x18\x02 \x01(\r\".\n\x0c\x42\x65ginRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0b\n\x03tid\x18\x02 \x01(\x0c\"\x1a\n\nBeginReply\x12\x0c\n\x04ttid\x18\x01 \x01(\x0c\"+\n\x04Vote\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x12\n\npartitions\x18\x02 \x03(\r\"\x88\x01\n\rFinishRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0c\n\x04ttid\x18\x02 \x01(\x0c\x12\x0c\n\x04oids\x18\x03 \x03(\x0c\x12\x12\n\npartitions\x18\x04 \x03(\r\x12\x1d\n\x05votes\x18\x05 \x03(\x0b\x32\x0e.neostore.Vote\x12\x15\n\rtable_version\x18\x06 \x01(\x04\"\x1a\n\x0b\x46inishReply\x12\x0b\n\x03tid\x18\x01 \x01(\x0c\"A\n\x0c\x41\x62ortRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0c\n\x04ttid\x18\x02 \x01(\x0c\x12\x10\n\x08node_ids\x18\x03 \x03(\r\"8\n\x10SubscribeRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x11\n\tsince_tid\x18\x02 \x01(\x0c\"7\n\x0cInvalidation\x12\x0b\n\x03tid\x18\x01 \x01(\x0c\x12\x0c\n\x04ttid\x18\x02 \x01(\x0c\x12\x0c\n\x04oids\x18\x03 \x03(\x0c\"\xaa\x01\n\x0b\x43lientEvent\x12\x13\n\tstart_tid\x18\x01 \x01(\x0cH\x00\x12.\n\x0cinvalidation\x18\x02 \x01(\x0b\x32\x16.neostore.InvalidationH\x00\x12\x33\n\x0fpartition_table\x18\x03 \x01(\x0b\x32\x18.neostore.PartitionTableH\x00\x12\x18\n\x0ereset_cache_at\x18\x04 \x01(\x0cH\x00\x42\x07\n\x05\x65vent\"\xaf\x01\n\x16RegisterStorageRequest\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\r\n\x05label\x18\x04 \x01(\t\x12\x15\n\rpending_ttids\x18\x05 \x03(\x0c\x12\x37\n\x13partition_last_tids\x18\x06 \x03(\x0b\x32\x1a.neostore.PartitionLastTid\"\x9f\x01\n\x14RegisterStorageReply\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x31\n\x0fpartition_table\x18\x02 \x01(\x0b\x32\x18.neostore.PartitionTable\x12\x10\n\x08last_tid\x18\x03 \x01(\x0c\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12#\n\x07\x64\x65\x63ided\x18\x05 \x03(\x0b\x32\x12.neostore.Decision\"(\n\x15StorageSessionRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\r\"a\n\x0cStorageEvent\x12\x33\n\x0fpartition_table\x18\x01 \x01(\x0b\x32\x18.neostore.PartitionTableH\x00\x12\x13\n\theartbeat\x18\x02 \x01(\x08H\x00\x42\x07\n\x05\x65vent\"#\n\x0f\x41\x64\x64NodesRequest\x12\x10\n\x08node_ids\x18\x01 \x03(\r2\xc6\x04\n\x06Master\x12\x38\n\x0eGetClusterInfo\x12\x0f.neostore.Empty\x1a\x15.neostore.ClusterInfo\x12>\n\x11GetPartitionTable\x12\x0f.neostore.Empty\x1a\x18.neostore.PartitionTable\x12;\n\x07NewOids\x12\x18.neostore.NewOidsRequest\x1a\x16.neostore.NewOidsReply\x12\x35\n\x05\x42\x65gin\x12\x16.neostore.BeginRequest\x1a\x14.neostore.BeginReply\x12\x38\n\x06\x46inish\x12\x17.neostore.FinishRequest\x1a\x15.neostore.FinishReply\x12\x30\n\x05\x41\x62ort\x12\x16.neostore.AbortRequest\x1a\x0f.neostore.Empty\x12@\n\tSubscribe\x12\x1a.neostore.SubscribeRequest\x1a\x15.neostore.ClientEvent0\x01\x12S\n\x0fRegisterStorage\x12 .neostore.RegisterStorageRequest\x1a\x1e.neostore.RegisterStorageReply\x12K\n\x0eStorageSession\x12\x1f.neostore.StorageSessionRequest\x1a\x16.neostore.StorageEvent0\x01\x32\xc2\x01\n\x05\x41\x64min\x12\x38\n\x0eGetClusterInfo\x12\x0f.neostore.Empty\x1a\x15.neostore.ClusterInfo\x12>\n\x11GetPartitionTable\x12\x0f.neostore.Empty\x1a\x18.neostore.PartitionTable\x12?\n\x08\x41\x64\x64Nodes\x12\x19.neostore.AddNodesRequest\x1a\x18.neostore.PartitionTableb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0cmaster.proto\x12\x08neostore\x1a\x0c\x63ommon.proto\"\x9f\x02\n\x0b\x43lusterInfo\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.neostore.ClusterInfo.State\x12\x16\n\x0enum_partitions\x18\x03 \x01(\r\x12\x14\n\x0cnum_replicas\x18\x04 \x01(\r\x12\x15\n\rtable_version\x18\x05 \x01(\x04\x12\x10\n\x08last_oid\x18\x06 \x01(\x0c\x12\x10\n\x08last_tid\x18\x07 \x01(\x0c\x12\x0f\n\x07masters\x18\x08 \x03(\t\x12\x0e\n\x06leader\x18\t \x01(\t\x12\x0c\n\x04term\x18\n \x01(\x04\"6\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\t\n\x05\x45MPTY\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\"\x1f\n\x0eNewOidsRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\r\"0\n\x0cNewOidsReply\x12\x11\n\tfirst_oid\x18\x01 \x01(\x0c\x12\r\n\x05\x63ount\x18\x02 \x01(\r\".\n\x0c\x42\x65ginRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0b\n\x03tid\x18\x02 \x01(\x0c\"\x1a\n\nBeginReply\x12\x0c\n\x04ttid\x18\x01 \x01(\x0c\"+\n\x04Vote\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x12\n\npartitions\x18\x02 \x03(\r\"\x88\x01\n\rFinishRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0c\n\x04ttid\x18\x02 \x01(\x0c\x12\x0c\n\x04oids\x18\x03 \x03(\x0c\x12\x12\n\npartitions\x18\x04 \x03(\r\x12\x1d\n\x05votes\x18\x05 \x03(\x0b\x32\x0e.neostore.Vote\x12\x15\n\rtable_version\x18\x06 \x01(\x04\"\x1a\n\x0b\x46inishReply\x12\x0b\n\x03tid\x18\x01 \x01(\x0c\"A\n\x0c\x41\x62ortRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0c\n\x04ttid\x18\x02 \x01(\x0c\x12\x10\n\x08node_ids\x18\x03 \x03(\r\"<\n\x19TransactionOutcomeRequest\x12\x0c\n\x04ttid\x18\x01 \x01(\x0c\x12\x11\n\tclient_id\x18\x02 \x01(\t\"\x89\x01\n\x12TransactionOutcome\x12\x33\n\x06status\x18\x01 \x01(\x0e\x32#.neostore.TransactionOutcome.Status\x12\x0b\n\x03tid\x18\x02 \x01(\x0c\"1\n\x06Status\x12\x0b\n\x07UNKNOWN\x10\x00\x12\r\n\tCOMMITTED\x10\x01\x12\x0b\n\x07\x41\x42ORTED\x10\x02\"8\n\x10SubscribeRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x11\n\tsince_tid\x18\x02 \x01(\x0c\"7\n\x0cInvalidation\x12\x0b\n\x03tid\x18\x01 \x01(\x0c\x12\x0c\n\x04ttid\x18\x02 \x01(\x0c\x12\x0c\n\x04oids\x18\x03 \x03(\x0c\"\xaa\x01\n\x0b\x43lientEvent\x12\x13\n\tstart_tid\x18\x01 \x01(\x0cH\x00\x12.\n\x0cinvalidation\x18\x02 \x01(\x0b\x32\x16.neostore.InvalidationH\x00\x12\x33\n\x0fpartition_table\x18\x03 \x01(\x0b\x32\x18.neostore.PartitionTableH\x00\x12\x18\n\x0ereset_cache_at\x18\x04 \x01(\x0cH\x00\x42\x07\n\x05\x65vent\"\xaf\x01\n\x16RegisterStorageRequest\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\r\n\x05label\x18\x04 \x01(\t\x12\x15\n\rpending_ttids\x18\x05 \x03(\x0c\x12\x37\n\x13partition_last_tids\x18\x06 \x03(\x0b\x32\x1a.neostore.PartitionLastTid\"\x9f\x01\n\x14RegisterStorageReply\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x31\n\x0fpartition_table\x18\x02 \x01(\x0b\x32\x18.neostore.PartitionTable\x12\x10\n\x08last_tid\x18\x03 \x01(\x0c\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12#\n\x07\x64\x65\x63ided\x18\x05 \x03(\x0b\x32\x12.neostore.Decision\"(\n\x15StorageSessionRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\r\"a\n\x0cStorageEvent\x12\x33\n\x0fpartition_table\x18\x01 \x01(\x0b\x32\x18.neostore.PartitionTableH\x00\x12\x13\n\theartbeat\x18\x02 \x01(\x08H\x00\x42\x07\n\x05\x65vent\"#\n\x0f\x41\x64\x64NodesRequest\x12\x10\n\x08node_ids\x18\x01 \x03(\r2\xa2\x05\n\x06Master\x12\x38\n\x0eGetClusterInfo\x12\x0f.neostore.Empty\x1a\x15.neostore.ClusterInfo\x12>\n\x11GetPartitionTable\x12\x0f.neostore.Empty\x1a\x18.neostore.PartitionTable\x12;\n\x07NewOids\x12\x18.neostore.NewOidsRequest\x1a\x16.neostore.NewOidsReply\x12\x35\n\x05\x42\x65gin\x12\x16.neostore.BeginRequest\x1a\x14.neostore.BeginReply\x12\x38\n\x06\x46inish\x12\x17.neostore.FinishRequest\x1a\x15.neostore.FinishReply\x12\x30\n\x05\x41\x62ort\x12\x16.neostore.AbortRequest\x1a\x0f.neostore.Empty\x12Z\n\x15GetTransactionOutcome\x12#.neostore.TransactionOutcomeRequest\x1a\x1c.neostore.TransactionOutcome\x12@\n\tSubscribe\x12\x1a.neostore.SubscribeRequest\x1a\x15.neostore.ClientEvent0\x01\x12S\n\x0fRegisterStorage\x12 .neostore.RegisterStorageRequest\x1a\x1e.neostore.RegisterStorageReply\x12K\n\x0eStorageSession\x12\x1f.neostore.StorageSessionRequest\x1a\x16.neostore.StorageEvent0\x01\x32\xc2\x01\n\x05\x41\x64min\x12\x38\n\x0eGetClusterInfo\x12\x0f.neostore.Empty\x1a\x15.neostore.ClusterInfo\x12>\n\x11GetPartitionTable\x12\x0f.neostore.Empty\x1a\x18.neostore.PartitionTable\x12?\n\x08\x41\x64\x64Nodes\x12\x19.neostore.AddNodesRequest\x1a\x18.neostore.PartitionTableb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,24 +52,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FINISHREPLY']._serialized_end=699
   _globals['_ABORTREQUEST']._serialized_start=701
   _globals['_ABORTREQUEST']._serialized_end=766
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=768
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=824
-  _globals['_INVALIDATION']._serialized_start=826
-  _globals['_INVALIDATION']._serialized_end=881
-  _globals['_CLIENTEVENT']._serialized_start=884
-  _globals['_CLIENTEVENT']._serialized_end=1054
-  _globals['_REGISTERSTORAGEREQUEST']._serialized_start=1057
-  _globals['_REGISTERSTORAGEREQUEST']._serialized_end=1232
-  _globals['_REGISTERSTORAGEREPLY']._serialized_start=1235
-  _globals['_REGISTERSTORAGEREPLY']._serialized_end=1394
-  _globals['_STORAGESESSIONREQUEST']._serialized_start=1396
-  _globals['_STORAGESESSIONREQUEST']._serialized_end=1436
-  _globals['_STORAGEEVENT']._serialized_start=1438
-  _globals['_STORAGEEVENT']._serialized_end=1535
-  _globals['_ADDNODESREQUEST']._serialized_start=1537
-  _globals['_ADDNODESREQUEST']._serialized_end=1572
-  _globals['_MASTER']._serialized_start=1575
-  _globals['_MASTER']._serialized_end=2157
-  _globals['_ADMIN']._serialized_start=2160
-  _globals['_ADMIN']._serialized_end=2354
+  _globals['_TRANSACTIONOUTCOMEREQUEST']._serialized_start=768
+  _globals['_TRANSACTIONOUTCOMEREQUEST']._serialized_end=828
+  _globals['_TRANSACTIONOUTCOME']._serialized_start=831
+  _globals['_TRANSACTIONOUTCOME']._serialized_end=968
+  _globals['_TRANSACTIONOUTCOME_STATUS']._serialized_start=919
+  _globals['_TRANSACTIONOUTCOME_STATUS']._serialized_end=968
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=970
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1026
+  _globals['_INVALIDATION']._serialized_start=1028
+  _globals['_INVALIDATION']._serialized_end=1083
+  _globals['_CLIENTEVENT']._serialized_start=1086
+  _globals['_CLIENTEVENT']._serialized_end=1256
+  _globals['_REGISTERSTORAGEREQUEST']._serialized_start=1259
+  _globals['_REGISTERSTORAGEREQUEST']._serialized_end=1434
+  _globals['_REGISTERSTORAGEREPLY']._serialized_start=1437
+  _globals['_REGISTERSTORAGEREPLY']._serialized_end=1596
+  _globals['_STORAGESESSIONREQUEST']._serialized_start=1598
+  _globals['_STORAGESESSIONREQUEST']._serialized_end=1638
+  _globals['_STORAGEEVENT']._serialized_start=1640
+  _globals['_STORAGEEVENT']._serialized_end=1737
+  _globals['_ADDNODESREQUEST']._serialized_start=1739
+  _globals['_ADDNODESREQUEST']._serialized_end=1774
+  _globals['_MASTER']._serialized_start=1777
+  _globals['_MASTER']._serialized_end=2451
+  _globals['_ADMIN']._serialized_start=2454
+  _globals['_ADMIN']._serialized_end=2648
 # @@protoc_insertion_point(module_scope)

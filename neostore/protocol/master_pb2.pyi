@@ -108,6 +108,30 @@ class AbortRequest(_message.Message):
     node_ids: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, client_id: _Optional[str] = ..., ttid: _Optional[bytes] = ..., node_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class TransactionOutcomeRequest(_message.Message):
+    __slots__ = ("ttid", "client_id")
+    TTID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ttid: bytes
+    client_id: str
+    def __init__(self, ttid: _Optional[bytes] = ..., client_id: _Optional[str] = ...) -> None: ...
+
+class TransactionOutcome(_message.Message):
+    __slots__ = ("status", "tid")
+    class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        UNKNOWN: _ClassVar[TransactionOutcome.Status]
+        COMMITTED: _ClassVar[TransactionOutcome.Status]
+        ABORTED: _ClassVar[TransactionOutcome.Status]
+    UNKNOWN: TransactionOutcome.Status
+    COMMITTED: TransactionOutcome.Status
+    ABORTED: TransactionOutcome.Status
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    TID_FIELD_NUMBER: _ClassVar[int]
+    status: TransactionOutcome.Status
+    tid: bytes
+    def __init__(self, status: _Optional[_Union[TransactionOutcome.Status, str]] = ..., tid: _Optional[bytes] = ...) -> None: ...
+
 class SubscribeRequest(_message.Message):
     __slots__ = ("client_id", "since_tid")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]

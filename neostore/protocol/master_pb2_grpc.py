@@ -65,6 +65,11 @@ class MasterStub:
                 request_serializer=master__pb2.AbortRequest.SerializeToString,
                 response_deserializer=common__pb2.Empty.FromString,
                 _registered_method=True)
+        self.GetTransactionOutcome = channel.unary_unary(
+                '/neostore.Master/GetTransactionOutcome',
+                request_serializer=master__pb2.TransactionOutcomeRequest.SerializeToString,
+                response_deserializer=master__pb2.TransactionOutcome.FromString,
+                _registered_method=True)
         self.Subscribe = channel.unary_stream(
                 '/neostore.Master/Subscribe',
                 request_serializer=master__pb2.SubscribeRequest.SerializeToString,
@@ -128,6 +133,18 @@ class MasterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTransactionOutcome(self, request, context):
+        """client -> master, serves tpc_finish when its Finish failed without a
+        definite answer (the leader died or leadership changed mid-finish):
+        what became of the TTID.  The leader answers COMMITTED (with the TID),
+        or waits for a finish still in progress, or makes sure the TTID can
+        never commit and answers ABORTED.  A follower answers COMMITTED from
+        the replicated record of recent decisions, NotLeader otherwise.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Subscribe(self, request, context):
         """client -> master, serves ZODB's invalidations: every committed TID in
         TID order (since `since_tid` when the history still holds it), and
@@ -183,6 +200,11 @@ def add_MasterServicer_to_server(servicer, server):
                     servicer.Abort,
                     request_deserializer=master__pb2.AbortRequest.FromString,
                     response_serializer=common__pb2.Empty.SerializeToString,
+            ),
+            'GetTransactionOutcome': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTransactionOutcome,
+                    request_deserializer=master__pb2.TransactionOutcomeRequest.FromString,
+                    response_serializer=master__pb2.TransactionOutcome.SerializeToString,
             ),
             'Subscribe': grpc.unary_stream_rpc_method_handler(
                     servicer.Subscribe,
@@ -362,6 +384,33 @@ class Master:
             '/neostore.Master/Abort',
             master__pb2.AbortRequest.SerializeToString,
             common__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTransactionOutcome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neostore.Master/GetTransactionOutcome',
+            master__pb2.TransactionOutcomeRequest.SerializeToString,
+            master__pb2.TransactionOutcome.FromString,
             options,
             channel_credentials,
             insecure,

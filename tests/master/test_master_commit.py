@@ -30,7 +30,8 @@ from neostore.master_node.state import (
 from neostore.master_node.storage_links import StorageLinks
 from neostore.partition_table import CellState, NodeState
 
-FAST = CommitConfig(commit_timeout=0.5, commit_deadline=0.4, abort_timeout=1.0, mark_applied_delay=0.01)
+FAST = CommitConfig(commit_timeout=0.5, commit_deadline=0.4, abort_timeout=1.0, mark_applied_delay=0.01,
+                    session_grace=0.0)
 
 
 class SlowLog(MemoryCommandLog):
@@ -337,6 +338,26 @@ def test_a_client_leaving_aborts_its_unfinished_transactions_on_every_running_no
     assert coordinator.phase_of(other) is Phase.BEGUN
 
 
+def test_a_client_back_within_the_grace_keeps_its_transactions(storages: list[FakeStorage]) -> None:
+    harness = Harness(storages, config=dataclasses.replace(FAST, session_grace=0.3))
+    harness.coordinator.start()
+    try:
+        coordinator = harness.coordinator
+        coordinator.client_connected("flaky")
+        kept = coordinator.begin("flaky")
+        coordinator.client_disconnected("flaky")  # its stream broke...
+        coordinator.client_connected("flaky")  # ...and it came back in time
+        time.sleep(0.5)
+        assert coordinator.phase_of(kept) is Phase.BEGUN
+        assert all(storage.aborts == [] for storage in harness.storages)
+        coordinator.client_disconnected("flaky")  # now it is gone for good
+        for storage in harness.storages:
+            wait_until(lambda storage=storage: storage.aborted_ttids() == [kept], what="abort after grace")
+        assert coordinator.phase_of(kept) is None
+    finally:
+        harness.close()
+
+
 def test_start_redrives_decided_transactions_and_publishes_them(storages: list[FakeStorage]) -> None:
     command_log = running_log([s.address for s in storages])
     state = command_log.state
@@ -383,3 +404,35 @@ def test_stop_fails_finishes_that_wait_for_a_participant(storages: list[FakeStor
     with pytest.raises(errors.Unavailable, match="committed as"):
         finishing.result(timeout=5)
     assert harness.state.pending_decisions, "the decision stays in the state, to be re-driven"
+
+
+# -- GetTransactionOutcome ---------------------------------------------------------
+
+
+def test_the_outcome_of_a_committed_transaction_is_its_tid(harness: Harness) -> None:
+    ttid = harness.coordinator.begin("client")
+    tid = harness.commit(ttid=ttid)
+    assert harness.coordinator.outcome("client", ttid) == tid
+    assert harness.coordinator.outcome("another-client", ttid) is None
+
+
+def test_asking_the_outcome_of_a_begun_transaction_aborts_it(harness: Harness) -> None:
+    ttid = harness.coordinator.begin("client")
+    assert harness.coordinator.outcome("client", ttid) is None
+    assert harness.coordinator.phase_of(ttid) is None
+    with pytest.raises(errors.UnknownTransaction):
+        harness.commit(ttid=ttid)
+    assert harness.state.outcome_of(ttid, "client") is None
+
+
+def test_an_unknown_ttid_is_aborted(harness: Harness) -> None:
+    assert harness.coordinator.outcome("client", p64(12345)) is None
+
+
+def test_the_outcome_of_a_finish_in_progress_waits_for_it(harness: Harness) -> None:
+    for storage in harness.storages:
+        storage.commit_delay = 0.3
+    ttid = harness.coordinator.begin("client")
+    finishing = in_background(lambda: harness.commit(ttid=ttid))
+    wait_until(lambda: harness.coordinator.phase_of(ttid) is not Phase.BEGUN, what="finish started")
+    assert harness.coordinator.outcome("client", ttid) == finishing.result(5)

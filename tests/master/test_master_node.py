@@ -16,7 +16,8 @@ from neostore.master_node.node import MasterConfig, MasterNode
 from neostore.partition_table import CellState, NodeState, PartitionTable
 from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc
 
-FAST = CommitConfig(commit_timeout=0.5, commit_deadline=0.4, abort_timeout=1.0, mark_applied_delay=0.01)
+FAST = CommitConfig(commit_timeout=0.5, commit_deadline=0.4, abort_timeout=1.0, mark_applied_delay=0.01,
+                    session_grace=0.0)
 
 
 class Peer:

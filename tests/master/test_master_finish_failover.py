@@ -1,0 +1,151 @@
+"""tpc_finish across a leader change: the client gets the true outcome.
+
+Three in-process masters (Raft).  The leader is stopped while a client's
+Finish is in flight, at a chosen point of the commit path (a hook on the
+leader's coordinator):
+
+* after the decision is in the replicated log, before the answer: the
+  client asks ``GetTransactionOutcome``, learns its TID, and tpc_finish
+  returns it as if the Finish had answered; the data is there;
+* before any decision: the new leader answers ABORTED, tpc_finish raises,
+  nothing is committed.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import transaction
+import ZODB
+from harness import ThreadCluster
+
+from neostore import errors
+from neostore.master_node.commit import CommitCoordinator
+from neostore.master_node.node import MasterNode
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.02)
+
+
+def _coordinator(master: MasterNode) -> CommitCoordinator:
+    parts = master._parts  # noqa: SLF001 - test hook
+    assert parts is not None
+    return parts.leadership.coordinator()
+
+
+def _stop_when(reached: threading.Event, master: MasterNode) -> threading.Thread:
+    """Stop ``master`` from another thread once the hook was reached."""
+
+    def run() -> None:
+        if reached.wait(30):
+            master.stop()
+
+    thread = threading.Thread(target=run, name="stop-leader", daemon=True)
+    thread.start()
+    return thread
+
+
+def _read(cluster: ThreadCluster, key: str) -> Any:
+    db = ZODB.DB(cluster.client())
+    try:
+        with db.transaction() as connection:
+            return connection.root().get(key)
+    finally:
+        db.close()
+
+
+def test_a_finish_decided_before_the_leader_died_returns_its_tid(tmp_path: pathlib.Path) -> None:
+    with ThreadCluster(str(tmp_path / "cluster"), num_masters=3) as cluster:
+        db = ZODB.DB(cluster.client())
+        try:
+            leader = cluster.leader()
+            assert leader is not None
+            coordinator = _coordinator(leader)
+            reached = threading.Event()
+            start_applying = coordinator._start_applying  # noqa: SLF001
+
+            def decided_then_die(decision: Any, finish: Any) -> None:
+                if finish is None:
+                    start_applying(decision, finish)
+                    return
+                # Committed in the replicated log; the leader dies before
+                # applying, publishing or answering.
+                reached.set()
+                coordinator._stopping.wait(30)  # noqa: SLF001
+                finish.fail(errors.Unavailable("the leader died before answering"))
+
+            coordinator._start_applying = decided_then_die  # type: ignore[method-assign]  # noqa: SLF001
+            stopper = _stop_when(reached, leader)
+            manager = transaction.TransactionManager()
+            connection = db.open(manager)
+            connection.root()["answer"] = 42
+            manager.commit()
+            tid = connection.root()._p_serial
+            connection.close()
+            stopper.join(30)
+            assert reached.is_set()
+            assert db.storage.lastTransaction() == tid
+            _wait_for(lambda: cluster.leader() not in (None, leader))
+            new_leader = cluster.leader()
+            assert new_leader is not None
+            assert [o.tid for o in new_leader.state.recent_outcomes].count(tid) == 1
+            assert _read(cluster, "answer") == 42
+            # Commits go on, after that TID.
+            with db.transaction() as connection:
+                connection.root()["after"] = 1
+            assert db.storage.lastTransaction() > tid
+        finally:
+            db.close()
+
+
+def test_a_finish_not_decided_when_the_leader_died_raises(tmp_path: pathlib.Path) -> None:
+    with ThreadCluster(str(tmp_path / "cluster"), num_masters=3) as cluster:
+        db = ZODB.DB(cluster.client())
+        try:
+            leader = cluster.leader()
+            assert leader is not None
+            last_tid = leader.state.last_tid
+            coordinator = _coordinator(leader)
+            reached = threading.Event()
+            decide_batch = coordinator._decide_batch  # noqa: SLF001
+
+            def die_before_deciding(batch: list[Any], marks: Any) -> None:
+                if not batch:
+                    decide_batch(batch, marks)
+                    return
+                reached.set()
+                coordinator._stopping.wait(30)  # noqa: SLF001
+                for finish in batch:
+                    finish.fail(errors.Unavailable("the leader died before deciding"))
+
+            coordinator._decide_batch = die_before_deciding  # type: ignore[method-assign]  # noqa: SLF001
+            stopper = _stop_when(reached, leader)
+            manager = transaction.TransactionManager()
+            connection = db.open(manager)
+            connection.root()["lost"] = 1
+            with pytest.raises(Exception):
+                manager.commit()
+            manager.abort()
+            connection.close()
+            stopper.join(30)
+            assert reached.is_set()
+            _wait_for(lambda: cluster.leader() not in (None, leader))
+            new_leader = cluster.leader()
+            assert new_leader is not None
+            assert new_leader.state.last_tid == last_tid, "nothing was committed"
+            assert _read(cluster, "lost") is None
+            with db.transaction() as connection:
+                connection.root()["after"] = 1
+            assert _read(cluster, "after") == 1
+        finally:
+            db.close()

@@ -1,0 +1,90 @@
+"""The replicated record of recent commit outcomes (ttid -> tid) in the state."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from master_fakes import running_state
+from neostore.ids import p64, u64
+from neostore.master_node import state as state_module
+from neostore.master_node.state import (
+    ClusterState,
+    CommitDecisions,
+    Decision,
+    NodeVote,
+    Outcome,
+    apply,
+    decode_command,
+    decode_state,
+    encode_command,
+    encode_state,
+    plan_decision,
+)
+
+ADDRESSES = ["127.0.0.1:7001", "127.0.0.1:7002"]
+
+
+def _decide(state: ClusterState, ttid_value: int, client_id: str = "client-a") -> tuple[ClusterState, Decision]:
+    """Commit one transaction writing its metadata partition."""
+    num_partitions = state.num_partitions
+    tid_value = u64(state.last_tid) + 1
+    tid_value += (ttid_value - tid_value) % num_partitions
+    partition = ttid_value % num_partitions
+    votes = tuple(NodeVote(node, (partition,)) for node in (1, 2))
+    decision = Decision(tid=p64(tid_value), ttid=p64(ttid_value), partitions=(partition,), votes=votes,
+                        oids=(), out_of_date=plan_decision(state, (partition,), votes), client_id=client_id)
+    new_state, (error,) = apply(state, CommitDecisions((decision,)))
+    assert error is None
+    return new_state, decision
+
+
+def test_a_decision_is_recorded_with_its_ttid_tid_and_client() -> None:
+    state, decision = _decide(running_state(ADDRESSES), 9)
+    assert state.recent_outcomes == (Outcome(decision.ttid, decision.tid, "client-a"),)
+    assert state.outcome_of(decision.ttid, "client-a") == decision.tid
+    assert state.outcome_of(decision.ttid, "client-b") is None, "another client's TTID"
+    assert state.outcome_of(p64(10), "client-a") is None
+
+
+def test_the_record_stays_after_the_decision_is_applied_everywhere() -> None:
+    state, decision = _decide(running_state(ADDRESSES), 9)
+    state, _ = apply(state, state_module.MarkApplied(decision.tid, (1, 2)))
+    assert state.pending_decisions == ()
+    assert state.outcome_of(decision.ttid, "client-a") == decision.tid
+
+
+def test_the_record_is_bounded_and_drops_the_oldest(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state_module, "MAX_RECENT_OUTCOMES", 3)
+    state = running_state(ADDRESSES)
+    decisions = []
+    for ttid in range(20, 25):
+        state, decision = _decide(state, ttid)
+        decisions.append(decision)
+    assert [o.ttid for o in state.recent_outcomes] == [d.ttid for d in decisions[-3:]]
+    assert state.outcome_of(decisions[0].ttid, "client-a") is None
+    assert state.outcome_of(decisions[-1].ttid, "client-a") == decisions[-1].tid
+
+
+def test_the_record_is_deterministic_and_part_of_snapshots() -> None:
+    def run() -> ClusterState:
+        state = running_state(ADDRESSES)
+        for ttid in (9, 14, 31):
+            state, _ = _decide(state, ttid)
+        return state
+
+    first, second = run(), run()
+    assert encode_state(first) == encode_state(second)
+    restored = decode_state(encode_state(first))
+    assert restored == first
+    assert restored.outcome_of(p64(14), "client-a") == first.outcome_of(p64(14), "client-a")
+
+
+def test_a_decision_without_client_id_decodes_from_older_logs() -> None:
+    state, decision = _decide(running_state(ADDRESSES), 9, client_id="")
+    encoded = encode_command(CommitDecisions((decision,)))
+    old = encoded.replace(b'"client_id":"",', b"")
+    assert old != encoded
+    assert decode_command(old) == CommitDecisions((dataclasses.replace(decision, client_id=""),))
+    assert state.outcome_of(decision.ttid, "anyone") == decision.tid, "an old record matches any client"
