@@ -47,7 +47,7 @@ from neostore.raft import (
     encode_hard_state,
     encode_snapshot,
 )
-from neostore.raft.storage import check_save_arguments
+from neostore.raft.storage import plan_save
 
 _INDEX = struct.Struct(">Q")
 _LOG_START = struct.Struct(">QQ")
@@ -187,19 +187,11 @@ class LmdbLogStore:
         entries: Sequence[Entry],
         snapshot: Snapshot | None = None,
     ) -> None:
-        start_index, start_term = self._start_index, self._start_term
-        last_index = self._last_index
-        new_snapshot = self._snapshot
-        if snapshot is not None and not snapshot.is_empty():
-            if snapshot.index <= self._snapshot.index:
-                raise SnapshotOutOfDateError(
-                    f"snapshot {snapshot.index} not newer than {self._snapshot.index}"
-                )
-            new_snapshot = snapshot
-            start_index, start_term = snapshot.index, snapshot.term
-            last_index = snapshot.index
-        entries = [entry for entry in entries if entry.index > start_index]
-        check_save_arguments(last_index, entries)
+        plan = plan_save(self._snapshot, self._start_index, self._start_term, self._last_index,
+                         entries, snapshot)
+        new_snapshot, start_index, start_term = plan.snapshot, plan.start_index, plan.start_term
+        entries = plan.entries
+        last_index = start_index if plan.replaces_snapshot(self._snapshot) else self._last_index
         if snapshot is None and not entries and hard_state is None:
             return
         with self._env.begin(write=True) as txn:

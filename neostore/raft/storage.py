@@ -29,6 +29,8 @@ a snapshot not newer than the one held.
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -135,6 +137,41 @@ def bootstrap(store: RaftLogStore, voters: ConfState) -> None:
     store.save(HardState(term=1, vote=0, commit=1), [bootstrap_entry(voters)])
 
 
+@dataclasses.dataclass(frozen=True)
+class SavePlan:
+    """What a ``save`` writes, validated: the log after it starts after
+    ``start_index`` (of ``start_term``), under ``snapshot``; ``entries`` are
+    appended after dropping any suffix from ``entries[0].index`` on."""
+
+    snapshot: Snapshot
+    start_index: int
+    start_term: int
+    entries: list[Entry]
+
+    def replaces_snapshot(self, current: Snapshot) -> bool:
+        return self.snapshot is not current
+
+
+def plan_save(
+    current_snapshot: Snapshot, start_index: int, start_term: int, last_index: int,
+    entries: Sequence[Entry], snapshot: Snapshot | None,
+) -> SavePlan:
+    """Validate a ``save`` (both stores share this): a new snapshot must be
+    newer than the current one and restarts the log at its index; entries it
+    covers are dropped; the rest must follow the log without a gap."""
+    new_snapshot = current_snapshot
+    if snapshot is not None and not snapshot.is_empty():
+        if snapshot.index <= current_snapshot.index:
+            raise SnapshotOutOfDateError(
+                f"snapshot {snapshot.index} not newer than {current_snapshot.index}"
+            )
+        new_snapshot = snapshot
+        start_index, start_term, last_index = snapshot.index, snapshot.term, snapshot.index
+    kept = [entry for entry in entries if entry.index > start_index]
+    check_save_arguments(last_index, kept)
+    return SavePlan(new_snapshot, start_index, start_term, kept)
+
+
 def check_save_arguments(last_index: int, entries: Sequence[Entry]) -> None:
     """Shared precondition of ``save``: entries contiguous and not leaving a gap."""
     for previous, entry in zip(entries, entries[1:], strict=False):
@@ -217,22 +254,14 @@ class MemoryLogStore:
         entries: Sequence[Entry],
         snapshot: Snapshot | None = None,
     ) -> None:
-        start_index, start_term, last_index = self._start_index, self._start_term, self.last_index()
-        new_snapshot = self._snapshot
-        if snapshot is not None and not snapshot.is_empty():
-            if snapshot.index <= self._snapshot.index:
-                raise SnapshotOutOfDateError(
-                    f"snapshot {snapshot.index} not newer than {self._snapshot.index}"
-                )
-            new_snapshot = snapshot
-            start_index, start_term, last_index = snapshot.index, snapshot.term, snapshot.index
-        entries = [entry for entry in entries if entry.index > start_index]
-        check_save_arguments(last_index, entries)
+        plan = plan_save(self._snapshot, self._start_index, self._start_term, self.last_index(),
+                         entries, snapshot)
+        entries = plan.entries
         # Validated: from here on nothing fails, so the write is all or nothing.
         self.save_calls += 1
-        if new_snapshot is not self._snapshot:
-            self._snapshot = new_snapshot
-            self._start_index, self._start_term = start_index, start_term
+        if plan.replaces_snapshot(self._snapshot):
+            self._snapshot = plan.snapshot
+            self._start_index, self._start_term = plan.start_index, plan.start_term
             self._entries = []
         if entries:
             del self._entries[entries[0].index - self._start_index - 1 :]
