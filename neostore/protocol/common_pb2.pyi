@@ -113,6 +113,14 @@ class PartitionLastTid(_message.Message):
     tid: bytes
     def __init__(self, partition: _Optional[int] = ..., tid: _Optional[bytes] = ...) -> None: ...
 
+class Truncation(_message.Message):
+    __slots__ = ("after", "upto")
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    UPTO_FIELD_NUMBER: _ClassVar[int]
+    after: bytes
+    upto: bytes
+    def __init__(self, after: _Optional[bytes] = ..., upto: _Optional[bytes] = ...) -> None: ...
+
 class Empty(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

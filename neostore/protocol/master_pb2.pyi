@@ -9,15 +9,17 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ClusterInfo(_message.Message):
-    __slots__ = ("cluster_name", "state", "num_partitions", "num_replicas", "table_version", "last_oid", "last_tid", "masters", "leader", "term")
+    __slots__ = ("cluster_name", "state", "num_partitions", "num_replicas", "table_version", "last_oid", "last_tid", "masters", "leader", "term", "members")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[ClusterInfo.State]
         EMPTY: _ClassVar[ClusterInfo.State]
         RUNNING: _ClassVar[ClusterInfo.State]
+        STOPPING: _ClassVar[ClusterInfo.State]
     STATE_UNSPECIFIED: ClusterInfo.State
     EMPTY: ClusterInfo.State
     RUNNING: ClusterInfo.State
+    STOPPING: ClusterInfo.State
     CLUSTER_NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     NUM_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +30,7 @@ class ClusterInfo(_message.Message):
     MASTERS_FIELD_NUMBER: _ClassVar[int]
     LEADER_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
     cluster_name: str
     state: ClusterInfo.State
     num_partitions: int
@@ -38,7 +41,30 @@ class ClusterInfo(_message.Message):
     masters: _containers.RepeatedScalarFieldContainer[str]
     leader: str
     term: int
-    def __init__(self, cluster_name: _Optional[str] = ..., state: _Optional[_Union[ClusterInfo.State, str]] = ..., num_partitions: _Optional[int] = ..., num_replicas: _Optional[int] = ..., table_version: _Optional[int] = ..., last_oid: _Optional[bytes] = ..., last_tid: _Optional[bytes] = ..., masters: _Optional[_Iterable[str]] = ..., leader: _Optional[str] = ..., term: _Optional[int] = ...) -> None: ...
+    members: _containers.RepeatedCompositeFieldContainer[MasterMember]
+    def __init__(self, cluster_name: _Optional[str] = ..., state: _Optional[_Union[ClusterInfo.State, str]] = ..., num_partitions: _Optional[int] = ..., num_replicas: _Optional[int] = ..., table_version: _Optional[int] = ..., last_oid: _Optional[bytes] = ..., last_tid: _Optional[bytes] = ..., masters: _Optional[_Iterable[str]] = ..., leader: _Optional[str] = ..., term: _Optional[int] = ..., members: _Optional[_Iterable[_Union[MasterMember, _Mapping]]] = ...) -> None: ...
+
+class MasterMember(_message.Message):
+    __slots__ = ("node_id", "address")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    address: str
+    def __init__(self, node_id: _Optional[int] = ..., address: _Optional[str] = ...) -> None: ...
+
+class MasterAddress(_message.Message):
+    __slots__ = ("address",)
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    def __init__(self, address: _Optional[str] = ...) -> None: ...
+
+class MembershipReply(_message.Message):
+    __slots__ = ("node_id", "members")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    members: _containers.RepeatedCompositeFieldContainer[MasterMember]
+    def __init__(self, node_id: _Optional[int] = ..., members: _Optional[_Iterable[_Union[MasterMember, _Mapping]]] = ...) -> None: ...
 
 class NewOidsRequest(_message.Message):
     __slots__ = ("count",)
@@ -69,12 +95,14 @@ class BeginReply(_message.Message):
     def __init__(self, ttid: _Optional[bytes] = ...) -> None: ...
 
 class Vote(_message.Message):
-    __slots__ = ("node_id", "partitions")
+    __slots__ = ("node_id", "partitions", "unchecked_partitions")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    UNCHECKED_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     partitions: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, node_id: _Optional[int] = ..., partitions: _Optional[_Iterable[int]] = ...) -> None: ...
+    unchecked_partitions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, node_id: _Optional[int] = ..., partitions: _Optional[_Iterable[int]] = ..., unchecked_partitions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class FinishRequest(_message.Message):
     __slots__ = ("client_id", "ttid", "oids", "partitions", "votes", "table_version")
@@ -151,16 +179,18 @@ class Invalidation(_message.Message):
     def __init__(self, tid: _Optional[bytes] = ..., ttid: _Optional[bytes] = ..., oids: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ClientEvent(_message.Message):
-    __slots__ = ("start_tid", "invalidation", "partition_table", "reset_cache_at")
+    __slots__ = ("start_tid", "invalidation", "partition_table", "reset_cache_at", "heartbeat")
     START_TID_FIELD_NUMBER: _ClassVar[int]
     INVALIDATION_FIELD_NUMBER: _ClassVar[int]
     PARTITION_TABLE_FIELD_NUMBER: _ClassVar[int]
     RESET_CACHE_AT_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     start_tid: bytes
     invalidation: Invalidation
     partition_table: _common_pb2.PartitionTable
     reset_cache_at: bytes
-    def __init__(self, start_tid: _Optional[bytes] = ..., invalidation: _Optional[_Union[Invalidation, _Mapping]] = ..., partition_table: _Optional[_Union[_common_pb2.PartitionTable, _Mapping]] = ..., reset_cache_at: _Optional[bytes] = ...) -> None: ...
+    heartbeat: bool
+    def __init__(self, start_tid: _Optional[bytes] = ..., invalidation: _Optional[_Union[Invalidation, _Mapping]] = ..., partition_table: _Optional[_Union[_common_pb2.PartitionTable, _Mapping]] = ..., reset_cache_at: _Optional[bytes] = ..., heartbeat: _Optional[bool] = ...) -> None: ...
 
 class RegisterStorageRequest(_message.Message):
     __slots__ = ("cluster_name", "node_id", "address", "label", "pending_ttids", "partition_last_tids")
@@ -179,18 +209,20 @@ class RegisterStorageRequest(_message.Message):
     def __init__(self, cluster_name: _Optional[str] = ..., node_id: _Optional[int] = ..., address: _Optional[str] = ..., label: _Optional[str] = ..., pending_ttids: _Optional[_Iterable[bytes]] = ..., partition_last_tids: _Optional[_Iterable[_Union[_common_pb2.PartitionLastTid, _Mapping]]] = ...) -> None: ...
 
 class RegisterStorageReply(_message.Message):
-    __slots__ = ("node_id", "partition_table", "last_tid", "term", "decided")
+    __slots__ = ("node_id", "partition_table", "last_tid", "term", "decided", "truncations")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PARTITION_TABLE_FIELD_NUMBER: _ClassVar[int]
     LAST_TID_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
     DECIDED_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATIONS_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     partition_table: _common_pb2.PartitionTable
     last_tid: bytes
     term: int
     decided: _containers.RepeatedCompositeFieldContainer[_common_pb2.Decision]
-    def __init__(self, node_id: _Optional[int] = ..., partition_table: _Optional[_Union[_common_pb2.PartitionTable, _Mapping]] = ..., last_tid: _Optional[bytes] = ..., term: _Optional[int] = ..., decided: _Optional[_Iterable[_Union[_common_pb2.Decision, _Mapping]]] = ...) -> None: ...
+    truncations: _containers.RepeatedCompositeFieldContainer[_common_pb2.Truncation]
+    def __init__(self, node_id: _Optional[int] = ..., partition_table: _Optional[_Union[_common_pb2.PartitionTable, _Mapping]] = ..., last_tid: _Optional[bytes] = ..., term: _Optional[int] = ..., decided: _Optional[_Iterable[_Union[_common_pb2.Decision, _Mapping]]] = ..., truncations: _Optional[_Iterable[_Union[_common_pb2.Truncation, _Mapping]]] = ...) -> None: ...
 
 class StorageSessionRequest(_message.Message):
     __slots__ = ("node_id",)
@@ -199,15 +231,207 @@ class StorageSessionRequest(_message.Message):
     def __init__(self, node_id: _Optional[int] = ...) -> None: ...
 
 class StorageEvent(_message.Message):
-    __slots__ = ("partition_table", "heartbeat")
+    __slots__ = ("partition_table", "heartbeat", "shutdown")
     PARTITION_TABLE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
     partition_table: _common_pb2.PartitionTable
     heartbeat: bool
-    def __init__(self, partition_table: _Optional[_Union[_common_pb2.PartitionTable, _Mapping]] = ..., heartbeat: _Optional[bool] = ...) -> None: ...
+    shutdown: str
+    def __init__(self, partition_table: _Optional[_Union[_common_pb2.PartitionTable, _Mapping]] = ..., heartbeat: _Optional[bool] = ..., shutdown: _Optional[str] = ...) -> None: ...
+
+class SetClusterStateRequest(_message.Message):
+    __slots__ = ("state",)
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    state: ClusterInfo.State
+    def __init__(self, state: _Optional[_Union[ClusterInfo.State, str]] = ...) -> None: ...
+
+class KillNodeRequest(_message.Message):
+    __slots__ = ("node_id", "force")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    force: bool
+    def __init__(self, node_id: _Optional[int] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class AddNodesRequest(_message.Message):
     __slots__ = ("node_ids",)
     NODE_IDS_FIELD_NUMBER: _ClassVar[int]
     node_ids: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, node_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ReplicationPlanRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    def __init__(self, node_id: _Optional[int] = ...) -> None: ...
+
+class ReplicationSource(_message.Message):
+    __slots__ = ("node_id", "address")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    address: str
+    def __init__(self, node_id: _Optional[int] = ..., address: _Optional[str] = ...) -> None: ...
+
+class CellReplication(_message.Message):
+    __slots__ = ("partition", "max_tid", "missed_tid", "sources")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    MAX_TID_FIELD_NUMBER: _ClassVar[int]
+    MISSED_TID_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    max_tid: bytes
+    missed_tid: bytes
+    sources: _containers.RepeatedCompositeFieldContainer[ReplicationSource]
+    def __init__(self, partition: _Optional[int] = ..., max_tid: _Optional[bytes] = ..., missed_tid: _Optional[bytes] = ..., sources: _Optional[_Iterable[_Union[ReplicationSource, _Mapping]]] = ...) -> None: ...
+
+class ReplicationPlan(_message.Message):
+    __slots__ = ("cells", "table_version")
+    CELLS_FIELD_NUMBER: _ClassVar[int]
+    TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    cells: _containers.RepeatedCompositeFieldContainer[CellReplication]
+    table_version: int
+    def __init__(self, cells: _Optional[_Iterable[_Union[CellReplication, _Mapping]]] = ..., table_version: _Optional[int] = ...) -> None: ...
+
+class ReplicationProgress(_message.Message):
+    __slots__ = ("node_id", "partition", "source_node_id", "tid", "done", "records_done", "bytes_done", "records_left", "bytes_left", "records_copied", "chunks_skipped", "chunks_copied", "rate", "elapsed")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    TID_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_DONE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_LEFT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_LEFT_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_COPIED_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_COPIED_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    partition: int
+    source_node_id: int
+    tid: bytes
+    done: bool
+    records_done: int
+    bytes_done: int
+    records_left: int
+    bytes_left: int
+    records_copied: int
+    chunks_skipped: int
+    chunks_copied: int
+    rate: float
+    elapsed: float
+    def __init__(self, node_id: _Optional[int] = ..., partition: _Optional[int] = ..., source_node_id: _Optional[int] = ..., tid: _Optional[bytes] = ..., done: _Optional[bool] = ..., records_done: _Optional[int] = ..., bytes_done: _Optional[int] = ..., records_left: _Optional[int] = ..., bytes_left: _Optional[int] = ..., records_copied: _Optional[int] = ..., chunks_skipped: _Optional[int] = ..., chunks_copied: _Optional[int] = ..., rate: _Optional[float] = ..., elapsed: _Optional[float] = ...) -> None: ...
+
+class ReplicationAck(_message.Message):
+    __slots__ = ("up_to_date",)
+    UP_TO_DATE_FIELD_NUMBER: _ClassVar[int]
+    up_to_date: bool
+    def __init__(self, up_to_date: _Optional[bool] = ...) -> None: ...
+
+class ReplicationStatus(_message.Message):
+    __slots__ = ("cells",)
+    CELLS_FIELD_NUMBER: _ClassVar[int]
+    cells: _containers.RepeatedCompositeFieldContainer[ReplicationProgress]
+    def __init__(self, cells: _Optional[_Iterable[_Union[ReplicationProgress, _Mapping]]] = ...) -> None: ...
+
+class CheckRequest(_message.Message):
+    __slots__ = ("partitions", "repair")
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    REPAIR_FIELD_NUMBER: _ClassVar[int]
+    partitions: _containers.RepeatedScalarFieldContainer[int]
+    repair: bool
+    def __init__(self, partitions: _Optional[_Iterable[int]] = ..., repair: _Optional[bool] = ...) -> None: ...
+
+class PartitionCheck(_message.Message):
+    __slots__ = ("partition", "node_ids", "max_tid", "records", "consistent", "corrupted", "detail", "repairing")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    NODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TID_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENT_FIELD_NUMBER: _ClassVar[int]
+    CORRUPTED_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    REPAIRING_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    node_ids: _containers.RepeatedScalarFieldContainer[int]
+    max_tid: bytes
+    records: int
+    consistent: bool
+    corrupted: _containers.RepeatedScalarFieldContainer[int]
+    detail: str
+    repairing: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, partition: _Optional[int] = ..., node_ids: _Optional[_Iterable[int]] = ..., max_tid: _Optional[bytes] = ..., records: _Optional[int] = ..., consistent: _Optional[bool] = ..., corrupted: _Optional[_Iterable[int]] = ..., detail: _Optional[str] = ..., repairing: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class CheckReply(_message.Message):
+    __slots__ = ("partitions",)
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    partitions: _containers.RepeatedCompositeFieldContainer[PartitionCheck]
+    def __init__(self, partitions: _Optional[_Iterable[_Union[PartitionCheck, _Mapping]]] = ...) -> None: ...
+
+class TweakRequest(_message.Message):
+    __slots__ = ("drop", "replicas", "dry_run", "force")
+    DROP_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    drop: _containers.RepeatedScalarFieldContainer[int]
+    replicas: int
+    dry_run: bool
+    force: bool
+    def __init__(self, drop: _Optional[_Iterable[int]] = ..., replicas: _Optional[int] = ..., dry_run: _Optional[bool] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class TweakReply(_message.Message):
+    __slots__ = ("table", "moves")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    MOVES_FIELD_NUMBER: _ClassVar[int]
+    table: _common_pb2.PartitionTable
+    moves: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, table: _Optional[_Union[_common_pb2.PartitionTable, _Mapping]] = ..., moves: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TruncateRequest(_message.Message):
+    __slots__ = ("tid",)
+    TID_FIELD_NUMBER: _ClassVar[int]
+    tid: bytes
+    def __init__(self, tid: _Optional[bytes] = ...) -> None: ...
+
+class TruncateReply(_message.Message):
+    __slots__ = ("truncation", "truncated", "later", "transactions_deleted", "revisions_deleted")
+    TRUNCATION_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    LATER_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTIONS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    REVISIONS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    truncation: _common_pb2.Truncation
+    truncated: _containers.RepeatedScalarFieldContainer[int]
+    later: _containers.RepeatedScalarFieldContainer[int]
+    transactions_deleted: int
+    revisions_deleted: int
+    def __init__(self, truncation: _Optional[_Union[_common_pb2.Truncation, _Mapping]] = ..., truncated: _Optional[_Iterable[int]] = ..., later: _Optional[_Iterable[int]] = ..., transactions_deleted: _Optional[int] = ..., revisions_deleted: _Optional[int] = ...) -> None: ...
+
+class TransactionStateRequest(_message.Message):
+    __slots__ = ("ttid",)
+    TTID_FIELD_NUMBER: _ClassVar[int]
+    ttid: bytes
+    def __init__(self, ttid: _Optional[bytes] = ...) -> None: ...
+
+class TransactionState(_message.Message):
+    __slots__ = ("status", "tid")
+    class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATUS_UNSPECIFIED: _ClassVar[TransactionState.Status]
+        ALIVE: _ClassVar[TransactionState.Status]
+        COMMITTED: _ClassVar[TransactionState.Status]
+        ABORTED: _ClassVar[TransactionState.Status]
+    STATUS_UNSPECIFIED: TransactionState.Status
+    ALIVE: TransactionState.Status
+    COMMITTED: TransactionState.Status
+    ABORTED: TransactionState.Status
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    TID_FIELD_NUMBER: _ClassVar[int]
+    status: TransactionState.Status
+    tid: bytes
+    def __init__(self, status: _Optional[_Union[TransactionState.Status, str]] = ..., tid: _Optional[bytes] = ...) -> None: ...

@@ -85,6 +85,21 @@ class MasterStub:
                 request_serializer=master__pb2.StorageSessionRequest.SerializeToString,
                 response_deserializer=master__pb2.StorageEvent.FromString,
                 _registered_method=True)
+        self.GetReplicationPlan = channel.unary_unary(
+                '/neostore.Master/GetReplicationPlan',
+                request_serializer=master__pb2.ReplicationPlanRequest.SerializeToString,
+                response_deserializer=master__pb2.ReplicationPlan.FromString,
+                _registered_method=True)
+        self.GetTransactionState = channel.unary_unary(
+                '/neostore.Master/GetTransactionState',
+                request_serializer=master__pb2.TransactionStateRequest.SerializeToString,
+                response_deserializer=master__pb2.TransactionState.FromString,
+                _registered_method=True)
+        self.ReportReplication = channel.unary_unary(
+                '/neostore.Master/ReportReplication',
+                request_serializer=master__pb2.ReplicationProgress.SerializeToString,
+                response_deserializer=master__pb2.ReplicationAck.FromString,
+                _registered_method=True)
 
 
 class MasterServicer:
@@ -168,6 +183,32 @@ class MasterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetReplicationPlan(self, request, context):
+        """storage -> master: what its OUT_OF_DATE cells must replicate, from where.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTransactionState(self, request, context):
+        """storage -> master leader: what became of a TTID that has held a lock
+        for long (its client may have given it up under a leader since gone,
+        or its abort or commit order may have been lost).  Unlike
+        GetTransactionOutcome, it changes nothing: ALIVE while the leader
+        knows it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportReplication(self, request, context):
+        """storage -> master: replication progress of one cell; with `done`, the
+        cell holds every transaction up to `tid` and asks to be UP_TO_DATE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MasterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -220,6 +261,21 @@ def add_MasterServicer_to_server(servicer, server):
                     servicer.StorageSession,
                     request_deserializer=master__pb2.StorageSessionRequest.FromString,
                     response_serializer=master__pb2.StorageEvent.SerializeToString,
+            ),
+            'GetReplicationPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReplicationPlan,
+                    request_deserializer=master__pb2.ReplicationPlanRequest.FromString,
+                    response_serializer=master__pb2.ReplicationPlan.SerializeToString,
+            ),
+            'GetTransactionState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTransactionState,
+                    request_deserializer=master__pb2.TransactionStateRequest.FromString,
+                    response_serializer=master__pb2.TransactionState.SerializeToString,
+            ),
+            'ReportReplication': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportReplication,
+                    request_deserializer=master__pb2.ReplicationProgress.FromString,
+                    response_serializer=master__pb2.ReplicationAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -502,6 +558,87 @@ class Master:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def GetReplicationPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neostore.Master/GetReplicationPlan',
+            master__pb2.ReplicationPlanRequest.SerializeToString,
+            master__pb2.ReplicationPlan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTransactionState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neostore.Master/GetTransactionState',
+            master__pb2.TransactionStateRequest.SerializeToString,
+            master__pb2.TransactionState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportReplication(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neostore.Master/ReportReplication',
+            master__pb2.ReplicationProgress.SerializeToString,
+            master__pb2.ReplicationAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class AdminStub:
     """neoctl -> master: administration.
@@ -527,6 +664,46 @@ class AdminStub:
                 '/neostore.Admin/AddNodes',
                 request_serializer=master__pb2.AddNodesRequest.SerializeToString,
                 response_deserializer=common__pb2.PartitionTable.FromString,
+                _registered_method=True)
+        self.AddMaster = channel.unary_unary(
+                '/neostore.Admin/AddMaster',
+                request_serializer=master__pb2.MasterAddress.SerializeToString,
+                response_deserializer=master__pb2.MembershipReply.FromString,
+                _registered_method=True)
+        self.RemoveMaster = channel.unary_unary(
+                '/neostore.Admin/RemoveMaster',
+                request_serializer=master__pb2.MasterAddress.SerializeToString,
+                response_deserializer=master__pb2.MembershipReply.FromString,
+                _registered_method=True)
+        self.GetReplication = channel.unary_unary(
+                '/neostore.Admin/GetReplication',
+                request_serializer=common__pb2.Empty.SerializeToString,
+                response_deserializer=master__pb2.ReplicationStatus.FromString,
+                _registered_method=True)
+        self.Check = channel.unary_unary(
+                '/neostore.Admin/Check',
+                request_serializer=master__pb2.CheckRequest.SerializeToString,
+                response_deserializer=master__pb2.CheckReply.FromString,
+                _registered_method=True)
+        self.Tweak = channel.unary_unary(
+                '/neostore.Admin/Tweak',
+                request_serializer=master__pb2.TweakRequest.SerializeToString,
+                response_deserializer=master__pb2.TweakReply.FromString,
+                _registered_method=True)
+        self.SetClusterState = channel.unary_unary(
+                '/neostore.Admin/SetClusterState',
+                request_serializer=master__pb2.SetClusterStateRequest.SerializeToString,
+                response_deserializer=master__pb2.ClusterInfo.FromString,
+                _registered_method=True)
+        self.KillNode = channel.unary_unary(
+                '/neostore.Admin/KillNode',
+                request_serializer=master__pb2.KillNodeRequest.SerializeToString,
+                response_deserializer=common__pb2.PartitionTable.FromString,
+                _registered_method=True)
+        self.Truncate = channel.unary_unary(
+                '/neostore.Admin/Truncate',
+                request_serializer=master__pb2.TruncateRequest.SerializeToString,
+                response_deserializer=master__pb2.TruncateReply.FromString,
                 _registered_method=True)
 
 
@@ -554,6 +731,81 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddMaster(self, request, context):
+        """neoctl -> master leader (a follower answers NotLeader naming it): add
+        the master that will serve at `address` to the masters' Raft group, one
+        change at a time.  Answers once the change is applied on the leader,
+        with the new master's node id; then start it with `neo-master --join`.
+        Refused (MembershipRefused): already a member, a change pending, or the
+        new membership would have no reachable majority.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveMaster(self, request, context):
+        """neoctl -> master leader: remove the master at `address` from the group
+        (it stops taking part; a leader removing itself steps down once the
+        removal commits).  Refused: unknown address, the last master, a change
+        pending, or the remaining masters would have no reachable majority.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReplication(self, request, context):
+        """Cells replicating now, with their progress as last reported.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Check(self, request, context):
+        """Compare the readable replicas of partitions (all when none is given) by
+        checksums over ranges, while the cluster serves; a replica that
+        differs from the majority is marked CORRUPTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Tweak(self, request, context):
+        """Rebalance the partition table over the RUNNING admitted nodes (neoctl
+        add-node, drop-node, tweak, set replicas): cells move to their new
+        nodes as OUT_OF_DATE, the cells they replace keep serving as FEEDING
+        until the new ones are UP_TO_DATE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetClusterState(self, request, context):
+        """RUNNING: serve.  STOPPING: refuse new transactions (ReadOnly) and let
+        those in flight end; reads go on.  For maintenance.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KillNode(self, request, context):
+        """Take a storage node down for maintenance: it is told to exit, and is
+        marked DOWN (its cells OUT_OF_DATE; it catches up when restarted).
+        Refused when a partition would be left with no readable replica on a
+        running node, unless `force`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Truncate(self, request, context):
+        """Roll the database back to `tid`: every transaction after it is deleted
+        on every storage node (those down do it when they register again).
+        Needs a STOPPING cluster; waits for the transactions in flight to end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -571,6 +823,46 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.AddNodes,
                     request_deserializer=master__pb2.AddNodesRequest.FromString,
                     response_serializer=common__pb2.PartitionTable.SerializeToString,
+            ),
+            'AddMaster': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddMaster,
+                    request_deserializer=master__pb2.MasterAddress.FromString,
+                    response_serializer=master__pb2.MembershipReply.SerializeToString,
+            ),
+            'RemoveMaster': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveMaster,
+                    request_deserializer=master__pb2.MasterAddress.FromString,
+                    response_serializer=master__pb2.MembershipReply.SerializeToString,
+            ),
+            'GetReplication': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReplication,
+                    request_deserializer=common__pb2.Empty.FromString,
+                    response_serializer=master__pb2.ReplicationStatus.SerializeToString,
+            ),
+            'Check': grpc.unary_unary_rpc_method_handler(
+                    servicer.Check,
+                    request_deserializer=master__pb2.CheckRequest.FromString,
+                    response_serializer=master__pb2.CheckReply.SerializeToString,
+            ),
+            'Tweak': grpc.unary_unary_rpc_method_handler(
+                    servicer.Tweak,
+                    request_deserializer=master__pb2.TweakRequest.FromString,
+                    response_serializer=master__pb2.TweakReply.SerializeToString,
+            ),
+            'SetClusterState': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetClusterState,
+                    request_deserializer=master__pb2.SetClusterStateRequest.FromString,
+                    response_serializer=master__pb2.ClusterInfo.SerializeToString,
+            ),
+            'KillNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.KillNode,
+                    request_deserializer=master__pb2.KillNodeRequest.FromString,
+                    response_serializer=common__pb2.PartitionTable.SerializeToString,
+            ),
+            'Truncate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Truncate,
+                    request_deserializer=master__pb2.TruncateRequest.FromString,
+                    response_serializer=master__pb2.TruncateReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -655,6 +947,222 @@ class Admin:
             '/neostore.Admin/AddNodes',
             master__pb2.AddNodesRequest.SerializeToString,
             common__pb2.PartitionTable.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddMaster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neostore.Admin/AddMaster',
+            master__pb2.MasterAddress.SerializeToString,
+            master__pb2.MembershipReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveMaster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neostore.Admin/RemoveMaster',
+            master__pb2.MasterAddress.SerializeToString,
+            master__pb2.MembershipReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReplication(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neostore.Admin/GetReplication',
+            common__pb2.Empty.SerializeToString,
+            master__pb2.ReplicationStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Check(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neostore.Admin/Check',
+            master__pb2.CheckRequest.SerializeToString,
+            master__pb2.CheckReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tweak(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neostore.Admin/Tweak',
+            master__pb2.TweakRequest.SerializeToString,
+            master__pb2.TweakReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetClusterState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neostore.Admin/SetClusterState',
+            master__pb2.SetClusterStateRequest.SerializeToString,
+            master__pb2.ClusterInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KillNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neostore.Admin/KillNode',
+            master__pb2.KillNodeRequest.SerializeToString,
+            common__pb2.PartitionTable.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Truncate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neostore.Admin/Truncate',
+            master__pb2.TruncateRequest.SerializeToString,
+            master__pb2.TruncateReply.FromString,
             options,
             channel_credentials,
             insecure,

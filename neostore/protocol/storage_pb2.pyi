@@ -8,6 +8,15 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class RangeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RANGE_KIND_UNSPECIFIED: _ClassVar[RangeKind]
+    TRANSACTIONS: _ClassVar[RangeKind]
+    OBJECTS: _ClassVar[RangeKind]
+RANGE_KIND_UNSPECIFIED: RangeKind
+TRANSACTIONS: RangeKind
+OBJECTS: RangeKind
+
 class LoadBeforeRequest(_message.Message):
     __slots__ = ("oid", "before_tid", "table_version")
     OID_FIELD_NUMBER: _ClassVar[int]
@@ -179,3 +188,87 @@ class StatsReply(_message.Message):
     size: int
     last_tid: bytes
     def __init__(self, object_count: _Optional[int] = ..., size: _Optional[int] = ..., last_tid: _Optional[bytes] = ...) -> None: ...
+
+class RangeRequest(_message.Message):
+    __slots__ = ("partition", "kind", "after_key", "end_key", "max_tid", "limit", "max_bytes")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AFTER_KEY_FIELD_NUMBER: _ClassVar[int]
+    END_KEY_FIELD_NUMBER: _ClassVar[int]
+    MAX_TID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    kind: RangeKind
+    after_key: bytes
+    end_key: bytes
+    max_tid: bytes
+    limit: int
+    max_bytes: int
+    def __init__(self, partition: _Optional[int] = ..., kind: _Optional[_Union[RangeKind, str]] = ..., after_key: _Optional[bytes] = ..., end_key: _Optional[bytes] = ..., max_tid: _Optional[bytes] = ..., limit: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+
+class RangeChecksum(_message.Message):
+    __slots__ = ("count", "size", "digest", "last_key", "complete")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    LAST_KEY_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    size: int
+    digest: bytes
+    last_key: bytes
+    complete: bool
+    def __init__(self, count: _Optional[int] = ..., size: _Optional[int] = ..., digest: _Optional[bytes] = ..., last_key: _Optional[bytes] = ..., complete: _Optional[bool] = ...) -> None: ...
+
+class RangeRecord(_message.Message):
+    __slots__ = ("key", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    value: bytes
+    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
+
+class RangeRecords(_message.Message):
+    __slots__ = ("records", "complete")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[RangeRecord]
+    complete: bool
+    def __init__(self, records: _Optional[_Iterable[_Union[RangeRecord, _Mapping]]] = ..., complete: _Optional[bool] = ...) -> None: ...
+
+class DropCorruptedCellRequest(_message.Message):
+    __slots__ = ("partition", "table_version")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    table_version: int
+    def __init__(self, partition: _Optional[int] = ..., table_version: _Optional[int] = ...) -> None: ...
+
+class DropCorruptedCellReply(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: int
+    def __init__(self, records: _Optional[int] = ...) -> None: ...
+
+class StorageTruncateRequest(_message.Message):
+    __slots__ = ("truncation", "term")
+    TRUNCATION_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    truncation: _common_pb2.Truncation
+    term: int
+    def __init__(self, truncation: _Optional[_Union[_common_pb2.Truncation, _Mapping]] = ..., term: _Optional[int] = ...) -> None: ...
+
+class StorageTruncateReply(_message.Message):
+    __slots__ = ("transactions", "revisions")
+    TRANSACTIONS_FIELD_NUMBER: _ClassVar[int]
+    REVISIONS_FIELD_NUMBER: _ClassVar[int]
+    transactions: int
+    revisions: int
+    def __init__(self, transactions: _Optional[int] = ..., revisions: _Optional[int] = ...) -> None: ...
+
+class VoteReply(_message.Message):
+    __slots__ = ("unchecked_partitions",)
+    UNCHECKED_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    unchecked_partitions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, unchecked_partitions: _Optional[_Iterable[int]] = ...) -> None: ...

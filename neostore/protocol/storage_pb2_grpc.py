@@ -53,7 +53,7 @@ class StorageStub:
         self.Vote = channel.unary_unary(
                 '/neostore.Storage/Vote',
                 request_serializer=storage__pb2.VoteRequest.SerializeToString,
-                response_deserializer=common__pb2.Empty.FromString,
+                response_deserializer=storage__pb2.VoteReply.FromString,
                 _registered_method=True)
         self.Abort = channel.unary_unary(
                 '/neostore.Storage/Abort',
@@ -79,6 +79,26 @@ class StorageStub:
                 '/neostore.Storage/GetStats',
                 request_serializer=storage__pb2.StatsRequest.SerializeToString,
                 response_deserializer=storage__pb2.StatsReply.FromString,
+                _registered_method=True)
+        self.ChecksumRange = channel.unary_unary(
+                '/neostore.Storage/ChecksumRange',
+                request_serializer=storage__pb2.RangeRequest.SerializeToString,
+                response_deserializer=storage__pb2.RangeChecksum.FromString,
+                _registered_method=True)
+        self.FetchRange = channel.unary_unary(
+                '/neostore.Storage/FetchRange',
+                request_serializer=storage__pb2.RangeRequest.SerializeToString,
+                response_deserializer=storage__pb2.RangeRecords.FromString,
+                _registered_method=True)
+        self.DropCorruptedCell = channel.unary_unary(
+                '/neostore.Storage/DropCorruptedCell',
+                request_serializer=storage__pb2.DropCorruptedCellRequest.SerializeToString,
+                response_deserializer=storage__pb2.DropCorruptedCellReply.FromString,
+                _registered_method=True)
+        self.Truncate = channel.unary_unary(
+                '/neostore.Storage/Truncate',
+                request_serializer=storage__pb2.StorageTruncateRequest.SerializeToString,
+                response_deserializer=storage__pb2.StorageTruncateReply.FromString,
                 _registered_method=True)
 
 
@@ -154,6 +174,40 @@ class StorageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChecksumRange(self, request, context):
+        """storage -> storage (replication) and master -> storage (check): a
+        digest of the next records of one readable cell, so that identical
+        ranges need not be copied.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchRange(self, request, context):
+        """storage -> storage (replication): the records of a range of a readable
+        cell, copied as stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropCorruptedCell(self, request, context):
+        """master -> storage (neoctl check --repair): delete this node's data of a
+        partition whose cell the masters marked CORRUPTED, before it is rebuilt
+        by replication.  Refused for a cell in any other state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Truncate(self, request, context):
+        """master -> storage (neoctl truncate): delete every committed transaction
+        and object revision in the range (idempotent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -175,7 +229,7 @@ def add_StorageServicer_to_server(servicer, server):
             'Vote': grpc.unary_unary_rpc_method_handler(
                     servicer.Vote,
                     request_deserializer=storage__pb2.VoteRequest.FromString,
-                    response_serializer=common__pb2.Empty.SerializeToString,
+                    response_serializer=storage__pb2.VoteReply.SerializeToString,
             ),
             'Abort': grpc.unary_unary_rpc_method_handler(
                     servicer.Abort,
@@ -201,6 +255,26 @@ def add_StorageServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=storage__pb2.StatsRequest.FromString,
                     response_serializer=storage__pb2.StatsReply.SerializeToString,
+            ),
+            'ChecksumRange': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChecksumRange,
+                    request_deserializer=storage__pb2.RangeRequest.FromString,
+                    response_serializer=storage__pb2.RangeChecksum.SerializeToString,
+            ),
+            'FetchRange': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchRange,
+                    request_deserializer=storage__pb2.RangeRequest.FromString,
+                    response_serializer=storage__pb2.RangeRecords.SerializeToString,
+            ),
+            'DropCorruptedCell': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropCorruptedCell,
+                    request_deserializer=storage__pb2.DropCorruptedCellRequest.FromString,
+                    response_serializer=storage__pb2.DropCorruptedCellReply.SerializeToString,
+            ),
+            'Truncate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Truncate,
+                    request_deserializer=storage__pb2.StorageTruncateRequest.FromString,
+                    response_serializer=storage__pb2.StorageTruncateReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,7 +384,7 @@ class Storage:
             target,
             '/neostore.Storage/Vote',
             storage__pb2.VoteRequest.SerializeToString,
-            common__pb2.Empty.FromString,
+            storage__pb2.VoteReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -446,6 +520,114 @@ class Storage:
             '/neostore.Storage/GetStats',
             storage__pb2.StatsRequest.SerializeToString,
             storage__pb2.StatsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChecksumRange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neostore.Storage/ChecksumRange',
+            storage__pb2.RangeRequest.SerializeToString,
+            storage__pb2.RangeChecksum.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchRange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neostore.Storage/FetchRange',
+            storage__pb2.RangeRequest.SerializeToString,
+            storage__pb2.RangeRecords.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropCorruptedCell(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neostore.Storage/DropCorruptedCell',
+            storage__pb2.DropCorruptedCellRequest.SerializeToString,
+            storage__pb2.DropCorruptedCellReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Truncate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neostore.Storage/Truncate',
+            storage__pb2.StorageTruncateRequest.SerializeToString,
+            storage__pb2.StorageTruncateReply.FromString,
             options,
             channel_credentials,
             insecure,
