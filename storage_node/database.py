@@ -271,15 +271,18 @@ class Database:
 
     def partition_last_tids(self) -> dict[int, bytes]:
         """Per partition holding committed data: its highest TID."""
+        with self._read() as txn:
+            return self._partition_last_tids(txn)
+
+    def _partition_last_tids(self, txn: lmdb.Transaction) -> dict[int, bytes]:
         prefix = layout.partition_last_tid_prefix()
         result = {}
-        with self._read() as txn:
-            cursor = txn.cursor(db=self._meta)
-            if cursor.set_range(prefix):
-                for key, value in _items(cursor):
-                    if not key.startswith(prefix):
-                        break
-                    result[layout.decode_partition_meta_key(key, prefix)] = value
+        cursor = txn.cursor(db=self._meta)
+        if cursor.set_range(prefix):
+            for key, value in _items(cursor):
+                if not key.startswith(prefix):
+                    break
+                result[layout.decode_partition_meta_key(key, prefix)] = value
         return result
 
     def stats(self, partitions: Iterable[int]) -> Stats:
@@ -546,10 +549,12 @@ class Database:
                 if pending.oid is None:
                     txn.put(layout.transaction_key(partition, tid), value, db=self._transactions)
                 else:
-                    stored = layout.decode_object(value)
-                    objects_delta += self._liveness_change(txn, partition, pending.oid, stored)
-                    size_delta += len(stored.data)
-                    txn.put(layout.object_key(partition, pending.oid, tid), value, db=self._objects)
+                    key_committed = layout.object_key(partition, pending.oid, tid)
+                    if _get(txn, key_committed, self._objects) is None:  # not already replicated
+                        stored = layout.decode_object(value)
+                        objects_delta += self._liveness_change(txn, partition, pending.oid, stored)
+                        size_delta += len(stored.data)
+                        txn.put(key_committed, value, db=self._objects)
                 deltas[partition] = (objects_delta, size_delta)
                 txn.delete(key, db=self._pending)
             for partition, (objects_delta, size_delta) in deltas.items():
@@ -567,6 +572,259 @@ class Database:
             return False
         with self._write() as txn:
             return self._delete_pending(txn, ttid) > 0
+
+    # -- replication: a cell as ranges of records ------------------------------
+
+    def _range_db(self, kind: int) -> lmdb._Database:
+        """The named database holding one range kind of a cell."""
+        return self._transactions if kind == layout.RANGE_TRANSACTIONS else self._objects
+
+    def scan_range(
+        self,
+        partition: int,
+        kind: int,
+        after_key: bytes = b"",
+        end_key: bytes = b"",
+        max_tid: bytes = _PAST_ANY_TID,
+        limit: int = 0,
+        max_bytes: int = 0,
+    ) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """Records of one cell's range, in key order, as stored.
+
+        ``kind`` is :data:`layout.RANGE_TRANSACTIONS` (keys: tid) or
+        :data:`layout.RANGE_OBJECTS` (keys: oid | tid); keys are given and
+        returned without the partition prefix.  Records with a key above
+        ``after_key`` and at most ``end_key`` (empty: no bound) whose tid is
+        at most ``max_tid``, stopping after ``limit`` records or once
+        ``max_bytes`` bytes are reached (0: no limit).  Returns the records
+        and whether the range holds nothing more after them.
+        """
+        prefix = layout.range_prefix(kind, partition)
+        db = self._range_db(kind)
+        records: list[tuple[bytes, bytes]] = []
+        size = 0
+        with self._read() as txn:
+            cursor = txn.cursor(db=db)
+            start = prefix + after_key
+            if not cursor.set_range(start):
+                return records, True
+            for key, value in _items(cursor):
+                if not key.startswith(prefix):
+                    return records, True
+                suffix = key[len(prefix):]
+                if after_key and suffix <= after_key:
+                    continue
+                if end_key and suffix > end_key:
+                    return records, True
+                tid = layout.range_key_tid(kind, suffix)
+                if tid > max_tid:
+                    if kind == layout.RANGE_TRANSACTIONS:
+                        return records, True  # tid order: nothing further qualifies
+                    continue
+                if (limit and len(records) >= limit) or (max_bytes and size >= max_bytes):
+                    return records, False
+                records.append((suffix, value))
+                size += len(suffix) + len(value)
+        return records, True
+
+    def insert_replicated(
+        self,
+        partition: int,
+        kind: int,
+        records: Sequence[tuple[bytes, bytes]],
+        position: layout.ReplicationPosition | None = None,
+    ) -> int:
+        """Add records copied from another replica (one fsynced write).
+
+        A record whose key is already held is kept as it is (both come from
+        the same commit).  Statistics and last tids follow; ``position`` is
+        stored in the same transaction, so a restart resumes after what was
+        really written.  Returns how many records were new.
+        """
+        prefix = layout.range_prefix(kind, partition)
+        added = 0
+        with self._write() as txn:
+            truncated = layout.decode_truncations(_get(txn, layout.META_TRUNCATIONS, self._meta) or b"")
+            if truncated:  # a source not truncated yet must not bring those records back
+                records = [(suffix, value) for suffix, value in records
+                           if not any(after < layout.range_key_tid(kind, suffix) <= upto
+                                      for after, upto in truncated)]
+            db = self._range_db(kind)
+            last_tid: bytes | None = None
+            size_delta = 0
+            touched: dict[bytes, bool] = {}
+            cursor = txn.cursor(db=self._objects)
+            for suffix, value in records:
+                tid = layout.range_key_tid(kind, suffix)
+                if kind == layout.RANGE_OBJECTS:
+                    oid = suffix[:layout.OID_SIZE]
+                    if oid not in touched:
+                        touched[oid] = self._live(cursor, partition, oid)
+                    stored = layout.decode_object(value)  # refuse garbage before writing it
+                if not txn.put(prefix + suffix, value, db=db, overwrite=False):
+                    continue
+                added += 1
+                if kind == layout.RANGE_OBJECTS:
+                    size_delta += len(stored.data)
+                if last_tid is None or tid > last_tid:
+                    last_tid = tid
+            objects_delta = sum(
+                int(self._live(cursor, partition, oid)) - int(was) for oid, was in touched.items())
+            if added:
+                self._update_partition_meta(txn, partition, last_tid or layout.ZERO_ID, objects_delta, size_delta)
+                last = _get(txn, layout.META_LAST_TID, self._meta)
+                if last_tid is not None and (last is None or last_tid > last):
+                    txn.put(layout.META_LAST_TID, last_tid, db=self._meta)
+            if position is not None:
+                txn.put(layout.replication_key(partition),
+                        layout.encode_replication_position(position), db=self._meta)
+        return added
+
+    def holds_partition(self, partition: int) -> bool:
+        """Whether any committed record of ``partition`` is here."""
+        with self._read() as txn:
+            for kind in (layout.RANGE_TRANSACTIONS, layout.RANGE_OBJECTS):
+                prefix = layout.range_prefix(kind, partition)
+                db = self._range_db(kind)
+                cursor = txn.cursor(db=db)
+                if cursor.set_range(prefix) and _key(cursor).startswith(prefix):
+                    return True
+        return False
+
+    # -- truncation (neoctl truncate) --------------------------------------------
+
+    def truncations(self) -> list[tuple[bytes, bytes]]:
+        """The (after, upto] TID ranges truncated on this node."""
+        with self._read() as txn:
+            value = _get(txn, layout.META_TRUNCATIONS, self._meta)
+        return layout.decode_truncations(value) if value else []
+
+    def truncate(self, after: bytes, upto: bytes, batch: int = 10_000) -> tuple[int, int]:
+        """Delete every committed transaction and object revision with
+        ``after`` < tid <= ``upto`` (idempotent).  The range is remembered
+        first, so that replication never brings such records back
+        (:meth:`insert_replicated`); each partition's last TID and
+        statistics are recomputed.  Returns (transactions, revisions)
+        deleted."""
+        if not after < upto:
+            raise errors.BadRequest(f"empty truncation range ({tid_repr(after)}, {tid_repr(upto)}]")
+        with self._write() as txn:
+            value = _get(txn, layout.META_TRUNCATIONS, self._meta)
+            ranges = layout.decode_truncations(value) if value else []
+            if (after, upto) not in ranges:
+                txn.put(layout.META_TRUNCATIONS, layout.encode_truncations([*ranges, (after, upto)]), db=self._meta)
+        deleted = {}
+        touched: set[int] = set()
+        for kind in (layout.RANGE_TRANSACTIONS, layout.RANGE_OBJECTS):
+            db = self._range_db(kind)
+            count = 0
+            start = b""
+            while True:  # one write transaction per ``batch`` keys scanned
+                with self._write() as txn:
+                    cursor = txn.cursor(db=db)
+                    more = cursor.set_range(start) if start else cursor.first()
+                    scanned = 0
+                    while more and scanned < batch:
+                        key = _key(cursor)
+                        tid = key[-layout.TID_SIZE:]
+                        scanned += 1
+                        if after < tid <= upto:
+                            touched.add(int.from_bytes(key[:4], "big"))
+                            count += 1
+                            cursor.delete()  # moves to the next record, if any
+                            more = bool(_key(cursor))
+                            continue
+                        more = cursor.next()
+                    start = _key(cursor) if more else b""
+                if not more:
+                    break
+            deleted[kind] = count
+        if touched:
+            with self._write() as txn:
+                for partition in sorted(touched):
+                    self._recount_partition(txn, partition)
+                newest = max(self._partition_last_tids(txn).values(), default=b"")
+                if newest:
+                    txn.put(layout.META_LAST_TID, newest, db=self._meta)
+                else:
+                    txn.delete(layout.META_LAST_TID, db=self._meta)
+        return deleted[layout.RANGE_TRANSACTIONS], deleted[layout.RANGE_OBJECTS]
+
+    def _recount_partition(self, txn: lmdb.Transaction, partition: int) -> None:
+        """Recompute a partition's last TID and statistics from its records."""
+        last = b""
+        cursor = txn.cursor(db=self._transactions)
+        if _last_with_prefix(cursor, layout.transaction_prefix(partition)):
+            last = _key(cursor)[-layout.TID_SIZE:]
+        objects = size = 0
+        previous_oid = b""
+        alive = False
+        cursor = txn.cursor(db=self._objects)
+        prefix = layout.object_prefix(partition)
+        if cursor.set_range(prefix):
+            for key, value in _items(cursor):
+                if not key.startswith(prefix):
+                    break
+                _, oid, tid = layout.decode_object_key(key)
+                stored = layout.decode_object(value)
+                if oid != previous_oid:
+                    objects += int(alive)
+                    previous_oid = oid
+                alive = not stored.undone_creation
+                size += len(stored.data)
+                last = max(last, tid)
+        objects += int(alive)
+        if last:
+            txn.put(layout.partition_last_tid_key(partition), last, db=self._meta)
+        else:
+            txn.delete(layout.partition_last_tid_key(partition), db=self._meta)
+        txn.put(layout.partition_stats_key(partition), layout.encode_stats(PartitionStats(objects, size)),
+                db=self._meta)
+
+    def drop_partition(self, partition: int, batch: int = 10_000) -> int:
+        """Delete every committed record of ``partition`` (a cell this node no
+        longer holds), ``batch`` keys per write transaction; how many."""
+        dropped = 0
+        for kind in (layout.RANGE_TRANSACTIONS, layout.RANGE_OBJECTS):
+            prefix = layout.range_prefix(kind, partition)
+            db = self._range_db(kind)
+            while True:
+                with self._write() as txn:
+                    cursor = txn.cursor(db=db)
+                    count = 0
+                    if cursor.set_range(prefix):
+                        while count < batch and _key(cursor).startswith(prefix):
+                            if not cursor.delete():
+                                break
+                            count += 1
+                    dropped += count
+                if count < batch:
+                    break
+        with self._write() as txn:
+            for key in (layout.partition_last_tid_key(partition), layout.partition_stats_key(partition),
+                        layout.replication_key(partition)):
+                txn.delete(key, db=self._meta)
+        return dropped
+
+    def _live(self, cursor: lmdb.Cursor, partition: int, oid: bytes) -> bool:
+        """Whether the object's newest revision has it alive."""
+        if not _last_with_prefix(cursor, layout.object_prefix(partition, oid)):
+            return False
+        return not layout.decode_object(_value(cursor)).undone_creation
+
+    def replication_position(self, partition: int) -> layout.ReplicationPosition | None:
+        """Where an interrupted catch-up of the cell stopped (None: none)."""
+        with self._read() as txn:
+            value = _get(txn, layout.replication_key(partition), self._meta)
+        return layout.decode_replication_position(value) if value is not None else None
+
+    def set_replication_position(self, partition: int, position: layout.ReplicationPosition | None) -> None:
+        with self._write() as txn:
+            if position is None:
+                txn.delete(layout.replication_key(partition), db=self._meta)
+            else:
+                txn.put(layout.replication_key(partition),
+                        layout.encode_replication_position(position), db=self._meta)
 
     def _pending_entries(self, txn: lmdb.Transaction, ttid: bytes) -> list[tuple[bytes, bytes]]:
         prefix = layout.pending_prefix(ttid)

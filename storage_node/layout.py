@@ -354,6 +354,27 @@ META_TERM = b"master_term"
 META_LAST_TID = b"last_tid"
 _META_PARTITION_LAST_TID = b"partition_last_tid:"
 _META_PARTITION_STATS = b"partition_stats:"
+_META_REPLICATION = b"replication:"
+#: The truncations applied (neoctl truncate): (after, upto] TID ranges, 16 bytes each.
+META_TRUNCATIONS = b"truncations"
+
+
+def encode_truncations(ranges: Sequence[tuple[bytes, bytes]]) -> bytes:
+    for after, upto in ranges:
+        _check_id(after, "tid")
+        _check_id(upto, "tid")
+    return b"".join(after + upto for after, upto in ranges)
+
+
+def decode_truncations(value: bytes) -> list[tuple[bytes, bytes]]:
+    if len(value) % 16:
+        raise LayoutError(f"truncations of {len(value)} bytes")
+    return [(value[i:i + 8], value[i + 8:i + 16]) for i in range(0, len(value), 16)]
+
+#: Range kinds of a cell, in the order replication walks them (values of
+#: ``RangeKind`` in storage.proto).
+RANGE_TRANSACTIONS = 1
+RANGE_OBJECTS = 2
 
 
 def partition_last_tid_key(partition: int) -> bytes:
@@ -400,3 +421,48 @@ def decode_stats(value: bytes) -> PartitionStats:
     if len(value) != _STATS.size:
         raise LayoutError(f"stats value of {len(value)} bytes")
     return PartitionStats(*_STATS.unpack(value))
+
+
+def replication_key(partition: int) -> bytes:
+    """meta key of the replication position of ``partition``'s cell."""
+    _check_partition(partition)
+    return _META_REPLICATION + _PARTITION.pack(partition)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicationPosition:
+    """Where the catch-up of a cell stands: every transaction of the
+    partition up to ``max_tid`` is held for every key up to ``after_key`` of
+    range ``kind`` (and every key of the kinds before it)."""
+
+    max_tid: bytes
+    kind: int
+    after_key: bytes = b""
+
+
+def encode_replication_position(position: ReplicationPosition) -> bytes:
+    _check_id(position.max_tid, "tid")
+    return position.max_tid + bytes([position.kind]) + position.after_key
+
+
+def decode_replication_position(value: bytes) -> ReplicationPosition:
+    if len(value) < 9 or value[8] not in (RANGE_TRANSACTIONS, RANGE_OBJECTS):
+        raise LayoutError(f"malformed replication position of {len(value)} bytes")
+    return ReplicationPosition(value[:8], value[8], value[9:])
+
+
+def range_prefix(kind: int, partition: int) -> bytes:
+    """The key prefix of one range kind of one cell."""
+    if kind == RANGE_TRANSACTIONS:
+        return transaction_prefix(partition)
+    if kind == RANGE_OBJECTS:
+        return object_prefix(partition)
+    raise LayoutError(f"unknown range kind {kind}")
+
+
+def range_key_tid(kind: int, suffix: bytes) -> bytes:
+    """The tid of a range record, from its key without the partition prefix."""
+    expected = TID_SIZE if kind == RANGE_TRANSACTIONS else OID_SIZE + TID_SIZE
+    if len(suffix) != expected:
+        raise LayoutError(f"range key of {len(suffix)} bytes, expected {expected}")
+    return suffix[-TID_SIZE:]

@@ -41,6 +41,13 @@ transaction manager releases locks while holding its own mutex, so the
 converse would deadlock).  After a wound attempt the requester re-examines
 the lock from scratch: the lock may have changed hands meanwhile.
 
+A holder nobody will end would block its waiters until their timeout: its
+client may have given it up under a master leader since gone, or the order
+to commit or drop it may have been lost.  So a request that waits for one
+holder longer than ``suspect_after`` seconds has it checked (``suspect``,
+given by the transaction manager, asks the master leader), and again as
+often: a holder that ended is ended here too, and the request goes on.
+
 Waiters sleep on one condition variable per contended oid, all sharing the
 manager's mutex; releasing an oid wakes only its own waiters.  A transaction
 that dies also wakes the oids its own requests wait on, so that they fail
@@ -49,6 +56,7 @@ promptly with LockDied instead of waiting on.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -56,7 +64,12 @@ from collections.abc import Callable
 from neostore import errors
 from neostore.ids import oid_repr, tid_repr
 
+log = logging.getLogger(__name__)
+
 DEFAULT_LOCK_TIMEOUT = 30.0
+#: A request that has waited this long for one holder has it checked
+#: (``suspect``), and again every as long.
+SUSPECT_AFTER = 3.0
 
 #: ``wound(victim, by, oid)``: make the younger transaction ``victim``, which
 #: holds ``oid``'s lock, die on behalf of the older ``by``, if it can still be
@@ -64,6 +77,12 @@ DEFAULT_LOCK_TIMEOUT = 30.0
 #: locks are released), False if it cannot be wounded (voting, voted or
 #: unknown): ``by`` then waits for it.
 Wound = Callable[[bytes, bytes, bytes], bool]
+
+#: ``suspect(holder)``: ``holder`` has kept a lock a request waits for
+#: longer than expected; find out whether it ended (its client gave it up
+#: and the order to drop it was lost...) and end it here if so.  True if it
+#: did (its locks are gone).  Called without the manager's mutex.
+Suspect = Callable[[bytes], bool]
 
 
 def wound_message(victim: bytes, by: bytes, oid: bytes) -> str:
@@ -84,9 +103,12 @@ class LockManager:
     wound-wait, with no notion of voting.
     """
 
-    def __init__(self, timeout: float = DEFAULT_LOCK_TIMEOUT, wound: Wound | None = None) -> None:
+    def __init__(self, timeout: float = DEFAULT_LOCK_TIMEOUT, wound: Wound | None = None,
+                 suspect_after: float = SUSPECT_AFTER) -> None:
         self._timeout = timeout
         self._wound = wound
+        self._suspect: Suspect | None = None
+        self._suspect_after = suspect_after
         self._mutex = threading.Lock()
         #: oid -> TTID holding its lock.
         self._owners: dict[bytes, bytes] = {}
@@ -111,6 +133,11 @@ class LockManager:
         with self._mutex:
             self._wound = wound
 
+    def set_suspect(self, suspect: Suspect | None) -> None:
+        """Give (or replace) the function checking a holder kept waiting for long."""
+        with self._mutex:
+            self._suspect = suspect
+
     def acquire(self, oid: bytes, ttid: bytes, timeout: float | None = None) -> bool:
         """Take ``oid``'s lock for ``ttid``, waiting or wounding by wound-wait.
 
@@ -125,6 +152,9 @@ class LockManager:
         deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
         #: (holder, epoch) found unwoundable: wait instead of asking again.
         spared: tuple[bytes, int] | None = None
+        #: The holder waited for, since when, when it was last checked.
+        waited_on: bytes | None = None
+        since = checked = 0.0
         with self._mutex:
             while True:
                 if self._closed:
@@ -148,13 +178,22 @@ class LockManager:
                     else:
                         spared = (owner, epoch)
                     continue
-                remaining = deadline - time.monotonic()
+                now = time.monotonic()
+                remaining = deadline - now
                 if remaining <= 0:
                     raise errors.LockTimeout(
                         f"transaction {tid_repr(ttid)} waited too long for object {oid_repr(oid)}, "
                         f"locked by transaction {tid_repr(owner)} (wound-wait)"
                     )
-                self._wait(oid, ttid, remaining)
+                if owner != waited_on:
+                    waited_on, since, checked = owner, now, now
+                if self._suspect is not None:
+                    if now - checked >= self._suspect_after:
+                        checked = now
+                        self._suspect_unlocked(owner)
+                        continue  # the lock may have changed hands meanwhile
+                    remaining = min(remaining, checked + self._suspect_after - now)
+                self._wait(oid, ttid, max(remaining, 0.001))
 
     def _wound_unlocked(self, victim: bytes, by: bytes, oid: bytes) -> bool:
         """Try to wound ``victim``; mutex held on entry and exit, released
@@ -166,6 +205,21 @@ class LockManager:
         self._mutex.release()
         try:
             return wound(victim, by, oid)
+        finally:
+            self._mutex.acquire()
+
+    def _suspect_unlocked(self, holder: bytes) -> bool:
+        """Have ``holder`` checked; mutex held on entry and exit, released
+        during the call."""
+        suspect = self._suspect
+        if suspect is None:
+            return False
+        self._mutex.release()
+        try:
+            return suspect(holder)
+        except Exception:  # noqa: BLE001 - a failed check is no verdict: wait on
+            log.debug("check of lock holder %s failed", tid_repr(holder), exc_info=True)
+            return False
         finally:
             self._mutex.acquire()
 

@@ -105,6 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             node.stop()
             print(f"neo-storage: error: {failure}", file=sys.stderr)
             return EXIT_FATAL
+        if node.shutdown_reason:
+            log.warning("stopping storage node %d: %s", node.node_id, node.shutdown_reason)
+            node.stop()
+            print(f"neo-storage: {node.shutdown_reason}", file=sys.stderr)
+            return 0
     log.info("stopping storage node %d", node.node_id)
     node.stop()
     return 0

@@ -12,8 +12,10 @@ Start-up, in order (:meth:`StorageNode.start`):
    address and label, the pending (voted, undecided) TTIDs and the last TID
    of each partition held.  The answer gives the node id (kept in ``meta``),
    the master's term, the partition table, and which pending TTIDs were
-   decided: those are committed, every other pending TTID is aborted,
-   *before* the table is adopted and stores are taken;
+   decided: those are committed, every other TTID the request listed is
+   aborted, *before* the table is adopted and stores are taken (a TTID
+   voted meanwhile, while the request was on its way, is not: see
+   ``TransactionManager.recover``);
 4. open ``Master.StorageSession`` in a background thread: the stream of
    partition-table changes.  The master marks a node DOWN when its session
    ends, so whenever the stream ends or breaks the thread registers again
@@ -33,17 +35,24 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
 
-from neostore import errors, rpc
+from neostore import errors, leaders, rpc
 from neostore.ids import tid_repr
 from neostore.partition_table import PartitionTable
 from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc, storage_pb2_grpc
 from neostore.storage_node.database import DEFAULT_MAP_SIZE, Database
 from neostore.storage_node.locks import DEFAULT_LOCK_TIMEOUT, LockManager
 from neostore.storage_node.ownership import Ownership
+from neostore.storage_node.replication import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_CHUNK_RECORDS,
+    DEFAULT_REPORT_INTERVAL,
+    Replicator,
+)
 from neostore.storage_node.servicer import StorageServicer
 from neostore.storage_node.transaction_manager import TransactionManager
 
@@ -51,6 +60,9 @@ log = logging.getLogger(__name__)
 
 _ADDRESS_PATTERN = re.compile(r"[\w.\-\[\]:]+:\d+")
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
+#: The master sends a heartbeat on the session every few seconds (2 by
+#: default): a session silent this long comes from a master that hangs.
+SESSION_SILENCE_LIMIT = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +89,10 @@ class StorageConfig:
     #: Reconnection backoff of the session, seconds.
     min_backoff: float = 0.05
     max_backoff: float = 2.0
+    #: Catch-up replication chunks (storage_node/replication.py).
+    replication_chunk_records: int = DEFAULT_CHUNK_RECORDS
+    replication_chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    replication_report_interval: float = DEFAULT_REPORT_INTERVAL  # seconds between progress reports
 
 
 class StorageNode:
@@ -100,6 +116,9 @@ class StorageNode:
         )
         self._session_call: Any = None
         self._failure: errors.NeoError | None = None
+        self._shutdown_reason = ""
+        self._replicator: Replicator | None = None
+        self._dropped = False  # its partition table no longer lists it (neoctl drop-node)
 
     # -- life cycle ----------------------------------------------------------
 
@@ -109,6 +128,8 @@ class StorageNode:
             self._database = Database(self._config.data_dir, self._config.rpc.cluster_name, self._config.map_size)
             self._ownership.set_node_id(self._database.node_id())
             self._manager = TransactionManager(self._database, self._locks)
+            if self._config.masters:
+                self._manager.set_resolver(self._transaction_state)
             server, self._port = rpc.make_server(self._config.rpc, self._config.bind, self._config.max_workers)
             storage_pb2_grpc.add_StorageServicer_to_server(
                 StorageServicer(self._database, self._manager, self._ownership), server
@@ -119,6 +140,13 @@ class StorageNode:
             if self._config.masters:
                 self._register(self._config.register_timeout)
                 self._session_thread.start()
+                self._replicator = Replicator(
+                    self._database, self._ownership, self._config.rpc, self.call_master,
+                    chunk_records=self._config.replication_chunk_records,
+                    chunk_bytes=self._config.replication_chunk_bytes,
+                    report_interval=self._config.replication_report_interval)
+                self._replicator.start()
+                self._replicator.wake()
         except BaseException:
             self.stop()
             raise
@@ -130,6 +158,8 @@ class StorageNode:
     def stop(self, grace: float = 2.0) -> None:
         """Stop serving, end the session, close the database (idempotent)."""
         self._stopping.set()
+        if self._replicator is not None:  # first: a node stopping copies nothing more
+            self._replicator.stop()
         with self._master_mutex:
             call = self._session_call
         if call is not None:
@@ -141,6 +171,10 @@ class StorageNode:
         if self._server is not None:
             self._server.stop(grace).wait()
             self._server = None
+        if self._dropped and self._replicator is not None:
+            # A Commit order decided before the node left may have written a
+            # partition after its data was deleted: nothing is served now.
+            self._replicator.drop_unowned(finishing=True)
         with self._master_mutex:
             channels = list(self._master_channels.values())
             self._master_channels.clear()
@@ -186,6 +220,11 @@ class StorageNode:
         return self._manager
 
     @property
+    def shutdown_reason(self) -> str:
+        """Why the masters told this node to exit (neoctl kill), or ""."""
+        return self._shutdown_reason
+
+    @property
     def failure(self) -> errors.NeoError | None:
         """A fatal error of the session (another cluster...), if any."""
         return self._failure
@@ -203,7 +242,43 @@ class StorageNode:
         adopted = self._ownership.set_table(table)
         if adopted:
             log.info("storage node %d: partition table version %d", self.node_id, table.version)
+            if self._replicator is not None:
+                if table.created and all(node.node_id != self.node_id for node in table.nodes):
+                    # Dropped from the cluster (neoctl drop-node): reclaim the
+                    # space of every cell now, before the session ends.
+                    log.warning("storage node %d was dropped from the cluster: deleting its data", self.node_id)
+                    self._dropped = True
+                    self._replicator.drop_unowned()
+                self._replicator.wake()
         return adopted
+
+    @property
+    def replicator(self) -> Replicator | None:
+        """The catch-up replication thread (None without masters)."""
+        return self._replicator
+
+    def call_master(self, method: str, request: Any) -> Any:
+        """Call ``method`` of the master leader, following NotLeader hints."""
+        last_error: errors.NeoError | None = None
+        for _ in range(2 * len(self._config.masters)):
+            address = self._masters_in_order()[0]
+            try:
+                return rpc.call(getattr(self._master_stub(address), method), request,
+                                timeout=self._config.rpc_timeout, peer=address)
+            except errors.NotLeader as error:
+                last_error = error
+                self._follow_hint(error)
+            except errors.Unavailable as error:
+                last_error = error
+                self._master_index += 1
+        assert last_error is not None
+        raise last_error
+
+    def _transaction_state(self, ttid: bytes) -> tuple[str, bytes | None]:
+        """The master leader's word on a TTID holding locks here for long."""
+        reply = self.call_master("GetTransactionState", master_pb2.TransactionStateRequest(ttid=ttid))
+        status = master_pb2.TransactionState.Status.Name(reply.status).lower()
+        return status, reply.tid or None
 
     # -- registration --------------------------------------------------------
 
@@ -222,9 +297,10 @@ class StorageNode:
     def _follow_hint(self, error: errors.NeoError) -> None:
         """After NotLeader: prefer the leader its message names, if one of ours."""
         for candidate in _ADDRESS_PATTERN.findall(str(error)):
-            if candidate in self._config.masters:
-                self._master_index = self._config.masters.index(candidate)
-                return
+            if candidate not in self._config.masters:  # a master added since: follow it too
+                self._config.masters.append(candidate)
+            self._master_index = self._config.masters.index(candidate)
+            return
         self._master_index += 1
 
     def _registration_request(self) -> master_pb2.RegisterStorageRequest:
@@ -250,10 +326,11 @@ class StorageNode:
             for address in self._masters_in_order():
                 if self._stopping.is_set():
                     raise errors.Unavailable("storage node stopping during registration")
+                request = self._registration_request()
                 try:
                     reply = rpc.call(
                         self._master_stub(address).RegisterStorage,
-                        self._registration_request(),
+                        request,
                         timeout=self._config.rpc_timeout,
                         peer=address,
                     )
@@ -266,7 +343,7 @@ class StorageNode:
                     self._master_index += 1
                     continue
                 self._master_index = self._config.masters.index(address)
-                self._apply_registration(reply, address)
+                self._apply_registration(reply, address, request.pending_ttids)
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -278,18 +355,25 @@ class StorageNode:
                 raise errors.Unavailable("storage node stopping during registration")
             delay = min(delay * 2, self._config.max_backoff)
 
-    def _apply_registration(self, reply: master_pb2.RegisterStorageReply, master: str) -> None:
+    def _apply_registration(self, reply: master_pb2.RegisterStorageReply, master: str,
+                            listed: Sequence[bytes]) -> None:
         if reply.node_id <= 0:
             raise errors.BadRequest(f"master {master} answered the registration without a node id")
         self.adopt_node_id(reply.node_id)
         manager = self.manager
         manager.observe_term(reply.term, "registration")
         decided = {decision.ttid: decision.tid for decision in reply.decided}
-        committed, aborted = manager.recover(decided)
+        committed, aborted = manager.recover(decided, listed)
         for ttid in committed:
             log.info("recovered transaction %s: committed as %s", tid_repr(ttid), tid_repr(decided[ttid]))
         for ttid in aborted:
             log.info("recovered transaction %s: undecided, aborted", tid_repr(ttid))
+        applied = set(self.database.truncations())
+        for truncation in reply.truncations:  # those decided while this node was away
+            if (truncation.after, truncation.upto) not in applied:
+                transactions, revisions = self.database.truncate(truncation.after, truncation.upto)
+                log.warning("truncated after %s (decided while this node was away): %d transactions and "
+                            "%d object revisions deleted", tid_repr(truncation.after), transactions, revisions)
         self.set_partition_table(PartitionTable.from_proto(reply.partition_table))
         self._registered.set()
         log.info("storage node %d registered with master %s (term %d)", self.node_id, master, reply.term)
@@ -314,6 +398,8 @@ class StorageNode:
                     delay = self._config.min_backoff
                 address = self._masters_in_order()[0]
                 self._follow_session(address)
+                if self._shutdown_reason:
+                    return  # told to exit (neoctl kill): the process stops
                 log.info("session with master %s ended: registering again", address)
             except errors.WrongCluster as error:
                 log.error("storage node %d refused by the cluster: %s", self.node_id, error)
@@ -338,10 +424,23 @@ class StorageNode:
             self._session_call = call
         if self._stopping.is_set():
             call.cancel()
+        def silent() -> None:  # a master that hangs sends no heartbeat: register elsewhere
+            log.warning("session with master %s silent for %.0fs: moving on", address, SESSION_SILENCE_LIMIT)
+            self._master_index += 1
+
+        watchdog = rpc.SilenceWatchdog(call, SESSION_SILENCE_LIMIT, silent,
+                                       confirm=lambda: leaders.replaced_leader(
+                                           self._master_stub, self._config.masters, address, 2.0, 1.0) is not None)
         try:
             for event in rpc.stream(call, peer=address):
+                watchdog.heard()
                 if event.HasField("partition_table"):
                     self.set_partition_table(PartitionTable.from_proto(event.partition_table))
+                elif event.HasField("shutdown"):
+                    log.warning("storage node %d: master %s says: %s", self.node_id, address, event.shutdown)
+                    self._shutdown_reason = event.shutdown
+                    return
         finally:
+            watchdog.stop()
             with self._master_mutex:
                 self._session_call = None

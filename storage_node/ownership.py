@@ -73,6 +73,10 @@ class Ownership:
         """The state of this node's writable cell of ``partition``, or NotOwner."""
         return self._check(partition, WRITABLE_STATES, "writable", routed_version)
 
+    def corrupted(self, partition: int, routed_version: int = 0) -> CellState:
+        """NotOwner unless this node's cell of ``partition`` is CORRUPTED."""
+        return self._check(partition, frozenset({CellState.CORRUPTED}), "CORRUPTED", routed_version)
+
     def _check(self, partition: int, states: frozenset[CellState], kind: str, routed_version: int) -> CellState:
         table = self._created_table()
         node_id = self.node_id

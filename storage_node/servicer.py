@@ -17,6 +17,7 @@ depend on the table version the node happens to hold.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +29,10 @@ from neostore.records import Record
 from neostore.storage_node.database import Database, LoadResult, LoadStatus, PendingMetadata
 from neostore.storage_node.layout import StoredObject, TransactionMetadata
 from neostore.storage_node.ownership import Ownership
+from neostore.storage_node.ranges import range_digest
 from neostore.storage_node.transaction_manager import ObjectWrite, TransactionManager
+
+log = logging.getLogger(__name__)
 
 
 def _identifier(value: bytes, what: str) -> bytes:
@@ -162,7 +166,7 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
             stored = StoredObject.from_record(record, previous_tid=serial)
         return ObjectWrite(partition, oid, serial, stored, locking=state in READABLE_STATES)
 
-    def Vote(self, request: storage_pb2.VoteRequest, context: Any) -> common_pb2.Empty:
+    def Vote(self, request: storage_pb2.VoteRequest, context: Any) -> storage_pb2.VoteReply:
         ttid = _identifier(request.ttid, "ttid")
         metadata = None
         if request.has_transaction:
@@ -174,8 +178,8 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
                 partition,
                 TransactionMetadata(info.user, info.description, info.extension, oids, packed=False),
             )
-        self._manager.vote(ttid, metadata)
-        return common_pb2.Empty()
+        unchecked = self._manager.vote(ttid, metadata)
+        return storage_pb2.VoteReply(unchecked_partitions=unchecked)
 
     def Commit(self, request: storage_pb2.CommitRequest, context: Any) -> common_pb2.Empty:
         ttid = _identifier(request.ttid, "ttid")
@@ -187,6 +191,51 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         ttid = _identifier(request.ttid, "ttid")
         self._manager.abort(ttid, request.term)
         return common_pb2.Empty()
+
+    # -- replication and checks ------------------------------------------------
+
+    def _scan(self, request: storage_pb2.RangeRequest) -> tuple[list[tuple[bytes, bytes]], bool]:
+        if request.kind not in (storage_pb2.TRANSACTIONS, storage_pb2.OBJECTS):
+            raise errors.BadRequest(f"unknown range kind {request.kind}")
+        max_tid = _identifier(request.max_tid, "max_tid")
+        self._ownership.readable(request.partition)
+        key_size = 8 if request.kind == storage_pb2.TRANSACTIONS else 16
+        for what, key in (("after_key", request.after_key), ("end_key", request.end_key)):
+            if key and len(key) != key_size:
+                raise errors.BadRequest(f"{what} must be {key_size} bytes for this range kind, got {len(key)}")
+        return self._database.scan_range(
+            request.partition, request.kind, request.after_key, request.end_key, max_tid,
+            request.limit, request.max_bytes)
+
+    def ChecksumRange(self, request: storage_pb2.RangeRequest, context: Any) -> storage_pb2.RangeChecksum:
+        records, complete = self._scan(request)
+        digest = range_digest(records)
+        return storage_pb2.RangeChecksum(
+            count=digest.count, size=digest.size, digest=digest.digest, last_key=digest.last_key,
+            complete=complete)
+
+    def DropCorruptedCell(self, request: storage_pb2.DropCorruptedCellRequest,
+                          context: Any) -> storage_pb2.DropCorruptedCellReply:
+        self._ownership.corrupted(request.partition, request.table_version)
+        records = self._database.drop_partition(request.partition)
+        log.warning("partition %d: CORRUPTED cell emptied to be rebuilt (%d records deleted)",
+                    request.partition, records)
+        return storage_pb2.DropCorruptedCellReply(records=records)
+
+    def Truncate(self, request: storage_pb2.StorageTruncateRequest, context: Any) -> storage_pb2.StorageTruncateReply:
+        after = _identifier(request.truncation.after, "truncation after")
+        upto = _identifier(request.truncation.upto, "truncation upto")
+        self._manager.observe_term(request.term, "truncate")
+        transactions, revisions = self._database.truncate(after, upto)
+        log.warning("truncated after %s: %d transactions and %d object revisions deleted",
+                    tid_repr(after), transactions, revisions)
+        return storage_pb2.StorageTruncateReply(transactions=transactions, revisions=revisions)
+
+    def FetchRange(self, request: storage_pb2.RangeRequest, context: Any) -> storage_pb2.RangeRecords:
+        records, complete = self._scan(request)
+        return storage_pb2.RangeRecords(
+            records=[storage_pb2.RangeRecord(key=key, value=value) for key, value in records],
+            complete=complete)
 
 
 def _load_reply(result: LoadResult) -> storage_pb2.LoadReply:

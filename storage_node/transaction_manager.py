@@ -42,7 +42,7 @@ import collections
 import dataclasses
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from neostore import errors
 from neostore.ids import ZERO_TID, oid_repr, tid_repr
@@ -103,6 +103,43 @@ class TransactionManager:
         self._term_mutex = threading.Lock()
         self._term = database.term()
         locks.set_wound(self._wound)
+        locks.set_suspect(self._suspect)
+        #: ``resolver(ttid)`` -> ("alive" | "committed" | "aborted", tid or None):
+        #: the master leader's word on a TTID (``GetTransactionState``).
+        self._resolver: Callable[[bytes], tuple[str, bytes | None]] | None = None
+
+    def set_resolver(self, resolver: Callable[[bytes], tuple[str, bytes | None]] | None) -> None:
+        """How to ask the master leader what became of a TTID (a storage node
+        gives it once it has masters)."""
+        self._resolver = resolver
+
+    def _suspect(self, holder: bytes) -> bool:
+        """A lock holder kept a request waiting for long: ask the master
+        whether it ended; a TTID the leader says aborted is dropped here,
+        one it says committed is applied (its order was lost)."""
+        resolver = self._resolver
+        if resolver is None:
+            return False
+        status, tid = resolver(holder)
+        if status == "aborted":
+            log.warning("transaction %s holds locks here but the master says it ended uncommitted: "
+                        "dropping it", tid_repr(holder))
+            self.abort(holder)
+            return True
+        if status == "committed" and tid is not None:
+            with self._mutex:
+                buffer = self._buffers.get(holder)
+                voted = buffer is not None and buffer.phase is Phase.VOTED
+            if voted:
+                log.warning("transaction %s holds locks here, committed as %s: applying it (its order "
+                            "was lost)", tid_repr(holder), tid_repr(tid))
+                self.commit(holder, tid)
+            else:  # committed without this node's vote: what it buffered here is void
+                log.warning("transaction %s holds locks here, committed as %s without this node's vote: "
+                            "dropping what it stored here", tid_repr(holder), tid_repr(tid))
+                self.abort(holder)
+            return True
+        return False
 
     # -- observation ---------------------------------------------------------
 
@@ -148,6 +185,8 @@ class TransactionManager:
             self._check_back_pointer(ttid, write)
         with self._mutex:
             buffer = self._buffers.get(ttid)
+            if buffer is not None and not write.locking:
+                buffer.unchecked.add(write.partition)
             if buffer is None or buffer.phase is not Phase.STORING:
                 # Aborted, died or voted while we waited for the lock.
                 if buffer is None:
@@ -237,14 +276,16 @@ class TransactionManager:
 
     # -- vote ----------------------------------------------------------------
 
-    def vote(self, ttid: bytes, metadata: PendingMetadata | None = None) -> None:
-        """Make ``ttid``'s stores (and metadata) durable as pending."""
+    def vote(self, ttid: bytes, metadata: PendingMetadata | None = None) -> tuple[int, ...]:
+        """Make ``ttid``'s stores (and metadata) durable as pending; the
+        partitions some store of which was not checked for conflicts (its
+        cell was not readable then)."""
         with self._mutex:
             buffer = self._buffers.get(ttid)
             if buffer is None:
                 self._refuse_finished(ttid, "vote")
                 if metadata is None:
-                    return
+                    return ()
                 buffer = self._buffers[ttid] = TransactionBuffer(ttid)
         with buffer.vote_mutex:
             with self._mutex:
@@ -254,7 +295,7 @@ class TransactionManager:
                 if buffer.phase is Phase.DIED:
                     raise errors.LockDied(buffer.died_reason)
                 if buffer.phase is Phase.VOTED:
-                    return
+                    return tuple(sorted(buffer.unchecked))
                 if buffer.conflicts:
                     listed = ", ".join(oid_repr(oid) for oid in sorted(buffer.conflicts))
                     raise errors.BadRequest(
@@ -275,6 +316,7 @@ class TransactionManager:
             with self._mutex:
                 buffer.phase = Phase.VOTED
                 buffer.has_pending = bool(objects) or metadata is not None
+                return tuple(sorted(buffer.unchecked))
 
     # -- commit and abort ------------------------------------------------------
 
@@ -369,11 +411,21 @@ class TransactionManager:
 
     # -- recovery and fencing --------------------------------------------------
 
-    def recover(self, decided: Mapping[bytes, bytes]) -> tuple[list[bytes], list[bytes]]:
-        """At (re)registration: commit the pending TTIDs the master decided,
-        abort every other one.  Returns (committed, aborted) TTIDs."""
+    def recover(self, decided: Mapping[bytes, bytes], listed: Collection[bytes]) -> tuple[list[bytes], list[bytes]]:
+        """At (re)registration: of the pending TTIDs the registration
+        ``listed``, commit those the master decided and abort the others.
+        Returns (committed, aborted) TTIDs.
+
+        A TTID voted since the request was built is left alone: the master
+        did not answer about it, and its transaction may have begun after
+        the master registered this node, so its vote counts (a vote from
+        before the registration does not: the master's rule, and the
+        master or the client orders such a transaction dropped)."""
         committed, aborted = [], []
+        listed = set(listed)
         for ttid in self._database.pending_ttids():
+            if ttid not in listed:
+                continue
             tid = decided.get(ttid)
             if tid is not None:
                 self.commit(ttid, tid)

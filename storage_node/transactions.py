@@ -64,6 +64,10 @@ class TransactionBuffer:
         self.vote_mutex = threading.Lock()
         #: Why it died (DIED only): the message of its LockDied refusals.
         self.died_reason = ""
+        #: Partitions with a store taken without lock nor conflict check
+        #: (the cell was not readable then): the vote says so, and the master
+        #: does not count such a vote as the conflict check of the partition.
+        self.unchecked: set[int] = set()
 
     def buffer(self, partition: int, oid: bytes, stored: StoredObject) -> None:
         self.objects[oid] = BufferedObject(partition, oid, stored)

@@ -63,6 +63,38 @@ def test_younger_requester_times_out_when_the_older_holds_on() -> None:
     assert locks.owner(OID_A) == OLD
 
 
+def test_a_holder_kept_waiting_for_long_is_checked_and_ended_if_gone() -> None:
+    locks = LockManager(timeout=10, suspect_after=0.1)
+    checked: list[bytes] = []
+
+    def suspect(holder: bytes) -> bool:
+        checked.append(holder)
+        if len(checked) < 2:
+            return False  # still alive: the request waits on, and asks again later
+        locks.release_all(holder)  # what the transaction manager does for a holder gone
+        return True
+
+    locks.set_suspect(suspect)
+    locks.acquire(OID_A, OLD)
+    started = time.monotonic()
+    assert locks.acquire(OID_A, YOUNG) is True
+    assert checked == [OLD, OLD]
+    assert 0.2 <= time.monotonic() - started < 5  # long before the 10 s timeout
+
+
+def test_a_failing_check_is_no_verdict() -> None:
+    locks = LockManager(timeout=0.5, suspect_after=0.1)
+
+    def suspect(holder: bytes) -> bool:
+        raise errors.Unavailable("no master")
+
+    locks.set_suspect(suspect)
+    locks.acquire(OID_A, OLD)
+    with pytest.raises(errors.LockTimeout):
+        locks.acquire(OID_A, YOUNG)
+    assert locks.owner(OID_A) == OLD
+
+
 def test_older_requester_wounds_a_younger_holder() -> None:
     """Without a wound function every holder can be wounded: plain wound-wait."""
     locks = LockManager(timeout=5)
@@ -116,6 +148,9 @@ def test_a_holder_that_cannot_be_wounded_is_waited_for() -> None:
     locks = LockManager(timeout=5, wound=wound)
     locks.acquire(OID_A, YOUNG)
     thread, outcome = acquire_in_thread(locks, OID_A, OLD)
+    deadline = time.monotonic() + 10
+    while not asked and time.monotonic() < deadline:
+        time.sleep(0.01)
     thread.join(0.2)
     assert thread.is_alive()
     # Asked once, not again on every wake-up while nothing changed.

@@ -198,6 +198,21 @@ def test_wound_wait_across_two_transactions(stub: storage_pb2_grpc.StorageStub) 
     assert conflict.committed_serial == p64(3100)
 
 
+def test_only_a_cell_marked_corrupted_can_be_emptied(node: StorageNode, stub: storage_pb2_grpc.StorageStub) -> None:
+    commit(stub, p64(1000), p64(1100), object_store(OID, ZERO_TID, b"kept"))
+    # neoctl check --repair empties CORRUPTED cells only: a healthy one is refused, naming its state.
+    with pytest.raises(errors.NotOwner, match="partition 0 has no CORRUPTED cell on storage node 1 "
+                                              r"\(its cell is UP_TO_DATE\)"):
+        rpc.call(stub.DropCorruptedCell, storage_pb2.DropCorruptedCellRequest(partition=0, table_version=1))
+    assert load_before(stub, OID).status == storage_pb2.LoadReply.FOUND  # nothing deleted
+    corrupted = table(node.address, version=2)
+    corrupted = corrupted.with_rows(((Cell(NODE_ID, CellState.CORRUPTED),),) + corrupted.rows[1:])
+    node.set_partition_table(corrupted)
+    reply = rpc.call(stub.DropCorruptedCell, storage_pb2.DropCorruptedCellRequest(partition=0, table_version=2))
+    assert reply.records == 1  # the object revision (no transaction metadata was voted)
+    assert not node.database.holds_partition(0)
+
+
 def test_out_of_date_cell_takes_writes_but_serves_no_reads(stub: storage_pb2_grpc.StorageStub) -> None:
     commit(stub, p64(1000), p64(1100), object_store(OUT_OF_DATE_OID, ZERO_TID, b"replica"))
     with pytest.raises(errors.NotOwner, match="partition 1 has no readable cell on storage node 1"):

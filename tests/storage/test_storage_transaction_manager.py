@@ -47,6 +47,35 @@ def committed_data(database: Database, oid: bytes = OID) -> bytes:
     return record.unpack()
 
 
+def test_a_vote_names_the_partitions_stored_without_conflict_check(manager: TransactionManager) -> None:
+    assert manager.store(OLD, [write(OID, ZERO_TID, b"checked")]) == []
+    assert manager.vote(OLD) == ()
+    # A store on a cell that was not readable takes no lock and checks
+    # nothing (even a stale serial passes): the vote says so.
+    assert manager.store(YOUNG, [write(OTHER_OID, b"\0" * 7 + b"\x05", b"unchecked", locking=False)]) == []
+    assert manager.vote(YOUNG) == (PARTITION,)
+    assert manager.vote(YOUNG) == (PARTITION,)  # a repeated vote answers the same
+
+
+def test_a_lock_holder_the_master_says_ended_is_dropped_or_applied(database: Database) -> None:
+    manager = TransactionManager(database, LockManager(timeout=10, suspect_after=0.05))
+    youngest = p64(300)
+    verdicts = {OLDEST: ("aborted", None), OLD: ("committed", p64(500)), YOUNG: ("alive", None),
+                youngest: ("alive", None)}
+    manager.set_resolver(lambda ttid: verdicts[ttid])
+    # Given up under a leader since gone: its abort order never came.
+    assert manager.store(OLDEST, [write(OID, ZERO_TID, b"orphan")]) == []
+    manager.vote(OLDEST)
+    assert manager.store(YOUNG, [write(OID, ZERO_TID, b"young")]) == []  # waited, then dropped the orphan
+    manager.abort(YOUNG)
+    # Committed, but this node's commit order was lost: applied when found.
+    assert manager.store(OLD, [write(OID, ZERO_TID, b"decided")]) == []
+    manager.vote(OLD)
+    [conflict] = manager.store(youngest, [write(OID, ZERO_TID, b"stale")])
+    assert conflict.committed_serial == p64(500)
+    assert committed_data(database) == b"decided"
+
+
 def run_transaction(manager: TransactionManager, ttid: bytes, tid: bytes, *writes: ObjectWrite) -> None:
     assert manager.store(ttid, list(writes)) == []
     manager.vote(ttid)
@@ -419,12 +448,28 @@ def test_recover_commits_decided_and_aborts_the_rest(manager: TransactionManager
     manager.vote(OLD)
     manager.store(YOUNG, [write(OTHER_OID, ZERO_TID, b"undecided")])
     manager.vote(YOUNG)
-    committed, aborted = manager.recover({OLD: p64(150)})
+    committed, aborted = manager.recover({OLD: p64(150)}, database.pending_ttids())
     assert (committed, aborted) == ([OLD], [YOUNG])
     assert database.pending_ttids() == []
     assert committed_data(database) == b"decided"
     with pytest.raises(errors.NotFound):
         database.load_before(PARTITION, OTHER_OID, MAX_TID)
+
+
+def test_recover_leaves_a_transaction_voted_after_the_registration_request(
+        manager: TransactionManager, database: Database) -> None:
+    # Its transaction may have begun after the master registered this node:
+    # its vote counts, and the master answered nothing about it.
+    manager.store(OLD, [write(OID, ZERO_TID, b"undecided")])
+    manager.vote(OLD)
+    listed = database.pending_ttids()
+    manager.store(YOUNG, [write(OTHER_OID, ZERO_TID, b"voted meanwhile")])
+    manager.vote(YOUNG)
+    committed, aborted = manager.recover({}, listed)
+    assert (committed, aborted) == ([], [OLD])
+    assert database.pending_ttids() == [YOUNG]
+    assert manager.commit(YOUNG, p64(160)) is True
+    assert database.load_before(PARTITION, OTHER_OID, MAX_TID).serial == p64(160)
 
 
 def test_orders_from_a_stale_master_term_are_refused(manager: TransactionManager, database: Database) -> None:

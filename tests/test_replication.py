@@ -1,0 +1,302 @@
+"""Catch-up replication and the consistency check, on a cluster of threads.
+
+A storage node that was away while transactions committed comes back with
+OUT_OF_DATE cells; it copies what it missed from a readable replica, chunk
+by chunk, skipping chunks whose checksums match, and becomes UP_TO_DATE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import transaction
+import ZODB
+from persistent.mapping import PersistentMapping
+
+from neostore import rpc
+from neostore.partition_table import CellState, NodeState
+from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc
+from neostore.storage_node import layout
+from neostore.storage_node.database import Database
+from neostore.storage_node.node import StorageConfig, StorageNode
+from neostore.storage_node.ranges import range_digest
+from harness import ThreadCluster
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def admin(cluster: ThreadCluster) -> master_pb2_grpc.AdminStub:
+    return master_pb2_grpc.AdminStub(rpc.make_channel(cluster.rpc, cluster.master.address))
+
+
+def node_cells(cluster: ThreadCluster, node_id: int, state: CellState) -> list[int]:
+    return cluster.master.state.table.partitions_of_node(node_id, [state])
+
+
+def take_down(cluster: ThreadCluster, index: int) -> int:
+    """Stop storage ``index`` and wait until the master marks it DOWN; its node id."""
+    away = cluster.storages[index]
+    away.stop()
+    wait_until(lambda: cluster.master.state.table.node(away.node_id).state == NodeState.DOWN, what="node down")
+    return away.node_id
+
+
+def restart(cluster: ThreadCluster, index: int, **changes: object) -> StorageNode:
+    """Start storage ``index`` again on its data (``changes`` to its config)."""
+    config = StorageConfig(rpc=cluster.rpc, masters=cluster.masters,
+                           data_dir=os.path.join(cluster.data_dir, f"storage-{index}"))
+    node = StorageNode(dataclasses.replace(config, **changes))
+    node.start()
+    cluster.storages[index] = node
+    return node
+
+
+def commit_values(db: ZODB.DB, name: str, count: int, size: int = 100) -> None:
+    for i in range(count):
+        with db.transaction() as conn:
+            conn.root()[name][i % 50]["value"] = (i, os.urandom(size))  # incompressible
+
+
+def assert_replicas_identical(cluster: ThreadCluster) -> None:
+    """Every partition's UP_TO_DATE replicas hold the same records, byte for byte."""
+    state = cluster.master.state
+    by_id = {node.node_id: node for node in cluster.storages}
+    for partition, row in enumerate(state.table.rows):
+        holders = [by_id[c.node_id] for c in row if c.state == CellState.UP_TO_DATE]
+        assert len(holders) == state.num_replicas, f"partition {partition}: {row}"
+        for kind in (layout.RANGE_TRANSACTIONS, layout.RANGE_OBJECTS):
+            digests = {range_digest(node.database.scan_range(partition, kind)[0]) for node in holders}
+            assert len(digests) == 1, f"partition {partition} kind {kind} differs: {digests}"
+
+
+class ReplicatorHold:
+    """Holds the replicator after its ``after``-th copied chunk until
+    ``release()``: a test then stops a node or a source in the middle of a
+    walk (not between two cells, nor after the last), whatever the pace."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, after: int) -> None:
+        self.inserted: list[int] = []
+        self._gate = threading.Event()
+        insert_replicated = Database.insert_replicated
+
+        def held_insert(database: Database, *args: object, **kwargs: object) -> int:
+            added = insert_replicated(database, *args, **kwargs)
+            self.inserted.append(added)
+            if len(self.inserted) == after:
+                self._gate.wait(60)
+            return added
+
+        monkeypatch.setattr(Database, "insert_replicated", held_insert)
+        self._after = after
+
+    def wait_held(self) -> None:
+        wait_until(lambda: len(self.inserted) >= self._after, what="replication under way")
+
+    def release(self) -> None:
+        self._gate.set()
+
+
+@pytest.fixture
+def cluster(tmp_path: pathlib.Path) -> Iterator[ThreadCluster]:
+    with ThreadCluster(str(tmp_path), num_storages=3, num_partitions=6, num_replicas=2) as running:
+        yield running
+
+
+@pytest.fixture
+def db(cluster: ThreadCluster) -> Iterator[ZODB.DB]:
+    database = ZODB.DB(cluster.client())
+    with database.transaction() as conn:
+        conn.root()["accounts"] = PersistentMapping(
+            {i: PersistentMapping(value=(0, b"")) for i in range(50)})
+    yield database
+    database.close()
+
+
+def test_a_node_away_while_transactions_commit_catches_up(cluster: ThreadCluster, db: ZODB.DB) -> None:
+    with db.transaction() as conn:  # objects it holds already and that do not change: skipped
+        conn.root()["archive"] = PersistentMapping({i: PersistentMapping(v=i) for i in range(300)})
+    node_id = take_down(cluster, 0)
+    commit_values(db, "accounts", 200, size=2000)
+    missed = node_cells(cluster, node_id, CellState.OUT_OF_DATE)
+    assert missed, "the node's cells should be OUT_OF_DATE after missing commits"
+    back = restart(cluster, 0, replication_chunk_records=10)
+    wait_until(lambda: not node_cells(cluster, node_id, CellState.OUT_OF_DATE), what="catch-up")
+    totals = back.replicator.totals
+    # (the master marks a cell before its answer reaches the replicator)
+    wait_until(lambda: totals["cells_done"] == len(missed), what="every cell counted")
+    assert totals["chunks_copied"] > 0 and totals["records_copied"] > 0
+    assert totals["chunks_skipped"] > 0, totals  # what it held before leaving was not copied again
+    assert_replicas_identical(cluster)
+    report = admin(cluster).Check(master_pb2.CheckRequest(), timeout=60)
+    assert all(p.consistent and len(p.node_ids) == 2 for p in report.partitions), report
+    with db.transaction() as conn:
+        assert [conn.root()["accounts"][i]["value"][0] for i in range(50)] == [150 + i for i in range(50)]
+
+
+def test_catch_up_goes_on_while_clients_commit(cluster: ThreadCluster, db: ZODB.DB) -> None:
+    node_id = take_down(cluster, 1)
+    commit_values(db, "accounts", 100, size=1000)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            conn = db.open()
+            i = 0
+            while not stop.is_set():
+                conn.root()["accounts"][i % 50]["value"] = (i, b"w")
+                transaction.commit()
+                i += 1
+            conn.close()
+        except BaseException as error:  # noqa: BLE001 - reported below
+            failures.append(error)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        restart(cluster, 1, replication_chunk_records=7)
+        wait_until(lambda: not node_cells(cluster, node_id, CellState.OUT_OF_DATE), what="catch-up under load")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not failures, failures
+    wait_until(lambda: not cluster.master.state.pending_decisions, what="every decision applied")
+    assert_replicas_identical(cluster)
+
+
+def test_replication_resumes_after_the_target_restarts(
+    cluster: ThreadCluster, db: ZODB.DB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node_id = take_down(cluster, 2)
+    commit_values(db, "accounts", 300, size=500)
+    hold = ReplicatorHold(monkeypatch, after=5)
+    node = restart(cluster, 2, replication_chunk_records=3)
+    hold.wait_held()
+    stopper = threading.Thread(target=node.stop)
+    stopper.start()
+    wait_until(lambda: node.replicator.stopping, what="the replicator told to stop")
+    hold.release()
+    stopper.join(30)
+    monkeypatch.undo()
+    first_copied = node.replicator.totals["records_copied"]
+    database = Database(os.path.join(cluster.data_dir, "storage-2"), cluster.name)
+    try:
+        positions = [database.replication_position(p) for p in range(6)]
+    finally:
+        database.close()
+    assert any(position is not None for position in positions), "no replication position was stored"
+    node = restart(cluster, 2, replication_chunk_records=3)
+    wait_until(lambda: not node_cells(cluster, node_id, CellState.OUT_OF_DATE), what="catch-up after restart")
+    assert first_copied > 0
+    assert_replicas_identical(cluster)
+
+
+def test_check_marks_the_replica_that_differs_from_the_majority(tmp_path: pathlib.Path) -> None:
+    with ThreadCluster(str(tmp_path), num_storages=3, num_partitions=3, num_replicas=3) as cluster:
+        database = ZODB.DB(cluster.client())
+        with database.transaction() as conn:
+            conn.root()["x"] = PersistentMapping(v=1)
+        wait_until(lambda: not cluster.master.state.pending_decisions, what="applied")
+        stub = admin(cluster)
+        assert all(p.consistent for p in stub.Check(master_pb2.CheckRequest(), timeout=60).partitions)
+        # Damage one replica of partition 0 behind the cluster's back: a record it lacks.
+        victim = cluster.storages[1]
+        records, _ = victim.database.scan_range(0, layout.RANGE_OBJECTS)
+        assert records
+        key, _ = records[0]
+        with victim.database._write() as txn:  # noqa: SLF001 - simulating disk damage
+            txn.delete(layout.range_prefix(layout.RANGE_OBJECTS, 0) + key, db=victim.database._objects)
+        report = stub.Check(master_pb2.CheckRequest(partitions=[0]), timeout=60)
+        (result,) = report.partitions
+        assert not result.consistent and list(result.corrupted) == [victim.node_id], result
+        assert "objects" in result.detail
+        assert cluster.master.state.table.cell_state(0, victim.node_id) == CellState.CORRUPTED
+        # Asking about a partition that does not exist names it.
+        with pytest.raises(Exception, match="partition 7 does not exist"):
+            rpc.call(stub.Check, master_pb2.CheckRequest(partitions=[7]), timeout=10)
+        database.close()
+
+
+def test_replication_progress_is_visible_through_the_admin_service(cluster: ThreadCluster, db: ZODB.DB) -> None:
+    stub = admin(cluster)
+    assert list(stub.GetReplication(common_pb2.Empty(), timeout=10).cells) == []
+    node_id = take_down(cluster, 0)
+    commit_values(db, "accounts", 300, size=20_000)
+    seen: list[master_pb2.ReplicationProgress] = []
+    node = restart(cluster, 0, replication_chunk_records=1, replication_report_interval=0.01)
+
+    def watch() -> bool:
+        seen.extend(stub.GetReplication(common_pb2.Empty(), timeout=10).cells)
+        return not node_cells(cluster, node_id, CellState.OUT_OF_DATE)
+
+    wait_until(watch, what="catch-up")
+    wait_until(lambda: node.replicator.totals["cells_done"] > 0, what="the replicator's count")
+    assert seen, "no progress was reported while replicating"
+    assert all(p.node_id == node_id and not p.done for p in seen), seen[:3]
+    assert any(p.bytes_done > 0 and p.rate > 0 and p.bytes_left > 0 for p in seen), seen[:3]
+
+
+def test_neoctl_wait_status_and_check_on_a_node_catching_up(
+    cluster: ThreadCluster, db: ZODB.DB, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from neostore import neoctl
+
+    base = ["--masters", ",".join(cluster.masters), "--cluster", cluster.name]
+    node_id = take_down(cluster, 0)
+    commit_values(db, "accounts", 100, size=5000)
+    assert neoctl.main([*base, "status"]) == 0
+    out = capsys.readouterr().out
+    assert f"node {node_id:>3} OUT_OF_DATE" in out
+    assert neoctl.main([*base, "wait", "--timeout", "0"]) == neoctl.EXIT_TIMEOUT
+    capsys.readouterr()
+    restart(cluster, 0)
+    assert neoctl.main([*base, "wait", "--timeout", "60", "--quiet"]) == 0
+    assert "every cell is UP_TO_DATE" in capsys.readouterr().out
+    assert neoctl.main([*base, "--json", "check"]) == 0
+    import json
+
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 6 and all(row["result"] == "ok" and row["records"] > 0 for row in rows), rows
+    assert neoctl.main([*base, "check", "99"]) == neoctl.EXIT_REFUSED
+    assert "partition 99 does not exist" in capsys.readouterr().err
+
+
+def test_replication_survives_the_loss_of_its_source(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with ThreadCluster(str(tmp_path), num_storages=3, num_partitions=3, num_replicas=3) as cluster:
+        database = ZODB.DB(cluster.client())
+        with database.transaction() as conn:
+            conn.root()["accounts"] = PersistentMapping(
+                {i: PersistentMapping(value=(0, b"")) for i in range(50)})
+        node_id = take_down(cluster, 0)
+        commit_values(database, "accounts", 300, size=2000)
+        hold = ReplicatorHold(monkeypatch, after=3)
+        node = restart(cluster, 0, replication_chunk_records=2)
+        hold.wait_held()
+        current = node.replicator.current
+        assert current is not None
+        source = next(s for s in cluster.storages if s.node_id == current.source_node_id)
+        source.stop()  # the source dies in the middle of the walk
+        hold.release()
+        wait_until(lambda: not node_cells(cluster, node_id, CellState.OUT_OF_DATE), what="catch-up from the other source")
+        survivors = [s for s in cluster.storages if s is not source]
+        state = cluster.master.state
+        for partition in range(3):
+            holders = [s for s in survivors if state.table.cell_state(partition, s.node_id) == CellState.UP_TO_DATE]
+            assert len(holders) == 2, (partition, state.table.rows[partition])
+            for kind in (layout.RANGE_TRANSACTIONS, layout.RANGE_OBJECTS):
+                assert len({range_digest(s.database.scan_range(partition, kind)[0]) for s in holders}) == 1
+        with database.transaction() as conn:
+            assert [conn.root()["accounts"][i]["value"][0] for i in range(50)] == [250 + i for i in range(50)]
+        database.close()
