@@ -10,9 +10,10 @@ Registration (:meth:`ClusterManager.register_storage`), in order:
    unknown non-zero id is refused (``WrongCluster``);
 3. while the cluster is EMPTY, once ``autostart`` nodes are RUNNING:
    :class:`CreatePartitionTable` on all of them (the cluster is RUNNING);
-4. for each partition where the node's cell is OUT_OF_DATE but the node
-   reports holding everything committed there (a partition it does not
-   report counts as holding nothing): :class:`MarkUpToDate`;
+4. for each partition where the node's cell is OUT_OF_DATE but missed no
+   transaction (the partition saw no commit while the node was away):
+   :class:`MarkUpToDate`; the other OUT_OF_DATE cells catch up by
+   replication (``storage_node/replication.py``);
 5. the reply names, among the node's pending TTIDs, those decided: the node
    applies them before serving and drops every other pending TTID.  Steps
    2-5 hold the commit decider (:meth:`CommitCoordinator.registering`), so
@@ -40,22 +41,31 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Union
 
-from neostore import errors
-from neostore.ids import ZERO_TID
+from neostore import errors, rpc
+from neostore.ids import ZERO_TID, tid_repr
 from neostore.master_node.command_log import CommandLog, submit_one
+from neostore.master_node.check import ConsistencyCheck
 from neostore.master_node.commit import CommitCoordinator
+from neostore.master_node.rebalance import describe_moves, plan_rows
+from neostore.master_node.replication import ReplicationTracker
 from neostore.master_node.state import (
     AdmitNodes,
     AllocateOids,
+    ChangeTable,
     ClusterState,
     ClusterStatus,
     CreatePartitionTable,
     MarkUpToDate,
     PartitionTid,
     RegisterNode,
+    SetClusterState,
     SetNodeState,
+    Truncate,
+    Truncation,
 )
-from neostore.partition_table import CellState, NodeState, PartitionTable
+from neostore.master_node.storage_links import StorageLinks
+from neostore.partition_table import READABLE_STATES, CellState, NodeState, PartitionTable
+from neostore.protocol import common_pb2, master_pb2, storage_pb2
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +80,19 @@ class Heartbeat:
 
 
 @dataclasses.dataclass(frozen=True)
+class Shutdown:
+    """A storage session's last event: the node must exit (neoctl kill)."""
+
+    reason: str
+
+
+#: How long ``kill_node`` waits for the node to end its session.
+KILL_WAIT_SECONDS = 10.0
+#: How long a truncation waits for transactions in flight, and for each node.
+TRUNCATE_WAIT_SECONDS = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Registration:
     """What a registering storage node is told."""
 
@@ -78,9 +101,10 @@ class Registration:
     last_tid: bytes
     term: int
     decided: tuple[tuple[bytes, bytes], ...]  # (ttid, tid) of its pending TTIDs
+    truncations: tuple[Truncation, ...] = ()
 
 
-SessionEvent = Union[PartitionTable, Heartbeat]
+SessionEvent = Union[PartitionTable, Heartbeat, Shutdown]
 
 
 class ClusterManager:
@@ -92,6 +116,7 @@ class ClusterManager:
         coordinator: CommitCoordinator,
         autostart: int = 1,
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        storages: StorageLinks | None = None,
     ) -> None:
         if autostart < 0:
             raise ValueError("autostart must be 0 (never) or a number of storage nodes")
@@ -104,7 +129,12 @@ class ClusterManager:
         self._table = command_log.state.table
         self._sessions: dict[int, StorageSession] = {}
         self._stopping = False
+        self._killing: set[int] = set()  # nodes told to exit (neoctl kill)
         command_log.add_listener(self._on_state_change)
+        #: Catch-up replication plans and progress (master_node/replication.py).
+        self.replication = ReplicationTracker(command_log)
+        self._checker = ConsistencyCheck(command_log, storages) if storages is not None else None
+        self._storages = storages
 
     @property
     def state(self) -> ClusterState:
@@ -121,6 +151,13 @@ class ClusterManager:
             with self._condition:
                 self._table = new.table
                 self._condition.notify_all()
+
+    def check(self, partitions: Sequence[int], repair: bool = False) -> master_pb2.CheckReply:
+        """``neoctl check [--repair]``: compare replicas, rebuild CORRUPTED
+        cells (master_node/check.py)."""
+        if self._checker is None:
+            raise errors.Unavailable("this master has no links to storage nodes: it cannot check")
+        return self._checker.run(partitions, repair=repair)
 
     # -- availability ---------------------------------------------------------------
 
@@ -180,12 +217,12 @@ class ClusterManager:
                     submit_one(self._log, CreatePartitionTable(running))
                     state = self._log.state
             if state.running:
-                # A partition the node does not report: it holds nothing there.
-                held_tids = {held.partition: held.tid for held in partition_last_tids}
+                # A cell that missed no transaction while the node was away
+                # is up to date again; the others catch up by replication.
                 caught_up = tuple(
-                    PartitionTid(partition, held_tids.get(partition, ZERO_TID))
+                    PartitionTid(partition, ZERO_TID)
                     for partition in state.table.partitions_of_node(node_id, [CellState.OUT_OF_DATE])
-                    if held_tids.get(partition, ZERO_TID) >= state.partition_last_tids[partition]
+                    if state.missed_tid(partition, node_id) is None
                 )
                 if caught_up:
                     marked = submit_one(self._log, MarkUpToDate(node_id, caught_up))
@@ -205,6 +242,7 @@ class ClusterManager:
             last_tid=state.last_tid,
             term=self._log.term,
             decided=tuple(decided),
+            truncations=state.truncations,
         )
 
     def open_session(self, node_id: int) -> StorageSession:
@@ -230,6 +268,7 @@ class ClusterManager:
             if self._sessions.get(session.node_id) is not session:
                 return  # replaced, or the node registered again
             del self._sessions[session.node_id]
+            self._condition.notify_all()  # kill_node waits for the session to end
             if self._stopping:
                 return
         info = self._log.state.known_node(session.node_id)
@@ -271,6 +310,113 @@ class ClusterManager:
                 log.info("admitted storage nodes %s", list(admitted))
             return self._log.state.table
 
+    def tweak(self, drop: Sequence[int] = (), replicas: int = 0, dry_run: bool = False,
+              force: bool = False) -> tuple[PartitionTable, list[str]]:
+        """Rebalance over the RUNNING admitted nodes (minus ``drop``), with
+        ``replicas`` replicas (0: unchanged); the new table and what moves."""
+        with self._admin_lock:
+            state = self.require_running()
+            for node_id in drop:
+                if state.known_node(node_id) is None:
+                    raise errors.BadRequest(f"storage node {node_id} is not known to this cluster")
+            wanted = replicas or state.num_replicas
+            dropping = set(state.dropping) | set(drop)
+            members = [n.node_id for n in state.table.nodes
+                       if n.state != NodeState.PENDING and n.node_id not in dropping
+                       and (n.state == NodeState.RUNNING or state.table.partitions_of_node(n.node_id, list(CellState)))]
+            if len(members) < wanted and not force:
+                raise errors.BadRequest(
+                    f"{len(members)} storage node(s) would remain ({', '.join(map(str, members)) or 'none'}) "
+                    f"for {wanted} replicas per partition: add nodes first, or --force to accept less redundancy")
+            if not members:
+                raise errors.BadRequest("no storage node would remain to hold the data")
+            rows = plan_rows(state.table.rows, members, wanted,
+                             labels={n.node_id: n.label for n in state.table.nodes},
+                             down=[n.node_id for n in state.table.nodes if n.state == NodeState.DOWN])
+            moves = describe_moves(state.table.rows, rows)
+            if dry_run:
+                return state.table.with_rows(rows), moves
+            if rows != state.table.rows or replicas or drop:
+                submit_one(self._log, ChangeTable(state.table.version, rows, replicas, tuple(sorted(drop))))
+                log.info("partition table rebalanced: %s", "; ".join(moves) or "no cell moved")
+            return self._log.state.table, moves
+
+    def set_stopping(self, stopping: bool) -> None:
+        """``neoctl set cluster STOPPING|RUNNING``."""
+        with self._admin_lock:
+            self.require_running()
+            submit_one(self._log, SetClusterState(stopping))
+            log.info("cluster %s", "STOPPING: new transactions are refused" if stopping else "RUNNING")
+
+    def kill_node(self, node_id: int, force: bool = False) -> PartitionTable:
+        """``neoctl kill``: tell the node to exit and mark it DOWN (its cells
+        OUT_OF_DATE); refused if a partition would be left with no readable
+        cell on a running node, unless ``force``."""
+        with self._admin_lock:
+            state = self.require_running()
+            info = state.known_node(node_id)
+            if info is None:
+                raise errors.BadRequest(f"storage node {node_id} is not known to this cluster")
+            if info.state == NodeState.DOWN:
+                raise errors.BadRequest(f"storage node {node_id} is already down")
+            running = {n.node_id for n in state.table.nodes if n.state == NodeState.RUNNING} - {node_id}
+            orphaned = [partition for partition, row in enumerate(state.table.rows)
+                        if any(c.node_id == node_id and c.state in READABLE_STATES for c in row)
+                        and not any(c.node_id in running and c.state in READABLE_STATES for c in row)]
+            if orphaned and not force:
+                shown = ", ".join(map(str, orphaned[:10])) + (" ..." if len(orphaned) > 10 else "")
+                raise errors.BadRequest(
+                    f"storage node {node_id} holds the only readable replica on a running node of "
+                    f"partition(s) {shown}: killing it would make them unreadable (--force to accept)")
+            with self._condition:
+                self._killing.add(node_id)
+                self._condition.notify_all()
+                deadline = time.monotonic() + KILL_WAIT_SECONDS
+                while node_id in self._sessions and time.monotonic() < deadline:
+                    self._condition.wait(deadline - time.monotonic())
+                self._killing.discard(node_id)
+            if self._log.state.known_node(node_id).state != NodeState.DOWN:  # type: ignore[union-attr]
+                submit_one(self._log, SetNodeState(node_id, NodeState.DOWN))
+            log.warning("storage node %d killed by the administrator: marked down", node_id)
+            return self._log.state.table
+
+    def truncate(self, tid: bytes) -> master_pb2.TruncateReply:
+        """``neoctl truncate``: once no transaction is in flight, record the
+        truncation (:class:`Truncate`) and have every running storage node
+        apply it; nodes down apply it when they register again."""
+        with self._admin_lock:
+            state = self.require_running()
+            if not state.stopping:
+                raise errors.BadRequest("a truncation needs a STOPPING cluster: run `neoctl set cluster "
+                                        "STOPPING` first (neoctl truncate does it for you)")
+            if tid >= state.last_tid:
+                raise errors.BadRequest(f"nothing to truncate: no transaction after {tid_repr(tid)} "
+                                        f"(the last TID is {tid_repr(state.last_tid)})")
+            marker = self._coordinator.quiesce(TRUNCATE_WAIT_SECONDS)
+            truncation = submit_one(self._log, Truncate(tid, marker))
+            log.warning("database truncated after %s (new last TID %s)", tid_repr(tid), tid_repr(marker))
+            reply = master_pb2.TruncateReply(
+                truncation=common_pb2.Truncation(after=truncation.after, upto=truncation.upto))
+            request = storage_pb2.StorageTruncateRequest(truncation=reply.truncation, term=self._log.term)
+            for node in self._log.state.table.nodes:
+                if node.state != NodeState.RUNNING or self._storages is None:
+                    reply.later.append(node.node_id)
+                    continue
+                try:
+                    done = rpc.call(self._storages.stub(node.address).Truncate, request,
+                                    timeout=TRUNCATE_WAIT_SECONDS, peer=f"storage node {node.node_id}")
+                except errors.NeoError as error:
+                    # Marked DOWN, it registers again, and truncates then.
+                    log.warning("storage node %d did not truncate now (%s): marking it down",
+                                node.node_id, error)
+                    submit_one(self._log, SetNodeState(node.node_id, NodeState.DOWN))
+                    reply.later.append(node.node_id)
+                    continue
+                reply.truncated.append(node.node_id)
+                reply.transactions_deleted += done.transactions
+                reply.revisions_deleted += done.revisions
+            return reply
+
 
 class StorageSession(Iterator[SessionEvent]):
     """One storage node's stream of tables and heartbeats; ends when closed,
@@ -281,6 +427,7 @@ class StorageSession(Iterator[SessionEvent]):
         self._manager = manager
         self._sent_version = -1
         self._closed = False
+        self._shut_down = False
 
     def __iter__(self) -> StorageSession:
         return self
@@ -292,8 +439,18 @@ class StorageSession(Iterator[SessionEvent]):
             while True:
                 if self._closed or manager._stopping:
                     raise StopIteration
+                if self._shut_down:
+                    raise StopIteration
+                if self.node_id in manager._killing:
+                    self._shut_down = True  # the node exits: this is the last event
+                    return Shutdown("stopped by the administrator (neoctl kill): restart it to rejoin")
                 table = manager._table
                 info = next((n for n in table.nodes if n.node_id == self.node_id), None)
+                if info is None and table.version != self._sent_version and self._sent_version >= 0:
+                    # Dropped from the cluster: it learns so from the table (and
+                    # reclaims its cells' space) before its session ends.
+                    self._sent_version = table.version
+                    return table
                 if info is None or info.state == NodeState.DOWN:
                     raise StopIteration  # the node must register again
                 if table.version != self._sent_version:

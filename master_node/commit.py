@@ -160,6 +160,7 @@ class _Applying:
         self.remaining = set(decision.participants)  # not applied, not dropped
         self.applied: set[int] = set()
         self.trying: set[int] = set()  # nodes with a Commit loop running
+        self.redrive: set[int] = set()  # nodes that came back while their loop was running
 
 
 def _require_running(state: ClusterState) -> None:
@@ -211,8 +212,11 @@ def validate_finish(
                 f"which is not among the partitions written {written}"
             )
     by_node: dict[int, set[int]] = collections.defaultdict(set)
+    unchecked: dict[int, set[int]] = collections.defaultdict(set)
     for vote in votes:
         if state.known_node(vote.node_id) is None:
+            if vote.node_id < state.next_node_id:
+                continue  # dropped from the cluster since it voted: its vote does not count
             raise errors.BadRequest(f"vote from storage node {vote.node_id}, unknown to this cluster")
         for partition in vote.partitions:
             if partition >= num_partitions:
@@ -220,8 +224,10 @@ def validate_finish(
                     f"node {vote.node_id} voted for partition {partition}, out of range"
                 )
         by_node[vote.node_id].update(vote.partitions)
+        unchecked[vote.node_id].update(vote.unchecked)
     normalized = tuple(
-        NodeVote(node_id, tuple(sorted(by_node[node_id] & set(written))))
+        NodeVote(node_id, tuple(sorted(by_node[node_id] & set(written))),
+                 tuple(sorted(unchecked[node_id] & by_node[node_id] & set(written))))
         for node_id in sorted(by_node)
     )
     return tuple(oid_list), tuple(written), normalized
@@ -303,6 +309,9 @@ class CommitCoordinator:
             raise errors.BadRequest("client_id is required")
         state = self._log.state
         _require_running(state)
+        if state.stopping:
+            raise errors.ReadOnly(f"cluster {state.cluster_name!r} is STOPPING: it takes no new transaction "
+                                  "until an administrator runs `neoctl set cluster RUNNING`")
         if requested_tid is not None:
             if len(requested_tid) != 8:
                 raise errors.BadRequest(f"requested TID must be 8 bytes, got {len(requested_tid)}")
@@ -314,8 +323,27 @@ class CommitCoordinator:
                 ttid = self._generator.next(state.num_partitions, same_partition_as=requested_tid)
         with self._condition:
             self._check_not_stopping()
+            if self._log.state.stopping:  # again, atomically with quiesce()
+                raise errors.ReadOnly(f"cluster {state.cluster_name!r} is STOPPING")
             self._transactions[ttid] = _Transaction(client_id, ttid, self._registrations, requested_tid)
         return ttid
+
+    def quiesce(self, timeout: float) -> bytes:
+        """For a truncation of a STOPPING cluster (no transaction begins):
+        wait until no transaction is in flight and every decision is
+        applied, then a fresh TID above every one given out."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while self._transactions or self._log.state.pending_decisions:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise errors.Refused(
+                        f"{len(self._transactions)} transaction(s) still in flight and "
+                        f"{len(self._log.state.pending_decisions)} decision(s) not applied after "
+                        f"{timeout:g}s: retry once they end")
+                self._condition.wait(min(remaining, 0.1))
+        with self._tid_lock:
+            return self._generator.next()
 
     # -- step 2: finish -----------------------------------------------------------
 
@@ -375,10 +403,13 @@ class CommitCoordinator:
 
     def _valid_votes(self, transaction: _Transaction, votes: tuple[NodeVote, ...]) -> tuple[NodeVote, ...]:
         """The votes of nodes that did not register again since the
-        transaction began (a registering node drops undecided pending data)."""
+        transaction began (a registering node drops undecided pending data)
+        and are still in the cluster."""
+        state = self._log.state
         with self._condition:
             return tuple(vote for vote in votes
-                         if self._registered_at.get(vote.node_id, 0) <= transaction.registrations_seen)
+                         if self._registered_at.get(vote.node_id, 0) <= transaction.registrations_seen
+                         and state.known_node(vote.node_id) is not None)  # not dropped meanwhile
 
     @contextlib.contextmanager
     def registering(self) -> Iterator[Callable[[int], None]]:
@@ -495,6 +526,26 @@ class CommitCoordinator:
                 self._undecided(finish, error)
             else:
                 self._start_applying(decision.pending(), finish)
+                self._release_non_voters(decision)
+
+    def _release_non_voters(self, decision: Decision) -> None:
+        """Order the nodes whose cells the decision marked OUT_OF_DATE, and
+        that voted nothing, to drop the transaction: they may hold its
+        stores and their locks (a store reached them, their vote did not),
+        which no Commit order will ever release; their cells catch up by
+        replication.  A node that voted for another partition is a
+        participant: its Commit applies what it holds.  A node that is not
+        RUNNING is left alone (it drops undecided TTIDs when it registers
+        again): every decision while it is away names its cells, and asking
+        an unreachable node each time would tie up the order threads."""
+        voters = {vote.node_id for vote in decision.votes}
+        state = self._log.state
+        addresses = sorted({
+            info.address for cell in decision.out_of_date if cell.node_id not in voters
+            for info in [state.known_node(cell.node_id)]
+            if info is not None and info.address and info.state == NodeState.RUNNING})
+        if addresses:
+            self._abort_on(addresses, decision.ttid, wait=False)
 
     def _undecided(self, finish: _Finish, error: errors.NeoError) -> None:
         """Not committed: the transaction is aborted, the client told why."""
@@ -507,16 +558,17 @@ class CommitCoordinator:
 
     def _give_up(self, transaction: _Transaction) -> None:
         """Abort a transaction whose finish was refused: forget it, and order
-        every RUNNING node to drop it (the master does not know every node
-        the client stored on)."""
+        every node to drop it (the master does not know every node the
+        client stored on; a node marked DOWN may still hold its locks: its
+        session broke, its server did not)."""
         with self._condition:
             if self._transactions.get(transaction.ttid) is transaction:
                 del self._transactions[transaction.ttid]
             self._condition.notify_all()  # outcome() may be waiting
-        self._abort_on(self._running_addresses(), transaction.ttid, wait=False)
+        self._abort_on(self._known_addresses(), transaction.ttid, wait=False)
 
-    def _running_addresses(self) -> list[str]:
-        return [n.address for n in self._log.state.table.nodes if n.state == NodeState.RUNNING]
+    def _known_addresses(self) -> list[str]:
+        return [n.address for n in self._log.state.table.nodes if n.address]
 
     # -- step 4: apply on the participants ---------------------------------------
 
@@ -530,7 +582,11 @@ class CommitCoordinator:
 
     def _dispatch(self, applying: _Applying, node_ids: Iterable[int]) -> None:
         with self._condition:
-            nodes = [n for n in node_ids if n in applying.remaining and n not in applying.trying]
+            wanted = [n for n in node_ids if n in applying.remaining]
+            nodes = [n for n in wanted if n not in applying.trying]
+            # A loop that is running may be about to give up on a node that
+            # just came back: it sends again when it ends (_loop_ended).
+            applying.redrive.update(n for n in wanted if n in applying.trying)
             applying.trying.update(nodes)
         for node_id in nodes:
             try:
@@ -581,6 +637,7 @@ class CommitCoordinator:
     def _participant_applied(self, applying: _Applying, node_id: int) -> None:
         with self._condition:
             applying.trying.discard(node_id)
+            applying.redrive.discard(node_id)
             applying.remaining.discard(node_id)
             applying.applied.add(node_id)
             self._publish_ready()
@@ -597,12 +654,10 @@ class CommitCoordinator:
             results = self._log.submit(commands)
         except errors.NeoError as failure:
             log.error("cannot record the failure of node %d: %s", node_id, failure)
-            with self._condition:
-                applying.trying.discard(node_id)
+            self._loop_ended(applying, node_id)
             return
         dropped = results[-1]
         with self._condition:
-            applying.trying.discard(node_id)
             if isinstance(dropped, tuple) and node_id in dropped:
                 applying.remaining.discard(node_id)
                 self._publish_ready()
@@ -611,6 +666,17 @@ class CommitCoordinator:
                     "storage node %d holds the last readable cell of a partition of %s: "
                     "the transaction is published once that node applies it", node_id, tid_repr(tid),
                 )
+        self._loop_ended(applying, node_id)
+
+    def _loop_ended(self, applying: _Applying, node_id: int) -> None:
+        """The Commit loop on ``node_id`` gave up; start another if the node
+        registered again while it ran (redrive_node skipped it then)."""
+        with self._condition:
+            applying.trying.discard(node_id)
+            again = node_id in applying.redrive and node_id in applying.remaining
+            applying.redrive.discard(node_id)
+        if again and not self._stopping.is_set():
+            self._dispatch(applying, [node_id])
 
     # -- step 5: publish ------------------------------------------------------------
 
@@ -680,8 +746,27 @@ class CommitCoordinator:
         if tid is not None:
             return tid
         log.info("transaction %s of client %s: not committed, aborted", tid_repr(ttid), client_id)
-        self._abort_on(self._running_addresses(), ttid, wait=False)
+        self._abort_on(self._known_addresses(), ttid, wait=False)
         return None
+
+    def state_of(self, ttid: bytes) -> tuple[str, bytes | None]:
+        """What a storage node holding a lock of ``ttid`` for long is told
+        (``GetTransactionState``), changing nothing: ``("committed", tid)``
+        if decided; ``("alive", None)`` while this coordinator knows it;
+        else ``("aborted", None)``: unknown to the leader, it can never
+        commit (see :meth:`outcome`)."""
+        if len(ttid) != 8:
+            raise errors.BadRequest(f"ttid must be 8 bytes, got {len(ttid)}")
+        with self._condition:
+            self._check_not_stopping()
+            state = self._log.state
+            decision = state.decision_of_ttid(ttid)
+            tid = decision.tid if decision is not None else state.outcome_of(ttid, None)
+            if tid is not None:
+                return "committed", tid
+            if ttid in self._transactions:
+                return "alive", None
+        return "aborted", None
 
     # -- aborts -----------------------------------------------------------------------
 
@@ -717,9 +802,10 @@ class CommitCoordinator:
     def _abort_on(self, addresses: Sequence[str], ttid: bytes, wait: bool = True) -> None:
         """Order every address to drop ``ttid``, in parallel.  A node that
         does not answer in time (a busy machine) is asked again, a few times:
-        until it drops the TTID, its locks stay held.  Failures after that
-        are only logged (a storage node drops undecided TTIDs when it
-        registers again)."""
+        until it drops the TTID, its locks stay held.  A node still
+        unreachable after that is marked DOWN: it registers again when it
+        answers (a paused process keeps its connections), dropping every
+        undecided TTID, and its locks with them."""
         term = self._log.term
         timeout = self._config.abort_timeout
 
@@ -734,8 +820,17 @@ class CommitCoordinator:
 
         def report(future: concurrent.futures.Future[None], address: str) -> None:
             failure = future.exception()
-            if failure is not None:
-                log.warning("abort of %s on %s failed: %s", tid_repr(ttid), address, failure)
+            if failure is None:
+                return
+            log.warning("abort of %s on %s failed: %s", tid_repr(ttid), address, failure)
+            if not isinstance(failure, errors.Unavailable) or self._stopping.is_set():
+                return
+            for node in self._log.state.table.nodes:
+                if node.address == address and node.state == NodeState.RUNNING:
+                    try:
+                        self._log.submit([SetNodeState(node.node_id, NodeState.DOWN)])
+                    except errors.NeoError as error:
+                        log.error("cannot mark storage node %d down: %s", node.node_id, error)
 
         futures = []
         for address in addresses:
@@ -784,7 +879,7 @@ class CommitCoordinator:
         if not orphans:
             return
         log.info("client %s left: aborting %d transactions", client_id, len(orphans))
-        addresses = self._running_addresses()
+        addresses = self._known_addresses()
         for ttid in orphans:
             self._abort_on(addresses, ttid, wait=False)
 

@@ -42,11 +42,12 @@ import threading
 from collections.abc import Callable
 
 from neostore import errors
+from neostore.ids import ZERO_TID
 from neostore.master_node.cluster import ClusterManager
 from neostore.master_node.command_log import CommandLog, submit_one
 from neostore.master_node.commit import CommitCoordinator
 from neostore.master_node.invalidations import InvalidationPublisher
-from neostore.master_node.state import ClusterState, Command, PendingDecision
+from neostore.master_node.state import MAX_RECENT_OUTCOMES, ClusterState, Command, PendingDecision
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,15 @@ class ReplicaFeed:
         self._known: dict[bytes, PendingDecision] = {d.tid: d for d in state.pending_decisions}
         self._pending: frozenset[bytes] = frozenset(self._known)
         self._last_decided = state.last_tid
+        # Decisions up to this TID were never seen pending here (a snapshot
+        # jumped over them): one ResetCache covers them, once none is pending.
+        self._gap_end = ZERO_TID
         self.active = True
 
     def __call__(self, old: ClusterState, new: ClusterState) -> None:
         with self._lock:
+            if _skipped_decisions(old, new):
+                self._gap_end = max(self._gap_end, new.last_tid)
             self._last_decided = new.last_tid
             self._pending = frozenset(d.tid for d in new.pending_decisions)
             for decision in new.pending_decisions:
@@ -89,12 +95,43 @@ class ReplicaFeed:
             if tid in self._pending:
                 return  # every later TID waits for this one
             decision = self._known.pop(tid)
+            if tid <= self._gap_end:
+                continue  # covered by the ResetCache at the gap's end
+            self._skip_gap()
             if tid > self._publisher.last_tid:
                 self._publisher.publish(tid, decision.ttid, decision.oids)
+        self._skip_gap()
         if self._last_decided > self._publisher.last_tid:
             # Decisions this master never saw pending (it caught up from a
             # snapshot): clients must drop their caches rather than miss them.
             self._publisher.skip_to(self._last_decided)
+
+    def _skip_gap(self) -> None:
+        """Reset the subscribers' caches at the end of the gap, if not done yet:
+        no TID after a gap may be published before it (a client would miss
+        the invalidations of the TIDs in the gap)."""
+        if self._gap_end > self._publisher.last_tid:
+            self._publisher.skip_to(self._gap_end)
+
+
+def _skipped_decisions(old: ClusterState, new: ClusterState) -> bool:
+    """Whether ``new`` holds decisions after ``old`` that it does not list as
+    pending: a snapshot jumped over them.  (Applying entries never does: a
+    decision is pending in the state its entry makes, and leaves
+    ``pending_decisions`` only in a later entry.)  The recent outcomes name
+    the decided TIDs; when they do not reach back to ``old.last_tid``, assume
+    a jump."""
+    if new.last_tid <= old.last_tid:
+        return False
+    pending = {decision.tid for decision in new.pending_decisions}
+    if new.last_tid not in pending:
+        return True
+    for outcome in reversed(new.recent_outcomes):
+        if outcome.tid <= old.last_tid:
+            return False
+        if outcome.tid not in pending:
+            return True
+    return len(new.recent_outcomes) >= MAX_RECENT_OUTCOMES
 
 
 class Leadership:

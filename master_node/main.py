@@ -3,12 +3,20 @@
     neo-master --cluster NAME --data DIR [--bind 127.0.0.1:PORT]
                [--partitions 12] [--replicas 2] [--autostart N] [--log-level INFO]
                [--masters HOST:PORT,HOST:PORT,... --node-id N]
+               [--join --masters HOST:PORT,... --bind HOST:PORT]
                [--ca FILE --cert FILE --key FILE]
 
 With ``--masters`` (every master's address, the same list in the same order
 on each master) and ``--node-id`` (this master's position in it, from 1),
 the masters agree through Raft; ``--bind`` then defaults to this master's
 address in the list.
+
+With ``--join``, the master joins a running group instead: ``--masters``
+names some of its masters, ``--bind`` is this master's own host:port, and
+the data directory is empty (or one it joined with before).  It waits
+until ``neoctl add-master HOST:PORT`` added it, then the leader sends it
+the state.  A master removed with ``neoctl remove-master`` logs it and
+exits with status 0.
 
 Prints ``neo-master ready address=HOST:PORT`` on stdout (flushed) once it
 serves, so that launchers and tests can wait for that line.  SIGTERM and
@@ -46,6 +54,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="every master's host:port, comma-separated (Raft between them)")
     parser.add_argument("--node-id", type=int, default=0,
                         help="this master's position in --masters, from 1")
+    parser.add_argument("--join", action="store_true",
+                        help="join the running masters named by --masters as the master at --bind "
+                             "(after `neoctl add-master`)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_tls_arguments(parser)
     return parser.parse_args(argv)
@@ -58,15 +69,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     stop_requested = threading.Event()
+    starting: list[MasterNode] = []  # the node being started (a join may wait long)
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         stop_requested.set()
+        for waiting in starting:  # interrupts a join still waiting to be added
+            threading.Thread(target=waiting.stop, daemon=True).start()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
         masters = tuple(address.strip() for address in args.masters.split(",") if address.strip())
-        if len(masters) > 1 and not 1 <= args.node_id <= len(masters):
+        if args.join and not masters:
+            raise ValueError("--join needs --masters: the address of at least one running master")
+        if args.join and args.bind.rsplit(":", 1)[-1] in ("", "0"):
+            raise ValueError("--join needs --bind HOST:PORT: this master's own address, as given to add-master")
+        if not args.join and len(masters) > 1 and not 1 <= args.node_id <= len(masters):
             raise ValueError(f"--node-id must be between 1 and {len(masters)} with {len(masters)} --masters")
         config = MasterConfig(
             rpc=RpcConfig(cluster_name=args.cluster, tls=tls_from_arguments(args)),
@@ -75,18 +93,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_partitions=args.partitions,
             num_replicas=args.replicas,
             autostart=args.autostart,
-            masters=masters if len(masters) > 1 else (),
-            node_id=args.node_id if len(masters) > 1 else 0,
+            masters=masters if len(masters) > 1 or args.join else (),
+            node_id=args.node_id if len(masters) > 1 and not args.join else 0,
+            join=args.join,
         )
         node = MasterNode(config)
+        starting.append(node)
         node.start()
+        starting.clear()
     except (errors.NeoError, OSError, ValueError, RuntimeError, lmdb.Error) as error:
         print(f"neo-master: error: {error}", file=sys.stderr, flush=True)
         return 1
     print(f"neo-master ready address={node.address}", flush=True)
     try:
-        while not stop_requested.wait(1.0):
-            pass
+        while not stop_requested.wait(0.1):  # a removed master stops soon: its clients move on
+            if node.removed:
+                print(f"neo-master: {node.address} was removed from the masters: stopping",
+                      file=sys.stderr, flush=True)
+                break
     finally:
         node.stop()
     return 0

@@ -26,6 +26,15 @@ components run only while this master leads
 cluster submits :class:`CreateCluster`, every new leader re-drives the
 decided-but-unapplied decisions.  With port 0 in ``bind``, the server binds
 to this master's address in ``masters``.
+
+Joining a running group (``join=True``; ``masters`` then lists some
+existing masters, ``bind`` is this master's own host:port): on an empty
+data directory the master asks ``Admin.GetClusterInfo`` of the masters
+given, retrying, until ``bind`` is in the membership (``neoctl add-master``
+put it there), takes its node id from it, and opens an empty Raft log that
+the leader fills; a data directory it already joined with keeps its id.
+``add_master``/``remove_master`` change the membership (leader only), and
+``removed`` tells that this master was removed from it.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import dataclasses
 import logging
 import pathlib
 import threading
+import time
 
 import grpc
 
@@ -43,12 +53,12 @@ from neostore.master_node.command_log import DEFAULT_SNAPSHOT_EVERY, LmdbCommand
 from neostore.master_node.commit import CommitConfig, CommitCoordinator, last_published_tid
 from neostore.master_node.invalidations import DEFAULT_HISTORY_SIZE, InvalidationPublisher
 from neostore.master_node.leadership import Leadership, ReplicaFeed
-from neostore.master_node.raft_driver import DEFAULT_TICK_INTERVAL, RaftCommandLog
+from neostore.master_node.raft_driver import DEFAULT_TICK_INTERVAL, RaftCommandLog, stored_node_id
 from neostore.master_node.raft_transport import RaftServicer
 from neostore.master_node.servicer import AdminServicer, MasterInfo, MasterServicer
 from neostore.master_node.state import ClusterState, CreateCluster
 from neostore.master_node.storage_links import StorageLinks
-from neostore.protocol import master_pb2_grpc, raft_pb2_grpc
+from neostore.protocol import common_pb2, master_pb2_grpc, raft_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +82,13 @@ class MasterConfig:
     masters: tuple[str, ...] = ()  # every master's address (Raft with more than one)
     node_id: int = 0  # this master's position in ``masters``, from 1
     raft_tick_interval: float = DEFAULT_TICK_INTERVAL
+    join: bool = False  # join the running group of ``masters`` as the master at ``bind``
+    join_timeout: float = 0.0  # seconds to wait to be added (0: until stopped)
 
     @property
     def replicated(self) -> bool:
         """Whether this master is one of several agreeing through Raft."""
-        return len(self.masters) > 1
+        return len(self.masters) > 1 or self.join
 
 
 class _Running:
@@ -99,6 +111,7 @@ class MasterNode:
         self._parts: _Running | None = None
         self._server: grpc.Server | None = None
         self._address = ""
+        self._stopping = threading.Event()  # interrupts a join still waiting
 
     @property
     def address(self) -> str:
@@ -128,10 +141,15 @@ class MasterNode:
             if self._parts is not None:
                 raise RuntimeError("master already started")
             config = self.config
-            if config.replicated:
+            if config.join:
+                node_id, members = self._join_group()
+                command_log: LmdbCommandLog | RaftCommandLog = RaftCommandLog(
+                    pathlib.Path(config.data_dir) / "raft", node_id, members, config.rpc, join=True,
+                    snapshot_every=config.snapshot_every, tick_interval=config.raft_tick_interval)
+            elif config.replicated:
                 if not 1 <= config.node_id <= len(config.masters):
                     raise ValueError(f"node id {config.node_id} is not in 1..{len(config.masters)}")
-                command_log: LmdbCommandLog | RaftCommandLog = RaftCommandLog(
+                command_log = RaftCommandLog(
                     pathlib.Path(config.data_dir) / "raft", config.node_id, config.masters, config.rpc,
                     snapshot_every=config.snapshot_every, tick_interval=config.raft_tick_interval)
             else:
@@ -147,10 +165,14 @@ class MasterNode:
                 publisher = InvalidationPublisher(last_published_tid(state), state.table, config.history_size)
                 command_log.add_listener(
                     lambda old, new: publisher.publish_table(new.table) if new.table is not old.table else None)
+                # A truncation: every client resets its cache (its last TID is below the marker).
+                command_log.add_listener(
+                    lambda old, new: publisher.skip_to(new.last_tid) if new.truncations != old.truncations else None)
 
                 def build() -> tuple[ClusterManager, CommitCoordinator]:
                     coordinator = CommitCoordinator(command_log, storages, publisher, config.commit)
-                    cluster = ClusterManager(command_log, coordinator, config.autostart, config.heartbeat_interval)
+                    cluster = ClusterManager(command_log, coordinator, config.autostart, config.heartbeat_interval,
+                                             storages)
                     return cluster, coordinator
 
                 bind = config.bind
@@ -168,8 +190,13 @@ class MasterNode:
                 else:
                     leadership = Leadership(command_log, build, lambda: errors.NotLeader("no leader"))
                 server, port = rpc.make_server(config.rpc, bind, max_workers=config.max_workers)
-                info = MasterInfo(address=lambda: self._address, masters=self._masters,
-                                  leader=self._leader, term=self._raft_term)
+                if isinstance(command_log, RaftCommandLog):
+                    info = MasterInfo(address=lambda: self._address, masters=command_log.members,
+                                      leader=self._leader, term=self._raft_term,
+                                      add_master=self.add_master, remove_master=self.remove_master)
+                else:
+                    info = MasterInfo(address=lambda: self._address, masters=lambda: [(0, self._address)],
+                                      leader=self._leader, term=self._raft_term)
                 master_pb2_grpc.add_MasterServicer_to_server(MasterServicer(leadership, publisher, info), server)
                 master_pb2_grpc.add_AdminServicer_to_server(AdminServicer(leadership, publisher, info), server)
                 if isinstance(command_log, RaftCommandLog):
@@ -202,8 +229,88 @@ class MasterNode:
         if parts is not None and isinstance(parts.command_log, RaftCommandLog):
             parts.command_log.campaign()
 
-    def _masters(self) -> list[str]:
-        return list(self.config.masters) if self.config.replicated else [self._address]
+    @property
+    def removed(self) -> bool:
+        """Whether this master was removed from the masters' group (it no longer takes part)."""
+        parts = self._parts
+        return parts is not None and isinstance(parts.command_log, RaftCommandLog) and parts.command_log.removed
+
+    def members(self) -> list[tuple[int, str]]:
+        """The masters' membership (node id, address) as this master applied it."""
+        parts = self._parts
+        if parts is None:
+            raise errors.Unavailable("the master is not started")
+        command_log = parts.command_log
+        return command_log.members() if isinstance(command_log, RaftCommandLog) else [(0, self._address)]
+
+    def add_master(self, address: str) -> int:
+        """Leader: add the master at ``address`` to the group; its node id."""
+        parts = self._parts
+        if parts is None or not isinstance(parts.command_log, RaftCommandLog):
+            raise errors.MembershipRefused("this master runs alone, without Raft")
+        return parts.command_log.add_master(address)
+
+    def remove_master(self, address: str) -> int:
+        """Leader: remove the master at ``address`` from the group; its node id.
+
+        A leader asked to remove itself first hands leadership over to the
+        most up-to-date other master and answers NotLeader naming it: the
+        caller (neoctl) asks the new leader, which removes this master as a
+        follower.  The cluster then never goes an election timeout without a
+        leader.  If no master takes over in time, this one removes itself as
+        leader (it steps down once the removal applies)."""
+        parts = self._parts
+        if parts is None or not isinstance(parts.command_log, RaftCommandLog):
+            raise errors.MembershipRefused("this master runs alone, without Raft")
+        command_log = parts.command_log
+        if address == command_log.address and command_log.is_leader and len(command_log.members()) > 1:
+            new_leader = command_log.transfer_leadership()
+            if new_leader is not None:
+                log.info("handed leadership over to %s before this master's removal", new_leader)
+                raise errors.NotLeader(f"this master handed leadership over before its removal; "
+                                       f"leader is {new_leader}")
+            log.warning("no master took leadership over within an election timeout: "
+                        "this master removes itself as leader")
+        return command_log.remove_master(address)
+
+    def _join_group(self) -> tuple[int, dict[int, str]]:
+        """A joining master's node id and the members it knows of (see the module docstring)."""
+        config = self.config
+        address = config.bind
+        if address.rsplit(":", 1)[-1] in ("", "0"):
+            raise ValueError(f"a joining master needs its own host:port in bind, got {address!r}")
+        stored = stored_node_id(pathlib.Path(config.data_dir) / "raft")
+        if stored is not None:  # joined before: the stored state holds the address book
+            return stored, {stored: address}
+        if not config.masters:
+            raise ValueError("a joining master needs the address of at least one running master")
+        deadline = time.monotonic() + config.join_timeout if config.join_timeout else None
+        next_notice = 0.0
+        while not self._stopping.is_set():
+            for seed in config.masters:
+                channel = rpc.make_channel(config.rpc, seed)
+                try:
+                    info = rpc.call(master_pb2_grpc.AdminStub(channel).GetClusterInfo, common_pb2.Empty(),
+                                    timeout=5.0, peer=f"master {seed}")
+                except errors.NeoError as error:
+                    log.debug("join: %s: %s", seed, error)
+                    continue
+                finally:
+                    channel.close()
+                for member in info.members:
+                    if member.address == address:
+                        log.info("joining the masters of cluster %r as master %d at %s",
+                                 config.rpc.cluster_name, member.node_id, address)
+                        return member.node_id, {m.node_id: m.address for m in info.members}
+            now = time.monotonic()
+            if deadline is not None and now > deadline:
+                raise errors.Unavailable(f"{address} was not added to the masters within {config.join_timeout:g}s")
+            if now >= next_notice:
+                log.info("waiting to be added to the masters: run `neoctl --masters %s add-master %s`",
+                         ",".join(config.masters), address)
+                next_notice = now + 10.0
+            self._stopping.wait(0.5)
+        raise errors.Unavailable("the master stopped while waiting to join")
 
     def _leader(self) -> str:
         parts = self._parts
@@ -250,6 +357,7 @@ class MasterNode:
         return state
 
     def stop(self, grace: float = 1.0) -> None:
+        self._stopping.set()
         with self._lock:
             parts, server = self._parts, self._server
             self._parts = self._server = None

@@ -38,8 +38,24 @@ its own term, so every entry of earlier terms is applied — and when it
 stops being one.
 
 Start-up: a fresh data directory bootstraps the membership given by the
-address list (node ``i`` is ``addresses[i - 1]``); a restart restores the
-state from the stored snapshot and replays the committed entries after it.
+address list (node ``i`` is ``addresses[i - 1]``) as a Raft snapshot at
+index 1 whose image is the blank state holding that address book; a restart
+restores the state from the stored snapshot and replays the committed
+entries after it.  A master *joining* a running group (``join=True``, its
+id and the members' addresses as a mapping) does not bootstrap: its log
+stays empty until the leader sends it the log or a snapshot.
+
+Membership (:meth:`add_master`, :meth:`remove_master`, leader only, one
+change at a time): the leader checks the change (the address is new, or a
+member; no change pending; the new membership keeps a majority of masters
+that answered recently), proposes a Raft ``CONF_CHANGE`` whose context is
+the new master's address, and returns once it applied it.  Every master
+applies a ``CONF_CHANGE`` entry as the :class:`AddMaster` /
+:class:`RemoveMaster` command, so the address book is part of the
+replicated state (and of every snapshot), and adds or drops the peer in
+its transport.  A master that applies its own removal stops taking part
+(``removed``); a leader that removes itself steps down once the removal
+commits, and the others elect a leader after an election timeout.
 """
 
 from __future__ import annotations
@@ -52,16 +68,19 @@ import random
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from neostore import errors, rpc
+from neostore.protocol import common_pb2, master_pb2_grpc
 from neostore.master_node.command_log import StateListener, lock_directory
 from neostore.master_node.raft_log import LmdbLogStore
 from neostore.master_node.raft_transport import RaftTransport
 from neostore.master_node.state import (
+    AddMaster,
     ClusterState,
     Command,
+    RemoveMaster,
     apply,
     decode_command,
     decode_state,
@@ -71,6 +90,9 @@ from neostore.master_node.state import (
 )
 from neostore.raft import (
     NO_NODE,
+    ConfChange,
+    ConfChangeRefusedError,
+    ConfChangeType,
     Config,
     ConfState,
     Entry,
@@ -80,8 +102,10 @@ from neostore.raft import (
     ProposalDroppedError,
     RawNode,
     Ready,
-    bootstrap,
+    decode_conf_change_record,
 )
+from neostore.raft.quorum import has_quorum
+from neostore.raft.types import HardState, Snapshot, SnapshotMetadata
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +115,15 @@ DEFAULT_SUBMIT_TIMEOUT = 10.0
 DEFAULT_KEEP_ENTRIES = 100
 
 _LENGTH = struct.Struct(">I")
+NODE_ID_FILE = "node-id"
+
+
+def stored_node_id(path: str | os.PathLike[str]) -> int | None:
+    """The Raft node id a data directory was created for (``None``: a new directory)."""
+    try:
+        return int((pathlib.Path(path) / NODE_ID_FILE).read_text().strip())
+    except FileNotFoundError:
+        return None
 
 
 def encode_batch(commands: Sequence[Command]) -> bytes:
@@ -122,8 +155,9 @@ def decode_batch(data: bytes) -> list[Command]:
 class _Proposal:
     """A submitted batch waiting to be applied (or refused)."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, membership: tuple[ConfChangeType, str] | None = None) -> None:
         self.data = data
+        self.membership = membership  # a membership change to propose instead of data
         self.index = 0
         self.term = 0
         self.done = threading.Event()
@@ -142,20 +176,29 @@ class RaftCommandLog:
         self,
         path: str | os.PathLike[str],
         node_id: int,
-        addresses: Sequence[str],
+        addresses: Sequence[str] | Mapping[int, str],
         rpc_config: rpc.RpcConfig,
         snapshot_every: int = 1000,
         tick_interval: float = DEFAULT_TICK_INTERVAL,
         election_ticks: int = DEFAULT_ELECTION_TICKS,
         submit_timeout: float = DEFAULT_SUBMIT_TIMEOUT,
         keep_entries: int = DEFAULT_KEEP_ENTRIES,
+        join: bool = False,
     ) -> None:
-        if not 1 <= node_id <= len(addresses):
-            raise ValueError(f"node id {node_id} not in 1..{len(addresses)}")
+        if isinstance(addresses, Mapping):
+            initial = dict(addresses)
+        else:
+            initial = {index + 1: address for index, address in enumerate(addresses)}
+        if node_id not in initial:
+            raise ValueError(f"node id {node_id} not in {sorted(initial)}")
         if snapshot_every < 1:
             raise ValueError("snapshot_every must be at least 1")
         self.node_id = node_id
-        self.addresses = {index + 1: address for index, address in enumerate(addresses)}
+        self._own_address = initial[node_id]
+        self.addresses = initial
+        """The address book (node id -> address): the applied membership."""
+        self._reach_window = max(1.0, 2 * election_ticks * tick_interval)
+        self._removed = threading.Event()
         self._snapshot_every = snapshot_every
         self._tick_interval = tick_interval
         self._submit_timeout = submit_timeout
@@ -177,9 +220,9 @@ class RaftCommandLog:
             self._lock_file.close()
             raise
         try:
-            if self._store.last_index() == 0 and self._store.snapshot().is_empty():
-                bootstrap(self._store, ConfState.of(*self.addresses))
-                self._store.sync()
+            self._check_node_id(directory)
+            if self._store.last_index() == 0 and self._store.snapshot().is_empty() and not join:
+                self._bootstrap(initial)
             snapshot = self._store.snapshot()
             self._state = decode_state(snapshot.data) if not snapshot.is_empty() else initial_state()
             self._snapshot_index = snapshot.index
@@ -196,16 +239,71 @@ class RaftCommandLog:
         self._leader_id = NO_NODE
         self._ready_term = 0  # the term of the current complete leadership (0: none)
         self._leader_term = 0  # the term in which this node last became a complete leader
+        if self._state.masters:
+            self.addresses = {member.node_id: member.address for member in self._state.masters}
         peers = {peer: address for peer, address in self.addresses.items() if peer != node_id}
         self._transport = RaftTransport(rpc_config, peers, self._report_unreachable)
+        self._rpc_config = rpc_config
+        if self._was_removed(self._state):
+            self._removed.set()
         self._callbacks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._callback_thread = threading.Thread(target=self._run_callbacks, name="raft-callbacks", daemon=True)
         self._callback_thread.start()
         self._thread = threading.Thread(target=self._run, name=f"raft-{node_id}", daemon=True)
 
+    def _check_node_id(self, directory: pathlib.Path) -> None:
+        stored = stored_node_id(directory)
+        if stored is None:
+            (directory / NODE_ID_FILE).write_text(f"{self.node_id}\n")
+        elif stored != self.node_id:
+            raise errors.WrongCluster(f"data directory {directory} belongs to master {stored}, not {self.node_id}")
+
+    def _bootstrap(self, initial: dict[int, str]) -> None:
+        """A new group: a snapshot at index 1 holding the membership and the blank
+        state with its address book, so that it survives compaction and reaches
+        every master that joins later."""
+        if sorted(initial) != list(range(1, len(initial) + 1)):
+            raise ValueError(f"a new group numbers its masters from 1: {sorted(initial)}")
+        image = encode_state(initial_state([initial[node] for node in sorted(initial)]))
+        snapshot = Snapshot(SnapshotMetadata(1, 1, ConfState(frozenset(initial))), image)
+        self._store.save(HardState(term=1, vote=NO_NODE, commit=1), [], snapshot)
+        self._store.sync()
+
     def start(self) -> None:
         """Start the driver (add listeners and callbacks first: replay goes through them)."""
         self._thread.start()
+        threading.Thread(target=self._watch_removal, name="raft-removal-watch", daemon=True).start()
+
+    def _watch_removal(self, interval: float = 0.1, timeout: float = 2.0) -> None:
+        """A follower whose log removes it may never hear that the removal
+        committed (the leader stops talking to it at once): while its latest
+        membership excludes it, ask the other masters; once the leader names
+        a membership without it (applied, so committed), it is removed.  It
+        looks every ``interval`` (it asks only in that state): until it knows,
+        the invalidation streams of its clients wait for commits it no longer
+        receives."""
+        while not self._stopping.wait(interval):
+            if self._removed.is_set():
+                return
+            if self.node_id in self._node.conf_state.voters or self.is_leader:
+                continue
+            for peer, address in list(self.addresses.items()):
+                if peer == self.node_id:
+                    continue
+                channel = rpc.make_channel(self._rpc_config, address)
+                try:
+                    info = rpc.call(master_pb2_grpc.MasterStub(channel).GetClusterInfo, common_pb2.Empty(),
+                                    timeout=timeout, peer=f"master {address}")
+                except errors.NeoError:
+                    continue
+                finally:
+                    channel.close()
+                if info.leader == address and info.members and all(
+                        member.node_id != self.node_id for member in info.members):
+                    log.warning("raft: the leader %s no longer lists this master (%d at %s): it was removed",
+                                address, self.node_id, self._own_address)
+                    self._removed.set()
+                    return
 
     # --- the CommandLog protocol -----------------------------------------------------
 
@@ -230,7 +328,50 @@ class RaftCommandLog:
 
     @property
     def address(self) -> str:
-        return self.addresses[self.node_id]
+        return self._own_address
+
+    @property
+    def removed(self) -> bool:
+        """Whether this master applied its own removal from the group."""
+        return self._removed.is_set()
+
+    def members(self) -> list[tuple[int, str]]:
+        """The applied membership: (node id, address), by id."""
+        return sorted(self.addresses.items())
+
+    def add_master(self, address: str) -> int:
+        """Leader: add the master serving at ``address``; its node id once applied."""
+        if not address or address.rsplit(":", 1)[-1] in ("", "0"):
+            raise errors.BadRequest(f"a master address needs a host and a port, got {address!r}")
+        result = self._submit_proposal(_Proposal(b"", (ConfChangeType.ADD_VOTER, address)))
+        return int(result)
+
+    def remove_master(self, address: str) -> int:
+        """Leader: remove the master serving at ``address``; its node id once applied."""
+        return int(self._submit_proposal(_Proposal(b"", (ConfChangeType.REMOVE_VOTER, address))))
+
+    def transfer_leadership(self) -> str | None:
+        """Leader: hand leadership to the most up-to-date other master that
+        answered lately (Raft's TimeoutNow: it campaigns at once, without
+        waiting an election timeout).  The new leader's address, or None if
+        none took over within twice an election timeout (then this master
+        leads again: the core abandons a transfer after one)."""
+        if not self.is_leader:
+            raise self.not_leader()
+        started: queue.SimpleQueue[int] = queue.SimpleQueue()  # the target, or 0: none to hand over to
+        self._inbox.put(("transfer", started))
+        deadline = time.monotonic() + self._reach_window
+        try:
+            if not started.get(timeout=self._reach_window):
+                return None
+        except queue.Empty:
+            return None
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            leader = self._leader_id
+            if leader not in (NO_NODE, self.node_id):
+                return self.addresses.get(leader)
+            time.sleep(0.02)
+        return None
 
     @property
     def is_leader(self) -> bool:
@@ -259,16 +400,28 @@ class RaftCommandLog:
             raise errors.Unavailable("the master is stopping: its command log is closed")
         if not commands:
             return []
-        proposal = _Proposal(encode_batch(commands))
+        return self._submit_proposal(_Proposal(encode_batch(commands)))
+
+    def _submit_proposal(self, proposal: _Proposal) -> Any:
+        if self._closed:
+            raise errors.Unavailable("the master is stopping: its command log is closed")
         self._inbox.put(("propose", proposal))
         if not proposal.done.wait(self._submit_timeout):
             raise errors.Unavailable(f"no Raft commit within {self._submit_timeout:.0f} s (no quorum?)")
         if proposal.error is not None:
             raise proposal.error
+        if proposal.membership is not None:
+            (result,) = proposal.results
+            if isinstance(result, errors.NeoError):
+                raise result
+            return result
         return proposal.results
 
     def not_leader(self) -> errors.NotLeader:
         """The error a follower answers writes with, naming the leader if known."""
+        if self.removed:
+            members = ", ".join(address for _, address in self.members())
+            return errors.NotLeader(f"this master was removed from the cluster; members: {members}")
         leader = self.leader_address
         if leader is None:
             return errors.NotLeader("this master is not the leader; no leader known yet")
@@ -347,6 +500,12 @@ class RaftCommandLog:
             self._node.report_unreachable(value)
         elif kind == "campaign":
             self._node.campaign()
+        elif kind == "transfer":
+            target = self._node.transfer_target() if self._node.is_leader else 0
+            if target:
+                log.info("raft: handing leadership over to master %d (%s)", target, self.addresses.get(target))
+                self._node.transfer_leadership(target)
+            value.put(target)
 
     def _propose(self, proposal: _Proposal) -> None:
         if self._closed:
@@ -356,12 +515,51 @@ class RaftCommandLog:
             proposal.fail(self.not_leader())
             return
         try:
-            proposal.index = self._node.propose(proposal.data)
+            if proposal.membership is not None:
+                proposal.index = self._node.propose_conf_change(self._conf_change(*proposal.membership))
+            else:
+                proposal.index = self._node.propose(proposal.data)
         except (NotLeaderError, ProposalDroppedError):
             proposal.fail(self.not_leader())
             return
+        except ConfChangeRefusedError as error:
+            proposal.fail(errors.MembershipRefused(str(error)))
+            return
+        except errors.NeoError as error:
+            proposal.fail(error)
+            return
         proposal.term = self._node.term
         self._waiting[proposal.index] = proposal
+
+    def _conf_change(self, kind: ConfChangeType, address: str) -> ConfChange:
+        """The change the leader proposes for ``address``, checked (driver thread)."""
+        node = self._node
+        voters = node.conf_state.voters
+        if voters != node.applied_conf_state.voters:
+            raise errors.MembershipRefused("a membership change is pending; try again once it is applied")
+        members = ", ".join(f"{node_id}={member}" for node_id, member in self.members())
+        if kind is ConfChangeType.ADD_VOTER:
+            for node_id, member in self.addresses.items():
+                if member == address:
+                    raise errors.MembershipRefused(f"master {address} is already a member (node {node_id})")
+            node_id = max(self._state.next_master_id, max(voters, default=0) + 1)
+            new_voters = voters | {node_id}
+        else:
+            found = [node_id for node_id, member in self.addresses.items() if member == address]
+            if not found:
+                raise errors.MembershipRefused(f"no master {address} in the membership ({members})")
+            node_id = found[0]
+            if voters == {node_id}:
+                raise errors.MembershipRefused(f"master {address} is the last one: it cannot be removed")
+            new_voters = voters - {node_id}
+        reachable = {self.node_id} | {
+            peer for peer in voters if self._transport.answered_within(peer, self._reach_window)}
+        if not has_quorum(new_voters, reachable):
+            down = ", ".join(self.addresses.get(peer, str(peer)) for peer in sorted(new_voters - reachable))
+            raise errors.MembershipRefused(
+                f"refused: the new membership of {len(new_voters)} masters would have only "
+                f"{len(new_voters & reachable)} reachable (not answering: {down}); no majority")
+        return ConfChange(kind, node_id, address.encode() if kind is ConfChangeType.ADD_VOTER else b"")
 
     def _handle_ready(self, ready: Ready) -> None:
         # 1. persist: one LMDB transaction, one fsync when it matters.
@@ -411,12 +609,19 @@ class RaftCommandLog:
         if proposal is not None and proposal.term != entry.term:
             proposal.fail(errors.NotLeader(f"leadership changed before entry {entry.index} committed"))
             proposal = None
-        if entry.type is not EntryType.NORMAL or not entry.data:
+        if entry.type is EntryType.CONF_CHANGE:
+            commands = self._membership_commands(entry)
+        elif entry.data:
+            try:
+                commands = decode_batch(entry.data)
+            except ValueError as error:
+                raise errors.Corrupted(f"raft entry {entry.index} does not decode: {error}") from None
+        else:
+            commands = []
+        if not commands:
+            if proposal is not None:
+                proposal.done.set()
             return
-        try:
-            commands = decode_batch(entry.data)
-        except ValueError as error:
-            raise errors.Corrupted(f"raft entry {entry.index} does not decode: {error}") from None
         with self._lock:
             old = state = self._state
             results: list[Any] = []
@@ -434,9 +639,50 @@ class RaftCommandLog:
                         listener(old, state)
                     except Exception:  # noqa: BLE001 - a listener must not break the log
                         log.exception("state listener failed")
+        if state.masters != old.masters:
+            self._follow_address_book()
+        for result in results:
+            if isinstance(result, errors.NeoError) and entry.type is EntryType.CONF_CHANGE:
+                log.error("raft: membership entry %d not recorded: %s", entry.index, result)
         if proposal is not None:
             proposal.results = results
             proposal.done.set()
+
+    def _membership_commands(self, entry: Entry) -> list[Command]:
+        """A ``CONF_CHANGE`` entry as the command recording it in the address book."""
+        try:
+            change = decode_conf_change_record(entry.data).change
+        except Exception as error:  # noqa: BLE001 - the core's DecodeError or worse
+            raise errors.Corrupted(f"raft entry {entry.index} does not decode: {error}") from None
+        if change is None:  # the bootstrap entry of a group created before address books
+            return []
+        if change.type is ConfChangeType.ADD_VOTER:
+            return [AddMaster(change.node_id, change.context.decode())]
+        return [RemoveMaster(change.node_id)]
+
+    def _was_removed(self, state: ClusterState) -> bool:
+        """Added, then removed (a joining master restoring a snapshot older than
+        its addition is not in the book yet, but its id is not given out yet either)."""
+        return self.node_id < state.next_master_id and all(m.node_id != self.node_id for m in state.masters)
+
+    def _follow_address_book(self) -> None:
+        """Driver thread: take the applied state's address book; add and drop transport peers."""
+        book = {member.node_id: member.address for member in self._state.masters}
+        if not book:
+            return
+        old, self.addresses = self.addresses, book
+        for peer, address in book.items():
+            if peer != self.node_id and old.get(peer) != address:
+                log.info("raft: master %d at %s joined the group", peer, address)
+                self._transport.add_peer(peer, address)
+        for peer in old.keys() - book.keys():
+            if peer != self.node_id:
+                log.info("raft: master %d at %s left the group", peer, old[peer])
+                self._transport.remove_peer(peer)
+        if self._was_removed(self._state) and not self._removed.is_set():
+            log.warning("raft: this master (%d at %s) was removed from the group: it stops taking part",
+                        self.node_id, self._own_address)
+            self._removed.set()
 
     def _restore(self, data: bytes, index: int) -> None:
         state = decode_state(data)
@@ -448,6 +694,7 @@ class RaftCommandLog:
                     listener(old, state)
                 except Exception:  # noqa: BLE001
                     log.exception("state listener failed")
+        self._follow_address_book()
 
     def _take_snapshot(self) -> None:
         applied = self._node.applied_index

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import grpc
@@ -53,6 +54,7 @@ class _PeerSender:
         self._condition = threading.Condition()
         self._closed = False
         self._failing = False
+        self.last_success = 0.0  # time.monotonic() of the last delivered batch
         self._thread = threading.Thread(target=self._run, name=f"raft-send-{peer_id}", daemon=True)
         self._thread.start()
 
@@ -83,6 +85,7 @@ class _PeerSender:
                 self._failing = True
                 self._unreachable(self.peer_id)
             else:
+                self.last_success = time.monotonic()
                 if self._failing:
                     log.info("raft: peer %d at %s reachable again", self.peer_id, self.address)
                 self._failing = False
@@ -96,7 +99,11 @@ class _PeerSender:
 
 
 class RaftTransport:
-    """Sends the core's messages to the peers named in ``addresses`` (node id → host:port)."""
+    """Sends the core's messages to the peers named in ``addresses`` (node id → host:port).
+
+    Peers come and go with the membership (:meth:`add_peer`, :meth:`remove_peer`,
+    called by the driver's thread as it applies membership changes).
+    """
 
     def __init__(
         self,
@@ -106,10 +113,35 @@ class RaftTransport:
         timeout: float = DEFAULT_SEND_TIMEOUT,
         max_queued: int = DEFAULT_MAX_QUEUED,
     ) -> None:
+        self._config = config
+        self._unreachable = unreachable
+        self._timeout = timeout
+        self._max_queued = max_queued
         self._senders = {
             peer_id: _PeerSender(peer_id, address, config, unreachable, timeout, max_queued)
             for peer_id, address in addresses.items()
         }
+
+    def add_peer(self, peer_id: int, address: str) -> None:
+        """Start sending to ``peer_id`` at ``address`` (replacing an older address)."""
+        old = self._senders.get(peer_id)
+        if old is not None and old.address == address:
+            return
+        self._senders[peer_id] = _PeerSender(peer_id, address, self._config, self._unreachable,
+                                             self._timeout, self._max_queued)
+        if old is not None:
+            threading.Thread(target=old.close, daemon=True).start()
+
+    def remove_peer(self, peer_id: int) -> None:
+        """Stop sending to ``peer_id`` (its queue is dropped; closing does not block the caller)."""
+        sender = self._senders.pop(peer_id, None)
+        if sender is not None:
+            threading.Thread(target=sender.close, name=f"raft-close-{peer_id}", daemon=True).start()
+
+    def answered_within(self, peer_id: int, seconds: float) -> bool:
+        """Whether a batch reached ``peer_id`` in the last ``seconds``."""
+        sender = self._senders.get(peer_id)
+        return sender is not None and time.monotonic() - sender.last_success <= seconds
 
     def send(self, messages: Sequence[Message]) -> None:
         """Queue ``messages`` for their targets; never blocks on the network."""
@@ -124,7 +156,7 @@ class RaftTransport:
             sender.enqueue(batch)
 
     def close(self) -> None:
-        for sender in self._senders.values():
+        for sender in list(self._senders.values()):
             sender.close()
 
 

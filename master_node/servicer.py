@@ -17,12 +17,13 @@ close it again when the generator ends for any other reason.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 
 import grpc
 
 from neostore import errors
-from neostore.master_node.cluster import Heartbeat
+from neostore.master_node.cluster import Heartbeat, Shutdown
 from neostore.master_node.invalidations import (
     Event,
     Invalidation,
@@ -36,32 +37,51 @@ from neostore.master_node.state import NodeVote, PartitionTid
 from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc
 
 
-class MasterInfo:
-    """What GetClusterInfo tells of the masters: this one, all of them, the leader, the term."""
+def _no_membership(address: str) -> int:
+    raise errors.MembershipRefused("this master runs alone, without Raft: start the cluster with "
+                                   "several masters to change their membership")
 
-    def __init__(self, address: Callable[[], str], masters: Callable[[], list[str]],
-                 leader: Callable[[], str], term: Callable[[], int]) -> None:
+
+#: An idle invalidation stream carries a heartbeat this often (seconds).
+STREAM_HEARTBEAT_INTERVAL = 1.0
+
+
+class MasterInfo:
+    """What GetClusterInfo tells of the masters: this one, all of them (id, address),
+    the leader, the term; and the membership changes (leader only)."""
+
+    def __init__(self, address: Callable[[], str], masters: Callable[[], list[tuple[int, str]]],
+                 leader: Callable[[], str], term: Callable[[], int],
+                 add_master: Callable[[str], int] = _no_membership,
+                 remove_master: Callable[[str], int] = _no_membership) -> None:
         self.address = address
         self.masters = masters
         self.leader = leader
         self.term = term
+        self.add_master = add_master
+        self.remove_master = remove_master
+
+    def members(self) -> list[master_pb2.MasterMember]:
+        return [master_pb2.MasterMember(node_id=node_id, address=address) for node_id, address in self.masters()]
 
 
 def cluster_info(leadership: Leadership, publisher: InvalidationPublisher,
                  info: MasterInfo) -> master_pb2.ClusterInfo:
     """GetClusterInfo's answer; ``last_tid`` is the last TID this master published."""
     state = leadership.state
+    members = info.members()
     return master_pb2.ClusterInfo(
         cluster_name=state.cluster_name,
-        state=int(state.status),
+        state=master_pb2.ClusterInfo.STOPPING if state.running and state.stopping else int(state.status),
         num_partitions=state.num_partitions,
         num_replicas=state.num_replicas,
         table_version=state.table.version,
         last_oid=state.last_oid,
         last_tid=publisher.last_tid,
-        masters=info.masters(),
+        masters=[member.address for member in members],
         leader=info.leader(),
         term=info.term(),
+        members=members,
     )
 
 
@@ -80,7 +100,16 @@ def client_event(event: Event) -> master_pb2.ClientEvent:
 
 
 def _close_on_cancel(context: grpc.ServicerContext, close: Callable[[], None]) -> None:
-    if not context.add_callback(close):
+    """Call ``close`` when the rpc ends.  gRPC runs such callbacks on the
+    server's one polling thread, which must never block: closing a storage
+    session marks the node DOWN, a Raft commit that needs this very server to
+    take the other masters' answers (blocking here stalled the leader until
+    the commit timed out and the followers deposed it).  So ``close`` runs on
+    a thread of its own."""
+    def close_elsewhere() -> None:
+        threading.Thread(target=close, name="close-stream", daemon=True).start()
+
+    if not context.add_callback(close_elsewhere):
         close()  # the rpc already ended
 
 
@@ -109,7 +138,8 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
 
     def Finish(self, request: master_pb2.FinishRequest, context: grpc.ServicerContext) -> master_pb2.FinishReply:
         self._leadership.cluster().require_running()
-        votes = [NodeVote(vote.node_id, tuple(vote.partitions)) for vote in request.votes]
+        votes = [NodeVote(vote.node_id, tuple(vote.partitions), tuple(vote.unchecked_partitions))
+                 for vote in request.votes]
         tid = self._leadership.coordinator().finish(
             request.client_id, request.ttid, list(request.oids), list(request.partitions), votes)
         return master_pb2.FinishReply(tid=tid)
@@ -132,6 +162,12 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
             return master_pb2.TransactionOutcome(status=master_pb2.TransactionOutcome.ABORTED)
         return master_pb2.TransactionOutcome(status=committed, tid=tid)
 
+    def GetTransactionState(self, request: master_pb2.TransactionStateRequest,
+                            context: grpc.ServicerContext) -> master_pb2.TransactionState:
+        status, tid = self._leadership.coordinator().state_of(request.ttid)  # NotLeader on a follower
+        return master_pb2.TransactionState(
+            status=master_pb2.TransactionState.Status.Value(status.upper()), tid=tid or b"")
+
     def Subscribe(self, request: master_pb2.SubscribeRequest,
                   context: grpc.ServicerContext) -> Iterator[master_pb2.ClientEvent]:
         if not request.client_id:
@@ -146,8 +182,14 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
             coordinator.client_connected(request.client_id)
         try:
             _close_on_cancel(context, subscription.close)
-            for event in subscription:
-                yield client_event(event)
+            while True:
+                event = subscription.next_event(timeout=STREAM_HEARTBEAT_INTERVAL)
+                if event is not None:
+                    yield client_event(event)
+                elif subscription.ended:
+                    break
+                else:
+                    yield master_pb2.ClientEvent(heartbeat=True)
         finally:
             subscription.close()
             if coordinator is not None:
@@ -169,6 +211,7 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
             last_tid=registration.last_tid,
             term=registration.term,
             decided=[common_pb2.Decision(ttid=ttid, tid=tid) for ttid, tid in registration.decided],
+            truncations=[common_pb2.Truncation(after=t.after, upto=t.upto) for t in registration.truncations],
         )
 
     def StorageSession(self, request: master_pb2.StorageSessionRequest,
@@ -179,10 +222,20 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
             for event in session:
                 if isinstance(event, Heartbeat):
                     yield master_pb2.StorageEvent(heartbeat=True)
+                elif isinstance(event, Shutdown):
+                    yield master_pb2.StorageEvent(shutdown=event.reason)
                 else:
                     yield master_pb2.StorageEvent(partition_table=event.to_proto())
         finally:
             session.close()
+
+    def GetReplicationPlan(self, request: master_pb2.ReplicationPlanRequest,
+                           context: grpc.ServicerContext) -> master_pb2.ReplicationPlan:
+        return self._leadership.cluster().replication.plan(request.node_id)
+
+    def ReportReplication(self, request: master_pb2.ReplicationProgress,
+                          context: grpc.ServicerContext) -> master_pb2.ReplicationAck:
+        return master_pb2.ReplicationAck(up_to_date=self._leadership.cluster().replication.report(request))
 
 
 class AdminServicer(master_pb2_grpc.AdminServicer):
@@ -201,3 +254,38 @@ class AdminServicer(master_pb2_grpc.AdminServicer):
 
     def AddNodes(self, request: master_pb2.AddNodesRequest, context: grpc.ServicerContext) -> common_pb2.PartitionTable:
         return self._leadership.cluster().add_nodes(list(request.node_ids)).to_proto()
+
+    def AddMaster(self, request: master_pb2.MasterAddress, context: grpc.ServicerContext) -> master_pb2.MembershipReply:
+        node_id = self._info.add_master(request.address)
+        return master_pb2.MembershipReply(node_id=node_id, members=self._info.members())
+
+    def RemoveMaster(self, request: master_pb2.MasterAddress,
+                     context: grpc.ServicerContext) -> master_pb2.MembershipReply:
+        node_id = self._info.remove_master(request.address)
+        return master_pb2.MembershipReply(node_id=node_id, members=self._info.members())
+
+    def GetReplication(self, request: common_pb2.Empty, context: grpc.ServicerContext) -> master_pb2.ReplicationStatus:
+        return self._leadership.cluster().replication.status()
+
+    def Check(self, request: master_pb2.CheckRequest, context: grpc.ServicerContext) -> master_pb2.CheckReply:
+        return self._leadership.cluster().check(list(request.partitions), request.repair)
+
+    def Tweak(self, request: master_pb2.TweakRequest, context: grpc.ServicerContext) -> master_pb2.TweakReply:
+        table, moves = self._leadership.cluster().tweak(
+            list(request.drop), request.replicas, request.dry_run, request.force)
+        return master_pb2.TweakReply(table=table.to_proto(), moves=moves)
+
+    def SetClusterState(self, request: master_pb2.SetClusterStateRequest,
+                        context: grpc.ServicerContext) -> master_pb2.ClusterInfo:
+        if request.state not in (master_pb2.ClusterInfo.RUNNING, master_pb2.ClusterInfo.STOPPING):
+            raise errors.BadRequest("the cluster state can be set to RUNNING or STOPPING only")
+        self._leadership.cluster().set_stopping(request.state == master_pb2.ClusterInfo.STOPPING)
+        return cluster_info(self._leadership, self._publisher, self._info)
+
+    def KillNode(self, request: master_pb2.KillNodeRequest, context: grpc.ServicerContext) -> common_pb2.PartitionTable:
+        return self._leadership.cluster().kill_node(request.node_id, request.force).to_proto()
+
+    def Truncate(self, request: master_pb2.TruncateRequest, context: grpc.ServicerContext) -> master_pb2.TruncateReply:
+        if len(request.tid) != 8:
+            raise errors.BadRequest(f"the truncation TID must be 8 bytes, got {len(request.tid)}")
+        return self._leadership.cluster().truncate(request.tid)

@@ -91,10 +91,12 @@ class CellRef:
 @dataclasses.dataclass(frozen=True)
 class NodeVote:
     """A storage node that voted (made durable) a transaction's data for
-    these partitions."""
+    these partitions; ``unchecked``: those of them where it took some store
+    without lock nor conflict check (its cell was not readable then)."""
 
     node_id: int
     partitions: tuple[int, ...]
+    unchecked: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +104,20 @@ class PartitionTid:
     """A node holds every committed transaction of ``partition`` up to ``tid``."""
 
     partition: int
+    tid: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class MissedTid:
+    """The cell (``partition``, ``node_id``) lacks the transaction ``tid``: the
+    last transaction of the partition decided without this node's vote (or
+    dropped from its participants).  Such a cell becomes UP_TO_DATE only
+    once the node holds everything of the partition up to ``tid``
+    (:class:`MarkUpToDate`): it replicated that far, and voted for every
+    later transaction of the partition."""
+
+    partition: int
+    node_id: int
     tid: bytes
 
 
@@ -165,6 +181,24 @@ MAX_RECENT_OUTCOMES = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
+class Truncation:
+    """``neoctl truncate``: every transaction with ``after`` < tid <= ``upto``
+    was deleted (``upto`` is a TID allocated for the truncation, above every
+    TID before it, so that TIDs never go back)."""
+
+    after: bytes
+    upto: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class MasterMember:
+    """A voting member of the masters' Raft group: its Raft node id and address."""
+
+    node_id: int
+    address: str
+
+
+@dataclasses.dataclass(frozen=True)
 class ClusterState:
     """Everything the masters agree on.  Change it only through :func:`apply`.
 
@@ -182,9 +216,24 @@ class ClusterState:
     partition_last_tids: tuple[bytes, ...] = ()
     pending_decisions: tuple[PendingDecision, ...] = ()  # by increasing tid
     next_node_id: int = 1
+    # The masters' address book (Raft node id -> address), by increasing id:
+    # the applied Raft membership.  Empty for a single master.
+    masters: tuple[MasterMember, ...] = ()
+    next_master_id: int = 1  # master ids are never reused
     # The last MAX_RECENT_OUTCOMES decisions, oldest first (increasing tid):
     # any master can tell a client what became of its TTID after a leader change.
     recent_outcomes: tuple[Outcome, ...] = ()
+    # Cells that lack a committed transaction, by (partition, node_id): only
+    # cells that are not UP_TO_DATE (see MissedTid).
+    missed: tuple[MissedTid, ...] = ()
+    # Storage nodes being dropped (neoctl drop-node): they get no new cells,
+    # and leave the table once they hold none.
+    dropping: tuple[int, ...] = ()
+    # neoctl set cluster STOPPING: no new transaction begins (reads go on).
+    stopping: bool = False
+    # Every truncation, oldest first: storage nodes that were away apply
+    # those they missed when they register.
+    truncations: tuple[Truncation, ...] = ()
 
     @property
     def created(self) -> bool:
@@ -209,13 +258,32 @@ class ClusterState:
                 return decision
         return None
 
-    def outcome_of(self, ttid: bytes, client_id: str) -> bytes | None:
+    def outcome_of(self, ttid: bytes, client_id: str | None) -> bytes | None:
         """The TID ``client_id``'s TTID ``ttid`` committed as, if it is among
-        the recent decisions (a record without client id matches any)."""
+        the recent decisions (a record without client id matches any; a
+        ``client_id`` of None matches any record)."""
         for outcome in reversed(self.recent_outcomes):
-            if outcome.ttid == ttid and outcome.client_id in ("", client_id):
+            if outcome.ttid == ttid and (client_id is None or outcome.client_id in ("", client_id)):
                 return outcome.tid
         return None
+
+    def missed_tid(self, partition: int, node_id: int) -> bytes | None:
+        """The last transaction the cell lacks (``None``: it lacks nothing)."""
+        for miss in self.missed:
+            if miss.partition == partition and miss.node_id == node_id:
+                return miss.tid
+        return None
+
+    def replication_bound(self, partition: int) -> bytes:
+        """The highest TID up to which every committed transaction of
+        ``partition`` is applied on each of its participants: the bound a
+        replica may copy up to from any UP_TO_DATE cell."""
+        bound = self.partition_last_tids[partition] if self.partition_last_tids else ZERO_TID
+        for decision in self.pending_decisions:  # by increasing tid
+            if partition in decision.partitions:
+                below = p64(u64(decision.tid) - 1)
+                return min(bound, below)
+        return bound
 
     def decision_of_ttid(self, ttid: bytes) -> PendingDecision | None:
         for decision in self.pending_decisions:
@@ -224,9 +292,14 @@ class ClusterState:
         return None
 
 
-def initial_state() -> ClusterState:
-    """The blank state of a master that has never created its cluster."""
-    return ClusterState()
+def initial_state(masters: Sequence[str] = ()) -> ClusterState:
+    """The blank state of a master that has never created its cluster.
+
+    ``masters``: the first members of a Raft group, node ``i`` at
+    ``masters[i - 1]`` (the image every first member bootstraps from).
+    """
+    members = tuple(MasterMember(index, address) for index, address in enumerate(masters, start=1))
+    return ClusterState(masters=members, next_master_id=len(members) + 1)
 
 
 # -- commands -------------------------------------------------------------------
@@ -340,14 +413,95 @@ class DropParticipants:
 @dataclasses.dataclass(frozen=True)
 class MarkUpToDate:
     """The node holds every committed transaction of each partition up to
-    the tid given: its OUT_OF_DATE cells there become UP_TO_DATE when that
-    tid reaches the partition's last committed tid (checked here, so that a
-    commit decided meanwhile is never missed).  Result: the partitions
-    marked.
+    the tid given (it replicated that far, or, with a zero tid, it only
+    claims to lack nothing): its OUT_OF_DATE cell there becomes UP_TO_DATE
+    when that tid reaches the last transaction the cell missed
+    (:class:`MissedTid`, checked here, so that a transaction decided without
+    the node meanwhile is never overlooked); a cell that missed nothing
+    becomes UP_TO_DATE at once.  Result: the partitions marked.
     """
 
     node_id: int
     cells: tuple[PartitionTid, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class AddMaster:
+    """Raft added the voter ``node_id`` (a ``CONF_CHANGE`` entry, applied by
+    the Raft driver, never submitted): record its address.  Result: the id.
+    """
+
+    node_id: int
+    address: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoveMaster:
+    """Raft removed the voter ``node_id`` (a ``CONF_CHANGE`` entry, applied
+    by the Raft driver): forget its address.  Result: the id.
+    """
+
+    node_id: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ChangeTable:
+    """Move cells (rebalancing, ``neoctl add-node|drop-node|tweak|set
+    replicas``): the leader planned ``rows`` from the table of version
+    ``version`` (refused if the table changed since).  A cell new to its
+    partition must be OUT_OF_DATE (it replicates what the partition holds);
+    a cell may leave a partition only if the partition keeps a readable
+    cell; nodes in ``dropping`` get no new cell and leave the table once they
+    hold none.  ``num_replicas`` (0: unchanged) is the new R.  Result: None.
+    """
+
+    version: int
+    rows: tuple[tuple[Cell, ...], ...]
+    num_replicas: int = 0
+    dropping: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkCorrupted:
+    """A consistency check found these nodes' cells of ``partition``
+    diverging from the other replicas: they become CORRUPTED (no reads, no
+    writes), except one that would leave the partition no readable cell.
+    Result: the nodes marked."""
+
+    partition: int
+    node_ids: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class RebuildCells:
+    """``neoctl check --repair``: these nodes deleted their data of
+    ``partition``, whose cells are CORRUPTED; the cells become OUT_OF_DATE
+    and catch up by replication like new cells (they lack everything up to
+    the partition's last transaction).  Cells in another state are left
+    alone.  Result: the nodes whose cell changed."""
+
+    partition: int
+    node_ids: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class SetClusterState:
+    """``neoctl set cluster RUNNING|STOPPING``: ``stopping`` refuses new
+    transactions (those begun end normally).  Result: None."""
+
+    stopping: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Truncate:
+    """``neoctl truncate``: roll the database back to ``tid``.  Needs a
+    STOPPING cluster with no decision left to apply.  ``marker`` (a fresh
+    TID above ``last_tid``) becomes the last TID, so that TIDs keep
+    increasing and every client resets its cache.  Result: the
+    :class:`Truncation`."""
+
+    tid: bytes
+    marker: bytes
 
 
 Command = Union[
@@ -361,6 +515,13 @@ Command = Union[
     MarkApplied,
     DropParticipants,
     MarkUpToDate,
+    AddMaster,
+    RemoveMaster,
+    MarkCorrupted,
+    ChangeTable,
+    RebuildCells,
+    SetClusterState,
+    Truncate,
 ]
 
 COMMAND_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Command)}
@@ -393,7 +554,7 @@ def apply(state: ClusterState, command: Command) -> tuple[ClusterState, Any]:
     handler = _HANDLERS.get(type(command))
     if handler is None:
         raise errors.BadRequest(f"unknown command {type(command).__name__}")
-    if not isinstance(command, CreateCluster) and not state.created:
+    if not isinstance(command, (CreateCluster, AddMaster, RemoveMaster)) and not state.created:
         raise errors.Unavailable("the cluster has not been created yet")
     return handler(state, command)
 
@@ -538,14 +699,26 @@ def _allocate_oids(state: ClusterState, command: AllocateOids) -> tuple[ClusterS
 def _check_votes(
     rows: Sequence[Sequence[Cell]], partitions: Iterable[int], votes: Sequence[NodeVote]
 ) -> None:
-    """Every partition keeps a readable cell, and each readable cell voted."""
+    """Every partition keeps a readable cell, each readable cell voted, and
+    one of them checked the transaction's conflicts: a vote of a cell that
+    was not readable when it took the stores is no such check (without it,
+    a transaction that stored only on such a cell, which lacks a recent
+    commit, could overwrite that commit unseen)."""
     for partition in partitions:
         voters = {vote.node_id for vote in votes if partition in vote.partitions}
         readable = [c.node_id for c in rows[partition] if c.state in READABLE_STATES]
         if not readable:
-            raise errors.Unavailable(
+            raise errors.NotCommitted(
                 f"partition {partition}: the transaction would leave no readable cell "
                 f"(voters: {sorted(voters) or 'none'})"
+            )
+        checked = {vote.node_id for vote in votes
+                   if partition in vote.partitions and partition not in vote.unchecked}
+        if not any(node_id in checked for node_id in readable):
+            raise errors.NotCommitted(
+                f"partition {partition}: no readable cell checked the transaction's conflicts "
+                f"(readable cells on nodes {readable}; voters {sorted(voters) or 'none'} took its stores "
+                f"while not readable)"
             )
         missing = [node_id for node_id in readable if node_id not in voters]
         if missing:
@@ -580,7 +753,7 @@ def plan_decision(
         voters = {vote.node_id for vote in votes if partition in vote.partitions}
         writable = [c.node_id for c in state.table.rows[partition] if c.state in WRITABLE_STATES]
         if not any(node_id in voters for node_id in writable):
-            raise errors.Unavailable(
+            raise errors.NotCommitted(
                 f"partition {partition}: no storage node holding a writable cell voted "
                 f"(writable cells on nodes {writable or 'none'}, voters {sorted(voters) or 'none'})"
             )
@@ -628,16 +801,30 @@ def _decide(state: ClusterState, decision: Decision) -> ClusterState:
     else:
         _check_votes(table.rows, decision.partitions, decision.votes)
     partition_last_tids = list(state.partition_last_tids)
+    misses = []
     for partition in decision.partitions:
         partition_last_tids[partition] = decision.tid
+        voters = {vote.node_id for vote in decision.votes if partition in vote.partitions}
+        misses.extend(MissedTid(partition, cell.node_id, decision.tid)
+                      for cell in table.rows[partition] if cell.node_id not in voters)
     return dataclasses.replace(
         state,
         table=table,
+        missed=_with_missed(state.missed, misses),
         last_tid=decision.tid,
         partition_last_tids=tuple(partition_last_tids),
         pending_decisions=state.pending_decisions + (decision.pending(),),
         recent_outcomes=_remember(state.recent_outcomes, Outcome(decision.ttid, decision.tid, decision.client_id)),
     )
+
+
+def _with_missed(missed: tuple[MissedTid, ...], misses: Sequence[MissedTid]) -> tuple[MissedTid, ...]:
+    """``missed`` with each of ``misses`` replacing the entry of its cell."""
+    if not misses:
+        return missed
+    cells = {(miss.partition, miss.node_id) for miss in misses}
+    kept = [miss for miss in missed if (miss.partition, miss.node_id) not in cells]
+    return tuple(sorted(kept + list(misses), key=lambda miss: (miss.partition, miss.node_id)))
 
 
 def _remember(outcomes: tuple[Outcome, ...], outcome: Outcome) -> tuple[Outcome, ...]:
@@ -711,8 +898,9 @@ def _drop_participants(state: ClusterState, command: DropParticipants) -> tuple[
     table = state.table
     if tuple(tuple(row) for row in rows) != table.rows:
         table = table.with_rows(rows)
-    new_state = _without_participants(dataclasses.replace(state, table=table), decision, dropped)
-    return new_state, tuple(dropped)
+    misses = [MissedTid(p, node_id, decision.tid) for node_id in dropped for p in decision.partitions]
+    new_state = dataclasses.replace(state, table=table, missed=_with_missed(state.missed, misses))
+    return _without_participants(new_state, decision, dropped), tuple(dropped)
 
 
 @_handles(MarkUpToDate)
@@ -721,19 +909,195 @@ def _mark_up_to_date(state: ClusterState, command: MarkUpToDate) -> tuple[Cluste
     _require_node(state, command.node_id)
     rows = [list(row) for row in state.table.rows]
     marked: list[int] = []
+    caught_up: set[tuple[int, int]] = set()
     for held in command.cells:
         _check_partition(state, held.partition)
         _check_id(held.tid, "tid")
-        if held.tid < state.partition_last_tids[held.partition]:
+        missed = state.missed_tid(held.partition, command.node_id)
+        if missed is not None and held.tid < missed:
             continue
         row = rows[held.partition]
         for index, cell in enumerate(row):
             if cell.node_id == command.node_id and cell.state == CellState.OUT_OF_DATE:
-                row[index] = Cell(cell.node_id, CellState.UP_TO_DATE)
+                # A node being dropped keeps leaving: its cell that missed a
+                # write (FEEDING, then OUT_OF_DATE) feeds again once caught up.
+                row[index] = Cell(cell.node_id, CellState.FEEDING if command.node_id in state.dropping
+                                  else CellState.UP_TO_DATE)
                 marked.append(held.partition)
+                caught_up.add((held.partition, command.node_id))
     if not marked:
         return state, ()
-    return dataclasses.replace(state, table=state.table.with_rows(rows)), tuple(sorted(set(marked)))
+    missed = tuple(m for m in state.missed if (m.partition, m.node_id) not in caught_up)
+    for partition in set(marked):  # enough replicas up to date: the cells moving away go
+        row = rows[partition]
+        if sum(1 for cell in row if cell.state == CellState.UP_TO_DATE) >= state.num_replicas:
+            rows[partition] = [cell for cell in row if cell.state != CellState.FEEDING]
+    new_state = dataclasses.replace(state, table=state.table.with_rows(rows), missed=missed)
+    return _without_dropped_nodes(new_state), tuple(sorted(set(marked)))
+
+
+def _without_dropped_nodes(state: ClusterState) -> ClusterState:
+    """Nodes being dropped that hold no cell any more leave the table."""
+    gone = [node_id for node_id in state.dropping if not state.table.partitions_of_node(node_id, list(CellState))]
+    if not gone:
+        return state
+    table = dataclasses.replace(state.table, version=state.table.version + 1,
+                                nodes=tuple(n for n in state.table.nodes if n.node_id not in gone))
+    return dataclasses.replace(state, table=table, dropping=tuple(n for n in state.dropping if n not in gone),
+                               missed=tuple(m for m in state.missed if m.node_id not in gone))
+
+
+@_handles(ChangeTable)
+def _change_table(state: ClusterState, command: ChangeTable) -> tuple[ClusterState, None]:
+    _require_running(state)
+    if command.version != state.table.version:
+        raise errors.BadRequest(
+            f"the partition table changed (version {state.table.version}, planned from {command.version}): plan again")
+    if len(command.rows) != state.num_partitions:
+        raise errors.BadRequest(f"a table of {len(command.rows)} rows for {state.num_partitions} partitions")
+    replicas = command.num_replicas or state.num_replicas
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise errors.BadRequest(f"num_replicas must be in 1..{MAX_REPLICAS}, got {replicas}")
+    dropping = tuple(sorted(set(state.dropping) | set(command.dropping)))
+    for node_id in dropping:
+        _require_node(state, node_id)
+    misses: list[MissedTid] = []
+    for partition, (old_row, new_row) in enumerate(zip(state.table.rows, command.rows)):
+        old_cells = {cell.node_id: cell for cell in old_row}
+        node_ids = [cell.node_id for cell in new_row]
+        if len(node_ids) != len(set(node_ids)):
+            raise errors.BadRequest(f"partition {partition}: two cells on one node")
+        for cell in new_row:
+            _require_node(state, cell.node_id)
+            if cell.node_id not in old_cells:
+                if cell.state != CellState.OUT_OF_DATE:
+                    raise errors.BadRequest(f"partition {partition}: a new cell on node {cell.node_id} "
+                                            f"must be OUT_OF_DATE, not {cell.state.name}")
+                if cell.node_id in dropping:
+                    raise errors.BadRequest(f"partition {partition}: node {cell.node_id} is being dropped")
+                if state.partition_last_tids[partition] != ZERO_TID:
+                    misses.append(MissedTid(partition, cell.node_id, state.partition_last_tids[partition]))
+            elif cell.state in READABLE_STATES and old_cells[cell.node_id].state not in READABLE_STATES:
+                raise errors.BadRequest(f"partition {partition}: the cell on node {cell.node_id} "
+                                        f"is {old_cells[cell.node_id].state.name}, it cannot become readable here")
+        if any(c.state in READABLE_STATES for c in old_row) and not any(c.state in READABLE_STATES for c in new_row):
+            raise errors.Unavailable(f"partition {partition} would have no readable cell left")
+    # Where enough replicas are up to date already (fewer replicas wanted), the
+    # cells moving away need not feed anyone.
+    rows = [row if sum(1 for c in row if c.state == CellState.UP_TO_DATE) < replicas
+            else tuple(c for c in row if c.state != CellState.FEEDING) for row in command.rows]
+    kept = {(p, c.node_id) for p, row in enumerate(rows) for c in row}
+    missed = tuple(m for m in _with_missed(state.missed, misses) if (m.partition, m.node_id) in kept)
+    table = dataclasses.replace(state.table.with_rows(rows), num_replicas=replicas)
+    new_state = dataclasses.replace(state, table=table, num_replicas=replicas, missed=missed, dropping=dropping)
+    return _without_dropped_nodes(new_state), None
+
+
+# -- the masters' address book ------------------------------------------------------
+
+
+@_handles(AddMaster)
+def _add_master(state: ClusterState, command: AddMaster) -> tuple[ClusterState, int]:
+    if command.node_id < state.next_master_id:
+        raise errors.BadRequest(f"master id {command.node_id} was already given out")
+    if not command.address:
+        raise errors.BadRequest("a master needs an address")
+    if any(member.address == command.address for member in state.masters):
+        raise errors.BadRequest(f"master {command.address} is already a member")
+    members = tuple(sorted((*state.masters, MasterMember(command.node_id, command.address)),
+                           key=lambda member: member.node_id))
+    return dataclasses.replace(state, masters=members, next_master_id=command.node_id + 1), command.node_id
+
+
+@_handles(RemoveMaster)
+def _remove_master(state: ClusterState, command: RemoveMaster) -> tuple[ClusterState, int]:
+    if all(member.node_id != command.node_id for member in state.masters):
+        raise errors.BadRequest(f"master {command.node_id} is not a member")
+    members = tuple(member for member in state.masters if member.node_id != command.node_id)
+    return dataclasses.replace(state, masters=members), command.node_id
+
+
+def _change_cells(
+    state: ClusterState, partition: int, node_ids: Iterable[int],
+    new_state: Callable[[Sequence[Cell], Cell], CellState | None],
+) -> tuple[ClusterState, tuple[int, ...]]:
+    """Set the state of the cells of ``node_ids`` in ``partition`` to what
+    ``new_state(row, cell)`` says (None: leave it); the nodes changed."""
+    _require_running(state)
+    _check_partition(state, partition)
+    row = list(state.table.rows[partition])
+    changed: list[int] = []
+    for node_id in sorted(set(node_ids)):
+        _require_node(state, node_id)
+        for index, cell in enumerate(row):
+            if cell.node_id == node_id:
+                wanted = new_state(row, cell)
+                if wanted is not None:
+                    row[index] = Cell(node_id, wanted)
+                    changed.append(node_id)
+    if not changed:
+        return state, ()
+    rows = list(state.table.rows)
+    rows[partition] = tuple(row)
+    return dataclasses.replace(state, table=state.table.with_rows(rows)), tuple(changed)
+
+
+@_handles(MarkCorrupted)
+def _mark_corrupted(state: ClusterState, command: MarkCorrupted) -> tuple[ClusterState, tuple[int, ...]]:
+    def corrupted(row: Sequence[Cell], cell: Cell) -> CellState | None:
+        if cell.state == CellState.CORRUPTED:
+            return None
+        if cell.state in READABLE_STATES and not _has_other_readable(row, [cell.node_id]):
+            return None  # the partition keeps its last readable cell
+        return CellState.CORRUPTED
+
+    return _change_cells(state, command.partition, command.node_ids, corrupted)
+
+
+@_handles(RebuildCells)
+def _rebuild_cells(state: ClusterState, command: RebuildCells) -> tuple[ClusterState, tuple[int, ...]]:
+    state, rebuilt = _change_cells(
+        state, command.partition, command.node_ids,
+        lambda row, cell: CellState.OUT_OF_DATE if cell.state == CellState.CORRUPTED else None)
+    last_tid = state.partition_last_tids[command.partition]
+    if not rebuilt or last_tid == ZERO_TID:
+        return state, rebuilt
+    misses = [MissedTid(command.partition, node_id, last_tid) for node_id in rebuilt]
+    return dataclasses.replace(state, missed=_with_missed(state.missed, misses)), rebuilt
+
+
+@_handles(SetClusterState)
+def _set_cluster_state(state: ClusterState, command: SetClusterState) -> tuple[ClusterState, None]:
+    _require_running(state)
+    if state.stopping == command.stopping:
+        return state, None
+    return dataclasses.replace(state, stopping=command.stopping), None
+
+
+@_handles(Truncate)
+def _truncate(state: ClusterState, command: Truncate) -> tuple[ClusterState, Truncation]:
+    _require_running(state)
+    _check_id(command.tid, "truncation tid")
+    _check_id(command.marker, "truncation marker")
+    if not state.stopping:
+        raise errors.BadRequest("a truncation needs a STOPPING cluster (neoctl set cluster STOPPING)")
+    if state.pending_decisions:
+        raise errors.Refused(f"{len(state.pending_decisions)} committed transaction(s) are not applied "
+                                 "on every storage node yet: retry once they are")
+    if command.tid >= state.last_tid:
+        raise errors.BadRequest(f"nothing to truncate: no transaction after {tid_repr(command.tid)} "
+                                f"(the last TID is {tid_repr(state.last_tid)})")
+    if command.marker <= state.last_tid:
+        raise errors.BadRequest("the truncation marker must be above the last TID")
+    truncation = Truncation(command.tid, command.marker)
+    return dataclasses.replace(
+        state,
+        last_tid=command.marker,
+        partition_last_tids=tuple(min(tid, command.tid) for tid in state.partition_last_tids),
+        missed=tuple(dataclasses.replace(miss, tid=min(miss.tid, command.tid)) for miss in state.missed),
+        recent_outcomes=tuple(o for o in state.recent_outcomes if o.tid <= command.tid),
+        truncations=(*state.truncations, truncation),
+    ), truncation
 
 
 # -- encoding ---------------------------------------------------------------------

@@ -26,7 +26,7 @@ class StorageLinks:
         self._links: dict[str, tuple[grpc.Channel, storage_pb2_grpc.StorageStub]] = {}
         self._closed = False
 
-    def _stub(self, address: str) -> storage_pb2_grpc.StorageStub:
+    def stub(self, address: str) -> storage_pb2_grpc.StorageStub:
         with self._lock:
             if self._closed:
                 raise errors.Unavailable("the master is stopping")
@@ -39,12 +39,12 @@ class StorageLinks:
     def commit(self, address: str, ttid: bytes, tid: bytes, term: int, timeout: float) -> None:
         """Order the node at ``address`` to apply ``ttid`` as ``tid``; raises NeoError."""
         request = storage_pb2.CommitRequest(ttid=ttid, tid=tid, term=term)
-        rpc.call(self._stub(address).Commit, request, timeout=timeout, peer=address)
+        rpc.call(self.stub(address).Commit, request, timeout=timeout, peer=address)
 
     def abort(self, address: str, ttid: bytes, term: int, timeout: float) -> None:
         """Order the node at ``address`` to drop ``ttid``; raises NeoError."""
         request = storage_pb2.AbortTransactionRequest(ttid=ttid, term=term)
-        rpc.call(self._stub(address).Abort, request, timeout=timeout, peer=address)
+        rpc.call(self.stub(address).Abort, request, timeout=timeout, peer=address)
 
     def close(self) -> None:
         with self._lock:

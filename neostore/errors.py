@@ -105,6 +105,30 @@ class TooLarge(NeoError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class MembershipRefused(NeoError):
+    """A change of the masters' membership was refused: another change is
+    pending, the address is unknown or already a member, or the change would
+    leave the masters without a reachable majority."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class NotCommitted(NeoError):
+    """The masters refused to commit the transaction, and never will: every
+    storage node that voted for one of its partitions lost that vote (it
+    registered again), or committing would leave a partition unreadable.
+    Nothing of it is visible: the client may run it again."""
+
+    code = grpc.StatusCode.ABORTED
+
+
+class Refused(NeoError):
+    """An administrative change cannot be made as things stand now
+    (transactions in flight, decisions not applied yet...): retry later."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 _BY_NAME: dict[str, type[NeoError]] = {
     cls.__name__: cls
     for cls in (
@@ -121,6 +145,9 @@ _BY_NAME: dict[str, type[NeoError]] = {
         StorageFull,
         Corrupted,
         TooLarge,
+        MembershipRefused,
+        NotCommitted,
+        Refused,
     )
 }
 

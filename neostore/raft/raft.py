@@ -562,9 +562,11 @@ class Raft:
         index = quorum.committed_index(self.voters, match)
         if not self.log.maybe_commit(index, self.term):
             return False
+        # Broadcast before dropping a removed voter's progress: the commit
+        # index tells it that its removal committed (so it can stop).
+        self._bcast_append()
         if len(self.progress) > len(self.voters | {self.id}):
             self._sync_progress_with_membership()  # drop the removed voters' progress
-        self._bcast_append()
         if self.pending_reads and self.committed_in_current_term():
             pending, self.pending_reads = self.pending_reads, []
             for request in pending:

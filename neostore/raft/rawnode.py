@@ -134,6 +134,16 @@ class RawNode:
         """Ask the leader to hand leadership to voter ``target``."""
         self.raft.transfer_leadership(target)
 
+    def transfer_target(self) -> int:
+        """Leader: the other voter a transfer should go to, the one that
+        answered lately whose log matches this leader's furthest (0: none)."""
+        raft = self.raft
+        candidates = [
+            (progress.match, node_id) for node_id, progress in raft.progress.items()
+            if node_id != raft.id and node_id in raft.voters and progress.recent_active
+        ]
+        return max(candidates)[1] if candidates else 0
+
     def report_unreachable(self, target: int) -> None:
         self.raft.report_unreachable(target)
 

@@ -42,6 +42,7 @@ class FakeStorage(storage_pb2_grpc.StorageServicer):
         self.aborts: list[tuple[bytes, int]] = []  # (ttid, term)
         self.fail_with: errors.NeoError | None = None
         self.commit_delay = 0.0
+        self.commit_gate: threading.Event | None = None  # set: Commit orders wait until it opens
         self.commit_calls = 0
         self.server, port = rpc.make_server(RPC_CONFIG, "127.0.0.1:0", max_workers=8)
         storage_pb2_grpc.add_StorageServicer_to_server(self, self.server)
@@ -51,7 +52,9 @@ class FakeStorage(storage_pb2_grpc.StorageServicer):
     def Commit(self, request: storage_pb2.CommitRequest, context: grpc.ServicerContext) -> common_pb2.Empty:
         with self.lock:
             self.commit_calls += 1
-            failure, delay = self.fail_with, self.commit_delay
+            failure, delay, gate = self.fail_with, self.commit_delay, self.commit_gate
+        if gate is not None:
+            gate.wait(30)
         if delay:
             time.sleep(delay)
         if failure is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -30,7 +31,10 @@ from neostore.master_node.state import (
 from neostore.master_node.storage_links import StorageLinks
 from neostore.partition_table import CellState, NodeState
 
-FAST = CommitConfig(commit_timeout=0.5, commit_deadline=0.4, abort_timeout=1.0, mark_applied_delay=0.01,
+# A participant that fails fails at once, so the deadline only bounds how
+# long the tests of unreachable nodes wait; it is not tight, so that a healthy
+# Commit on a loaded machine is never taken for a failure.
+FAST = CommitConfig(commit_timeout=2.0, commit_deadline=2.0, abort_timeout=1.0, mark_applied_delay=0.01,
                     session_grace=0.0)
 
 
@@ -162,12 +166,24 @@ def test_a_writable_cell_that_did_not_vote_is_marked_out_of_date(harness: Harnes
     assert harness.state.table.version == version + 1
     assert harness.storages[0].committed_tids() == [tid]
     assert harness.storages[1].committed_tids() == []
+    # The node that did not vote may hold the transaction's stores and their
+    # locks, which no Commit will release: it is ordered to drop them.
+    wait_until(lambda: harness.storages[1].aborted_ttids() == [ttid], what="the non-voter told to drop it")
+    assert harness.storages[0].aborted_ttids() == []
+
+
+def test_a_node_that_is_down_gets_no_drop_order_for_each_decision(harness: Harness) -> None:
+    submit_one(harness.log, SetNodeState(2, NodeState.DOWN))  # its cells: OUT_OF_DATE, still writable
+    tids = [harness.commit(nodes=[1]) for _ in range(3)]
+    assert harness.storages[0].committed_tids() == tids
+    time.sleep(0.2)
+    assert harness.storages[1].aborted_ttids() == []  # it drops undecided TTIDs when it registers again
 
 
 def test_finish_without_a_writable_voter_is_unavailable_and_aborts_the_transaction(harness: Harness) -> None:
     ttid = harness.coordinator.begin("client")
     partition = u64(ttid) % 4
-    with pytest.raises(errors.Unavailable, match=f"partition {partition}: no storage node holding a writable cell"):
+    with pytest.raises(errors.NotCommitted, match=f"partition {partition}: no storage node holding a writable cell"):
         harness.coordinator.finish("client", ttid, [p64(partition)], [partition], [])
     assert harness.coordinator.phase_of(ttid) is None
     for storage in harness.storages:
@@ -181,7 +197,7 @@ def test_finish_refuses_to_leave_a_partition_without_readable_cell(harness: Harn
     submit_one(harness.log, RegisterNode(1, harness.storages[0].address))  # back, cells OUT_OF_DATE
     ttid = harness.coordinator.begin("client")
     partition = u64(ttid) % 4
-    with pytest.raises(errors.Unavailable, match=f"partition {partition}: the transaction would leave no readable"):
+    with pytest.raises(errors.NotCommitted, match=f"partition {partition}: the transaction would leave no readable"):
         harness.commit(ttid=ttid, nodes=[1])
 
 
@@ -244,6 +260,26 @@ def test_the_holder_of_the_last_readable_cell_delays_publication_until_it_return
     assert harness.storages[0].committed_tids() == [tid]
 
 
+def test_a_node_back_while_its_commit_loop_gives_up_gets_the_commit_again(harness: Harness) -> None:
+    submit_one(harness.log, SetNodeState(2, NodeState.DOWN))
+    submit_one(harness.log, RegisterNode(2, harness.storages[1].address))  # back, cells OUT_OF_DATE
+    harness.storages[0].fail_with = errors.Unavailable("network cut")
+    coordinator = harness.coordinator
+    participant_failed = coordinator._participant_failed  # noqa: SLF001
+
+    def back_just_then(applying: Any, node_id: int, error: errors.NeoError, unreachable: bool) -> None:
+        # Node 1 registers again after the loop's last try and before the
+        # loop records its failure: redrive_node finds the loop still running.
+        harness.storages[0].fail_with = None
+        coordinator.redrive_node(node_id)
+        participant_failed(applying, node_id, error, unreachable)
+
+    coordinator._participant_failed = back_just_then  # type: ignore[method-assign]  # noqa: SLF001
+    tid = harness.commit()
+    assert harness.storages[0].committed_tids() == [tid]
+    assert harness.published() == [tid]
+
+
 def test_publication_keeps_tid_order_when_a_later_transaction_applies_first(storages: list[FakeStorage]) -> None:
     harness = Harness(storages, num_partitions=2, num_replicas=1)  # partition p on node p + 1
     harness.coordinator.start()
@@ -252,12 +288,14 @@ def test_publication_keeps_tid_order_when_a_later_transaction_applies_first(stor
         second = harness.coordinator.begin("b")
         while u64(second) % 2 == u64(first) % 2:
             second = harness.coordinator.begin("b")
-        storages[u64(first) % 2].commit_delay = 0.3
+        gate = storages[u64(first) % 2].commit_gate = threading.Event()
         slow = in_background(harness.commit, "a", None, first)
         wait_until(lambda: harness.coordinator.decided_unpublished(), what="first decided")
         fast = in_background(harness.commit, "b", None, second)
         wait_until(lambda: len(storages[u64(second) % 2].commits) == 1, what="second applied")
+        time.sleep(0.1)
         assert not fast.done(), "a later TID waits for the earlier one to be published"
+        gate.set()
         first_tid, second_tid = slow.result(timeout=5), fast.result(timeout=5)
         assert first_tid < second_tid
         assert harness.published() == [first_tid, second_tid]
@@ -430,9 +468,16 @@ def test_an_unknown_ttid_is_aborted(harness: Harness) -> None:
 
 
 def test_the_outcome_of_a_finish_in_progress_waits_for_it(harness: Harness) -> None:
+    gate = threading.Event()
     for storage in harness.storages:
-        storage.commit_delay = 0.3
+        storage.commit_gate = gate
     ttid = harness.coordinator.begin("client")
     finishing = in_background(lambda: harness.commit(ttid=ttid))
     wait_until(lambda: harness.coordinator.phase_of(ttid) is not Phase.BEGUN, what="finish started")
-    assert harness.coordinator.outcome("client", ttid) == finishing.result(5)
+    # Decided but not applied (the participants are held): the decision is
+    # final, so the outcome is its TID already.
+    asking = in_background(harness.coordinator.outcome, "client", ttid)
+    tid = asking.result(5)
+    assert not finishing.done()
+    gate.set()
+    assert finishing.result(5) == tid

@@ -95,9 +95,7 @@ def test_a_finish_decided_before_the_leader_died_returns_its_tid(tmp_path: pathl
             stopper.join(30)
             assert reached.is_set()
             assert db.storage.lastTransaction() == tid
-            _wait_for(lambda: cluster.leader() not in (None, leader))
-            new_leader = cluster.leader()
-            assert new_leader is not None
+            new_leader = cluster.wait_for_leader(other_than=leader)
             assert [o.tid for o in new_leader.state.recent_outcomes].count(tid) == 1
             assert _read(cluster, "answer") == 42
             # Commits go on, after that TID.
@@ -139,9 +137,7 @@ def test_a_finish_not_decided_when_the_leader_died_raises(tmp_path: pathlib.Path
             connection.close()
             stopper.join(30)
             assert reached.is_set()
-            _wait_for(lambda: cluster.leader() not in (None, leader))
-            new_leader = cluster.leader()
-            assert new_leader is not None
+            new_leader = cluster.wait_for_leader(other_than=leader)
             assert new_leader.state.last_tid == last_tid, "nothing was committed"
             assert _read(cluster, "lost") is None
             with db.transaction() as connection:

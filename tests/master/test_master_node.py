@@ -16,7 +16,8 @@ from neostore.master_node.node import MasterConfig, MasterNode
 from neostore.partition_table import CellState, NodeState, PartitionTable
 from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc
 
-FAST = CommitConfig(commit_timeout=0.5, commit_deadline=0.4, abort_timeout=1.0, mark_applied_delay=0.01,
+# Not tight: a healthy Commit on a loaded machine must never count as a failure.
+FAST = CommitConfig(commit_timeout=2.0, commit_deadline=2.0, abort_timeout=1.0, mark_applied_delay=0.01,
                     session_grace=0.0)
 
 
@@ -173,15 +174,25 @@ def test_a_storage_session_streams_the_table_and_its_end_marks_the_node_down(run
     wait_until(lambda: running.table().node(1).state == NodeState.DOWN, what="node 1 down")
     table = running.table()
     assert all(table.cell_state(p, 1) == CellState.OUT_OF_DATE for p in range(4))
-    # Back, reporting nothing: it holds every partition where nothing was committed.
+    # A transaction committed while node 1 is away: its partition missed it.
+    ttid2 = running.begin()
+    missed = u64(ttid2) % 4
+    votes = [master_pb2.Vote(node_id=cell.node_id, partitions=[missed])
+             for cell in table.rows[missed] if cell.node_id != 1]
+    rpc.call(running.master.Finish, master_pb2.FinishRequest(
+        client_id="client", ttid=ttid2, oids=[p64(missed)], partitions=[missed], votes=votes,
+        table_version=table.version), timeout=10)
+    # Back: up to date at once where it missed nothing (including the partition
+    # of the transaction it voted for before leaving: it applies that one itself).
     back = PartitionTable.from_proto(running.register("127.0.0.1:7001", node_id=1).partition_table)
     assert back.node(1).state == NodeState.RUNNING
-    assert [back.cell_state(p, 1) == CellState.UP_TO_DATE for p in range(4)] == [p != written for p in range(4)]
-    # Back again, holding the last transaction of that partition: up to date there too.
-    held = [common_pb2.PartitionLastTid(partition=written, tid=tid)]
+    assert [back.cell_state(p, 1) == CellState.UP_TO_DATE for p in range(4)] == [p != missed for p in range(4)]
+    assert written == missed or back.cell_state(written, 1) == CellState.UP_TO_DATE
+    # Whatever it claims to hold, the partition it missed waits for replication.
+    held = [common_pb2.PartitionLastTid(partition=missed, tid=tid)]
     again = PartitionTable.from_proto(
         running.register("127.0.0.1:7001", node_id=1, partition_last_tids=held).partition_table)
-    assert all(again.cell_state(p, 1) == CellState.UP_TO_DATE for p in range(4))
+    assert again.cell_state(missed, 1) == CellState.OUT_OF_DATE
 
 
 def test_a_committed_transaction_is_applied_and_published_to_subscribers(

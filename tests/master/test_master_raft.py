@@ -31,7 +31,7 @@ from neostore.master_node.state import AllocateOids, CreateCluster, RegisterNode
 from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc, raft_pb2_grpc
 
 RPC = rpc.RpcConfig("raft-test")
-TICK = 0.02
+TICK = 0.05  # an election timeout of 0.5-1 s: a loaded machine does not miss that many heartbeats
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -231,9 +231,8 @@ def test_stopping_the_leading_master_lets_commits_continue(tmp_path: pathlib.Pat
             assert old_leader is not None
             old_term = old_leader.term
             old_leader.stop()
-            wait_for(lambda: cluster.leader() not in (None, old_leader))
-            new_leader = cluster.leader()
-            assert new_leader is not None and new_leader.term > old_term
+            new_leader = cluster.wait_for_leader(other_than=old_leader)
+            assert new_leader.term > old_term
             _commit(db, "after", 2)
             connection = db.open()
             try:

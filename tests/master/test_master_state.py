@@ -13,6 +13,8 @@ from neostore import errors
 from neostore.ids import ZERO_TID, p64, u64
 from neostore.master_node.state import (
     COMMAND_TYPES,
+    AddMaster,
+    RemoveMaster,
     AdmitNodes,
     AllocateOids,
     CellRef,
@@ -23,7 +25,13 @@ from neostore.master_node.state import (
     CreatePartitionTable,
     Decision,
     DropParticipants,
+    ChangeTable,
     MarkApplied,
+    MarkCorrupted,
+    RebuildCells,
+    SetClusterState,
+    Truncate,
+    Truncation,
     MarkUpToDate,
     NodeVote,
     PartitionTid,
@@ -37,7 +45,7 @@ from neostore.master_node.state import (
     initial_state,
     plan_decision,
 )
-from neostore.partition_table import READABLE_STATES, CellState, NodeState
+from neostore.partition_table import READABLE_STATES, Cell, CellState, NodeState
 
 ADDRESSES = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]
 
@@ -281,15 +289,27 @@ def test_a_refused_decision_does_not_prevent_the_others_of_its_batch() -> None:
 
 def test_plan_decision_names_the_partition_without_a_writable_voter() -> None:
     state = running_state(ADDRESSES[:2], num_partitions=4, num_replicas=2)
-    with pytest.raises(errors.Unavailable, match="partition 3: no storage node holding a writable cell voted"):
+    with pytest.raises(errors.NotCommitted, match="partition 3: no storage node holding a writable cell voted"):
         plan_decision(state, (0, 3), (NodeVote(1, (0,)),))
+
+
+def test_a_vote_that_checked_no_conflict_is_no_readable_cell_check() -> None:
+    """The lost update the nemesis found: a transaction stored only on a
+    cell that was OUT_OF_DATE (no lock, no conflict check: it lacked a
+    recent commit) while its store on the readable cell failed; the cell
+    caught up before the finish.  Its vote must not stand for the check."""
+    state = running_state(ADDRESSES[:2], num_partitions=1, num_replicas=2)
+    with pytest.raises(errors.NotCommitted, match="partition 0: no readable cell checked the transaction's conflicts"):
+        plan_decision(state, (0,), (NodeVote(2, (0,), unchecked=(0,)),))
+    # With a readable cell that checked, the unchecked vote is a plain vote.
+    assert plan_decision(state, (0,), (NodeVote(1, (0,)), NodeVote(2, (0,), unchecked=(0,)))) == ()
 
 
 def test_plan_decision_refuses_to_leave_a_partition_without_readable_cell() -> None:
     state = running_state(ADDRESSES[:2], num_partitions=4, num_replicas=2)
     state = applied(state, SetNodeState(1, NodeState.DOWN), RegisterNode(1, ADDRESSES[0]))
     assert state.table.cell_state(0, 1) == CellState.OUT_OF_DATE
-    with pytest.raises(errors.Unavailable, match="partition 0: the transaction would leave no readable cell"):
+    with pytest.raises(errors.NotCommitted, match="partition 0: the transaction would leave no readable cell"):
         plan_decision(state, (0,), (NodeVote(1, (0,)),))
 
 
@@ -339,6 +359,131 @@ def test_mark_up_to_date_only_when_the_node_holds_the_last_committed_tid() -> No
     assert caught_up.table.cell_state(0, 2) == CellState.UP_TO_DATE
 
 
+def test_a_cell_that_missed_a_transaction_is_up_to_date_only_once_it_replicated_that_far() -> None:
+    state = running_state(ADDRESSES[:2], num_partitions=2)
+    state = applied(state, SetNodeState(2, NodeState.DOWN), RegisterNode(2, ADDRESSES[1]))
+    assert state.missed == ()
+    # Nothing committed while it was away: the registration path may mark it at once.
+    assert apply(state, MarkUpToDate(2, (PartitionTid(1, ZERO_TID),)))[1] == (1,)
+    first = decision_for(state, 8, (0,), {1: (0,)})
+    state = applied(state, CommitDecisions((first,)))
+    assert state.missed_tid(0, 2) == first.tid
+    # It votes for the next one (its cell is writable), yet still lacks the first.
+    second = decision_for(state, 10, (0,), {1: (0,), 2: (0,)})
+    state = applied(state, CommitDecisions((second,)))
+    assert state.missed_tid(0, 2) == first.tid
+    assert apply(state, MarkUpToDate(2, (PartitionTid(0, ZERO_TID),)))[1] == ()
+    # Copying is bounded below every decision not yet applied everywhere.
+    assert state.replication_bound(0) == p64(u64(first.tid) - 1)
+    state = applied(state, MarkApplied(first.tid, (1,)))
+    assert state.replication_bound(0) == p64(u64(second.tid) - 1)
+    state, marked = apply(state, MarkUpToDate(2, (PartitionTid(0, state.replication_bound(0)),)))
+    assert marked == (0,) and state.table.cell_state(0, 2) == CellState.UP_TO_DATE
+    assert state.missed == ()
+
+
+def test_a_dropped_participant_lacks_the_transaction() -> None:
+    state = running_state(ADDRESSES[:2])
+    decision = decision_for(state, 8, (0,), {1: (0,), 2: (0,)})
+    state = applied(state, CommitDecisions((decision,)), DropParticipants(decision.tid, (2,)))
+    assert state.missed_tid(0, 2) == decision.tid
+
+
+def test_mark_corrupted_never_takes_the_last_readable_cell() -> None:
+    state = running_state(ADDRESSES[:2], num_partitions=1)
+    state, marked = apply(state, MarkCorrupted(0, (1, 2)))
+    assert marked == (1,)
+    assert state.table.cell_state(0, 1) == CellState.CORRUPTED
+    assert state.table.cell_state(0, 2) == CellState.UP_TO_DATE
+
+
+def test_moving_a_cell_feeds_from_the_old_one_until_the_new_one_is_up_to_date() -> None:
+    state = running_state(ADDRESSES[:2], num_partitions=1, num_replicas=1)
+    state = applied(state, RegisterNode(0, ADDRESSES[2]), AdmitNodes((3,)))
+    decision = decision_for(state, 4, (0,), {c.node_id: (0,) for c in state.table.rows[0]})
+    state = applied(state, CommitDecisions((decision,)), MarkApplied(decision.tid, decision.participants))
+    (old,) = state.table.rows[0]
+    moved = ((Cell(old.node_id, CellState.FEEDING), Cell(3, CellState.OUT_OF_DATE)),)
+    state = applied(state, ChangeTable(state.table.version, moved, dropping=(old.node_id,)))
+    assert state.missed_tid(0, 3) == decision.tid  # it must replicate what the partition holds
+    assert apply(state, MarkUpToDate(3, (PartitionTid(0, ZERO_TID),)))[1] == ()
+    state, marked = apply(state, MarkUpToDate(3, (PartitionTid(0, decision.tid),)))
+    assert marked == (0,)
+    assert state.table.rows[0] == (Cell(3, CellState.UP_TO_DATE),)  # the feeding cell left
+    assert old.node_id not in [n.node_id for n in state.table.nodes]  # and its node, being dropped
+
+
+def test_a_dropped_nodes_cell_that_missed_a_write_still_leaves_once_caught_up() -> None:
+    state = running_state(ADDRESSES[:2], num_partitions=1, num_replicas=2)
+    state = applied(state, RegisterNode(0, ADDRESSES[2]), AdmitNodes((3,)))
+    moved = ((Cell(1, CellState.FEEDING), Cell(2, CellState.UP_TO_DATE), Cell(3, CellState.OUT_OF_DATE)),)
+    state = applied(state, ChangeTable(state.table.version, moved, dropping=(1,)))
+    # Node 1's vote did not arrive: its feeding cell is marked OUT_OF_DATE.
+    decision = decision_for(state, 4, (0,), {2: (0,), 3: (0,)})
+    state = applied(state, CommitDecisions((decision,)), MarkApplied(decision.tid, decision.participants))
+    assert state.table.cell_state(0, 1) == CellState.OUT_OF_DATE
+    # It catches up before the new cell: it feeds again, it does not stay.
+    state, marked = apply(state, MarkUpToDate(1, (PartitionTid(0, decision.tid),)))
+    assert marked == (0,) and state.table.cell_state(0, 1) == CellState.FEEDING
+    state = applied(state, MarkUpToDate(3, (PartitionTid(0, decision.tid),)))
+    assert state.table.rows[0] == (Cell(2, CellState.UP_TO_DATE), Cell(3, CellState.UP_TO_DATE))
+    assert 1 not in [n.node_id for n in state.table.nodes]
+
+
+def test_change_table_refuses_unsafe_plans() -> None:
+    state = running_state(ADDRESSES[:2], num_partitions=1, num_replicas=2)
+    version = state.table.version
+    with pytest.raises(errors.BadRequest, match="changed"):
+        apply(state, ChangeTable(version - 1, state.table.rows))
+    with pytest.raises(errors.Unavailable, match="no readable cell"):
+        apply(state, ChangeTable(version, ((Cell(1, CellState.OUT_OF_DATE),),)))
+    with pytest.raises(errors.BadRequest, match="must be OUT_OF_DATE"):
+        state3 = applied(state, RegisterNode(0, ADDRESSES[2]), AdmitNodes((3,)))
+        apply(state3, ChangeTable(state3.table.version, (state3.table.rows[0] + (Cell(3, CellState.UP_TO_DATE),),)))
+
+
+def test_a_corrupted_cell_rebuilt_must_replicate_what_the_partition_holds() -> None:
+    state = running_state(ADDRESSES[:3], num_partitions=1, num_replicas=3)
+    decision = decision_for(state, 3, (0,), {c.node_id: (0,) for c in state.table.rows[0]})
+    state = applied(state, CommitDecisions((decision,)), MarkApplied(decision.tid, decision.participants),
+                    MarkCorrupted(0, (2,)))
+    assert apply(state, RebuildCells(0, (1,)))[1] == ()  # only CORRUPTED cells are rebuilt
+    state, rebuilt = apply(state, RebuildCells(0, (2,)))
+    assert rebuilt == (2,) and state.table.cell_state(0, 2) == CellState.OUT_OF_DATE
+    assert state.missed_tid(0, 2) == decision.tid
+    state, marked = apply(state, MarkUpToDate(2, (PartitionTid(0, decision.tid),)))
+    assert marked == (0,) and state.table.cell_state(0, 2) == CellState.UP_TO_DATE
+
+
+def test_truncate_needs_a_stopping_cluster_and_moves_the_last_tid_on() -> None:
+    state = running_state(ADDRESSES[:2], num_partitions=2, num_replicas=2)
+    first = decision_for(state, 2, (0,), {1: (0,), 2: (0,)})
+    state = applied(state, CommitDecisions((first,)), MarkApplied(first.tid, first.participants))
+    second = decision_for(state, 5, (1,), {1: (1,), 2: (1,)})
+    state = applied(state, CommitDecisions((second,)))
+    marker = p64(u64(state.last_tid) + 10)
+    with pytest.raises(errors.BadRequest, match="STOPPING"):
+        apply(state, Truncate(first.tid, marker))
+    state = applied(state, SetClusterState(True))
+    with pytest.raises(errors.Refused, match="not applied"):
+        apply(state, Truncate(first.tid, marker))
+    state = applied(state, MarkApplied(second.tid, second.participants))
+    with pytest.raises(errors.BadRequest, match="nothing to truncate"):
+        apply(state, Truncate(state.last_tid, marker))
+    with pytest.raises(errors.BadRequest, match="marker"):
+        apply(state, Truncate(first.tid, state.last_tid))
+    state, truncation = apply(state, Truncate(first.tid, marker))
+    assert truncation == Truncation(first.tid, marker) and state.truncations == (truncation,)
+    assert state.last_tid == marker
+    assert state.partition_last_tids == (first.tid, first.tid)  # partition 1's commit is gone
+    assert state.outcome_of(second.ttid, second.client_id) is None
+    assert state.outcome_of(first.ttid, first.client_id) == first.tid
+    state = applied(state, SetClusterState(False))
+    assert not state.stopping
+    third = decision_for(state, 7, (1,), {1: (1,), 2: (1,)})
+    assert third.tid > marker  # TIDs never go back
+
+
 # -- encoding -------------------------------------------------------------------
 
 _ids = st.integers(min_value=0, max_value=2**32 - 1)
@@ -364,6 +509,17 @@ COMMANDS = {
     MarkApplied: st.builds(MarkApplied, _eight, st.lists(_ids, max_size=3).map(tuple)),
     DropParticipants: st.builds(DropParticipants, _eight, st.lists(_ids, max_size=3).map(tuple)),
     MarkUpToDate: st.builds(MarkUpToDate, _ids, st.lists(st.builds(PartitionTid, _small, _eight), max_size=3).map(tuple)),
+    MarkCorrupted: st.builds(MarkCorrupted, _small, st.lists(_ids, max_size=3).map(tuple)),
+    ChangeTable: st.builds(
+        ChangeTable, _ids,
+        st.lists(st.lists(st.builds(Cell, _ids, st.sampled_from(CellState)), max_size=3).map(tuple),
+                 max_size=3).map(tuple),
+        _small, st.lists(_ids, max_size=2).map(tuple)),
+    AddMaster: st.builds(AddMaster, _ids, _text),
+    RemoveMaster: st.builds(RemoveMaster, _ids),
+    RebuildCells: st.builds(RebuildCells, _small, st.lists(_ids, max_size=3).map(tuple)),
+    SetClusterState: st.builds(SetClusterState, st.booleans()),
+    Truncate: st.builds(Truncate, _eight, _eight),
 }
 
 
@@ -416,7 +572,7 @@ def _command_for(draw: st.DrawFn, state: ClusterState) -> object:
     node_ids = st.one_of(st.sampled_from(known), any_id) if known else any_id
     kind = draw(st.sampled_from(
         ["register", "register", "node_state", "create_table", "admit", "oids", "commit", "commit",
-         "commit", "applied", "drop", "up_to_date"]))
+         "commit", "applied", "drop", "up_to_date", "up_to_date", "corrupted"]))
     if kind == "register":
         return RegisterNode(draw(st.one_of(st.just(0), node_ids)), f"127.0.0.1:{draw(st.integers(7000, 7009))}")
     if kind == "node_state":
@@ -433,9 +589,12 @@ def _command_for(draw: st.DrawFn, state: ClusterState) -> object:
         decision = draw(st.sampled_from(state.pending_decisions))
         chosen = tuple(draw(st.lists(st.sampled_from(decision.participants), max_size=3)))
         return MarkApplied(decision.tid, chosen) if kind == "applied" else DropParticipants(decision.tid, chosen)
+    if kind == "corrupted":
+        partition = draw(st.integers(0, state.num_partitions - 1))
+        return MarkCorrupted(partition, tuple(draw(st.lists(node_ids, max_size=2))))
     if kind == "up_to_date":
         partition = draw(st.integers(0, state.num_partitions - 1))
-        tid = draw(st.sampled_from([ZERO_TID, state.last_tid]))
+        tid = draw(st.sampled_from([ZERO_TID, state.last_tid, state.replication_bound(partition)]))
         return MarkUpToDate(draw(node_ids), (PartitionTid(partition, tid),))
     decisions = []
     last = u64(state.last_tid)
@@ -477,6 +636,12 @@ def _check_invariants(before: ClusterState, after: ClusterState) -> None:
     assert tids == sorted(set(tids))
     assert all(decision.participants for decision in after.pending_decisions)
     assert all(tid <= after.last_tid for tid in tids)
+    # A cell that lacks a committed transaction never serves reads.
+    for miss in after.missed:
+        assert after.table.cell_state(miss.partition, miss.node_id) not in READABLE_STATES, miss
+    if after.table.created:
+        for partition in range(after.num_partitions):
+            assert after.replication_bound(partition) <= after.partition_last_tids[partition]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
