@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 from typing import Any, Protocol, TypeVar
 
-import grpc
 
-from neostore import errors, rpc
+from neostore import errors, leaders, rpc
 from neostore.ids import ZERO_TID
 from neostore.partition_table import PartitionTable
 from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc, storage_pb2_grpc
@@ -31,6 +31,17 @@ Reply = TypeVar("Reply")
 #: How long a call keeps trying other masters before giving up.
 MASTER_RETRY_SECONDS = 30.0
 RPC_TIMEOUT = 60.0
+_ADDRESS = re.compile(r"[\w.\-\[\]:]+:\d+")
+#: A master call slower than this makes the client ask the other masters
+#: who leads (every LEADER_CHECK_INTERVAL): a leader that hangs (paused,
+#: overloaded, cut off) must not hold a commit until its deadline once
+#: another master leads.
+LEADER_CHECK_AFTER = 5.0
+LEADER_CHECK_INTERVAL = 1.0
+#: Masters send a heartbeat on an idle invalidation stream every second: a
+#: stream silent this long comes from a master that hangs; the client
+#: follows another master's stream.
+STREAM_SILENCE_LIMIT = 5.0
 
 
 class StreamListener(Protocol):
@@ -58,9 +69,8 @@ class ClusterConnection:
         self._listener = listener
         self._connect_timeout = connect_timeout
         self._lock = threading.Lock()
-        self._master_channels: dict[str, grpc.Channel] = {}
+        self._master_stubs: dict[str, master_pb2_grpc.MasterStub] = {}
         self._preferred_master = 0
-        self._storage_channels: dict[str, grpc.Channel] = {}
         self._storage_stubs: dict[str, storage_pb2_grpc.StorageStub] = {}
         self._table: PartitionTable | None = None
         self._closed = threading.Event()
@@ -80,9 +90,10 @@ class ClusterConnection:
         while True:
             try:
                 info = self.master_call("GetClusterInfo", common_pb2.Empty(), retry_seconds=0)
+                self.learn_masters(info.masters)
                 if info.leader in self._masters:  # any master answers: prefer the leader
                     self._preferred_master = self._masters.index(info.leader)
-                if info.state == master_pb2.ClusterInfo.RUNNING:
+                if info.state in (master_pb2.ClusterInfo.RUNNING, master_pb2.ClusterInfo.STOPPING):
                     break
                 reason = f"cluster {self._config.cluster_name!r} is not running yet"
             except errors.Unavailable as error:
@@ -114,12 +125,11 @@ class ClusterConnection:
         if self._stream_thread.is_alive() and threading.current_thread() is not self._stream_thread:
             self._stream_thread.join(5)
         with self._lock:
-            channels = list(self._master_channels.values()) + list(self._storage_channels.values())
-            self._master_channels.clear()
-            self._storage_channels.clear()
+            addresses = list(self._master_stubs) + list(self._storage_stubs)
+            self._master_stubs.clear()
             self._storage_stubs.clear()
-        for channel in channels:
-            channel.close()
+        for address in addresses:
+            rpc.shared_channels.release(self._config, address)
 
     @property
     def closed(self) -> bool:
@@ -129,11 +139,20 @@ class ClusterConnection:
 
     def _master_stub(self, address: str) -> master_pb2_grpc.MasterStub:
         with self._lock:
-            channel = self._master_channels.get(address)
-            if channel is None:
-                channel = rpc.make_channel(self._config, address)
-                self._master_channels[address] = channel
-        return master_pb2_grpc.MasterStub(channel)
+            stub = self._master_stubs.get(address)
+            if stub is None:
+                if self._closed.is_set():
+                    raise errors.Unavailable("the client is closed")
+                stub = rpc.shared_channels.acquire(self._config, address, master_pb2_grpc.MasterStub)
+                self._master_stubs[address] = stub
+        return stub
+
+    def learn_masters(self, addresses: Any) -> None:
+        """Add masters this client was not given (masters added to the cluster since)."""
+        for address in addresses:
+            if address and address not in self._masters:
+                log.info("client: learnt of master %s", address)
+                self._masters.append(address)
 
     def master_call(self, method: str, request: Any, timeout: float = RPC_TIMEOUT,
                     retry_seconds: float = MASTER_RETRY_SECONDS) -> Any:
@@ -146,15 +165,43 @@ class ClusterConnection:
                 address = self._masters[index]
                 stub = self._master_stub(address)
                 try:
-                    reply = rpc.call(getattr(stub, method), request, timeout=timeout, peer=f"master {address}")
+                    reply = self._call_watching_leader(stub, method, request, timeout, address)
                 except (errors.Unavailable, errors.NotLeader) as error:
                     tried.append(f"{address} ({error})")
+                    if isinstance(error, errors.NotLeader):  # the leader may be a master added since
+                        self.learn_masters(_ADDRESS.findall(str(error)))
                     continue
                 self._preferred_master = index
                 return reply
             if self._closed.is_set() or time.monotonic() >= deadline:
                 raise errors.Unavailable("no master answered; tried: " + "; ".join(tried[-len(self._masters):]))
             time.sleep(0.2)
+
+    def _call_watching_leader(self, stub: master_pb2_grpc.MasterStub, method: str, request: Any,
+                              timeout: float, address: str) -> Any:
+        """The call, given up (Unavailable) once another master names a
+        different leader while it is still waiting."""
+        peer = f"master {address}"
+        if len(self._masters) < 2:  # nobody to ask: a plain blocking call is cheaper
+            return rpc.call(getattr(stub, method), request, timeout=timeout, peer=peer)
+        future = getattr(stub, method).future(request, timeout=timeout)
+        # Waited for on an Event (the monotonic clock), not future.result's
+        # timeout: gRPC times that with time.time(), which ZODB's own tests
+        # patch to advance on every call (the wait then spins).
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        started = time.monotonic()
+        while True:
+            if done.wait(LEADER_CHECK_INTERVAL):
+                return rpc.result(future, peer=peer)
+            if time.monotonic() - started < LEADER_CHECK_AFTER:
+                continue
+            leader = leaders.leader_elsewhere(self._master_stub, self._masters, address, LEADER_CHECK_INTERVAL)
+            if leader is not None:
+                future.cancel()
+                raise errors.Unavailable(
+                    f"master {address} did not answer {method} within {time.monotonic() - started:.1f}s "
+                    f"and master {leader} leads now")
 
     # -- partition table and storage nodes -------------------------------------
 
@@ -175,15 +222,22 @@ class ClusterConnection:
             raise errors.Unavailable("not connected")
         return table
 
-    def storage_stub(self, node_id: int) -> tuple[storage_pb2_grpc.StorageStub, str]:
-        """The stub of storage node ``node_id`` and a name for messages."""
-        address = self.table.node(node_id).address
+    def storage_stub(self, node_id: int, table: PartitionTable | None = None,
+                     ) -> tuple[storage_pb2_grpc.StorageStub, str]:
+        """The stub of storage node ``node_id`` (its address in ``table``, by
+        default the latest) and a name for messages."""
+        table = table or self.table
+        try:
+            address = table.node(node_id).address
+        except KeyError:  # dropped from the cluster (neoctl drop-node) since the client routed to it
+            raise errors.NotOwner(f"storage node {node_id} is no longer in the partition table "
+                                  f"(version {table.version})") from None
         with self._lock:
             stub = self._storage_stubs.get(address)
             if stub is None:
-                channel = rpc.make_channel(self._config, address)
-                self._storage_channels[address] = channel
-                stub = storage_pb2_grpc.StorageStub(channel)
+                if self._closed.is_set():
+                    raise errors.Unavailable("the client is closed")
+                stub = rpc.shared_channels.acquire(self._config, address, storage_pb2_grpc.StorageStub)
                 self._storage_stubs[address] = stub
         return stub, f"storage node {node_id} at {address}"
 
@@ -229,6 +283,8 @@ class ClusterConnection:
                 except errors.NeoError as error:
                     if not self._closed.is_set():
                         log.warning("invalidation stream from master %s broke: %s", address, error)
+                    if self._masters[self._preferred_master % len(self._masters)] != address:
+                        break  # the leader is known to be another master: go there first
             self._closed.wait(backoff)
             backoff = min(backoff * 2, 1.0)
 
@@ -238,8 +294,22 @@ class ClusterConnection:
         call = stub.Subscribe(request)
         with self._lock:
             self._stream_call = call
+
+        def another_leads() -> bool:
+            if self._closed.is_set():
+                return False
+            leader = leaders.replaced_leader(self._master_stub, self._masters, address,
+                                             2 * LEADER_CHECK_INTERVAL, LEADER_CHECK_INTERVAL)
+            if leader is not None and leader in self._masters:
+                self._preferred_master = self._masters.index(leader)
+            return leader is not None
+
+        watchdog = rpc.SilenceWatchdog(call, STREAM_SILENCE_LIMIT, lambda: log.warning(
+            "invalidation stream from master %s silent for %.0fs, not answering, another master leads: moving on",
+            address, STREAM_SILENCE_LIMIT), confirm=another_leads)
         try:
             for event in rpc.stream(call, peer=f"master {address}"):
+                watchdog.heard()
                 kind = event.WhichOneof("event")
                 if kind == "invalidation":
                     inv = event.invalidation
@@ -257,6 +327,7 @@ class ClusterConnection:
                     self._listener.on_reset_cache(event.reset_cache_at)
                     self._last_stream_tid = event.reset_cache_at
         finally:
+            watchdog.stop()
             with self._lock:
                 self._stream_call = None
         if not self._closed.is_set():

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,13 +42,17 @@ from typing import Any
 from ZODB import POSException
 
 from neostore import errors, rpc
-from neostore.client.cluster import ClusterConnection
-from neostore.client.exceptions import ClusterUnavailableError, to_zodb_error
+from neostore.client.cluster import MASTER_RETRY_SECONDS, ClusterConnection
+from neostore.client.exceptions import ClusterUnavailableError, TransactionNotCommittedError, to_zodb_error
 from neostore.client.invalidations import InvalidationDispatcher
-from neostore.ids import partition_of
+from neostore.ids import partition_of, tid_repr
 from neostore.protocol import common_pb2, master_pb2, storage_pb2
 from neostore.records import Record
 
+log = logging.getLogger(__name__)
+
+#: How long a failed finish tries to have its votes dropped.
+RELEASE_RETRY_SECONDS = 5.0
 #: Queued stores are sent once they hold this many bytes.
 SEND_THRESHOLD_BYTES = 4 * 1024 * 1024
 #: At most this many bytes of objects in one Store request.
@@ -112,6 +117,9 @@ class TransactionContext:
     conflicts: dict[bytes, storage_pb2.Conflict] = dataclasses.field(default_factory=dict)
     resolved: set[bytes] = dataclasses.field(default_factory=set)
     votes: dict[int, set[int]] = dataclasses.field(default_factory=dict)
+    # node id -> partitions it voted without checking conflicts (its cell was
+    # not readable when it took the stores): the master needs another check
+    unchecked: dict[int, set[int]] = dataclasses.field(default_factory=dict)
     fatal: Exception | None = None
     undone_oids: set[bytes] = dataclasses.field(default_factory=set)
 
@@ -167,7 +175,7 @@ def send_stores(cluster: ClusterConnection, context: TransactionContext) -> None
     context.queued.clear()
     context.queued_bytes = 0
     for node_id, writes in per_node.items():
-        stub, peer = cluster.storage_stub(node_id)
+        stub, peer = cluster.storage_stub(node_id, table)
         for chunk in _chunks(writes):
             request = storage_pb2.StoreRequest(
                 ttid=context.ttid, table_version=table.version,
@@ -304,7 +312,11 @@ def _send_votes(cluster: ClusterConnection, context: TransactionContext) -> None
             targets.setdefault(node_id, set()).add(meta_partition)
     futures = []
     for node_id, partitions in targets.items():
-        stub, peer = cluster.storage_stub(node_id)
+        try:
+            stub, peer = cluster.storage_stub(node_id)
+        except errors.NotOwner as error:  # the node left the cluster since it took the stores
+            _drop_node(context, node_id, str(error))
+            continue
         with_meta = node_id in meta_nodes
         request = storage_pb2.VoteRequest(ttid=context.ttid, has_transaction=with_meta)
         if with_meta:
@@ -312,13 +324,14 @@ def _send_votes(cluster: ClusterConnection, context: TransactionContext) -> None
         futures.append((node_id, peer, partitions, stub.Vote.future(request, timeout=VOTE_TIMEOUT)))
     for node_id, peer, partitions, future in futures:
         try:
-            rpc.result(future, peer=peer)
+            reply = rpc.result(future, peer=peer)
         except (errors.Unavailable, errors.NotOwner) as error:
             _drop_node(context, node_id, str(error))
             continue
         except errors.NeoError as error:
             raise to_zodb_error(error) from None
         context.votes[node_id] = partitions
+        context.unchecked[node_id] = set(reply.unchecked_partitions) & partitions
     _check_every_partition_kept_a_replica(context, context.votes)
 
 
@@ -338,7 +351,8 @@ def finish(
     request = master_pb2.FinishRequest(
         client_id=client_id, ttid=context.ttid, oids=context.changed_oids,
         partitions=sorted(context.touched), table_version=cluster.table.version,
-        votes=[master_pb2.Vote(node_id=n, partitions=sorted(p)) for n, p in sorted(context.votes.items())],
+        votes=[master_pb2.Vote(node_id=n, partitions=sorted(p), unchecked_partitions=sorted(context.unchecked.get(n, ())))
+               for n, p in sorted(context.votes.items())],
     )
     dispatcher.expect_own(context.ttid)
     try:
@@ -349,18 +363,24 @@ def finish(
         # The master died or leadership changed mid-finish: committed or not?
         # (Not when this client is closing: its stream is gone, nobody waits.)
         tid = None
+        known = False  # that it did not commit
         if not cluster.closed:
             try:
                 tid = transaction_outcome(cluster, client_id, context.ttid)
+                known = True
             except errors.NeoError as failure:
                 error = failure
         if tid is None:
             dispatcher.forget_own(context.ttid)
-            context.phase = Phase.ABORTED
-            raise to_zodb_error(error) from None
+            _release_votes(cluster, client_id, context)
+            if not known:
+                raise to_zodb_error(error) from None
+            raise TransactionNotCommittedError(
+                f"transaction {tid_repr(context.ttid)} did not commit and never will "
+                f"({error}): run it again") from None
     except errors.NeoError as error:
         dispatcher.forget_own(context.ttid)
-        context.phase = Phase.ABORTED
+        _release_votes(cluster, client_id, context)
         raise to_zodb_error(error) from None
     dispatcher.finish_own(context.ttid, tid, callback)
     context.phase = Phase.FINISHED
@@ -399,7 +419,8 @@ def transaction_outcome(
 # -- 5. abort ------------------------------------------------------------------
 
 
-def abort(cluster: ClusterConnection, client_id: str, context: TransactionContext) -> None:
+def abort(cluster: ClusterConnection, client_id: str, context: TransactionContext,
+          retry_seconds: float = MASTER_RETRY_SECONDS) -> None:
     if context.phase in (Phase.FINISHED, Phase.ABORTED):
         return
     for item in context.in_flight:
@@ -412,4 +433,17 @@ def abort(cluster: ClusterConnection, client_id: str, context: TransactionContex
     context.in_flight.clear()
     context.phase = Phase.ABORTED
     cluster.master_call("Abort", master_pb2.AbortRequest(
-        client_id=client_id, ttid=context.ttid, node_ids=sorted(nodes)))
+        client_id=client_id, ttid=context.ttid, node_ids=sorted(nodes)), retry_seconds=retry_seconds)
+
+
+def _release_votes(cluster: ClusterConnection, client_id: str, context: TransactionContext) -> None:
+    """A tpc_finish that failed: have the storage nodes drop the vote now.
+    Until they do, they keep its locks (a voted transaction cannot be
+    wounded), and a master that never knew the transaction (it began under
+    a leader since gone) would not tell them.  The master refuses if the
+    transaction committed after all; a failure here is only logged."""
+    try:
+        abort(cluster, client_id, context, retry_seconds=RELEASE_RETRY_SECONDS)
+    except errors.NeoError as error:
+        log.warning("could not release the votes of transaction %s: %s", tid_repr(context.ttid), error)
+    context.phase = Phase.ABORTED

@@ -18,8 +18,20 @@ class ClusterUnavailableError(POSException.StorageError):
     """The cluster cannot serve this now: no replica left, no master..."""
 
 
+class TransactionNotCommittedError(POSException.ConflictError):
+    """tpc_finish could not commit the transaction (a leader change, or the
+    replicas that voted for it were lost), and the masters guarantee it
+    never will: nothing of it is visible.  A ConflictError, so that
+    applications retry it as they retry conflicts."""
+
+    def __str__(self) -> str:
+        return str(self.message)
+
+
 def to_zodb_error(error: errors.NeoError, oid: bytes | None = None) -> Exception:
     """The ZODB exception for a neostore error."""
+    if isinstance(error, errors.NotCommitted):
+        return TransactionNotCommittedError(str(error))
     if isinstance(error, errors.NotFound):
         return POSException.POSKeyError(oid) if oid is not None else POSException.POSKeyError(str(error))
     if isinstance(error, errors.ReadOnly):

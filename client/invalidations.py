@@ -11,6 +11,11 @@ changed.  For each, :class:`InvalidationDispatcher`:
    ``invalidate(tid, oids)``;
 3. only then advances ``lastTransaction()``.
 
+A cache reset (``ResetCache`` at TID X: the master cannot list what changed
+up to X) drops the whole cache, calls ZODB's ``invalidateCache()`` and
+advances ``lastTransaction()`` to X; a local ``tpc_finish`` waiting for a
+TID up to X then completes without its invalidation, which will never come.
+
 So ZODB always receives a TID's invalidations before ``lastTransaction()``
 reports that TID (ZODB 5.6 contract), in TID order, whichever thread commits.
 ``lastTransaction()`` also waits while a local ``tpc_finish`` callback runs,
@@ -69,9 +74,11 @@ class InvalidationDispatcher:
         self._cache.invalidate(oids, tid)
         with self._progress:
             own = self._own.get(ttid)
+            if own is not None:
+                own.tid = tid
+                own.reached.set()
+                self._progress.notify_all()
         if own is not None:
-            own.tid = tid
-            own.reached.set()
             # tpc_finish calls ZODB's callback and advances lastTransaction.
             own.released.wait()
             return
@@ -118,7 +125,15 @@ class InvalidationDispatcher:
         with self._progress:
             own = self._own[ttid]
         try:
-            if not own.reached.wait(FINISH_STREAM_TIMEOUT):
+            # Either the stream delivers our TID, or it resets the cache at a
+            # TID at or past ours (a master that caught up from a snapshot
+            # cannot list the TIDs it skipped): ZODB dropped every cached
+            # object then, our commit included, and the stream will never
+            # deliver our TID; only the callback is left to call.
+            with self._progress:
+                arrived = self._progress.wait_for(
+                    lambda: own.reached.is_set() or self._last_tid >= tid, FINISH_STREAM_TIMEOUT)
+            if not arrived:
                 raise errors.Unavailable(
                     f"transaction {tid.hex()} committed, but its invalidation did not arrive "
                     f"within {FINISH_STREAM_TIMEOUT:.0f}s"

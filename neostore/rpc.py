@@ -20,16 +20,21 @@ import concurrent.futures
 import dataclasses
 import logging
 import pathlib
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+from grpc_health.v1 import health as grpc_health
+from grpc_health.v1 import health_pb2_grpc
 
 from neostore import errors
 
 log = logging.getLogger(__name__)
 
 CLUSTER_METADATA_KEY = "neostore-cluster"
+HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -105,6 +110,8 @@ class _ServerInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
+        if handler_call_details.method.startswith(HEALTH_METHOD_PREFIX):
+            return handler  # health probes (Docker, Kubernetes) send no cluster name
         metadata = dict(handler_call_details.invocation_metadata or ())
         theirs = metadata.get(CLUSTER_METADATA_KEY)
         if theirs != self._cluster_name:
@@ -205,6 +212,10 @@ def make_server(config: RpcConfig, address: str, max_workers: int = 64) -> tuple
         port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
+    # The standard health service (grpc.health.v1): "" answers SERVING for as
+    # long as the server serves, to any caller (the one call that needs no
+    # cluster name: probes know none).
+    health_pb2_grpc.add_HealthServicer_to_server(grpc_health.HealthServicer(), server)
     return server, port
 
 
@@ -265,6 +276,54 @@ def make_channel(config: RpcConfig, address: str, max_reconnect_backoff: float |
     return grpc.intercept_channel(channel, _ClusterNameInterceptor(config.cluster_name))
 
 
+Stub = TypeVar("Stub")
+
+
+class SharedChannels:
+    """Channels and stubs shared by the clients of one process.
+
+    A ZODB application may open and close many storages (ZODB's own race
+    tests open hundreds): gRPC already shares TCP connections between
+    channels of the same target and options, and sharing the channel and
+    stub objects too spares each new client the cost of building them.
+    One channel per (configuration, address), counted: the last
+    :meth:`release` closes it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._channels: dict[tuple[RpcConfig, str], tuple[grpc.Channel, int]] = {}
+        self._stubs: dict[tuple[RpcConfig, str, type], Any] = {}
+
+    def acquire(self, config: RpcConfig, address: str, stub_class: Callable[[grpc.Channel], Stub]) -> Stub:
+        """A ``stub_class`` stub on the shared channel to ``address``; pair
+        each call with a :meth:`release`."""
+        with self._lock:
+            channel, users = self._channels.get((config, address), (None, 0))
+            if channel is None:
+                channel = make_channel(config, address)
+            self._channels[config, address] = (channel, users + 1)
+            stub = self._stubs.get((config, address, stub_class))
+            if stub is None:
+                stub = self._stubs[config, address, stub_class] = stub_class(channel)
+            return stub  # type: ignore[no-any-return]
+
+    def release(self, config: RpcConfig, address: str) -> None:
+        with self._lock:
+            channel, users = self._channels[config, address]
+            if users > 1:
+                self._channels[config, address] = (channel, users - 1)
+                return
+            del self._channels[config, address]
+            for key in [key for key in self._stubs if key[:2] == (config, address)]:
+                del self._stubs[key]
+        channel.close()
+
+
+#: The channels of every client of this process.
+shared_channels = SharedChannels()
+
+
 Reply = TypeVar("Reply")
 
 
@@ -276,10 +335,11 @@ def call(method: Callable[..., Reply], request: Any, timeout: float | None = Non
         raise errors.from_rpc_error(error, peer) from None
 
 
-def result(future: grpc.Future, peer: str = "") -> Any:
-    """The result of a ``.future()`` call; a failure raises the NeoError."""
+def result(future: grpc.Future, peer: str = "", timeout: float | None = None) -> Any:
+    """The result of a ``.future()`` call; a failure raises the NeoError
+    (``grpc.FutureTimeoutError`` if it is not done in ``timeout``)."""
     try:
-        return future.result()
+        return future.result(timeout)
     except grpc.RpcError as error:
         raise errors.from_rpc_error(error, peer) from None
 
@@ -290,3 +350,115 @@ def stream(iterator: Iterator[Any], peer: str = "") -> Iterator[Any]:
         yield from iterator
     except grpc.RpcError as error:
         raise errors.from_rpc_error(error, peer) from None
+
+
+class SilenceWatchdog:
+    """Cancels a server stream that stays silent for ``limit`` seconds.
+
+    Peers send heartbeats on idle streams; a stream that brings nothing for
+    longer comes from a peer that hangs without closing its connection
+    (paused, swapping, cut off).  Silence alone is weak evidence on a busy
+    machine, so after ``limit`` seconds ``confirm()`` is asked (e.g. "does
+    another master lead now?"): the stream is cancelled if it says so, or
+    in any case after ``hard_limit`` seconds.  Every watchdog of the
+    process is checked once a second by one shared thread (a process with
+    many clients must not run a thread per stream); a check that comes
+    late (this process was starved of CPU, so the streams may have been
+    too) restarts every count.  ``confirm`` runs in a thread of its own,
+    as it may call peers.  Call :meth:`heard` on every message and
+    :meth:`stop` when the stream ends.
+    """
+
+    def __init__(self, call: Any, limit: float, on_silence: Callable[[], None],
+                 confirm: Callable[[], bool] = lambda: True, hard_limit: float = 60.0) -> None:
+        self._call = call
+        self._limit = limit
+        self._hard_limit = hard_limit
+        self._on_silence = on_silence
+        self._confirm = confirm
+        self._last = time.monotonic()
+        self._ended = False
+        self._confirming = False
+        _WATCHDOGS.add(self)
+
+    def heard(self) -> None:
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._ended = True
+        _WATCHDOGS.discard(self)
+
+    def _restart_count(self, now: float) -> None:
+        self._last = max(self._last, now)
+
+    def _check(self, now: float) -> None:
+        """Called by the shared thread once a second."""
+        silence = now - self._last
+        if self._ended or self._confirming or silence <= self._limit:
+            return
+        if silence > self._hard_limit:
+            self._fire()
+            return
+        self._confirming = True
+        threading.Thread(target=self._confirm_then_fire, name="neostore-stream-confirm", daemon=True).start()
+
+    def _confirm_then_fire(self) -> None:
+        try:
+            confirmed = self._confirm()
+        except Exception:  # noqa: BLE001 - a failed second opinion is no opinion
+            log.debug("stream watchdog: confirmation failed", exc_info=True)
+            confirmed = False
+        finally:
+            self._confirming = False
+        if confirmed and time.monotonic() - self._last > self._limit:
+            self._fire()
+
+    def _fire(self) -> None:
+        if self._ended:
+            return
+        self.stop()
+        self._on_silence()
+        self._call.cancel()
+
+
+class _WatchdogThread:
+    """The one thread that checks every :class:`SilenceWatchdog` of the process."""
+
+    INTERVAL = 1.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watchdogs: set[SilenceWatchdog] = set()
+        self._thread: threading.Thread | None = None
+
+    def add(self, watchdog: SilenceWatchdog) -> None:
+        with self._lock:
+            self._watchdogs.add(watchdog)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="neostore-stream-watchdog", daemon=True)
+                self._thread.start()
+
+    def discard(self, watchdog: SilenceWatchdog) -> None:
+        with self._lock:
+            self._watchdogs.discard(watchdog)
+
+    def _run(self) -> None:
+        checked = time.monotonic()
+        while True:
+            time.sleep(self.INTERVAL)
+            now = time.monotonic()
+            starved = now - checked > 2 * self.INTERVAL  # nobody could have heard anything
+            checked = now
+            with self._lock:
+                watchdogs = list(self._watchdogs)
+            for watchdog in watchdogs:
+                if starved:
+                    watchdog._restart_count(now)
+                else:
+                    try:
+                        watchdog._check(now)
+                    except Exception:  # noqa: BLE001 - one broken stream must not stop the others' watch
+                        log.exception("stream watchdog failed")
+
+
+_WATCHDOGS = _WatchdogThread()
