@@ -18,6 +18,8 @@ the database as it was.  Logs go to ``DATA/logs/``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import signal
 import socket
@@ -147,13 +149,15 @@ class LocalCluster:
         self.log_dir = os.path.join(self.data_dir, "logs")
         self.master: NodeProcess | None = None
         self.other_masters: list[NodeProcess | None] = []  # masters 2.. (Raft), by index - 1
-        self.master_addresses: list[str] = []  # every master's host:port (Raft), fixed at start
+        self.master_addresses: list[str] = []  # every master's host:port (Raft), by index
+        self.joined: set[int] = set()  # indexes of masters added with add_master (--join)
+        self.removed: set[int] = set()  # indexes of masters removed with remove_master
         self.storages: list[NodeProcess] = []
 
     @property
     def masters(self) -> list[str]:
         if self.num_masters > 1:
-            return list(self.master_addresses)
+            return [address for index, address in enumerate(self.master_addresses) if index not in self.removed]
         return [self.master.address] if self.master is not None else []
 
     def master_process(self, index: int = 0) -> NodeProcess:
@@ -169,7 +173,11 @@ class LocalCluster:
                 self.master_addresses = [f"{self.host}:{first}"] + [
                     f"{self.host}:{free_port(self.host)}" for _ in range(self.num_masters - 1)]
             port = int(self.master_addresses[index].rsplit(":", 1)[1])
-            raft = ["--masters", ",".join(self.master_addresses), "--node-id", str(index + 1)]
+            if index in self.joined:
+                others = [address for address in self.masters if address != self.master_addresses[index]]
+                raft = ["--join", "--masters", ",".join(others)]
+            else:
+                raft = ["--masters", ",".join(self.master_addresses[:self.num_masters]), "--node-id", str(index + 1)]
         return NodeProcess("master", [
             "--cluster", self.name, "--data", os.path.join(self.data_dir, f"master-{index}"),
             "--bind", f"{self.host}:{port}", "--partitions", str(self.num_partitions),
@@ -224,6 +232,37 @@ class LocalCluster:
             self.master = process
         else:
             self.other_masters[index - 1] = process
+
+    def add_master(self, timeout: float = READY_TIMEOUT) -> int:
+        """Add a master to the running Raft group: ``neoctl add-master`` on a new
+        address, then ``neo-master --join``.  Its index (``master_process``)."""
+        if self.num_masters < 2:
+            raise ValueError("only a cluster started with several masters (Raft) can add one")
+        address = f"{self.host}:{free_port(self.host)}"
+        self._neoctl("add-master", address)
+        index = len(self.master_addresses)
+        self.master_addresses.append(address)
+        self.joined.add(index)
+        process = self.master_process(index)
+        self.other_masters.append(process)
+        process.start(timeout)
+        return index
+
+    def remove_master(self, index: int) -> None:
+        """``neoctl remove-master`` of master ``index``; its process (if any) stops by itself."""
+        self._neoctl("remove-master", self.master_addresses[index])
+        self.removed.add(index)
+
+    def _neoctl(self, *args: str) -> str:
+        """Run a neoctl command on this cluster; its JSON output (not printed)."""
+        from neostore import neoctl
+
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = neoctl.main(["--masters", ",".join(self.masters), "--cluster", self.name, "--json", *args])
+        if status != neoctl.EXIT_OK:
+            raise RuntimeError(f"neoctl {' '.join(args)} failed with status {status}: {err.getvalue().strip()}")
+        return out.getvalue()
 
     def restart_storage(self, index: int, timeout: float = READY_TIMEOUT) -> None:
         self.storages[index] = self.storage_process(index)

@@ -3,26 +3,50 @@
     neoctl --masters 127.0.0.1:5551 --cluster neostore print cluster
     neoctl ... print pt --json
     neoctl ... add-node [NODE_ID...]
+    neoctl ... add-master HOST:PORT      (then: neo-master --join ... --bind HOST:PORT)
+    neoctl ... remove-master HOST:PORT
+    neoctl ... start                    (a cluster created with --autostart 0)
+    neoctl ... drop-node NODE_ID [--force]
+    neoctl ... tweak [--dry-run]
+    neoctl ... set replicas N
+    neoctl ... set cluster RUNNING|STOPPING
+    neoctl ... kill NODE_ID [--force]   (take a storage node down for maintenance)
+    neoctl ... truncate TID [--yes]     (roll the database back to TID)
+    neoctl ... check [--repair] [PARTITION...]  (compare replicas; exit 4 if they differ)
+    neoctl ... status                   (data movement in progress)
+    neoctl ... wait [--timeout S]       (until every cell is UP_TO_DATE)
 
-It talks to the masters' ``Admin`` service, trying every master given.
+It talks to the masters' ``Admin`` service, trying every master given and
+following a follower's ``NotLeader`` hint to the leader (which may be a
+master the command line did not name); while the masters elect a leader it
+retries for a few seconds.
 Exit codes: 0 success, 1 the request was refused or failed, 2 bad usage,
-3 no master reachable.
+3 no master reachable, 4 ``check`` found replicas that differ, 5 ``wait``
+timed out.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import re
 import sys
+import time
 from typing import Any
 
 from neostore import errors, rpc
-from neostore.ids import tid_repr
+from neostore.ids import p64, tid_repr, tid_time
 from neostore.partition_table import CellState, NodeState, PartitionTable, format_table
-from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc
+from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc, storage_pb2, storage_pb2_grpc
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INCONSISTENT, EXIT_TIMEOUT = 0, 1, 2, 3, 4, 5
+#: How long ``check`` may take per call (it reads every replica).
+CHECK_TIMEOUT = 3600.0
+_ADDRESS = re.compile(r"[\w.\-\[\]:]+:\d+")
+#: How long a call retries while masters answer NotLeader (an election).
+LEADER_WAIT_SECONDS = 10.0
 
 
 class Admin:
@@ -34,19 +58,43 @@ class Admin:
         self._config = rpc.RpcConfig(cluster_name=cluster, tls=tls)
         self._timeout = timeout
 
-    def call(self, method: str, request: Any) -> Any:
-        failures = []
-        for address in self._masters:
-            channel = rpc.make_channel(self._config, address)
-            try:
-                stub = master_pb2_grpc.AdminStub(channel)
-                return rpc.call(getattr(stub, method), request, timeout=self._timeout,
-                                peer=f"master {address}")
-            except (errors.Unavailable, errors.NotLeader) as error:
-                failures.append(f"{address}: {error}")
-            finally:
-                channel.close()
-        raise errors.Unavailable("no master reachable; tried " + "; ".join(failures))
+    def storage_stats(self, address: str) -> storage_pb2.StatsReply | None:
+        """What a storage node holds (its readable cells), None if it does not answer."""
+        channel = rpc.make_channel(self._config, address)
+        try:
+            stub = storage_pb2_grpc.StorageStub(channel)
+            return rpc.call(stub.GetStats, storage_pb2.StatsRequest(), timeout=self._timeout,
+                            peer=f"storage node at {address}")
+        except errors.NeoError:
+            return None
+        finally:
+            channel.close()
+
+    def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        deadline = time.monotonic() + LEADER_WAIT_SECONDS
+        while True:
+            failures: list[str] = []
+            saw_not_leader = False
+            masters = list(self._masters)
+            for address in masters:  # grows with the leaders that NotLeader names
+                channel = rpc.make_channel(self._config, address)
+                try:
+                    stub = master_pb2_grpc.AdminStub(channel)
+                    return rpc.call(getattr(stub, method), request, timeout=timeout or self._timeout,
+                                    peer=f"master {address}")
+                except errors.NotLeader as error:
+                    saw_not_leader = True
+                    failures.append(f"{address}: {error}")
+                    for hint in _ADDRESS.findall(str(error)):
+                        if hint not in masters:
+                            masters.append(hint)
+                except errors.Unavailable as error:
+                    failures.append(f"{address}: {error}")
+                finally:
+                    channel.close()
+            if not saw_not_leader or time.monotonic() > deadline:
+                raise errors.Unavailable("no master reachable; tried " + "; ".join(failures))
+            time.sleep(0.3)  # masters answer, but none leads yet: an election
 
 
 def _cluster_dict(info: master_pb2.ClusterInfo) -> dict[str, Any]:
@@ -105,10 +153,17 @@ def command_print(admin: Admin, args: argparse.Namespace) -> int:
     table = PartitionTable.from_proto(admin.call("GetPartitionTable", common_pb2.Empty()))
     if args.what == "node":
         nodes = _nodes(table)
+        for node in nodes:
+            stats = admin.storage_stats(node["address"]) if node["state"] == "RUNNING" else None
+            node["objects"] = stats.object_count if stats is not None else None
+            node["size_bytes"] = stats.size if stats is not None else None
         if args.json:
             print(json.dumps(nodes, indent=2))
         else:
-            _print_rows(nodes, ["node_id", "address", "state", "label", "cells"])
+            for node in nodes:
+                node["objects"] = "-" if node["objects"] is None else node["objects"]
+                node["size"] = "-" if node["size_bytes"] is None else _human_size(node["size_bytes"])
+            _print_rows(nodes, ["node_id", "address", "state", "label", "cells", "objects", "size"])
         return EXIT_OK
     if args.json:
         print(json.dumps(_table_dict(table), indent=2))
@@ -117,9 +172,48 @@ def command_print(admin: Admin, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def _print_tweak(reply: master_pb2.TweakReply, args: argparse.Namespace, what: str) -> None:
+    table = PartitionTable.from_proto(reply.table)
+    if args.json:
+        print(json.dumps({**_table_dict(table), "moves": list(reply.moves)}, indent=2))
+        return
+    print(format_table(table))
+    if reply.moves:
+        print(f"{what}:")
+        for line in reply.moves:
+            print(f"  {line}")
+    else:
+        print("the table is balanced: no cell moves")
+
+
 def command_add_node(admin: Admin, args: argparse.Namespace) -> int:
     table = PartitionTable.from_proto(
         admin.call("AddNodes", master_pb2.AddNodesRequest(node_ids=args.node_ids)))
+    if args.no_rebalance or not table.created:
+        if args.json:
+            print(json.dumps(_table_dict(table), indent=2))
+        else:
+            print(format_table(table))
+        return EXIT_OK
+    _print_tweak(admin.call("Tweak", master_pb2.TweakRequest()), args, "moving (see neoctl status)")
+    return EXIT_OK
+
+
+def command_start(admin: Admin, args: argparse.Namespace) -> int:
+    info = admin.call("GetClusterInfo", common_pb2.Empty())
+    if info.state in (master_pb2.ClusterInfo.RUNNING, master_pb2.ClusterInfo.STOPPING):
+        print(f"cluster {info.cluster_name!r} is already running")
+        return EXIT_OK
+    table = PartitionTable.from_proto(admin.call("AddNodes", master_pb2.AddNodesRequest()))
     if args.json:
         print(json.dumps(_table_dict(table), indent=2))
     else:
@@ -127,10 +221,266 @@ def command_add_node(admin: Admin, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def command_drop_node(admin: Admin, args: argparse.Namespace) -> int:
+    reply = admin.call("Tweak", master_pb2.TweakRequest(drop=[args.node_id], force=args.force))
+    _print_tweak(reply, args, f"moving every cell away from node {args.node_id}, which then leaves the cluster")
+    return EXIT_OK
+
+
+def command_tweak(admin: Admin, args: argparse.Namespace) -> int:
+    reply = admin.call("Tweak", master_pb2.TweakRequest(dry_run=args.dry_run))
+    _print_tweak(reply, args, "would move (dry run)" if args.dry_run else "moving (see neoctl status)")
+    return EXIT_OK
+
+
+def command_set_cluster(admin: Admin, args: argparse.Namespace) -> int:
+    state = master_pb2.ClusterInfo.State.Value(args.state)
+    info = _cluster_dict(admin.call("SetClusterState", master_pb2.SetClusterStateRequest(state=state)))
+    if args.json:
+        print(json.dumps(info, indent=2))
+    elif args.state == "STOPPING":
+        print(f"cluster {info['cluster_name']!r} is STOPPING: new transactions are refused, "
+              "reads go on (neoctl set cluster RUNNING to resume)")
+    else:
+        print(f"cluster {info['cluster_name']!r} is RUNNING")
+    return EXIT_OK
+
+
+def command_kill(admin: Admin, args: argparse.Namespace) -> int:
+    table = PartitionTable.from_proto(
+        admin.call("KillNode", master_pb2.KillNodeRequest(node_id=args.node_id, force=args.force), timeout=60))
+    if args.json:
+        print(json.dumps(_table_dict(table), indent=2))
+        return EXIT_OK
+    print(format_table(table))
+    print(f"storage node {args.node_id} was told to stop and is marked DOWN; "
+          "restart it to rejoin: its cells catch up by replication")
+    return EXIT_OK
+
+
+def _parse_tid(text: str) -> bytes:
+    digits = text[2:] if text.lower().startswith("0x") else text
+    try:
+        value = int(digits, 16)
+    except ValueError:
+        raise ValueError(f"not a TID: {text!r} (16 hex digits, as neoctl print ids shows)") from None
+    if not 0 <= value < 2**64:
+        raise ValueError(f"not a TID: {text!r} (more than 8 bytes)")
+    return p64(value)
+
+
+def _tid_label(tid: bytes) -> str:
+    when = datetime.datetime.fromtimestamp(tid_time(tid), datetime.timezone.utc)
+    return f"{tid_repr(tid)} ({when:%Y-%m-%d %H:%M:%S} UTC)"
+
+
+def command_truncate(admin: Admin, args: argparse.Namespace) -> int:
+    try:
+        tid = _parse_tid(args.tid)
+    except ValueError as error:
+        print(f"neoctl: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    info = admin.call("GetClusterInfo", common_pb2.Empty())
+    if tid >= info.last_tid:
+        print(f"neoctl: nothing to truncate: the last TID is {_tid_label(info.last_tid)}", file=sys.stderr)
+        return EXIT_REFUSED
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("neoctl: truncate deletes data: confirm with --yes when not on a terminal", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"This deletes, on every storage node of cluster {info.cluster_name!r}, every transaction "
+              f"committed after {_tid_label(tid)} (the last one is {_tid_label(info.last_tid)}).  "
+              "It cannot be undone.")
+        answer = input(f"Type the cluster name ({info.cluster_name}) to go on: ")
+        if answer.strip() != info.cluster_name:
+            print("neoctl: not confirmed: nothing was changed", file=sys.stderr)
+            return EXIT_REFUSED
+    was_running = info.state == master_pb2.ClusterInfo.RUNNING
+    if was_running:
+        admin.call("SetClusterState", master_pb2.SetClusterStateRequest(state=master_pb2.ClusterInfo.STOPPING))
+        if not args.json:
+            print("cluster STOPPING: no new transaction while truncating")
+    try:
+        reply = admin.call("Truncate", master_pb2.TruncateRequest(tid=tid), timeout=120)
+    finally:
+        if was_running:
+            admin.call("SetClusterState", master_pb2.SetClusterStateRequest(state=master_pb2.ClusterInfo.RUNNING))
+    result = {
+        "truncated_after": tid_repr(reply.truncation.after),
+        "new_last_tid": tid_repr(reply.truncation.upto),
+        "nodes_done": list(reply.truncated),
+        "nodes_later": list(reply.later),
+        "transactions_deleted": reply.transactions_deleted,
+        "revisions_deleted": reply.revisions_deleted,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    print(f"truncated after {_tid_label(tid)}: {reply.transactions_deleted} transaction records and "
+          f"{reply.revisions_deleted} object revisions deleted (all replicas) on storage node(s) "
+          f"{', '.join(map(str, reply.truncated)) or 'none'}")
+    if reply.later:
+        print(f"storage node(s) {', '.join(map(str, reply.later))} not running now (down or pending): "
+              "they truncate when they register again")
+    print(f"the last TID is now {tid_repr(reply.truncation.upto)} (TIDs never go back); clients reset their caches"
+          + ("; cluster RUNNING again" if was_running else ""))
+    return EXIT_OK
+
+
+def command_set(admin: Admin, args: argparse.Namespace) -> int:
+    if args.replicas < 1:
+        print("neoctl: the replica count must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    reply = admin.call("Tweak", master_pb2.TweakRequest(replicas=args.replicas, force=args.force))
+    _print_tweak(reply, args, f"{args.replicas} replicas per partition")
+    return EXIT_OK
+
+
+def _members(reply: Any) -> list[dict[str, Any]]:
+    return [{"node_id": member.node_id, "address": member.address} for member in reply.members]
+
+
+def command_membership(admin: Admin, args: argparse.Namespace) -> int:
+    adding = args.command == "add-master"
+    reply = admin.call("AddMaster" if adding else "RemoveMaster", master_pb2.MasterAddress(address=args.address))
+    members = _members(reply)
+    if args.json:
+        print(json.dumps({"node_id": reply.node_id, "address": args.address,
+                          "added" if adding else "removed": True, "members": members}, indent=2))
+        return EXIT_OK
+    if adding:
+        print(f"master {args.address} added as node {reply.node_id}; start it with:")
+        print(f"  neo-master --cluster {args.cluster} --join --masters {','.join(m['address'] for m in members if m['address'] != args.address)} "
+              f"--bind {args.address} --data DIR")
+    else:
+        print(f"master {args.address} (node {reply.node_id}) removed")
+    _print_rows(members, ["node_id", "address"])
+    return EXIT_OK
+
+
+def command_check(admin: Admin, args: argparse.Namespace) -> int:
+    reply = admin.call("Check", master_pb2.CheckRequest(partitions=args.partitions, repair=args.repair),
+                       timeout=CHECK_TIMEOUT)
+    rows = [{
+        "partition": p.partition,
+        "replicas": ",".join(map(str, p.node_ids)),
+        "records": p.records,
+        "up_to_tid": tid_repr(p.max_tid),
+        "result": "ok" if p.consistent else "DIFFERS",
+        "corrupted": ",".join(map(str, p.corrupted)) or "-",
+        "rebuilding": ",".join(map(str, p.repairing)) or "-",
+        "detail": p.detail,
+    } for p in reply.partitions]
+    columns = ["partition", "replicas", "records", "up_to_tid", "result", "corrupted", "detail"]
+    if args.repair:
+        columns.insert(-1, "rebuilding")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_rows(rows, columns)
+    differing = [row for row in rows if row["result"] != "ok"]
+    rebuilding = [row for row in rows if row["rebuilding"] != "-"]
+    if not args.json:
+        print(f"{len(rows) - len(differing)} of {len(rows)} partitions consistent"
+              + (f"; {len(differing)} differ" if differing else ""))
+        if rebuilding:
+            print(f"{len(rebuilding)} partition(s) rebuilding CORRUPTED cells from healthy replicas "
+                  "(see neoctl status; neoctl wait)")
+    return EXIT_INCONSISTENT if differing else EXIT_OK
+
+
+def _moving(table: PartitionTable) -> list[tuple[int, int, str]]:
+    """(partition, node, state) of every cell that is not UP_TO_DATE."""
+    return [(p, c.node_id, c.state.name) for p, row in enumerate(table.rows) for c in row
+            if c.state != CellState.UP_TO_DATE]
+
+
+def _bar(fraction: float, width: int = 24) -> str:
+    filled = int(round(max(0.0, min(1.0, fraction)) * width))
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def _status_rows(admin: Admin) -> tuple[list[dict[str, Any]], list[tuple[int, int, str]]]:
+    table = PartitionTable.from_proto(admin.call("GetPartitionTable", common_pb2.Empty()))
+    progress = {(c.partition, c.node_id): c for c in admin.call("GetReplication", common_pb2.Empty()).cells}
+    rows = []
+    for partition, node_id, state in _moving(table):
+        cell = progress.get((partition, node_id))
+        row: dict[str, Any] = {"partition": partition, "node_id": node_id, "state": state}
+        if cell is not None:
+            total = cell.bytes_done + cell.bytes_left
+            row.update({
+                "source": cell.source_node_id,
+                "records_done": cell.records_done, "records_left": cell.records_left,
+                "bytes_done": cell.bytes_done, "bytes_left": cell.bytes_left,
+                "records_copied": cell.records_copied, "chunks_skipped": cell.chunks_skipped,
+                "rate_bytes_per_s": round(cell.rate), "fraction": cell.bytes_done / total if total else 0.0,
+                "eta_s": round(cell.bytes_left / cell.rate, 1) if cell.rate else None,
+            })
+        rows.append(row)
+    return rows, _moving(table)
+
+
+def _print_status(rows: list[dict[str, Any]], terminal: bool) -> None:
+    if not rows:
+        print("every cell is UP_TO_DATE: no data moving")
+        return
+    for row in rows:
+        head = f"partition {row['partition']:>4} node {row['node_id']:>3} {row['state']:<11}"
+        if "fraction" not in row:
+            print(f"{head} waiting to replicate")
+            continue
+        eta = f"ETA {row['eta_s']:.0f}s" if row["eta_s"] is not None else "ETA -"
+        figures = (f"{row['bytes_done'] / 1e6:.1f}/{(row['bytes_done'] + row['bytes_left']) / 1e6:.1f} MB, "
+                   f"{row['records_done']} records done, ~{row['records_left']} left, "
+                   f"{row['rate_bytes_per_s'] / 1e6:.1f} MB/s, {eta} (from node {row['source']})")
+        print(f"{head} {_bar(row['fraction']) + ' ' if terminal else ''}{figures}")
+
+
+def command_status(admin: Admin, args: argparse.Namespace) -> int:
+    rows, _ = _status_rows(admin)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_status(rows, sys.stdout.isatty())
+    return EXIT_OK
+
+
+def command_wait(admin: Admin, args: argparse.Namespace) -> int:
+    deadline = time.monotonic() + args.timeout
+    while True:
+        rows, moving = _status_rows(admin)
+        if not moving:
+            if not args.json:
+                print("every cell is UP_TO_DATE")
+            return EXIT_OK
+        if time.monotonic() > deadline:
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                _print_status(rows, False)
+                print(f"neoctl: {len(moving)} cells still not UP_TO_DATE after {args.timeout:g}s", file=sys.stderr)
+            return EXIT_TIMEOUT
+        if not args.json and not args.quiet:
+            _print_status(rows, sys.stdout.isatty())
+        time.sleep(args.interval)
+
+
+def _subcommand(commands: Any, name: str, run: Any = None, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand that calls ``run(admin, args)`` (none: it has subcommands
+    of its own); each takes --json after its name as well as before it."""
+    parser = commands.add_parser(name, **kwargs)
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    if run is not None:
+        parser.set_defaults(run=run)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neoctl", description="Administer a neostore cluster.",
-        epilog="Exit codes: 0 success, 1 refused or failed, 2 bad usage, 3 no master reachable.")
+        epilog="Exit codes: 0 success, 1 refused or failed, 2 bad usage, 3 no master reachable, "
+               "4 check found replicas that differ, 5 wait timed out.")
     parser.add_argument("--masters", default=os.environ.get("NEOSTORE_MASTERS", "127.0.0.1:5551"),
                         help="master addresses, comma separated (default: $NEOSTORE_MASTERS or %(default)s)")
     parser.add_argument("--cluster", default=os.environ.get("NEOSTORE_CLUSTER", "neostore"),
@@ -138,14 +488,92 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     rpc.add_tls_arguments(parser, "neoctl")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    show = commands.add_parser("print", help="print cluster, node, pt (partition table) or ids")
+    show = _subcommand(commands, "print", command_print, help="print cluster, node, pt (partition table) or ids")
     show.add_argument("what", choices=["cluster", "node", "pt", "ids"])
-    show.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
-    show.set_defaults(run=command_print)
-    add = commands.add_parser("add-node", help="admit PENDING storage nodes (all when none given)")
+    add = _subcommand(commands, "add-node", command_add_node,
+        help="admit PENDING storage nodes (all when none given)")
     add.add_argument("node_ids", nargs="*", type=int, metavar="NODE_ID")
-    add.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
-    add.set_defaults(run=command_add_node)
+    add.add_argument("--no-rebalance", action="store_true", help="admit only: move no cell to the new nodes")
+    _subcommand(commands, "start", command_start,
+        help="start a cluster created empty: create its table on the registered storage nodes",
+        description="For masters started with --autostart 0: once the storage nodes have registered, "
+                    "create the partition table on all of them and start serving.")
+    drop = _subcommand(commands, "drop-node", command_drop_node,
+        help="move every cell of a storage node to the others, then remove it",
+        description="The node's cells keep serving (FEEDING) until their replacements on other nodes are "
+                    "UP_TO_DATE; then they are dropped, and once the node holds none it leaves the cluster "
+                    "(its process stops: its data belongs to no cluster any more).  Refused when fewer "
+                    "nodes than the replica count would remain, unless --force.")
+    drop.add_argument("node_id", type=int, metavar="NODE_ID")
+    drop.add_argument("--force", action="store_true", help="accept fewer replicas than configured")
+    tweak = _subcommand(commands, "tweak", command_tweak,
+        help="rebalance the partition table over the running nodes",
+        description="Recompute a balanced table: cells spread evenly (within one per node), never two "
+                    "replicas of a partition on one node nor, when nodes carry labels, in one label; "
+                    "as few cells moved as possible.  Shows what moves.")
+    tweak.add_argument("--dry-run", action="store_true", help="only show what would move")
+    setting = _subcommand(commands, "set", help="change a cluster setting: set replicas N, set cluster STATE")
+    setting_what = setting.add_subparsers(dest="setting", required=True, metavar="SETTING")
+    replicas = _subcommand(setting_what, "replicas", command_set,
+        help="the replica count R", description="New replicas are filled by replication; "
+        "surplus ones are dropped once the others are up to date.")
+    replicas.add_argument("replicas", type=int, metavar="N")
+    replicas.add_argument("--force", action="store_true", help="accept fewer nodes than replicas")
+    cluster_state = _subcommand(setting_what, "cluster", command_set_cluster,
+        help="the cluster state: RUNNING or STOPPING",
+        description="STOPPING: the cluster refuses new transactions (ZODB applications get ReadOnlyError "
+                    "from tpc_begin), lets those in flight end, and keeps serving reads: for "
+                    "maintenance.  RUNNING: serve writes again.")
+    cluster_state.add_argument("state", choices=["RUNNING", "STOPPING"])
+    kill = _subcommand(commands, "kill", command_kill, help="take a storage node down for maintenance",
+        description="Tell the storage node to exit and mark it DOWN: its cells become OUT_OF_DATE and the "
+                    "other replicas serve.  Restarted, it rejoins and catches up by replication.  Refused "
+                    "when it holds the only readable replica on a running node of some partition, "
+                    "unless --force.")
+    kill.add_argument("node_id", type=int, metavar="NODE_ID")
+    kill.add_argument("--force", action="store_true", help="even if partitions become unreadable")
+    truncate = _subcommand(commands, "truncate", command_truncate,
+        help="roll the database back to a TID (asks for confirmation)",
+        description="Delete every transaction committed after TID, on every storage node (nodes that are "
+                    "down do it when they rejoin).  The cluster is STOPPING meanwhile (new transactions "
+                    "are refused; those in flight end first) and RUNNING again after, if it was.  The last "
+                    "TID moves on, above every TID before: clients reset their caches and see the "
+                    "database as of TID.  Asks to type the cluster name, unless --yes.")
+    truncate.add_argument("tid", metavar="TID", help="keep every transaction up to this TID (hex, as print ids shows)")
+    truncate.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    add_master = _subcommand(commands, "add-master", command_membership,
+        help="add a master to the masters' Raft group (one change at a time)",
+        description="Add the master that will serve at ADDRESS; then start it with "
+                    "`neo-master --join --masters EXISTING --bind ADDRESS`.  Refused (exit 1) when "
+                    "ADDRESS is a member, another change is pending, or too few masters answer.")
+    add_master.add_argument("address", metavar="HOST:PORT")
+    remove_master = _subcommand(commands, "remove-master", command_membership,
+        help="remove a master from the masters' Raft group",
+        description="Remove the master at ADDRESS (it stops taking part; the leader first hands "
+                    "leadership over to the most up-to-date other master, which removes it).  Refused (exit 1) for an unknown address, the last master, a "
+                    "pending change, or when the remaining masters would have no reachable majority.")
+    remove_master.add_argument("address", metavar="HOST:PORT")
+    check = _subcommand(commands, "check", command_check,
+        help="compare the replicas of partitions by checksums (exit 4 if any differ)",
+        description="Compare every readable replica of the partitions given (all by default) range by "
+                    "range, up to a TID every replica holds, while the cluster serves.  A replica that "
+                    "differs from a strict majority is marked CORRUPTED; with two replicas that differ, "
+                    "the difference is reported and nothing is marked.  With --repair, every CORRUPTED "
+                    "cell of those partitions is then rebuilt: its data is deleted and it copies the "
+                    "partition again from a healthy replica.")
+    check.add_argument("partitions", nargs="*", type=int, metavar="PARTITION")
+    check.add_argument("--repair", action="store_true", help="rebuild CORRUPTED cells from healthy replicas")
+    _subcommand(commands, "status", command_status,
+        help="show data movement: each cell not UP_TO_DATE, with replication progress",
+        description="One line per cell that is not UP_TO_DATE: its state and, while it replicates, "
+                    "bytes and records done and left, rate and ETA (a progress bar on a terminal).")
+    wait = _subcommand(commands, "wait", command_wait,
+        help="wait until every cell is UP_TO_DATE (exit 5 on timeout)",
+        description="Poll until no cell is OUT_OF_DATE, FEEDING or otherwise not UP_TO_DATE, "
+                    "printing the status meanwhile (for scripts: --quiet).")
+    wait.add_argument("--timeout", type=float, default=600.0, help="seconds (default %(default)s)")
+    wait.add_argument("--interval", type=float, default=1.0, help="seconds between polls (default %(default)s)")
+    wait.add_argument("--quiet", action="store_true", help="print nothing while waiting")
     return parser
 
 

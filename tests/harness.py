@@ -33,6 +33,7 @@ class ThreadCluster:
         tls: rpc.TlsConfig | None = None,
         num_masters: int = 1,
         raft_tick_interval: float = 0.1,
+        snapshot_every: int | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.name = name
@@ -50,6 +51,7 @@ class ThreadCluster:
                 # election timeout (10 to 20 ticks) keeps a busy test from
                 # deposing a healthy leader.
                 raft_tick_interval=raft_tick_interval,
+                **({} if snapshot_every is None else {"snapshot_every": snapshot_every}),
             ))
             for index in range(num_masters)
         ]
@@ -65,6 +67,19 @@ class ThreadCluster:
     def leader(self) -> MasterNode | None:
         """The master serving writes now, if any."""
         return next((master for master in self.master_nodes if master.is_leader), None)
+
+    def wait_for_leader(self, other_than: MasterNode | None = None, timeout: float = 30.0) -> MasterNode:
+        """The leader, once there is one (and it is not ``other_than``): the
+        very master seen leading, not whichever leads when asked again."""
+        deadline = time.monotonic() + timeout
+        while True:
+            leader = self.leader()
+            if leader is not None and leader is not other_than:
+                return leader
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no leader{' other than ' + other_than.address if other_than else ''} "
+                                     f"after {timeout} s")
+            time.sleep(0.02)
 
     def start(self, timeout: float = 30.0) -> ThreadCluster:
         for master in self.master_nodes:
@@ -118,3 +133,37 @@ class ThreadCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ProcessCluster:
+    """The interface of :class:`ThreadCluster` over a :class:`LocalCluster`:
+    masters and storage nodes as processes, for tests whose many client
+    threads would otherwise share one interpreter (and one GIL) with the
+    whole cluster."""
+
+    def __init__(self, data_dir: str, name: str = "test-cluster", num_masters: int = 1,
+                 num_storages: int = 3) -> None:
+        from neostore.launcher import LocalCluster
+
+        self.local = LocalCluster(data_dir, name=name, num_masters=num_masters, num_storages=num_storages)
+        self.name = name
+        self._clients: list[NeoStorage] = []
+
+    @property
+    def masters(self) -> list[str]:
+        return self.local.masters
+
+    def start(self) -> ProcessCluster:
+        self.local.start()
+        return self
+
+    def client(self, **options: Any) -> NeoStorage:
+        storage = NeoStorage(self.masters, self.name, **options)
+        self._clients.append(storage)
+        return storage
+
+    def stop(self) -> None:
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
+        self.local.stop()

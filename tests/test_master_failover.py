@@ -121,6 +121,11 @@ def test_killing_the_leader_loses_no_acknowledged_commit(tmp_path: pathlib.Path)
         assert first_after is not None, f"no commit acknowledged within {RECOVERY_LIMIT:.0f}s of the kill"
         print(f"\nkill -9 of the leader -> first acknowledged commit: {first_after - killed_at:.2f}s")
         time.sleep(LOAD_AFTER_RECOVERY)
+        # Every writer resumes (one may have been finding the new leader or
+        # asking an outcome for a while): wait for each, within the limit.
+        while time.monotonic() < deadline and not all(
+                any(when > killed_at for _, _, when in w.acknowledged) for w in writers):
+            time.sleep(0.05)
     finally:
         for writer in writers:
             writer.stop.set()

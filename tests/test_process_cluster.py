@@ -192,3 +192,29 @@ def test_neo_cluster_stops_cleanly_on_ctrl_c(tmp_path: Any) -> None:
     rest, _ = launcher.communicate(timeout=60)
     assert launcher.returncode == 0
     assert rest.strip().endswith("stopped.")
+
+
+def test_neoctl_kill_stops_a_storage_process_that_rejoins_when_restarted(tmp_path: Any) -> None:
+    with LocalCluster(str(tmp_path / "maintenance"), name="maintenance") as cluster:
+        db = ZODB.DB(NeoStorage(cluster.masters, "maintenance"))
+        with db.transaction() as conn:
+            conn.root()["n"] = 1
+        killed = _neoctl(cluster, "kill", "1")
+        assert "storage node 1 was told to stop and is marked DOWN" in killed.stdout
+        process = cluster.storages[0].process
+        assert process is not None
+        assert process.wait(timeout=30) == 0  # a clean exit, not a crash
+        log_path = os.path.join(cluster.log_dir, "storage-0.log")
+        with open(log_path) as log_file:
+            assert "neoctl kill" in log_file.read()
+        with db.transaction() as conn:  # the other replicas serve
+            conn.root()["n"] = 2
+        nodes = json.loads(_neoctl(cluster, "print", "node", "--json").stdout)
+        assert [n["state"] for n in nodes] == ["DOWN", "RUNNING", "RUNNING"]
+        cluster.restart_storage(0)
+        _neoctl(cluster, "wait", "--timeout", "60", "--quiet")
+        nodes = json.loads(_neoctl(cluster, "print", "node", "--json").stdout)
+        assert [n["state"] for n in nodes] == ["RUNNING"] * 3
+        with db.transaction() as conn:
+            assert conn.root()["n"] == 2
+        db.close()
