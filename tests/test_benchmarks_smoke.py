@@ -1,0 +1,58 @@
+"""Smoke run of benchmarks/raft_commit.py: it runs and reports every figure.
+
+No timing bound: only that the script finishes, prints JSON with the
+expected keys, and every figure is a positive number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.process]
+
+SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "raft_commit.py"
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.timeout(120)
+def test_raft_commit_benchmark_quick_run_reports_every_figure() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--json"],
+        check=False, capture_output=True, text=True, timeout=110,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads(completed.stdout)
+    assert set(results["commit"]) == {"1", "4"}  # --quick: 1 and 4 clients, 2 leader kills, 1 removal
+    for clients, entry in results["commit"].items():
+        assert entry["clients"] == int(clients)
+        for key in ("commits", "seconds", "commits_per_s"):
+            assert _positive(entry[key]), (clients, key, entry[key])
+        for part in ("commit", "finish_rpc", "begin_rpc"):
+            for key in ("p50_ms", "p99_ms", "mean_ms", "samples"):
+                assert _positive(entry[part][key]), (clients, part, key, entry[part][key])
+        assert entry["commit"]["samples"] == entry["commits"]
+        cpu = entry["cpu_ms_per_commit"]
+        # CPU time ticks by 1/SC_CLK_TCK: one process may not have used a tick, the sums have.
+        for key in ("masters", "leader", "storages"):
+            assert _positive(cpu[key]), (clients, key, cpu[key])
+        assert {f"master-{i}" for i in range(3)} <= set(cpu["per_process"])
+        assert all(ms >= 0 for ms in cpu["per_process"].values())
+    failover = results["failover"]
+    assert failover["runs"] == 2 and _positive(failover["commits"])
+    assert isinstance(failover["counter_in_database"], int)
+    for part in ("kill_to_first_new_commit", "kill_to_first_acknowledged_commit", "restart_and_catch_up"):
+        for key in ("median_ms", "max_ms", "min_ms"):
+            assert _positive(failover[part][key]), (part, key, failover[part][key])
+    removal = results["leader_removal"]
+    assert removal["runs"] == 1 and len(removal["samples_ms"]) == 1
+    for key in ("median_ms", "max_ms", "min_ms"):
+        assert _positive(removal["longest_gap"][key]), (key, removal["longest_gap"][key])
