@@ -52,7 +52,7 @@ import itertools
 import os
 import threading
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import IO, cast
 
 import lmdb
@@ -781,30 +781,46 @@ class Database:
         txn.put(layout.partition_stats_key(partition), layout.encode_stats(PartitionStats(objects, size)),
                 db=self._meta)
 
-    def drop_partition(self, partition: int, batch: int = 10_000) -> int:
+    def drop_partition(
+        self, partition: int, batch: int = 10_000, may_drop: Callable[[], bool] | None = None
+    ) -> int:
         """Delete every committed record of ``partition`` (a cell this node no
-        longer holds), ``batch`` keys per write transaction; how many."""
+        longer holds, or a CORRUPTED one), ``batch`` keys per write
+        transaction; how many.
+
+        ``may_drop`` is asked inside each write transaction, before it
+        deletes anything: LMDB has one writer at a time, so no commit lands
+        between the answer and the deletion.  Once it answers False (say, the
+        partition came back to this node, which may already have taken new
+        commits of it), the drop stops there: what is left stays, statistics
+        are recounted from it, and catch-up replication brings back what was
+        deleted (from the start: the position of an earlier catch-up of the
+        cell is deleted too).
+        """
         dropped = 0
-        for kind in (layout.RANGE_TRANSACTIONS, layout.RANGE_OBJECTS):
-            prefix = layout.range_prefix(kind, partition)
-            db = self._range_db(kind)
-            while True:
-                with self._write() as txn:
+        prefixes = [(layout.range_prefix(kind, partition), self._range_db(kind))
+                    for kind in (layout.RANGE_TRANSACTIONS, layout.RANGE_OBJECTS)]
+        while True:
+            with self._write() as txn:
+                if may_drop is not None and not may_drop():
+                    if dropped:  # a catch-up position may point past records now deleted
+                        self._recount_partition(txn, partition)
+                        txn.delete(layout.replication_key(partition), db=self._meta)
+                    return dropped
+                count = 0
+                for prefix, db in prefixes:
                     cursor = txn.cursor(db=db)
-                    count = 0
                     if cursor.set_range(prefix):
                         while count < batch and _key(cursor).startswith(prefix):
                             if not cursor.delete():
                                 break
                             count += 1
-                    dropped += count
-                if count < batch:
-                    break
-        with self._write() as txn:
-            for key in (layout.partition_last_tid_key(partition), layout.partition_stats_key(partition),
-                        layout.replication_key(partition)):
-                txn.delete(key, db=self._meta)
-        return dropped
+                dropped += count
+                if count < batch:  # the last batch: nothing of the partition is left
+                    for key in (layout.partition_last_tid_key(partition), layout.partition_stats_key(partition),
+                                layout.replication_key(partition)):
+                        txn.delete(key, db=self._meta)
+                    return dropped
 
     def _live(self, cursor: lmdb.Cursor, partition: int, oid: bytes) -> bool:
         """Whether the object's newest revision has it alive."""

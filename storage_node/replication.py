@@ -33,6 +33,7 @@ bytes compared, copied, skipped, left, rate) goes to the master every
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -114,6 +115,7 @@ class Replicator:
         self._report_interval = report_interval
         self._rpc_timeout = rpc_timeout
         self._wake = threading.Event()
+        self._dropping = threading.Lock()  # drop_unowned runs here and on the session thread
         self._stopping = threading.Event()
         self._channels: dict[str, grpc.Channel] = {}
         self._thread = threading.Thread(target=self._run, name="neostore-replicator", daemon=True)
@@ -180,17 +182,26 @@ class Replicator:
         node_id = self._ownership.node_id
         if table is None or not table.created or not node_id:
             return []
-        held = set(table.partitions_of_node(node_id, list(CellState)))
+
+        def unheld(partition: int) -> bool:  # by the latest table, asked as each batch is deleted
+            latest = self._ownership.table
+            return latest is not None and latest.cell_state(partition, node_id) is None
+
         dropped = []
-        for partition in range(table.num_partitions):
-            if partition in held or not self._database.holds_partition(partition):
-                continue
-            if self._stopping.is_set() and not finishing:
-                break
-            count = self._database.drop_partition(partition)
-            log.info("partition %d: no cell on this node any more (table version %d): %d records dropped",
-                     partition, table.version, count)
-            dropped.append(partition)
+        with self._dropping:
+            for partition in range(table.num_partitions):
+                if not unheld(partition) or not self._database.holds_partition(partition):
+                    continue
+                if self._stopping.is_set() and not finishing:
+                    break
+                count = self._database.drop_partition(partition, may_drop=functools.partial(unheld, partition))
+                if not unheld(partition):
+                    log.info("partition %d: back on this node while its data was being dropped: %d records "
+                             "dropped, the rest kept (catch-up brings back what is missing)", partition, count)
+                    continue
+                log.info("partition %d: no cell on this node any more (table version %d): %d records dropped",
+                         partition, table.version, count)
+                dropped.append(partition)
         return dropped
 
     def run_once(self) -> int:

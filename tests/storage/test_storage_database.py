@@ -10,13 +10,15 @@ import pytest
 from neostore import errors
 from neostore.ids import MAX_TID, p64
 from neostore.records import Record
+from neostore.storage_node import layout
 from neostore.storage_node.database import (
     Database,
     LoadStatus,
     PendingMetadata,
     PendingObject,
+    Stats,
 )
-from neostore.storage_node.layout import StoredObject, TransactionMetadata
+from neostore.storage_node.layout import ReplicationPosition, StoredObject, TransactionMetadata
 
 CLUSTER = "test-cluster"
 MAP_SIZE = 16 * 2**20
@@ -317,6 +319,57 @@ def test_stats_count_objects_whose_current_revision_has_data(database: Database)
     both = database.stats([PARTITION, PARTITION + 1])
     assert (both.object_count, both.size, both.last_tid) == (3, 17, p64(30))
     assert database.stats([]).last_tid is None
+
+
+# -- dropping a partition -----------------------------------------------------------
+
+
+def _partition_records(database: Database, partition: int) -> int:
+    return sum(len(database.scan_range(partition, kind)[0])
+               for kind in (layout.RANGE_TRANSACTIONS, layout.RANGE_OBJECTS))
+
+
+def _fill_partition(database: Database) -> None:
+    for index in range(5):
+        ttid = p64(1000 + index)
+        database.write_pending(ttid, [PendingObject(PARTITION, p64(100 + index), data(b"x" * 10))],
+                               PendingMetadata(PARTITION, TransactionMetadata(b"", b"", b"", (p64(100 + index),))))
+        assert database.commit(ttid, p64(10 + index))
+    commit_revision(database, 50, data(b"elsewhere"), partition=PARTITION + 1)
+
+
+def test_drop_partition_deletes_its_records_statistics_and_position(database: Database) -> None:
+    _fill_partition(database)
+    database.set_replication_position(PARTITION, ReplicationPosition(p64(12), layout.RANGE_OBJECTS, b""))
+    assert database.drop_partition(PARTITION, batch=3) == 10  # 5 transactions, 5 objects, 4 batches
+    assert not database.holds_partition(PARTITION) and _partition_records(database, PARTITION) == 0
+    assert database.stats([PARTITION]) == Stats(0, 0, None)
+    assert database.replication_position(PARTITION) is None
+    assert database.stats([PARTITION + 1]).object_count == 1  # other partitions untouched
+
+
+def test_drop_partition_stops_once_the_partition_may_not_be_dropped_any_more(database: Database) -> None:
+    """The partition came back to the node between two batches: what is left
+    stays, the statistics describe it, and the catch-up position is gone (it
+    may point past records deleted)."""
+    _fill_partition(database)
+    database.set_replication_position(PARTITION, ReplicationPosition(p64(12), layout.RANGE_OBJECTS, b""))
+    answers = iter([True, False])
+    assert database.drop_partition(PARTITION, batch=3, may_drop=lambda: next(answers)) == 3
+    assert _partition_records(database, PARTITION) == 7
+    objects, _ = database.scan_range(PARTITION, layout.RANGE_OBJECTS)
+    assert database.stats([PARTITION]) == Stats(5, 50, p64(14))
+    assert len(objects) == 5
+    assert database.replication_position(PARTITION) is None
+
+
+def test_drop_partition_asked_not_to_drop_changes_nothing(database: Database) -> None:
+    _fill_partition(database)
+    position = ReplicationPosition(p64(12), layout.RANGE_OBJECTS, b"")
+    database.set_replication_position(PARTITION, position)
+    assert database.drop_partition(PARTITION, may_drop=lambda: False) == 0
+    assert _partition_records(database, PARTITION) == 10
+    assert database.replication_position(PARTITION) == position
 
 
 # -- failures --------------------------------------------------------------------
