@@ -3,8 +3,8 @@
 Each rpc checks its identifiers (an oid or a TID is exactly 8 bytes, else
 :class:`~neostore.errors.BadRequest`) and, through
 :class:`~neostore.storage_node.ownership.Ownership`, that this node holds a
-suitable cell of the partition (readable for reads, writable for writes),
-then calls :class:`~neostore.storage_node.database.Database` (reads) or
+suitable cell of the partition (readable for reads, writable for writes;
+reads are checked again once read: see ``_read``), then calls :class:`~neostore.storage_node.database.Database` (reads) or
 :class:`~neostore.storage_node.transaction_manager.TransactionManager`
 (two-phase commit) and encodes the answer.  Errors are raised as
 ``neostore.errors`` exceptions; the interceptor of ``neostore.rpc`` turns
@@ -18,8 +18,8 @@ depend on the table version the node happens to hold.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from neostore import errors
 from neostore.ids import tid_repr, oid_repr
@@ -33,6 +33,8 @@ from neostore.storage_node.ranges import range_digest
 from neostore.storage_node.transaction_manager import ObjectWrite, TransactionManager
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 def _identifier(value: bytes, what: str) -> bytes:
@@ -59,21 +61,20 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         oid = _identifier(request.oid, "oid")
         before_tid = _identifier(request.before_tid, "before_tid")
         partition = self._ownership.partition_of(oid)
-        self._ownership.readable(partition, request.table_version)
-        return _load_reply(self._database.load_before(partition, oid, before_tid))
+        return _load_reply(self._read(
+            [partition], lambda: self._database.load_before(partition, oid, before_tid), request.table_version))
 
     def LoadSerial(self, request: storage_pb2.LoadSerialRequest, context: Any) -> storage_pb2.LoadReply:
         oid = _identifier(request.oid, "oid")
         serial = _identifier(request.serial, "serial")
         partition = self._ownership.partition_of(oid)
-        self._ownership.readable(partition, request.table_version)
-        return _load_reply(self._database.load_serial(partition, oid, serial))
+        return _load_reply(self._read(
+            [partition], lambda: self._database.load_serial(partition, oid, serial), request.table_version))
 
     def History(self, request: storage_pb2.HistoryRequest, context: Any) -> storage_pb2.HistoryReply:
         oid = _identifier(request.oid, "oid")
         partition = self._ownership.partition_of(oid)
-        self._ownership.readable(partition)
-        revisions = self._database.history(partition, oid, request.size)
+        revisions = self._read([partition], lambda: self._database.history(partition, oid, request.size))
         return storage_pb2.HistoryReply(
             revisions=[storage_pb2.Revision(tid=r.tid, size=r.size) for r in revisions]
         )
@@ -82,13 +83,10 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         self, request: storage_pb2.ListTransactionsRequest, context: Any
     ) -> storage_pb2.ListTransactionsReply:
         partitions = self._readable_partitions(request.partitions)
-        records = self._database.list_transactions(
-            partitions,
-            _optional_identifier(request.min_tid, "min_tid"),
-            _optional_identifier(request.max_tid, "max_tid"),
-            request.limit,
-            request.descending,
-        )
+        min_tid = _optional_identifier(request.min_tid, "min_tid")
+        max_tid = _optional_identifier(request.max_tid, "max_tid")
+        records = self._read(partitions, lambda: self._database.list_transactions(
+            partitions, min_tid, max_tid, request.limit, request.descending))
         return storage_pb2.ListTransactionsReply(transactions=[
             common_pb2.TransactionInfo(
                 tid=record.tid,
@@ -102,10 +100,28 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         ])
 
     def GetStats(self, request: storage_pb2.StatsRequest, context: Any) -> storage_pb2.StatsReply:
-        stats = self._database.stats(self._readable_partitions(request.partitions))
+        partitions = self._readable_partitions(request.partitions)
+        stats = self._read(partitions, lambda: self._database.stats(partitions))
         return storage_pb2.StatsReply(
             object_count=stats.object_count, size=stats.size, last_tid=stats.last_tid or b""
         )
+
+    def _read(self, partitions: Sequence[int], read: Callable[[], _T], routed_version: int = 0) -> _T:
+        """``read()`` of readable cells, checked before and after.
+
+        A node deletes the data of a partition once its table no longer
+        lists its cell there (rebalancing moved it away), and tables only
+        move forward: a read that began just before such a table arrived
+        could see the data half deleted.  Checked again after the read, the
+        cell is still readable, so no deletion began before the read did;
+        otherwise the client gets NotOwner and reads elsewhere.
+        """
+        for partition in partitions:
+            self._ownership.readable(partition, routed_version)
+        result = read()
+        for partition in partitions:
+            self._ownership.readable(partition, routed_version)
+        return result
 
     def _readable_partitions(self, partitions: Sequence[int]) -> list[int]:
         """The partitions asked for, each checked; none asked: all readable here."""
@@ -198,14 +214,13 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         if request.kind not in (storage_pb2.TRANSACTIONS, storage_pb2.OBJECTS):
             raise errors.BadRequest(f"unknown range kind {request.kind}")
         max_tid = _identifier(request.max_tid, "max_tid")
-        self._ownership.readable(request.partition)
         key_size = 8 if request.kind == storage_pb2.TRANSACTIONS else 16
         for what, key in (("after_key", request.after_key), ("end_key", request.end_key)):
             if key and len(key) != key_size:
                 raise errors.BadRequest(f"{what} must be {key_size} bytes for this range kind, got {len(key)}")
-        return self._database.scan_range(
+        return self._read([request.partition], lambda: self._database.scan_range(
             request.partition, request.kind, request.after_key, request.end_key, max_tid,
-            request.limit, request.max_bytes)
+            request.limit, request.max_bytes))
 
     def ChecksumRange(self, request: storage_pb2.RangeRequest, context: Any) -> storage_pb2.RangeChecksum:
         records, complete = self._scan(request)

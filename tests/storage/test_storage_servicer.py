@@ -13,6 +13,7 @@ directly, as its master session would.  Partition table used (4 partitions,
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import pathlib
 import time
 from collections.abc import Callable, Iterator
@@ -254,6 +255,35 @@ def test_partition_of_another_node_is_not_owned(stub: storage_pb2_grpc.StorageSt
         load_before(stub, FOREIGN_OID)
     with pytest.raises(errors.NotOwner):
         rpc.call(stub.GetStats, storage_pb2.StatsRequest(partitions=[2]))
+
+
+def test_a_read_during_which_the_cell_moved_away_is_not_trusted(
+    node: StorageNode, stub: storage_pb2_grpc.StorageStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the table no longer lists the cell, the node may be deleting its
+    data: a read that began before the new table arrived could have seen it
+    half deleted, so it answers NotOwner and the client reads elsewhere."""
+    commit(stub, OLD, p64(1100), object_store(OID, ZERO_TID, b"hello"))
+    database = node.database
+    versions = iter(range(2, 100))
+
+    def move_cell_away() -> None:
+        held = table(node.address, version=next(versions))
+        node.set_partition_table(dataclasses.replace(
+            held, rows=((Cell(2, CellState.UP_TO_DATE),),) + held.rows[1:]))
+
+    for name in ("load_before", "scan_range"):
+        def read_as_the_cell_moves_away(*args: Any, _real: Any = getattr(database, name)) -> Any:
+            result = _real(*args)
+            move_cell_away()
+            return result
+        monkeypatch.setattr(database, name, read_as_the_cell_moves_away)
+    with pytest.raises(errors.NotOwner, match="partition 0"):
+        load_before(stub, OID)
+    assert node.set_partition_table(table(node.address, version=next(versions)))  # the cell back
+    range_request = storage_pb2.RangeRequest(partition=0, kind=storage_pb2.OBJECTS, max_tid=MAX_TID)
+    with pytest.raises(errors.NotOwner, match="partition 0"):
+        rpc.call(stub.ChecksumRange, range_request, timeout=10)
 
 
 def test_a_bad_object_refuses_the_whole_store_before_locking(stub: storage_pb2_grpc.StorageStub) -> None:
