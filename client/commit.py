@@ -12,11 +12,16 @@ Transaction``/``undo`` (any number), ``tpc_vote``, then ``tpc_finish`` or
    reports a conflict when the serial is not the last committed one.
 3. :func:`vote` — waits for every store, resolves conflicts with ZODB's
    conflict resolution and stores the result again (the lock is still ours,
-   so the second store cannot conflict with another transaction), then asks
-   every storage node involved to make the data durable; the cells of
-   ``partition(ttid)`` also get the transaction's metadata.  A node that
-   fails is dropped as long as every partition touched keeps one replica
-   that voted.  Returns the oids whose conflicts were resolved.
+   so the second store cannot conflict with another transaction); a cell
+   that became writable since the stores were sent (rebalancing) gets them
+   too.  Then it asks every storage node involved to make the data durable;
+   the cells of ``partition(ttid)`` also get the transaction's metadata.  A
+   node votes for a partition only if it took every write of the
+   transaction to that partition (its vote tells the master that its cell
+   holds the whole transaction: a cell that did not vote is marked
+   OUT_OF_DATE and catches up).  A node that fails is dropped as long as
+   every partition touched keeps one replica that voted.  Returns the oids
+   whose conflicts were resolved.
 4. :func:`finish` — the master decides, assigns the TID, has the storages
    apply, publishes the invalidation, answers the TID; the client then waits
    for its invalidation stream to deliver that TID and calls ZODB's callback
@@ -96,6 +101,7 @@ class _InFlight:
     node_id: int
     peer: str
     partitions: frozenset[int]
+    writes: list[ObjectWrite]
     future: Any
 
 
@@ -112,6 +118,9 @@ class TransactionContext:
     in_flight: list[_InFlight] = dataclasses.field(default_factory=list)
     # node id -> partitions it took stores for, without error
     stored_on: dict[int, set[int]] = dataclasses.field(default_factory=dict)
+    # node id -> oid -> the write it took (without conflict): the very object
+    # of ``writes``, or an earlier version that a resolution replaced
+    taken: dict[int, dict[bytes, ObjectWrite]] = dataclasses.field(default_factory=dict)
     failed: dict[int, str] = dataclasses.field(default_factory=dict)
     touched: set[int] = dataclasses.field(default_factory=set)  # partitions
     conflicts: dict[bytes, storage_pb2.Conflict] = dataclasses.field(default_factory=dict)
@@ -158,7 +167,8 @@ def store(cluster: ClusterConnection, context: TransactionContext, write: Object
 
 
 def send_stores(cluster: ClusterConnection, context: TransactionContext) -> None:
-    """Send every queued write to every writable cell of its partition."""
+    """Send every queued write to every writable cell of its partition that
+    has not taken it yet."""
     if not context.queued:
         return
     table = cluster.table
@@ -171,7 +181,8 @@ def send_stores(cluster: ClusterConnection, context: TransactionContext) -> None
         if not nodes:
             raise ClusterUnavailableError(f"partition {partition} has no writable replica left")
         for node_id in nodes:
-            per_node.setdefault(node_id, []).append(write)
+            if context.taken.get(node_id, {}).get(oid) is not write:
+                per_node.setdefault(node_id, []).append(write)
     context.queued.clear()
     context.queued_bytes = 0
     for node_id, writes in per_node.items():
@@ -183,7 +194,7 @@ def send_stores(cluster: ClusterConnection, context: TransactionContext) -> None
             )
             partitions = frozenset(table.partition_of(w.oid) for w in chunk)
             context.in_flight.append(
-                _InFlight(node_id, peer, partitions, stub.Store.future(request, timeout=STORE_TIMEOUT))
+                _InFlight(node_id, peer, partitions, chunk, stub.Store.future(request, timeout=STORE_TIMEOUT))
             )
 
 
@@ -215,6 +226,7 @@ def _drop_node(context: TransactionContext, node_id: int, reason: str) -> None:
     (the master then marks its cells OUT_OF_DATE)."""
     context.failed[node_id] = reason
     context.stored_on.pop(node_id, None)
+    context.taken.pop(node_id, None)
     context.votes.pop(node_id, None)
 
 
@@ -234,8 +246,11 @@ def collect_stores(context: TransactionContext) -> None:
         except errors.NeoError as error:
             context.fatal = context.fatal or to_zodb_error(error)
             continue
+        conflicted = {conflict.oid for conflict in reply.conflicts}
         if item.node_id not in context.failed:
             context.stored_on.setdefault(item.node_id, set()).update(item.partitions)
+            taken = context.taken.setdefault(item.node_id, {})
+            taken.update((w.oid, w) for w in item.writes if w.oid not in conflicted)
         for conflict in reply.conflicts:
             context.conflicts[conflict.oid] = conflict
 
@@ -253,12 +268,12 @@ def vote(
         collect_stores(context)
         if context.fatal is not None:
             raise context.fatal
-        if not context.conflicts:
+        if context.conflicts:
+            conflicts, context.conflicts = context.conflicts, {}
+            for oid, conflict in conflicts.items():
+                _resolve_conflict(cluster, context, resolve, oid, conflict)
+        elif not _queue_missing(cluster, context):
             break
-        conflicts, context.conflicts = context.conflicts, {}
-        for oid, conflict in conflicts.items():
-            _resolve_conflict(cluster, context, resolve, oid, conflict)
-    _check_every_partition_kept_a_replica(context, context.stored_on)
     _send_votes(cluster, context)
     context.phase = Phase.VOTED
     return sorted(context.resolved)
@@ -285,6 +300,18 @@ def _resolve_conflict(
     context.resolved.add(oid)
 
 
+def _queue_missing(cluster: ClusterConnection, context: TransactionContext) -> bool:
+    """Queue the writes that a writable cell lacks (it became writable after
+    they were sent: rebalancing); whether there are any."""
+    table = cluster.table
+    for oid, write in context.writes.items():
+        if any(context.taken.get(node_id, {}).get(oid) is not write
+               for node_id in table.writable_nodes(table.partition_of(oid)) if node_id not in context.failed):
+            context.queued.append(oid)
+            context.queued_bytes += write.size
+    return bool(context.queued)
+
+
 def _check_every_partition_kept_a_replica(context: TransactionContext, done: dict[int, set[int]]) -> None:
     covered = set().union(*done.values()) if done else set()
     lost = sorted(context.touched - covered)
@@ -306,10 +333,8 @@ def _send_votes(cluster: ClusterConnection, context: TransactionContext) -> None
         user=_as_bytes(context.meta.user), description=_as_bytes(context.meta.description),
         extension=context.meta.extension_bytes, oids=context.changed_oids,
     )
-    targets: dict[int, set[int]] = {n: set(p) for n, p in context.stored_on.items()}
-    for node_id in meta_nodes:
-        if node_id not in context.failed:
-            targets.setdefault(node_id, set()).add(meta_partition)
+    targets = _whole_partitions(context, table, meta_partition, meta_nodes)
+    _check_every_partition_kept_a_replica(context, targets)
     futures = []
     for node_id, partitions in targets.items():
         try:
@@ -317,7 +342,7 @@ def _send_votes(cluster: ClusterConnection, context: TransactionContext) -> None
         except errors.NotOwner as error:  # the node left the cluster since it took the stores
             _drop_node(context, node_id, str(error))
             continue
-        with_meta = node_id in meta_nodes
+        with_meta = meta_partition in partitions
         request = storage_pb2.VoteRequest(ttid=context.ttid, has_transaction=with_meta)
         if with_meta:
             request.transaction.CopyFrom(info)
@@ -333,6 +358,38 @@ def _send_votes(cluster: ClusterConnection, context: TransactionContext) -> None
         context.votes[node_id] = partitions
         context.unchecked[node_id] = set(reply.unchecked_partitions) & partitions
     _check_every_partition_kept_a_replica(context, context.votes)
+
+
+def _whole_partitions(
+    context: TransactionContext, table: Any, meta_partition: int, meta_nodes: list[int]
+) -> dict[int, set[int]]:
+    """The partitions each node may vote for: those of which it took every
+    write of the transaction (the very writes, as resolved), and for the
+    partition of the TTID, the metadata too.
+
+    A vote for a partition tells the master that the node's cell holds the
+    whole transaction: a node that took only part of it (the table changed
+    between stores, or it gets only the metadata) must not vote, so that
+    the master marks its cell OUT_OF_DATE instead of trusting it.
+    """
+    writes: dict[int, list[ObjectWrite]] = {}
+    for oid, write in context.writes.items():
+        writes.setdefault(table.partition_of(oid), []).append(write)
+
+    def whole(node_id: int, partition: int) -> bool:
+        taken = context.taken.get(node_id, {})
+        return all(taken.get(write.oid) is write for write in writes.get(partition, ()))
+
+    candidates = {n: set(p) for n, p in context.stored_on.items()}
+    for node_id in meta_nodes:
+        if node_id not in context.failed:
+            candidates.setdefault(node_id, set()).add(meta_partition)
+    targets = {}
+    for node_id, partitions in candidates.items():
+        voted = {p for p in partitions if whole(node_id, p) and (p != meta_partition or node_id in meta_nodes)}
+        if voted:
+            targets[node_id] = voted
+    return targets
 
 
 def _as_bytes(value: Any) -> bytes:
