@@ -4,7 +4,8 @@ Each rpc checks its identifiers (an oid or a TID is exactly 8 bytes, else
 :class:`~neostore.errors.BadRequest`) and, through
 :class:`~neostore.storage_node.ownership.Ownership`, that this node holds a
 suitable cell of the partition (readable for reads, writable for writes;
-reads are checked again once read: see ``_read``), then calls :class:`~neostore.storage_node.database.Database` (reads) or
+reads are checked again once read: see ``_read``), then calls
+:class:`~neostore.storage_node.database.Database` (reads) or
 :class:`~neostore.storage_node.transaction_manager.TransactionManager`
 (two-phase commit) and encodes the answer.  Errors are raised as
 ``neostore.errors`` exceptions; the interceptor of ``neostore.rpc`` turns
