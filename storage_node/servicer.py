@@ -125,12 +125,9 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         return result
 
     def _readable_partitions(self, partitions: Sequence[int]) -> list[int]:
-        """The partitions asked for, each checked; none asked: all readable here."""
-        if not partitions:
-            return self._ownership.readable_partitions()
-        for partition in partitions:
-            self._ownership.readable(partition)
-        return list(partitions)
+        """The partitions asked for; none asked: all readable here (``_read``
+        checks them)."""
+        return list(partitions) or self._ownership.readable_partitions()
 
     # -- two-phase commit ------------------------------------------------------
 
