@@ -1,4 +1,5 @@
-"""Smoke run of benchmarks/raft_commit.py: it runs and reports every figure.
+"""Smoke runs of benchmarks/raft_commit.py and benchmarks/commit.py: each runs
+and reports every figure.
 
 No timing bound: only that the script finishes, prints JSON with the
 expected keys, and every figure is a positive number.
@@ -56,3 +57,45 @@ def test_raft_commit_benchmark_quick_run_reports_every_figure() -> None:
     assert removal["runs"] == 1 and len(removal["samples_ms"]) == 1
     for key in ("median_ms", "max_ms", "min_ms"):
         assert _positive(removal["longest_gap"][key]), (key, removal["longest_gap"][key])
+
+
+COMMIT_SCRIPT = SCRIPT.parent / "commit.py"
+
+
+@pytest.mark.timeout(900)
+def test_commit_benchmark_quick_run_reports_every_figure() -> None:
+    # neostore and ZEO only: PostgreSQL is not needed to run the tests.
+    completed = subprocess.run(
+        [sys.executable, str(COMMIT_SCRIPT), "--quick", "--json", "--systems", "neostore,zeo"],
+        check=False, capture_output=True, text=True, timeout=880,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads(completed.stdout)
+    systems = ("neostore", "zeo")
+    assert set(results["systems"]) == set(systems) and results["skipped"] == {}
+    assert _positive(results["machine"]["cpus"])
+    for system in systems:
+        assert set(results["small_commits"][system]) == {"1", "2"}  # --quick: 1 and 2 processes
+        for procs, entry in results["small_commits"][system].items():
+            assert entry["procs"] == int(procs)
+            for key in ("commits", "seconds", "commits_per_s", "p50_ms", "p99_ms", "mean_ms", "cpu_busy"):
+                assert _positive(entry[key]), (system, procs, key, entry[key])
+            cpu = entry["cpu_ms_per_commit"]
+            # Sums over processes; one process alone may not have used a clock tick.
+            parts = ("servers", "clients", "total") + (("leader", "followers", "storages") if system == "neostore" else ())
+            for key in parts:
+                assert _positive(cpu[key]), (system, procs, key, cpu[key])
+            assert cpu["per_server_process"]
+            assert all(isinstance(ms, (int, float)) and math.isfinite(ms) and ms >= 0
+                       for ms in cpu["per_server_process"].values())
+        for op in ("add", "update"):
+            assert set(results[op][system]) == {"1", "2"}  # c=1 and c=2
+            for procs, entry in results[op][system].items():
+                assert entry["procs"] == int(procs) and entry["objects_per_txn"] == 100
+                assert len(entry["samples"]) == entry["repetitions"] == 2
+                for value in (entry["objects_per_s"], entry["objects_per_s_best"], *entry["samples"]):
+                    assert _positive(value), (system, op, procs, value)
+    for workload in ("small_commits", "add", "update", "cpu_ms_per_commit"):
+        assert set(results["ratios"][workload]) == {"1", "2"}, workload
+        for procs, ratios in results["ratios"][workload].items():
+            assert set(ratios) == {"neostore/zeo"} and _positive(ratios["neostore/zeo"]), (workload, procs, ratios)
