@@ -16,6 +16,7 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 
@@ -81,6 +82,10 @@ class ClusterConnection:
             target=self._run_stream, name=f"neostore-invalidations-{client_id[:8]}", daemon=True
         )
         self._last_stream_tid: bytes = b""
+        #: Whether the cluster is STOPPING, as the stream last said.
+        self.stopping = False
+        #: Called (on the stream's thread) when the cluster becomes STOPPING.
+        self.on_stopping: Callable[[], None] = lambda: None
 
     # -- life cycle ---------------------------------------------------------
 
@@ -155,8 +160,12 @@ class ClusterConnection:
                 self._masters.append(address)
 
     def master_call(self, method: str, request: Any, timeout: float = RPC_TIMEOUT,
-                    retry_seconds: float = MASTER_RETRY_SECONDS) -> Any:
-        """Call ``method`` on a master, trying every master until one answers."""
+                    retry_seconds: float = MASTER_RETRY_SECONDS, idempotent: bool = True) -> Any:
+        """Call ``method`` on a master, trying every master until one answers.
+
+        ``idempotent`` False: a call that may have been served must not be
+        sent again to the same master (Finish: what became of it is asked
+        with GetTransactionOutcome instead)."""
         deadline = time.monotonic() + retry_seconds
         tried: list[str] = []
         while True:
@@ -165,7 +174,7 @@ class ClusterConnection:
                 address = self._masters[index]
                 stub = self._master_stub(address)
                 try:
-                    reply = self._call_watching_leader(stub, method, request, timeout, address)
+                    reply = self._call_watching_leader(stub, method, request, timeout, address, idempotent)
                 except (errors.Unavailable, errors.NotLeader) as error:
                     tried.append(f"{address} ({error})")
                     if isinstance(error, errors.NotLeader):  # the leader may be a master added since
@@ -178,30 +187,33 @@ class ClusterConnection:
             time.sleep(0.2)
 
     def _call_watching_leader(self, stub: master_pb2_grpc.MasterStub, method: str, request: Any,
-                              timeout: float, address: str) -> Any:
-        """The call, given up (Unavailable) once another master names a
-        different leader while it is still waiting."""
+                              timeout: float, address: str, idempotent: bool) -> Any:
+        """The call, given up (Unavailable) when it has not answered after
+        ``LEADER_CHECK_AFTER`` seconds and another master names a different
+        leader (or at once then, if the call may not be sent twice).
+
+        A plain blocking call in slices of ``LEADER_CHECK_AFTER``: it costs
+        far less than a future (no channel thread to wake).  A slice that
+        runs out cancels the call; an idempotent one is sent again to the
+        same master while it still leads.
+        """
         peer = f"master {address}"
-        if len(self._masters) < 2:  # nobody to ask: a plain blocking call is cheaper
-            return rpc.call(getattr(stub, method), request, timeout=timeout, peer=peer)
-        future = getattr(stub, method).future(request, timeout=timeout)
-        # Waited for on an Event (the monotonic clock), not future.result's
-        # timeout: gRPC times that with time.time(), which ZODB's own tests
-        # patch to advance on every call (the wait then spins).
-        done = threading.Event()
-        future.add_done_callback(lambda _: done.set())
-        started = time.monotonic()
+        call = getattr(stub, method)
+        if len(self._masters) < 2:  # nobody to ask: one plain blocking call
+            return rpc.call(call, request, timeout=timeout, peer=peer)
+        deadline = time.monotonic() + timeout
         while True:
-            if done.wait(LEADER_CHECK_INTERVAL):
-                return rpc.result(future, peer=peer)
-            if time.monotonic() - started < LEADER_CHECK_AFTER:
-                continue
+            remaining = deadline - time.monotonic()
+            try:
+                return rpc.call(call, request, timeout=max(0.001, min(remaining, LEADER_CHECK_AFTER)), peer=peer)
+            except errors.DeadlineExceeded:
+                if time.monotonic() >= deadline:
+                    raise
             leader = leaders.leader_elsewhere(self._master_stub, self._masters, address, LEADER_CHECK_INTERVAL)
-            if leader is not None:
-                future.cancel()
+            if leader is not None or not idempotent:
                 raise errors.Unavailable(
-                    f"master {address} did not answer {method} within {time.monotonic() - started:.1f}s "
-                    f"and master {leader} leads now")
+                    f"master {address} did not answer {method} within {LEADER_CHECK_AFTER:.0f}s"
+                    + (f" and master {leader} leads now" if leader is not None else ""))
 
     # -- partition table and storage nodes -------------------------------------
 
@@ -209,6 +221,10 @@ class ClusterConnection:
         table = PartitionTable.from_proto(self.master_call("GetPartitionTable", common_pb2.Empty()))
         self._set_table(table)
         return table
+
+    def learn_table(self, message: Any) -> None:
+        """A partition table an answer carried (kept if newer)."""
+        self._set_table(PartitionTable.from_proto(message))
 
     def _set_table(self, table: PartitionTable) -> None:
         with self._lock:
@@ -311,11 +327,12 @@ class ClusterConnection:
             for event in rpc.stream(call, peer=f"master {address}"):
                 watchdog.heard()
                 kind = event.WhichOneof("event")
-                if kind == "invalidation":
-                    inv = event.invalidation
-                    self._listener.on_invalidation(inv.tid, inv.ttid, list(inv.oids))
-                    self._last_stream_tid = inv.tid
+                if kind == "invalidations":
+                    for inv in event.invalidations.items:
+                        self._listener.on_invalidation(inv.tid, inv.ttid, list(inv.oids))
+                        self._last_stream_tid = inv.tid
                 elif kind == "start_tid":
+                    self.stopping = False  # until this stream says otherwise
                     tid = event.start_tid or ZERO_TID
                     if not self._last_stream_tid:
                         self._last_stream_tid = tid
@@ -323,6 +340,10 @@ class ClusterConnection:
                     self._stream_started.set()
                 elif kind == "partition_table":
                     self._set_table(PartitionTable.from_proto(event.partition_table))
+                elif kind == "stopping":
+                    self.stopping = event.stopping
+                    if event.stopping:
+                        self.on_stopping()
                 elif kind == "reset_cache_at":
                     self._listener.on_reset_cache(event.reset_cache_at)
                     self._last_stream_tid = event.reset_cache_at

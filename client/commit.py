@@ -4,28 +4,44 @@ ZODB drives a commit as ``tpc_begin``, ``store``/``checkCurrentSerialIn
 Transaction``/``undo`` (any number), ``tpc_vote``, then ``tpc_finish`` or
 ``tpc_abort``.  Each step is one function below:
 
-1. :func:`begin` — the master leader hands out a temporary id, the TTID.
+1. :func:`begin` — a temporary id, the TTID: the spare one the master
+   reserved in the answer to the sync ZODB made when the transaction
+   began (:class:`SpareTtid`), else one from the master leader's Begin.
 2. :func:`store` — the data is packed (compressed, checksummed) and queued;
-   queued stores are sent (:func:`send_stores`) to every writable cell of
-   the oid's partition, without waiting, when enough has piled up and at
-   vote.  Each storage node takes the oid's write lock for the TTID and
-   reports a conflict when the serial is not the last committed one.
-3. :func:`vote` — waits for every store, resolves conflicts with ZODB's
-   conflict resolution and stores the result again (the lock is still ours,
-   so the second store cannot conflict with another transaction); a cell
-   that became writable since the stores were sent (rebalancing) gets them
-   too.  Then it asks every storage node involved to make the data durable;
-   the cells of ``partition(ttid)`` also get the transaction's metadata.  A
-   node votes for a partition only if it took every write of the
-   transaction to that partition (its vote tells the master that its cell
-   holds the whole transaction: a cell that did not vote is marked
+   a large transaction sends its queued stores (:func:`send_stores`) to
+   every writable cell of each oid's partition, without waiting, whenever
+   4 MB have piled up.  Each storage node takes the oid's write lock for
+   the TTID and reports a conflict when the serial is not the last
+   committed one.
+3. :func:`vote` — picks the partition that keeps the transaction's
+   metadata (one it writes anyway: the master gives the TID in it), then
+   runs rounds (:func:`_vote_round`) until every node involved voted: each
+   node that has not voted gets the writes it lacks *with* its vote, in
+   one ``Vote`` rpc (a small transaction needs no ``Store`` at all), and
+   the cells of the metadata partition the metadata.  A node answering
+   conflicts does not vote: they are resolved with ZODB's conflict
+   resolution and the next round sends the result.  The stores of a vote
+   never wait for a lock held by an older transaction (that could
+   deadlock, see ``storage_node/locks.py``): such a node does not vote
+   either, and if no node voted, a round of plain stores (which may wait)
+   comes first; if some node did, the transaction is given up with a
+   ConflictError, which ZODB retries.  A node holding an OUT_OF_DATE cell
+   among them (it checks no conflict, so it must not vote before the
+   others found none) gets plain stores, and its vote in the next round.
+   A node that voted takes nothing more: if the table changed meanwhile
+   (rebalancing), it does not count for the partitions whose writes it
+   lacks.  A node votes for a partition only if it took every write of
+   the transaction to that partition (its vote tells the master that its
+   cell holds the whole transaction: a cell that did not vote is marked
    OUT_OF_DATE and catches up).  A node that fails is dropped as long as
-   every partition touched keeps one replica that voted.  Returns the oids
-   whose conflicts were resolved.
+   every partition touched keeps one replica that voted.  Returns the
+   oids whose conflicts were resolved.
 4. :func:`finish` — the master decides, assigns the TID, has the storages
-   apply, publishes the invalidation, answers the TID; the client then waits
-   for its invalidation stream to deliver that TID and calls ZODB's callback
-   (see ``neostore.client.invalidations``).  When the Finish rpc fails
+   apply, publishes the invalidation, answers the TID with every commit
+   since the client's last one (and the partition table if newer): the
+   client hands them to ZODB, then calls ZODB's callback (see
+   ``neostore.client.invalidations``; without them, it waits for its
+   invalidation stream to deliver its TID).  When the Finish rpc fails
    without a definite answer (Unavailable, NotLeader, UnknownTransaction:
    the leader died or changed mid-finish), :func:`transaction_outcome` asks
    the masters what became of the TTID: committed, tpc_finish goes on as if
@@ -40,8 +56,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from ZODB import POSException
@@ -67,6 +84,8 @@ VOTE_TIMEOUT = 120.0
 FINISH_TIMEOUT = 120.0
 #: How long tpc_finish keeps asking what became of a transaction whose Finish failed.
 OUTCOME_TIMEOUT = 120.0
+#: A spare TTID (SpareTtid) is used only this long after it arrived.
+SPARE_LIFETIME = 1.0
 
 #: ZODB's conflict resolution: (oid, committed_serial, old_serial, new_data) -> data
 Resolver = Callable[[bytes, bytes, bytes, bytes], bytes]
@@ -131,6 +150,16 @@ class TransactionContext:
     unchecked: dict[int, set[int]] = dataclasses.field(default_factory=dict)
     fatal: Exception | None = None
     undone_oids: set[bytes] = dataclasses.field(default_factory=set)
+    # The TID a restore commits under (IStorageRestoreable), else None.
+    requested_tid: bytes | None = None
+    # Where the metadata goes (chosen at vote): the TID will fall in it.
+    metadata_partition: int | None = None
+    voted: set[int] = dataclasses.field(default_factory=set)  # nodes whose vote succeeded
+    metadata_on: set[int] = dataclasses.field(default_factory=set)  # voted nodes that took the metadata
+    contacted: set[int] = dataclasses.field(default_factory=set)  # every node sent a store or vote
+    # A vote's stores found a lock held by an older transaction and no node
+    # voted: the next round stores without voting (see _vote_round).
+    refused: bool = False
 
     @property
     def changed_oids(self) -> list[bytes]:
@@ -141,12 +170,52 @@ class TransactionContext:
 
 
 def begin(
-    cluster: ClusterConnection, client_id: str, meta: Any, tid: bytes | None = None
+    cluster: ClusterConnection, client_id: str, meta: Any, tid: bytes | None = None,
+    spare: SpareTtid | None = None,
 ) -> TransactionContext:
-    """A TTID from the master; ``tid``: commit under this TID (restore)."""
+    """A TTID: the ``spare`` one if fresh, else one from the master's
+    ``Begin``; ``tid``: commit under this TID (restore)."""
+    if tid is None and spare is not None and not cluster.stopping:
+        ttid = spare.take()
+        if ttid is not None:
+            return TransactionContext(ttid=ttid, meta=meta)
     request = master_pb2.BeginRequest(client_id=client_id, tid=tid or b"")
     reply = cluster.master_call("Begin", request)
-    return TransactionContext(ttid=reply.ttid, meta=meta)
+    return TransactionContext(ttid=reply.ttid, meta=meta, requested_tid=tid)
+
+
+class SpareTtid:
+    """The TTID the master reserved ahead for this client's next tpc_begin
+    (a ``Sync`` answer brings it: ZODB syncs when a transaction begins),
+    so that tpc_begin usually needs no round trip.  Used only within
+    ``SPARE_LIFETIME`` seconds of its arrival (a cluster that became
+    STOPPING meanwhile must refuse the transaction: the client drops its
+    spare when the stream says so); an unused one is handed back at the
+    next sync."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ttid: bytes | None = None
+        self._since = 0.0
+
+    def put(self, ttid: bytes) -> None:
+        with self._lock:
+            self._ttid, self._since = ttid, time.monotonic()
+
+    def take(self) -> bytes | None:
+        """The spare if fresh (it is no longer spare), else None."""
+        with self._lock:
+            ttid, self._ttid = self._ttid, None
+            if ttid is not None and time.monotonic() - self._since > SPARE_LIFETIME:
+                self._ttid = ttid  # stale: handed back at the next sync
+                return None
+            return ttid
+
+    def drop(self) -> bytes | None:
+        """The unused spare, to hand back (it is no longer spare)."""
+        with self._lock:
+            ttid, self._ttid = self._ttid, None
+            return ttid
 
 
 # -- 2. store ------------------------------------------------------------------
@@ -193,6 +262,7 @@ def send_stores(cluster: ClusterConnection, context: TransactionContext) -> None
                 objects=[_encode_write(w) for w in chunk],
             )
             partitions = frozenset(table.partition_of(w.oid) for w in chunk)
+            context.contacted.add(node_id)
             context.in_flight.append(
                 _InFlight(node_id, peer, partitions, chunk, stub.Store.future(request, timeout=STORE_TIMEOUT))
             )
@@ -228,6 +298,8 @@ def _drop_node(context: TransactionContext, node_id: int, reason: str) -> None:
     context.stored_on.pop(node_id, None)
     context.taken.pop(node_id, None)
     context.votes.pop(node_id, None)
+    context.voted.discard(node_id)
+    context.metadata_on.discard(node_id)
 
 
 def collect_stores(context: TransactionContext) -> None:
@@ -261,22 +333,175 @@ def collect_stores(context: TransactionContext) -> None:
 def vote(
     cluster: ClusterConnection, context: TransactionContext, resolve: Resolver
 ) -> list[bytes]:
+    """Send what every writable cell lacks with its vote; resolve conflicts
+    and vote again until every node involved voted (or was dropped)."""
     if context.phase is not Phase.BEGUN:
         raise POSException.StorageTransactionError("tpc_vote called twice")
+    table = cluster.table
+    if context.metadata_partition is None:
+        context.metadata_partition = _metadata_partition(context, table.num_partitions)
+    context.touched.add(context.metadata_partition)
     while True:
-        send_stores(cluster, context)
-        collect_stores(context)
+        collect_stores(context)  # stores sent before the vote (large transactions)
         if context.fatal is not None:
             raise context.fatal
         if context.conflicts:
             conflicts, context.conflicts = context.conflicts, {}
             for oid, conflict in conflicts.items():
                 _resolve_conflict(cluster, context, resolve, oid, conflict)
-        elif not _queue_missing(cluster, context):
+            context.queued.clear()  # the round below sends them to whoever lacks them
+            context.queued_bytes = 0
+            continue
+        if not _vote_round(cluster, context):
             break
-    _send_votes(cluster, context)
+    assert context.metadata_partition is not None
+    # Every node that took a store or the metadata voted, or was dropped.
+    context.votes = _whole_partitions(context, cluster.table, context.metadata_partition, context.metadata_on)
+    for node_id, partitions in context.votes.items():
+        context.unchecked[node_id] = context.unchecked.get(node_id, set()) & partitions
+    _check_every_partition_kept_a_replica(context, context.votes)
     context.phase = Phase.VOTED
     return sorted(context.resolved)
+
+
+def _metadata_partition(context: TransactionContext, num_partitions: int) -> int:
+    """Where the transaction's metadata goes: a partition it writes anyway
+    (that of its first changed object), so that no other node takes part;
+    a restore's is that of the TID it commits under."""
+    if context.requested_tid is not None:
+        return partition_of(context.requested_tid, num_partitions)
+    for write in context.writes.values():
+        if not write.check_only:
+            return partition_of(write.oid, num_partitions)
+    for write in context.writes.values():
+        return partition_of(write.oid, num_partitions)
+    return partition_of(context.ttid, num_partitions)
+
+
+def _vote_round(cluster: ClusterConnection, context: TransactionContext) -> bool:
+    """One round of requests to the nodes that have not voted; whether any
+    was sent (False: every node involved voted, or was dropped).
+
+    Usually a *vote round*: each such node gets the writes it lacks with its
+    vote (the metadata too, on the metadata partition's cells).  Stores
+    that travel with a vote never wait for a lock held by an older
+    transaction (storage_node/locks.py tells why): such a node answers the
+    oids it did not store and does not vote.  Then, if no node voted yet,
+    the next round is a *store round* of plain stores, which may wait, and
+    the votes follow; if some node voted, waiting could deadlock: the
+    transaction is given up (ConflictError: ZODB retries it).  A store
+    round also comes first when a node lacks more than one message holds.
+    A node holding an OUT_OF_DATE cell among its writes (it checks no
+    conflict, so it must not vote before the others found none) gets plain
+    stores in a vote round, and its vote in the next.
+    """
+    table = cluster.table
+    meta = context.metadata_partition
+    assert meta is not None
+    lacking: dict[int, list[ObjectWrite]] = {}
+    unchecking: set[int] = set()  # nodes with a cell among their writes that checks no conflict
+    for oid, write in context.writes.items():
+        partition = table.partition_of(oid)
+        context.touched.add(partition)
+        readable = table.readable_nodes(partition)
+        for node_id in table.writable_nodes(partition):
+            if node_id in context.failed or node_id in context.voted:
+                continue  # a node that voted takes no more: it will not count for this partition
+            if context.taken.get(node_id, {}).get(oid) is not write:
+                lacking.setdefault(node_id, []).append(write)
+                if node_id not in readable:
+                    unchecking.add(node_id)
+    oversized = {n for n, writes in lacking.items() if sum(w.size for w in writes) > MAX_REQUEST_BYTES}
+    if lacking and not context.voted and (context.refused or oversized):
+        context.refused = False
+        for node_id, writes in lacking.items():
+            _send_store(cluster, context, table, node_id, writes, voted_elsewhere=False)
+        return True
+    meta_nodes = [n for n in table.writable_nodes(meta) if n not in context.failed]
+    if not meta_nodes:
+        raise ClusterUnavailableError(f"partition {meta} has no writable replica left")
+    targets = set(lacking) | {n for n in meta_nodes if n not in context.voted}
+    targets |= {n for n in context.stored_on if n not in context.voted and n not in context.failed}
+    if not targets:
+        return False
+    info = common_pb2.TransactionInfo(
+        user=_as_bytes(context.meta.user), description=_as_bytes(context.meta.description),
+        extension=context.meta.extension_bytes, oids=context.changed_oids,
+    )
+    calls = []
+    for node_id in sorted(targets):
+        writes = lacking.get(node_id, [])
+        if node_id in unchecking or node_id in oversized:
+            _send_store(cluster, context, table, node_id, writes, voted_elsewhere=True)
+            continue
+        try:
+            stub, peer = cluster.storage_stub(node_id, table)
+        except errors.NotOwner as error:  # the node left the cluster since it took stores
+            _drop_node(context, node_id, str(error))
+            continue
+        with_meta = node_id in meta_nodes
+        request = storage_pb2.VoteRequest(
+            ttid=context.ttid, has_transaction=with_meta, metadata_partition=meta,
+            table_version=table.version, objects=[_encode_write(w) for w in writes])
+        if with_meta:
+            request.transaction.CopyFrom(info)
+        context.contacted.add(node_id)
+        calls.append((node_id, writes, with_meta, (stub.Vote, request, VOTE_TIMEOUT, peer)))
+    refused: list[str] = []
+    replies = rpc.call_all([call for *_, call in calls])
+    for (node_id, writes, with_meta, _), reply in zip(calls, replies):
+        if isinstance(reply, (errors.LockDied, errors.LockTimeout)):
+            context.fatal = context.fatal or POSException.ConflictError(
+                f"transaction {context.ttid.hex()} must be retried: {reply}")
+            continue
+        if isinstance(reply, (errors.Unavailable, errors.NotOwner)):
+            _drop_node(context, node_id, str(reply))
+            continue
+        if isinstance(reply, errors.NeoError):
+            context.fatal = context.fatal or to_zodb_error(reply)
+            continue
+        not_taken = {conflict.oid for conflict in reply.conflicts} | set(reply.not_stored)
+        taken = context.taken.setdefault(node_id, {})
+        taken.update((w.oid, w) for w in writes if w.oid not in not_taken)
+        context.stored_on.setdefault(node_id, set()).update(
+            table.partition_of(w.oid) for w in writes if w.oid not in not_taken)
+        for conflict in reply.conflicts:
+            context.conflicts[conflict.oid] = conflict
+        if reply.not_stored:
+            refused.append(f"storage node {node_id}: object {reply.not_stored[0].hex()}")
+        if reply.conflicts or reply.not_stored:
+            continue
+        context.voted.add(node_id)
+        if with_meta:
+            context.metadata_on.add(node_id)
+        context.unchecked[node_id] = set(reply.unchecked_partitions)
+    if context.fatal is not None:
+        raise context.fatal
+    if refused:
+        if context.voted:
+            raise POSException.ConflictError(
+                f"transaction {context.ttid.hex()} must be retried: an older transaction holds the lock of "
+                f"{', '.join(refused)}, and other nodes voted already (waiting could deadlock)")
+        context.refused = True
+    return True
+
+
+def _send_store(cluster: ClusterConnection, context: TransactionContext, table: Any, node_id: int,
+                writes: list[ObjectWrite], voted_elsewhere: bool) -> None:
+    """Plain stores of ``writes`` to ``node_id``, in flight (collect_stores)."""
+    try:
+        stub, peer = cluster.storage_stub(node_id, table)
+    except errors.NotOwner as error:  # the node left the cluster since it took stores
+        _drop_node(context, node_id, str(error))
+        return
+    for chunk in _chunks(writes):
+        request = storage_pb2.StoreRequest(
+            ttid=context.ttid, table_version=table.version, objects=[_encode_write(w) for w in chunk],
+            voted_elsewhere=voted_elsewhere)
+        partitions = frozenset(table.partition_of(w.oid) for w in chunk)
+        context.contacted.add(node_id)
+        context.in_flight.append(_InFlight(
+            node_id, peer, partitions, chunk, stub.Store.future(request, timeout=STORE_TIMEOUT)))
 
 
 def _resolve_conflict(
@@ -300,18 +525,6 @@ def _resolve_conflict(
     context.resolved.add(oid)
 
 
-def _queue_missing(cluster: ClusterConnection, context: TransactionContext) -> bool:
-    """Queue the writes that a writable cell lacks (it became writable after
-    they were sent: rebalancing); whether there are any."""
-    table = cluster.table
-    for oid, write in context.writes.items():
-        if any(context.taken.get(node_id, {}).get(oid) is not write
-               for node_id in table.writable_nodes(table.partition_of(oid)) if node_id not in context.failed):
-            context.queued.append(oid)
-            context.queued_bytes += write.size
-    return bool(context.queued)
-
-
 def _check_every_partition_kept_a_replica(context: TransactionContext, done: dict[int, set[int]]) -> None:
     covered = set().union(*done.values()) if done else set()
     lost = sorted(context.touched - covered)
@@ -322,55 +535,18 @@ def _check_every_partition_kept_a_replica(context: TransactionContext, done: dic
             f"{', '.join(map(str, lost))} took the transaction: {reasons}")
 
 
-def _send_votes(cluster: ClusterConnection, context: TransactionContext) -> None:
-    table = cluster.table
-    meta_partition = partition_of(context.ttid, table.num_partitions)
-    context.touched.add(meta_partition)
-    meta_nodes = table.writable_nodes(meta_partition)
-    if not meta_nodes:
-        raise ClusterUnavailableError(f"partition {meta_partition} has no writable replica")
-    info = common_pb2.TransactionInfo(
-        user=_as_bytes(context.meta.user), description=_as_bytes(context.meta.description),
-        extension=context.meta.extension_bytes, oids=context.changed_oids,
-    )
-    targets = _whole_partitions(context, table, meta_partition, meta_nodes)
-    _check_every_partition_kept_a_replica(context, targets)
-    futures = []
-    for node_id, partitions in targets.items():
-        try:
-            stub, peer = cluster.storage_stub(node_id)
-        except errors.NotOwner as error:  # the node left the cluster since it took the stores
-            _drop_node(context, node_id, str(error))
-            continue
-        with_meta = meta_partition in partitions
-        request = storage_pb2.VoteRequest(ttid=context.ttid, has_transaction=with_meta)
-        if with_meta:
-            request.transaction.CopyFrom(info)
-        futures.append((node_id, peer, partitions, stub.Vote.future(request, timeout=VOTE_TIMEOUT)))
-    for node_id, peer, partitions, future in futures:
-        try:
-            reply = rpc.result(future, peer=peer)
-        except (errors.Unavailable, errors.NotOwner) as error:
-            _drop_node(context, node_id, str(error))
-            continue
-        except errors.NeoError as error:
-            raise to_zodb_error(error) from None
-        context.votes[node_id] = partitions
-        context.unchecked[node_id] = set(reply.unchecked_partitions) & partitions
-    _check_every_partition_kept_a_replica(context, context.votes)
-
-
 def _whole_partitions(
-    context: TransactionContext, table: Any, meta_partition: int, meta_nodes: list[int]
+    context: TransactionContext, table: Any, meta_partition: int, meta_nodes: Collection[int]
 ) -> dict[int, set[int]]:
     """The partitions each node may vote for: those of which it took every
     write of the transaction (the very writes, as resolved), and for the
-    partition of the TTID, the metadata too.
+    metadata partition, the metadata too (``meta_nodes`` took it).
 
     A vote for a partition tells the master that the node's cell holds the
     whole transaction: a node that took only part of it (the table changed
-    between stores, or it gets only the metadata) must not vote, so that
-    the master marks its cell OUT_OF_DATE instead of trusting it.
+    between its stores and the end of the vote, or it got only the
+    metadata) must not count, so that the master marks its cell
+    OUT_OF_DATE instead of trusting it.
     """
     writes: dict[int, list[ObjectWrite]] = {}
     for oid, write in context.writes.items():
@@ -408,14 +584,21 @@ def finish(
     request = master_pb2.FinishRequest(
         client_id=client_id, ttid=context.ttid, oids=context.changed_oids,
         partitions=sorted(context.touched), table_version=cluster.table.version,
+        metadata_partition=context.metadata_partition, last_tid=dispatcher.last_transaction(),
         votes=[master_pb2.Vote(node_id=n, partitions=sorted(p), unchecked_partitions=sorted(context.unchecked.get(n, ())))
                for n, p in sorted(context.votes.items())],
     )
     dispatcher.expect_own(context.ttid)
+    since_last: list[tuple[bytes, bytes, list[bytes]]] | None = None
     try:
         # One try per master: Finish is not idempotent, a lost answer is
         # recovered below by asking what became of the TTID.
-        tid = cluster.master_call("Finish", request, timeout=FINISH_TIMEOUT, retry_seconds=0).tid
+        reply = cluster.master_call("Finish", request, timeout=FINISH_TIMEOUT, retry_seconds=0, idempotent=False)
+        tid = reply.tid
+        if reply.catch_up.HasField("partition_table"):
+            cluster.learn_table(reply.catch_up.partition_table)
+        if reply.catch_up.complete:
+            since_last = [(i.tid, i.ttid, list(i.oids)) for i in reply.catch_up.invalidations]
     except (errors.Unavailable, errors.NotLeader, errors.UnknownTransaction) as error:
         # The master died or leadership changed mid-finish: committed or not?
         # (Not when this client is closing: its stream is gone, nobody waits.)
@@ -439,7 +622,7 @@ def finish(
         dispatcher.forget_own(context.ttid)
         _release_votes(cluster, client_id, context)
         raise to_zodb_error(error) from None
-    dispatcher.finish_own(context.ttid, tid, callback)
+    dispatcher.finish_own(context.ttid, tid, callback, since_last)
     context.phase = Phase.FINISHED
     return tid
 
@@ -485,7 +668,7 @@ def abort(cluster: ClusterConnection, client_id: str, context: TransactionContex
             item.future.result()
         except Exception:  # noqa: BLE001 - only waiting for it to end
             pass
-    nodes = set(context.stored_on) | set(context.votes) | set(context.failed)
+    nodes = context.contacted | set(context.stored_on) | set(context.votes) | set(context.failed)
     nodes |= {item.node_id for item in context.in_flight}
     context.in_flight.clear()
     context.phase = Phase.ABORTED

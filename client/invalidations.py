@@ -1,14 +1,18 @@
-"""Invalidations: from the master's stream to the cache and to ZODB, in order.
+"""Invalidations: from the master to the cache and to ZODB, in order.
 
 The master streams every committed TID, in TID order, with the oids it
-changed.  For each, :class:`InvalidationDispatcher`:
+changed (several per message when they come fast), and a client's own
+``tpc_finish`` gets in its Finish answer every TID committed since the last
+one it handed to ZODB, up to its own.  Whichever comes first,
+:class:`InvalidationDispatcher` handles each TID once, in TID order (a TID
+at or below ``lastTransaction()`` was handled already and is skipped):
 
 1. invalidates the client's object cache;
 2. if the TID is one of this client's own commits (recognised by its TTID),
-   hands over to the thread in ``tpc_finish``, which calls ZODB's callback
-   (that is how ZODB invalidates its other connections for a local commit)
-   and only then lets the stream go on; otherwise calls the registered DB's
-   ``invalidate(tid, oids)``;
+   calls ZODB's callback from the thread in ``tpc_finish`` (that is how
+   ZODB invalidates its other connections for a local commit): the stream,
+   if it gets there first, hands over to that thread and waits; otherwise
+   calls the registered DB's ``invalidate(tid, oids)``;
 3. only then advances ``lastTransaction()``.
 
 A cache reset (``ResetCache`` at TID X: the master cannot list what changed
@@ -43,6 +47,7 @@ class _OwnCommit:
         self.reached = threading.Event()  # the stream delivered our TID
         self.released = threading.Event()  # tpc_finish is done with it
         self.tid: bytes = b""
+        self.oids: list[bytes] = []
 
 
 class InvalidationDispatcher:
@@ -71,11 +76,11 @@ class InvalidationDispatcher:
             self._progress.notify_all()
 
     def on_invalidation(self, tid: bytes, ttid: bytes, oids: list[bytes]) -> None:
-        self._cache.invalidate(oids, tid)
         with self._progress:
             own = self._own.get(ttid)
             if own is not None:
                 own.tid = tid
+                own.oids = oids
                 own.reached.set()
                 self._progress.notify_all()
         if own is not None:
@@ -83,11 +88,24 @@ class InvalidationDispatcher:
             own.released.wait()
             return
         with self._order_lock:
-            if tid <= self._last_tid:
-                return  # replayed after a reconnection
-            if self._db is not None:
-                self._db.invalidate(tid, oids)
-            self._advance(tid)
+            self._deliver(tid, oids)
+
+    def catch_up(self, entries: list[tuple[bytes, bytes, list[bytes]]]) -> None:
+        """Commits ``(tid, ttid, oids)`` a Finish or Sync answer brought, in
+        order: each as if the stream delivered it (skipped if handled
+        already; one of this client's own commits in progress is left to
+        its ``tpc_finish``, as the stream does)."""
+        for tid, ttid, oids in entries:
+            self.on_invalidation(tid, ttid, oids)
+
+    def _deliver(self, tid: bytes, oids: list[bytes]) -> None:
+        """Another client's commit (order lock held): once, in order."""
+        if tid <= self._last_tid:
+            return  # handled already (replayed after a reconnection, or from a Finish answer)
+        self._cache.invalidate(oids, tid)
+        if self._db is not None:
+            self._db.invalidate(tid, oids)
+        self._advance(tid)
 
     def on_reset_cache(self, tid: bytes) -> None:
         self._cache.clear()
@@ -118,13 +136,24 @@ class InvalidationDispatcher:
         with self._progress:
             self._own[ttid] = _OwnCommit()
 
-    def finish_own(self, ttid: bytes, tid: bytes, callback: Callable[[bytes], Any]) -> None:
-        """After the master answered ``tid``: wait for the stream to reach it,
-        call ZODB's callback, advance ``lastTransaction`` and let the stream on.
+    def finish_own(self, ttid: bytes, tid: bytes, callback: Callable[[bytes], Any],
+                   since_last: list[tuple[bytes, bytes, list[bytes]]] | None = None) -> None:
+        """After the master answered ``tid``: call ZODB's callback, advance
+        ``lastTransaction`` and let the stream on.
+
+        ``since_last`` (the Finish answer's, when complete): every commit
+        ``(tid, ttid, oids)`` after ``lastTransaction()`` up to ours, in
+        order; they are handled here at once.  Without it, wait for the
+        stream to bring our TID.
         """
         with self._progress:
             own = self._own[ttid]
         try:
+            if since_last and since_last[-1][0] == tid:
+                self.catch_up(since_last[:-1])
+                with self._order_lock:
+                    self._deliver_own(tid, since_last[-1][2], callback)
+                return
             # Either the stream delivers our TID, or it resets the cache at a
             # TID at or past ours (a master that caught up from a snapshot
             # cannot list the TIDs it skipped): ZODB dropped every cached
@@ -139,10 +168,16 @@ class InvalidationDispatcher:
                     f"within {FINISH_STREAM_TIMEOUT:.0f}s"
                 )
             with self._order_lock:
-                callback(tid)
-                self._advance(tid)
+                self._deliver_own(tid, own.oids, callback)
         finally:
             self.forget_own(ttid)
+
+    def _deliver_own(self, tid: bytes, oids: list[bytes], callback: Callable[[bytes], Any]) -> None:
+        """Our own commit (order lock held)."""
+        if tid > self._last_tid:
+            self._cache.invalidate(oids, tid)
+        callback(tid)
+        self._advance(tid)
 
     def forget_own(self, ttid: bytes) -> None:
         """Release the stream if it is waiting for ``ttid`` (finish failed)."""
@@ -156,3 +191,12 @@ class InvalidationDispatcher:
                         self._db.invalidateCache()
                     self._advance(own.tid)
             own.released.set()
+
+
+def catch_up(cluster: Any, dispatcher: InvalidationDispatcher, message: Any) -> None:
+    """Hand ZODB what a master's ``CatchUp`` (Sync answer) brought; the
+    table first (``cluster``: the ClusterConnection)."""
+    if message.HasField("partition_table"):
+        cluster.learn_table(message.partition_table)
+    if message.complete:
+        dispatcher.catch_up([(i.tid, i.ttid, list(i.oids)) for i in message.invalidations])

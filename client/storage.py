@@ -29,7 +29,7 @@ from neostore.client import commit, history, undo
 from neostore.client.cache import ObjectCache
 from neostore.client.cluster import ClusterConnection
 from neostore.client.exceptions import ClusterUnavailableError, to_zodb_error
-from neostore.client.invalidations import InvalidationDispatcher
+from neostore.client.invalidations import InvalidationDispatcher, catch_up
 from neostore.ids import MAX_TID, oid_repr, partition_of, tid_repr
 from neostore.protocol import common_pb2, master_pb2, storage_pb2
 from neostore.records import Record
@@ -77,10 +77,12 @@ class NeoStorage(ConflictResolvingStorage):
         self._config = rpc.RpcConfig(cluster_name=name, tls=tls, max_message_bytes=max_message_bytes)
         self._cluster = ClusterConnection(
             self._config, self._masters, self._client_id, self._dispatcher, connect_timeout)
+        self._cluster.on_stopping = self._release_spare
         self._transactions: dict[Any, commit.TransactionContext] = {}
         self._transactions_lock = threading.Lock()
         self._oid_lock = threading.Lock()
         self._oids: list[bytes] = []
+        self._spare = commit.SpareTtid()
         self._closed = False
         try:
             self._cluster.connect()
@@ -147,11 +149,19 @@ class NeoStorage(ConflictResolvingStorage):
         return self._dispatcher.last_transaction()
 
     def sync(self, force: bool = True) -> None:
-        """Wait until every transaction committed before now was seen."""
-        info = self._call(lambda: self._cluster.master_call("GetClusterInfo", common_pb2.Empty()))
-        if info.last_tid and not self._dispatcher.wait_for(info.last_tid, SYNC_TIMEOUT):
+        """See every transaction committed before now: the master answers
+        what this client missed (handed to ZODB at once), else wait for the
+        invalidation stream to bring it."""
+        request = master_pb2.SyncRequest(
+            client_id=self._client_id, last_tid=self._dispatcher.last_transaction(),
+            table_version=self._cluster.table.version, release_spare=self._spare.drop() or b"")
+        reply = self._call(lambda: self._cluster.master_call("Sync", request))
+        if reply.spare_ttid and not self._read_only:
+            self._spare.put(reply.spare_ttid)
+        catch_up(self._cluster, self._dispatcher, reply.catch_up)
+        if reply.last_tid and not self._dispatcher.wait_for(reply.last_tid, SYNC_TIMEOUT):
             raise ClusterUnavailableError(
-                f"invalidations up to {tid_repr(info.last_tid)} did not arrive in {SYNC_TIMEOUT:.0f}s")
+                f"invalidations up to {tid_repr(reply.last_tid)} did not arrive in {SYNC_TIMEOUT:.0f}s")
 
     def loadBefore(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
         cached = self._cache.load_before(oid, tid, self._dispatcher.last_transaction())
@@ -215,7 +225,7 @@ class NeoStorage(ConflictResolvingStorage):
             if transaction in self._transactions:
                 raise POSException.StorageTransactionError(
                     "tpc_begin called twice for the same transaction")
-        context = self._call(lambda: commit.begin(self._cluster, self._client_id, transaction, tid))
+        context = self._call(lambda: commit.begin(self._cluster, self._client_id, transaction, tid, self._spare))
         with self._transactions_lock:
             self._transactions[transaction] = context
 
@@ -266,6 +276,21 @@ class NeoStorage(ConflictResolvingStorage):
         if context is None:
             return
         self._call(lambda: commit.abort(self._cluster, self._client_id, context))
+
+    def _release_spare(self) -> None:
+        """The cluster became STOPPING: hand the spare TTID back now (until
+        then, a truncation would wait for it), in the background."""
+        ttid = self._spare.drop()
+        if ttid is None:
+            return
+
+        def release() -> None:
+            try:
+                self._cluster.master_call("Abort", master_pb2.AbortRequest(client_id=self._client_id, ttid=ttid))
+            except errors.NeoError:
+                pass  # the master forgets it when this client's session ends
+
+        threading.Thread(target=release, name="neostore-release-spare", daemon=True).start()
 
     def tpc_transaction(self) -> None:
         return None

@@ -27,9 +27,10 @@ One transaction goes through these steps (each a method below):
    entry, one fsync (group commit).  Once ``submit`` returns, the
    transactions are committed; ``apply`` checks each decision again against
    the state it lands on and may still refuse one (``Unavailable``).
-4. :meth:`_apply_on` — send ``Commit(ttid, tid, term)`` to every
-   participant (the voters) in parallel, retrying an unreachable node until
-   ``commit_deadline``.  A participant that fails is dropped
+4. :meth:`_dispatch` — order every participant (the voters) to apply it:
+   :class:`~neostore.master_node.commit_orders.CommitOrders` sends the
+   orders of many transactions to a node in one ``Commit(term, decisions)``,
+   retrying an unreachable node until ``commit_deadline``.  A participant that fails is dropped
    (:meth:`_participant_failed`): marked DOWN when unreachable, its cells
    of the transaction's partitions OUT_OF_DATE, out of the participants —
    unless it holds the last readable cell of one of them, in which case the
@@ -63,6 +64,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from neostore import errors
 from neostore.ids import TidGenerator, p64, partition_of, tid_repr, u64
 from neostore.master_node.command_log import CommandLog
+from neostore.master_node.commit_orders import CommitOrders
 from neostore.master_node.invalidations import InvalidationPublisher
 from neostore.master_node.state import (
     ClusterState,
@@ -133,11 +135,13 @@ class _Finish:
         oids: tuple[bytes, ...],
         partitions: tuple[int, ...],
         votes: tuple[NodeVote, ...],
+        metadata_partition: int,
     ) -> None:
         self.transaction = transaction
         self.oids = oids
         self.partitions = partitions
         self.votes = votes
+        self.metadata_partition = metadata_partition
         self.done = threading.Event()
         self.tid: bytes | None = None
         self.error: errors.NeoError | None = None
@@ -181,6 +185,7 @@ def validate_finish(
     oids: Iterable[bytes],
     partitions: Iterable[int],
     votes: Iterable[NodeVote],
+    metadata_partition: int,
 ) -> tuple[tuple[bytes, ...], tuple[int, ...], tuple[NodeVote, ...]]:
     """Check a Finish request's fields; the oids, partitions and votes
     normalized (duplicates merged, votes limited to the partitions written).
@@ -199,7 +204,6 @@ def validate_finish(
     for partition in written:
         if partition >= num_partitions:
             raise errors.BadRequest(f"partition {partition} out of range: the cluster has {num_partitions}")
-    metadata_partition = partition_of(ttid, num_partitions)
     if metadata_partition not in written:
         raise errors.BadRequest(
             f"partitions {written} miss partition {metadata_partition}, which holds the "
@@ -263,6 +267,13 @@ class CommitCoordinator:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=config.max_workers, thread_name_prefix="commit"
         )
+        self._orders = CommitOrders(
+            storages, self._address_of, lambda: self._log.term,
+            lambda applying, node_id: self._participant_applied(applying, node_id),
+            lambda applying, node_id, error, unreachable: self._participant_failed(
+                applying, node_id, error, unreachable),
+            self._run_elsewhere,
+            rpc_timeout=config.commit_timeout, deadline=config.commit_deadline)
         self._decider = threading.Thread(target=self._decide_loop, name="decider", daemon=True)
 
     # -- life cycle -------------------------------------------------------------
@@ -294,6 +305,9 @@ class CommitCoordinator:
                         f"the master stopped before transaction {tid_repr(decision.ttid)}, "
                         f"committed as {tid_repr(decision.tid)}, was applied everywhere"
                     ))
+        for applying, node_id in self._orders.close():
+            with self._condition:
+                applying.trying.discard(node_id)
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     # -- step 1: begin ------------------------------------------------------------
@@ -328,6 +342,24 @@ class CommitCoordinator:
             self._transactions[ttid] = _Transaction(client_id, ttid, self._registrations, requested_tid)
         return ttid
 
+    def reserve(self, client_id: str) -> bytes | None:
+        """A TTID handed out ahead of ``client_id``'s next tpc_begin (in a
+        Sync answer), begun as by :meth:`begin`; None when no transaction
+        may begin (cluster not RUNNING, or STOPPING)."""
+        try:
+            return self.begin(client_id)
+        except (errors.Unavailable, errors.ReadOnly, errors.BadRequest):
+            return None
+
+    def release_spare(self, client_id: str, ttid: bytes) -> None:
+        """``client_id`` did not use the TTID reserved for it (it stored
+        nothing with it): forget it."""
+        with self._condition:
+            transaction = self._transactions.get(ttid)
+            if transaction is not None and transaction.client_id == client_id and transaction.phase is Phase.BEGUN:
+                del self._transactions[ttid]
+                self._condition.notify_all()  # quiesce() may be waiting
+
     def quiesce(self, timeout: float) -> bytes:
         """For a truncation of a STOPPING cluster (no transaction begins):
         wait until no transaction is in flight and every decision is
@@ -354,8 +386,13 @@ class CommitCoordinator:
         oids: Sequence[bytes],
         partitions: Sequence[int],
         votes: Sequence[NodeVote],
+        metadata_partition: int | None = None,
     ) -> bytes:
         """Commit the transaction; its TID once published.
+
+        ``metadata_partition`` (one of ``partitions``; by default the TTID's)
+        is where the client voted the transaction's metadata: its TID falls
+        in that partition.
 
         Raises BadRequest or UnknownTransaction when ``ttid`` is not a TTID
         this client began (nothing done), or BadRequest / Unavailable about
@@ -373,13 +410,21 @@ class CommitCoordinator:
             if transaction.phase is not Phase.BEGUN:
                 raise errors.BadRequest(f"transaction {tid_repr(ttid)} is already being finished")
             transaction.phase = Phase.FINISHING
+        if metadata_partition is None:
+            metadata_partition = partition_of(ttid, state.num_partitions)
         try:
-            oid_tuple, written, vote_tuple = validate_finish(state, ttid, oids, partitions, votes)
+            oid_tuple, written, vote_tuple = validate_finish(
+                state, ttid, oids, partitions, votes, metadata_partition)
+            requested = transaction.requested_tid
+            if requested is not None and partition_of(requested, state.num_partitions) != metadata_partition:
+                raise errors.BadRequest(
+                    f"the metadata of a transaction committing under TID {tid_repr(requested)} belongs in "
+                    f"partition {partition_of(requested, state.num_partitions)}, not {metadata_partition}")
             plan_decision(state, written, self._valid_votes(transaction, vote_tuple))
         except errors.NeoError:
             self._give_up(transaction)
             raise
-        finish = _Finish(transaction, oid_tuple, written, vote_tuple)
+        finish = _Finish(transaction, oid_tuple, written, vote_tuple, metadata_partition)
         with self._condition:
             if self._stopping.is_set():
                 transaction.phase = Phase.BEGUN
@@ -496,7 +541,7 @@ class CommitCoordinator:
                 tid = requested
             else:
                 with self._tid_lock:
-                    tid = self._generator.next(state.num_partitions, same_partition_as=ttid)
+                    tid = self._generator.next(state.num_partitions, partition=finish.metadata_partition)
             planned.append((finish, Decision(
                 tid=tid, ttid=ttid, partitions=finish.partitions, votes=votes,
                 oids=finish.oids, out_of_date=out_of_date,
@@ -584,15 +629,14 @@ class CommitCoordinator:
         with self._condition:
             wanted = [n for n in node_ids if n in applying.remaining]
             nodes = [n for n in wanted if n not in applying.trying]
-            # A loop that is running may be about to give up on a node that
-            # just came back: it sends again when it ends (_loop_ended).
+            # An order being tried may be about to give up on a node that
+            # just came back: it is sent again when it ends (_loop_ended).
             applying.redrive.update(n for n in wanted if n in applying.trying)
             applying.trying.update(nodes)
+        decision = applying.decision
         for node_id in nodes:
-            try:
-                self._executor.submit(self._apply_on, applying, node_id)
-            except RuntimeError:  # executor shut down: the master is stopping
-                with self._condition:
+            if not self._orders.send(node_id, decision.ttid, decision.tid, applying):
+                with self._condition:  # the master is stopping
                     applying.trying.discard(node_id)
 
     def redrive_node(self, node_id: int) -> None:
@@ -603,36 +647,15 @@ class CommitCoordinator:
         for applying in waiting:
             self._dispatch(applying, [node_id])
 
-    def _apply_on(self, applying: _Applying, node_id: int) -> None:
-        decision = applying.decision
-        deadline = time.monotonic() + self._config.commit_deadline
-        delay = 0.02
-        error: errors.NeoError = errors.Unavailable("not tried")
-        unreachable = True
-        while not self._stopping.is_set():
-            info = self._log.state.known_node(node_id)
-            try:
-                if info is None:
-                    raise errors.BadRequest(f"storage node {node_id} is no longer known")
-                timeout = max(0.05, min(self._config.commit_timeout, deadline - time.monotonic()))
-                self._storages.commit(info.address, decision.ttid, decision.tid, self._log.term, timeout)
-            except errors.Unavailable as failure:
-                error, unreachable = failure, True
-            except errors.NeoError as failure:
-                error, unreachable = failure, False
-                break
-            else:
-                self._participant_applied(applying, node_id)
-                return
-            if time.monotonic() + delay >= deadline:
-                break
-            self._stopping.wait(delay)
-            delay = min(delay * 2, 0.5)
-        if self._stopping.is_set():
-            with self._condition:
-                applying.trying.discard(node_id)
-            return
-        self._participant_failed(applying, node_id, error, unreachable)
+    def _address_of(self, node_id: int) -> str | None:
+        info = self._log.state.known_node(node_id)
+        return info.address if info is not None else None
+
+    def _run_elsewhere(self, work: Callable[[], None]) -> None:
+        try:
+            self._executor.submit(work)
+        except RuntimeError:  # executor shut down: the master is stopping
+            pass
 
     def _participant_applied(self, applying: _Applying, node_id: int) -> None:
         with self._condition:
@@ -645,6 +668,10 @@ class CommitCoordinator:
     def _participant_failed(
         self, applying: _Applying, node_id: int, error: errors.NeoError, unreachable: bool
     ) -> None:
+        if self._stopping.is_set():
+            with self._condition:
+                applying.trying.discard(node_id)
+            return
         tid = applying.decision.tid
         log.warning("storage node %d failed to apply %s: %s", node_id, tid_repr(tid), error)
         commands: list = [DropParticipants(tid, (node_id,))]

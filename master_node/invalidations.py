@@ -19,8 +19,9 @@ that a reconnecting client can ask "what changed since TID X":
 
 Every :class:`Subscription` yields, in order: :class:`StartTid` (the last
 published TID when it started), the current :class:`TableChanged` if a
-table exists, the replay (or :class:`ResetCache`), then every new
-invalidation and table change as it happens.  A subscriber that falls more
+table exists, :class:`StoppingChanged` if the cluster is STOPPING, the replay (or
+:class:`ResetCache`), then every new invalidation, table change and
+cluster state change as it happens.  A subscriber that falls more
 than ``history_size`` transactions behind gets a :class:`ResetCache` and
 continues from the newest TID.  Fan-out is one condition variable: publishers
 append and ``notify_all``; each subscriber, in its own thread (a gRPC
@@ -72,7 +73,14 @@ class TableChanged:
     table: PartitionTable
 
 
-Event = Union[StartTid, Invalidation, ResetCache, TableChanged]
+@dataclasses.dataclass(frozen=True)
+class StoppingChanged:
+    """Whether the cluster is STOPPING (takes no new transaction)."""
+
+    stopping: bool
+
+
+Event = Union[StartTid, Invalidation, ResetCache, TableChanged, StoppingChanged]
 
 
 class InvalidationPublisher:
@@ -93,6 +101,9 @@ class InvalidationPublisher:
         self._last_tid = last_tid
         self._table = table
         self._closed = False
+        #: client id -> its newest subscription (forgotten when it closes).
+        self._by_client: dict[str, Subscription] = {}
+        self._stopping = False
 
     @property
     def last_tid(self) -> bytes:
@@ -140,9 +151,48 @@ class InvalidationPublisher:
                 self._table = table
                 self._condition.notify_all()
 
-    def subscribe(self, since_tid: bytes | None = None) -> Subscription:
-        """A stream of events; ``since_tid`` None means from now on."""
-        return Subscription(self, since_tid)
+    def between(self, after: bytes, upto: bytes, limit: int = 1000) -> list[Invalidation] | None:
+        """The published transactions with ``after < tid <= upto``, in TID
+        order; None when the history no longer reaches ``after``, ``upto``
+        is not published, or there are more than ``limit``."""
+        with self._condition:
+            if after < self._floor or upto > self._last_tid:
+                return None
+            found: list[Invalidation] = []
+            for invalidation in reversed(self._history):
+                if invalidation.tid <= after:
+                    break
+                if invalidation.tid <= upto:
+                    if len(found) == limit:
+                        return None
+                    found.append(invalidation)
+        found.reverse()
+        return found
+
+    def publish_stopping(self, stopping: bool) -> None:
+        """The cluster became STOPPING, or RUNNING again."""
+        with self._condition:
+            if stopping != self._stopping:
+                self._stopping = stopping
+                self._condition.notify_all()
+
+    def subscribe(self, since_tid: bytes | None = None, client_id: str = "") -> Subscription:
+        """A stream of events; ``since_tid`` None means from now on.  The
+        newest subscription of ``client_id`` skips what :meth:`caught_up`
+        says the client has."""
+        subscription = Subscription(self, since_tid)
+        if client_id:
+            with self._condition:
+                self._by_client[client_id] = subscription
+        return subscription
+
+    def caught_up(self, client_id: str, tid: bytes) -> None:
+        """Client ``client_id`` got every transaction up to ``tid`` by other
+        means (a Finish or Sync answer): its stream need not send them."""
+        with self._condition:
+            subscription = self._by_client.get(client_id)
+            if subscription is not None:
+                subscription._skip_to(tid)
 
     def close(self) -> None:
         """End every subscription (master stopping)."""
@@ -157,6 +207,9 @@ class InvalidationPublisher:
         if self._table is not None:
             events.append(TableChanged(self._table))
             subscription._table_version = self._table.version
+        if self._stopping:  # a stream starts RUNNING unless told
+            events.append(StoppingChanged(True))
+        subscription._stopping = self._stopping
         subscription._position = self._last_tid
         if since_tid is not None:
             if since_tid >= self._floor:
@@ -171,6 +224,9 @@ class InvalidationPublisher:
         if self._table is not None and self._table.version > subscription._table_version:
             events.append(TableChanged(self._table))
             subscription._table_version = self._table.version
+        if self._stopping != subscription._stopping:
+            events.append(StoppingChanged(self._stopping))
+            subscription._stopping = self._stopping
         position = subscription._position
         if position >= self._last_tid:
             return events
@@ -194,6 +250,7 @@ class Subscription(Iterator[Event]):
         self._publisher = publisher
         self._position = ZERO_TID
         self._table_version = -1
+        self._stopping = False
         self._buffer: collections.deque[Event] = collections.deque()
         self._closed = False
         with publisher._condition:  # the stream starts now, not at the first read
@@ -206,9 +263,21 @@ class Subscription(Iterator[Event]):
 
     def close(self) -> None:
         """End the stream (safe from any thread, e.g. a gRPC cancel callback)."""
-        with self._publisher._condition:
+        publisher = self._publisher
+        with publisher._condition:
             self._closed = True
-            self._publisher._condition.notify_all()
+            for client_id, subscription in list(publisher._by_client.items()):
+                if subscription is self:
+                    del publisher._by_client[client_id]
+            publisher._condition.notify_all()
+
+    def _skip_to(self, tid: bytes) -> None:
+        """Drop what the client has up to ``tid`` (publisher's condition held)."""
+        if tid > self._position:
+            self._position = min(tid, self._publisher._last_tid)
+        if self._buffer:
+            self._buffer = collections.deque(
+                event for event in self._buffer if not (isinstance(event, Invalidation) and event.tid <= tid))
 
     def __iter__(self) -> Subscription:
         return self
@@ -223,10 +292,30 @@ class Subscription(Iterator[Event]):
         """The next event; None when the stream ended or ``timeout`` passed."""
         publisher = self._publisher
         with publisher._condition:
-            while not self._buffer:
-                if self._closed or publisher._closed:
-                    return None
-                self._buffer.extend(publisher._events_after(self))
-                if not self._buffer and not publisher._condition.wait(timeout):
-                    return None
+            if not self._fill(timeout):
+                return None
             return self._buffer.popleft()
+
+    def next_events(self, timeout: float | None = None) -> list[Event]:
+        """Every event there is, in order, waiting for one at most
+        ``timeout``; [] when the stream ended or ``timeout`` passed."""
+        publisher = self._publisher
+        with publisher._condition:
+            if not self._fill(timeout):
+                return []
+            self._buffer.extend(publisher._events_after(self))
+            events = list(self._buffer)
+            self._buffer.clear()
+            return events
+
+    def _fill(self, timeout: float | None) -> bool:
+        """Wait until the buffer holds an event (condition held); False if
+        the stream ended or ``timeout`` passed first."""
+        publisher = self._publisher
+        while not self._buffer:
+            if self._closed or publisher._closed:
+                return False
+            self._buffer.extend(publisher._events_after(self))
+            if not self._buffer and not publisher._condition.wait(timeout):
+                return False
+        return True

@@ -55,7 +55,7 @@ from neostore.master_node.invalidations import DEFAULT_HISTORY_SIZE, Invalidatio
 from neostore.master_node.leadership import Leadership, ReplicaFeed
 from neostore.master_node.raft_driver import DEFAULT_TICK_INTERVAL, RaftCommandLog, stored_node_id
 from neostore.master_node.raft_transport import RaftServicer
-from neostore.master_node.servicer import AdminServicer, MasterInfo, MasterServicer
+from neostore.master_node.servicer import DEFAULT_STREAM_INTERVAL, AdminServicer, MasterInfo, MasterServicer
 from neostore.master_node.state import ClusterState, CreateCluster
 from neostore.master_node.storage_links import StorageLinks
 from neostore.protocol import common_pb2, master_pb2_grpc, raft_pb2_grpc
@@ -76,6 +76,8 @@ class MasterConfig:
     autostart: int = 1  # storage nodes to wait for before creating the table (0: admin only)
     max_workers: int = 256
     history_size: int = DEFAULT_HISTORY_SIZE
+    # A busy invalidation stream sends at most one message this often (seconds).
+    invalidation_interval: float = DEFAULT_STREAM_INTERVAL
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     commit: CommitConfig = CommitConfig()
@@ -165,6 +167,9 @@ class MasterNode:
                 publisher = InvalidationPublisher(last_published_tid(state), state.table, config.history_size)
                 command_log.add_listener(
                     lambda old, new: publisher.publish_table(new.table) if new.table is not old.table else None)
+                publisher.publish_stopping(state.stopping)
+                command_log.add_listener(
+                    lambda old, new: publisher.publish_stopping(new.stopping) if new.stopping != old.stopping else None)
                 # A truncation: every client resets its cache (its last TID is below the marker).
                 command_log.add_listener(
                     lambda old, new: publisher.skip_to(new.last_tid) if new.truncations != old.truncations else None)
@@ -197,10 +202,11 @@ class MasterNode:
                 else:
                     info = MasterInfo(address=lambda: self._address, masters=lambda: [(0, self._address)],
                                       leader=self._leader, term=self._raft_term)
-                master_pb2_grpc.add_MasterServicer_to_server(MasterServicer(leadership, publisher, info), server)
+                master_pb2_grpc.add_MasterServicer_to_server(
+                    MasterServicer(leadership, publisher, info, config.invalidation_interval), server)
                 master_pb2_grpc.add_AdminServicer_to_server(AdminServicer(leadership, publisher, info), server)
                 if isinstance(command_log, RaftCommandLog):
-                    raft_pb2_grpc.add_RaftServicer_to_server(RaftServicer(command_log.receive), server)
+                    raft_pb2_grpc.add_RaftServicer_to_server(RaftServicer(command_log.exchange), server)
                     self._address = command_log.address
                 else:
                     self._address = f"{bind.rsplit(':', 1)[0]}:{port}"

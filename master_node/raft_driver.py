@@ -15,8 +15,10 @@ messages, proposals, unreachable reports).  Its loop:
    a. persist hard state, entries and snapshot in ONE ``LmdbLogStore.save``
       (one LMDB transaction), then fsync once — only when ``must_sync``
       (a new commit index alone may be lost: it is learnt again);
-   b. hand the messages to the transport, which sends them per peer on
-      its own threads (a slow peer never blocks the loop);
+   b. messages for a peer whose ``Step`` this round handled go in that
+      Step's answer (one rpc per round trip); the others to the transport,
+      which sends them per peer on its own threads (a slow peer never
+      blocks the loop);
    c. restore the state from a received snapshot, then apply the committed
       entries: each NORMAL entry holds one *batch* of encoded commands (so a
       ``CommitDecisions`` batch of one tick is one entry), applied in order
@@ -26,6 +28,10 @@ messages, proposals, unreachable reports).  Its loop:
    d. ``advance``; every ``snapshot_every`` applied entries, store
       ``encode_state(state)`` as the Raft snapshot and compact the log
       (keeping ``keep_entries`` entries for slightly late followers).
+
+The leader does not send an append just to tell the followers a new commit
+index (``lazy_commit_broadcast``): the next append carries it, or, if none
+comes within ``COMMIT_FLUSH_DELAY``, the loop sends it then.
 
 ``submit`` on a follower raises :class:`~neostore.errors.NotLeader` naming
 the leader's address (clients and storage nodes retry there).  ``term`` is
@@ -75,7 +81,7 @@ from neostore import errors, rpc
 from neostore.protocol import common_pb2, master_pb2_grpc
 from neostore.master_node.command_log import StateListener, lock_directory
 from neostore.master_node.raft_log import LmdbLogStore
-from neostore.master_node.raft_transport import RaftTransport
+from neostore.master_node.raft_transport import REPLY_WAIT, RaftTransport, ReplyBox
 from neostore.master_node.state import (
     AddMaster,
     ClusterState,
@@ -113,6 +119,10 @@ DEFAULT_TICK_INTERVAL = 0.1  # with 10 election ticks: a leader is suspected aft
 DEFAULT_ELECTION_TICKS = 10
 DEFAULT_SUBMIT_TIMEOUT = 10.0
 DEFAULT_KEEP_ENTRIES = 100
+#: A new commit index that no append carried to the followers within this
+#: long (seconds) is sent on its own: under load the next append carries it,
+#: which saves a message per follower and round (lazy_commit_broadcast).
+COMMIT_FLUSH_DELAY = 0.02
 
 _LENGTH = struct.Struct(">I")
 NODE_ID_FILE = "node-id"
@@ -228,7 +238,7 @@ class RaftCommandLog:
             self._snapshot_index = snapshot.index
             self._node = RawNode(
                 Config(node_id=node_id, rng=random.Random(), election_ticks=election_ticks,
-                       applied=snapshot.index),
+                       applied=snapshot.index, lazy_commit_broadcast=True),
                 self._store,
             )
         except BaseException:
@@ -242,7 +252,10 @@ class RaftCommandLog:
         if self._state.masters:
             self.addresses = {member.node_id: member.address for member in self._state.masters}
         peers = {peer: address for peer, address in self.addresses.items() if peer != node_id}
-        self._transport = RaftTransport(rpc_config, peers, self._report_unreachable)
+        self._transport = RaftTransport(rpc_config, peers, self.receive, self._report_unreachable)
+        # Driver thread only: the Steps handled in this round of the loop,
+        # by sender, that answer with the messages produced for it.
+        self._reply_boxes: dict[int, ReplyBox] = {}
         self._rpc_config = rpc_config
         if self._was_removed(self._state):
             self._removed.set()
@@ -429,8 +442,18 @@ class RaftCommandLog:
         return errors.NotLeader(f"this master is not the leader; leader is {leader}")
 
     def receive(self, messages: list[Message]) -> None:
-        """Messages from peers (the Raft servicer calls this)."""
-        self._inbox.put(("messages", messages))
+        """Messages from peers (answers to our Steps)."""
+        self._inbox.put(("messages", (messages, None)))
+
+    def exchange(self, messages: list[Message]) -> list[Message]:
+        """Messages of a peer's Step (the Raft servicer calls this); the
+        messages this master produces for that peer while handling them,
+        once persisted (the Step's answer)."""
+        if not messages:
+            return []
+        box = ReplyBox(messages[0].source)
+        self._inbox.put(("messages", (messages, box)))
+        return box.take(REPLY_WAIT)
 
     def campaign(self) -> None:
         """Start an election now (tests and leadership tools)."""
@@ -468,9 +491,11 @@ class RaftCommandLog:
 
     def _run(self) -> None:
         next_tick = time.monotonic() + self._tick_interval
+        flush_at: float | None = None  # when to tell the followers a commit no append told them
         while not self._stopping.is_set():
+            wake = next_tick if flush_at is None else min(next_tick, flush_at)
             try:
-                item: tuple[str, Any] | None = self._inbox.get(timeout=max(0.0, next_tick - time.monotonic()))
+                item: tuple[str, Any] | None = self._inbox.get(timeout=max(0.0, wake - time.monotonic()))
             except queue.Empty:
                 item = None
             try:
@@ -489,10 +514,32 @@ class RaftCommandLog:
             except Exception:  # noqa: BLE001 - a broken loop must stop loudly, not spin
                 log.exception("raft driver of node %d failed: stopping it", self.node_id)
                 self._stopping.set()
+            finally:
+                self._answer_steps()
+
+    def _answer_steps(self) -> None:
+        """End of a round: the Steps handled in it answer with what they got."""
+        boxes, self._reply_boxes = self._reply_boxes, {}
+        for box in boxes.values():
+            box.close()
+
+    def _send(self, messages: Sequence[Message]) -> None:
+        """To the answer of the peer's Step handled in this round if any,
+        else through the transport."""
+        others = [message for message in messages
+                  if (box := self._reply_boxes.get(message.target)) is None or not box.offer(message)]
+        if others:
+            self._transport.send(others)
 
     def _handle_input(self, kind: str, value: Any) -> None:
         if kind == "messages":
-            for message in value:
+            messages, box = value
+            if box is not None:
+                earlier = self._reply_boxes.get(box.peer_id)
+                if earlier is not None:
+                    earlier.close()  # what follows goes in the later Step's answer
+                self._reply_boxes[box.peer_id] = box
+            for message in messages:
                 self._node.step(message)
         elif kind == "propose":
             self._propose(value)
@@ -567,9 +614,9 @@ class RaftCommandLog:
             self._store.save(ready.hard_state, ready.entries, ready.snapshot)
             if ready.must_sync:
                 self._store.sync()
-        # 2. send, asynchronously per peer.
+        # 2. send: in the answer of a Step being handled, or asynchronously per peer.
         if ready.messages:
-            self._transport.send(ready.messages)
+            self._send(ready.messages)
         # 3. apply: the snapshot, then the committed entries.
         if ready.snapshot is not None and not ready.snapshot.is_empty():
             self._restore(ready.snapshot.data, ready.snapshot.index)

@@ -3,17 +3,23 @@
 Sending (:class:`RaftTransport`): the driver hands over the messages of a
 ``Ready`` and returns at once; each peer has its own queue and thread, which
 takes everything queued for that peer and sends it in ONE ``Raft.Step`` rpc
-(``proto/raft.proto``), in order.  A slow or dead peer therefore delays
-only its own queue, never the driver's loop nor the other peers.  A failed
-send is reported to the driver (``report_unreachable``: the core then probes
-that follower instead of pipelining) and the messages are dropped — Raft
-tolerates lost messages, the leader resends what a follower lacks.  A queue
-that grows beyond ``max_queued`` (a peer down for long) drops its oldest
-messages for the same reason.
+(``proto/raft.proto``), in order.  The answer carries the peer's messages
+back (its answers to these, once persisted): they go to the driver's inbox
+like any received message, so that a round trip (an append and its
+answer) costs one rpc, not two.  A slow or dead peer delays only its own
+queue, never the driver's loop nor the other peers.  A failed send is
+reported to the driver (``report_unreachable``: the core then probes that
+follower instead of pipelining) and the messages are dropped — Raft
+tolerates lost messages, the leader resends what a follower lacks.  A
+queue that grows beyond ``max_queued`` (a peer down for long) drops its
+oldest messages for the same reason.
 
 Receiving (:class:`RaftServicer`): decode each message with the core's own
-codec and hand the batch to the driver's inbox.  The cluster-name check is
-the one every neostore server applies (:mod:`neostore.rpc`).
+codec, hand the batch to the driver, and answer with the messages the
+driver produced for the sender while handling it (:class:`ReplyBox`; none
+if that takes longer than ``REPLY_WAIT``: they are then sent in a Step of
+their own).  The cluster-name check is the one every neostore server
+applies (:mod:`neostore.rpc`).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from collections.abc import Callable, Sequence
 import grpc
 
 from neostore import errors, rpc
-from neostore.protocol import common_pb2, raft_pb2, raft_pb2_grpc
+from neostore.protocol import raft_pb2, raft_pb2_grpc
 from neostore.raft import DecodeError, Message, decode_message, encode_message
 
 log = logging.getLogger(__name__)
@@ -35,15 +41,52 @@ log = logging.getLogger(__name__)
 DEFAULT_SEND_TIMEOUT = 2.0
 DEFAULT_MAX_QUEUED = 4096
 RECONNECT_BACKOFF = 0.5
+#: How long a Step waits for the driver's answer messages (below the
+#: sender's timeout: an answer that misses it is sent on its own).
+REPLY_WAIT = 1.0
+
+
+class ReplyBox:
+    """The messages a driver produces for ``peer_id`` while handling a Step
+    from it: the Step answers with them.  Once closed (the driver is done,
+    or the Step gave up waiting), :meth:`offer` refuses: the driver sends
+    on its own."""
+
+    def __init__(self, peer_id: int) -> None:
+        self.peer_id = peer_id
+        self._lock = threading.Lock()
+        self._messages: list[Message] = []
+        self._closed = False
+        self._done = threading.Event()
+
+    def offer(self, message: Message) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            self._messages.append(message)
+            return True
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._done.set()
+
+    def take(self, timeout: float) -> list[Message]:
+        """Wait (at most ``timeout``) until closed; the messages offered."""
+        self._done.wait(timeout)
+        with self._lock:
+            self._closed = True
+            return list(self._messages)
 
 
 class _PeerSender:
     """The queue and thread that send one peer its messages."""
 
-    def __init__(self, peer_id: int, address: str, config: rpc.RpcConfig,
+    def __init__(self, peer_id: int, address: str, config: rpc.RpcConfig, receive: Callable[[list[Message]], None],
                  unreachable: Callable[[int], None], timeout: float, max_queued: int) -> None:
         self.peer_id = peer_id
         self.address = address
+        self._receive = receive
         self._unreachable = unreachable
         self._timeout = timeout
         self._max_queued = max_queued
@@ -77,8 +120,11 @@ class _PeerSender:
                 batch = list(self._queue)
                 self._queue.clear()
             try:
-                rpc.call(self._stub.Step, raft_pb2.RaftMessages(messages=batch),
-                         timeout=self._timeout, peer=self.address)
+                reply = rpc.call(self._stub.Step, raft_pb2.RaftMessages(messages=batch),
+                                 timeout=self._timeout, peer=self.address)
+                answers = [decode_message(data) for data in reply.messages]
+            except DecodeError as error:
+                log.warning("raft: undecodable answer from peer %d at %s: %s", self.peer_id, self.address, error)
             except errors.NeoError as error:
                 if not self._failing:
                     log.info("raft: peer %d at %s unreachable: %s", self.peer_id, self.address, error)
@@ -89,6 +135,8 @@ class _PeerSender:
                 if self._failing:
                     log.info("raft: peer %d at %s reachable again", self.peer_id, self.address)
                 self._failing = False
+                if answers:
+                    self._receive(answers)
 
     def close(self) -> None:
         with self._condition:
@@ -109,26 +157,28 @@ class RaftTransport:
         self,
         config: rpc.RpcConfig,
         addresses: dict[int, str],
+        receive: Callable[[list[Message]], None],
         unreachable: Callable[[int], None],
         timeout: float = DEFAULT_SEND_TIMEOUT,
         max_queued: int = DEFAULT_MAX_QUEUED,
     ) -> None:
         self._config = config
+        self._receive = receive
         self._unreachable = unreachable
         self._timeout = timeout
         self._max_queued = max_queued
-        self._senders = {
-            peer_id: _PeerSender(peer_id, address, config, unreachable, timeout, max_queued)
-            for peer_id, address in addresses.items()
-        }
+        self._senders = {peer_id: self._sender(peer_id, address) for peer_id, address in addresses.items()}
+
+    def _sender(self, peer_id: int, address: str) -> _PeerSender:
+        return _PeerSender(peer_id, address, self._config, self._receive, self._unreachable,
+                           self._timeout, self._max_queued)
 
     def add_peer(self, peer_id: int, address: str) -> None:
         """Start sending to ``peer_id`` at ``address`` (replacing an older address)."""
         old = self._senders.get(peer_id)
         if old is not None and old.address == address:
             return
-        self._senders[peer_id] = _PeerSender(peer_id, address, self._config, self._unreachable,
-                                             self._timeout, self._max_queued)
+        self._senders[peer_id] = self._sender(peer_id, address)
         if old is not None:
             threading.Thread(target=old.close, daemon=True).start()
 
@@ -161,15 +211,19 @@ class RaftTransport:
 
 
 class RaftServicer(raft_pb2_grpc.RaftServicer):
-    """service Raft (raft.proto): other masters' messages, into the driver."""
+    """service Raft (raft.proto): other masters' messages, into the driver.
 
-    def __init__(self, receive: Callable[[list[Message]], None]) -> None:
+    ``receive(messages)`` hands them over and returns the driver's answers
+    to the sender (or None: they will be sent on their own).
+    """
+
+    def __init__(self, receive: Callable[[list[Message]], list[Message] | None]) -> None:
         self._receive = receive
 
-    def Step(self, request: raft_pb2.RaftMessages, context: grpc.ServicerContext) -> common_pb2.Empty:
+    def Step(self, request: raft_pb2.RaftMessages, context: grpc.ServicerContext) -> raft_pb2.RaftMessages:
         try:
             messages = [decode_message(data) for data in request.messages]
         except DecodeError as error:
             raise errors.BadRequest(f"undecodable raft message: {error}") from None
-        self._receive(messages)
-        return common_pb2.Empty()
+        answers = self._receive(messages) or []
+        return raft_pb2.RaftMessages(messages=[encode_message(message) for message in answers])

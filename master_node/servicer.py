@@ -18,6 +18,7 @@ close it again when the generator ends for any other reason.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -30,6 +31,7 @@ from neostore.master_node.invalidations import (
     InvalidationPublisher,
     ResetCache,
     StartTid,
+    StoppingChanged,
     TableChanged,
 )
 from neostore.master_node.leadership import Leadership
@@ -44,6 +46,10 @@ def _no_membership(address: str) -> int:
 
 #: An idle invalidation stream carries a heartbeat this often (seconds).
 STREAM_HEARTBEAT_INTERVAL = 1.0
+#: A busy invalidation stream carries at most one message this often
+#: (seconds): the transactions committed meanwhile share it.  A client that
+#: commits gets what it needs in its Finish answer, without waiting for it.
+DEFAULT_STREAM_INTERVAL = 0.01
 
 
 class MasterInfo:
@@ -85,17 +91,38 @@ def cluster_info(leadership: Leadership, publisher: InvalidationPublisher,
     )
 
 
+def invalidation_message(invalidation: Invalidation) -> master_pb2.Invalidation:
+    return master_pb2.Invalidation(tid=invalidation.tid, ttid=invalidation.ttid, oids=list(invalidation.oids))
+
+
+def client_messages(events: list[Event]) -> Iterator[master_pb2.ClientEvent]:
+    """The stream messages for ``events``, in order: consecutive
+    invalidations share one message."""
+    batch: list[master_pb2.Invalidation] = []
+    for event in events:
+        if isinstance(event, Invalidation):
+            batch.append(invalidation_message(event))
+            continue
+        if batch:
+            yield master_pb2.ClientEvent(invalidations=master_pb2.Invalidations(items=batch))
+            batch = []
+        yield client_event(event)
+    if batch:
+        yield master_pb2.ClientEvent(invalidations=master_pb2.Invalidations(items=batch))
+
+
 def client_event(event: Event) -> master_pb2.ClientEvent:
     """One invalidation-stream event as sent to clients."""
     if isinstance(event, StartTid):
         return master_pb2.ClientEvent(start_tid=event.tid)
     if isinstance(event, Invalidation):
-        return master_pb2.ClientEvent(invalidation=master_pb2.Invalidation(
-            tid=event.tid, ttid=event.ttid, oids=list(event.oids)))
+        return master_pb2.ClientEvent(invalidations=master_pb2.Invalidations(items=[invalidation_message(event)]))
     if isinstance(event, ResetCache):
         return master_pb2.ClientEvent(reset_cache_at=event.tid)
     if isinstance(event, TableChanged):
         return master_pb2.ClientEvent(partition_table=event.table.to_proto())
+    if isinstance(event, StoppingChanged):
+        return master_pb2.ClientEvent(stopping=event.stopping)
     raise TypeError(f"unknown event {event!r}")
 
 
@@ -116,10 +143,12 @@ def _close_on_cancel(context: grpc.ServicerContext, close: Callable[[], None]) -
 class MasterServicer(master_pb2_grpc.MasterServicer):
     """service Master (master.proto): clients and storage nodes."""
 
-    def __init__(self, leadership: Leadership, publisher: InvalidationPublisher, info: MasterInfo) -> None:
+    def __init__(self, leadership: Leadership, publisher: InvalidationPublisher, info: MasterInfo,
+                 stream_interval: float = DEFAULT_STREAM_INTERVAL) -> None:
         self._leadership = leadership
         self._publisher = publisher
         self._info = info
+        self._stream_interval = stream_interval
 
     def GetClusterInfo(self, request: common_pb2.Empty, context: grpc.ServicerContext) -> master_pb2.ClusterInfo:
         return cluster_info(self._leadership, self._publisher, self._info)
@@ -141,8 +170,35 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
         votes = [NodeVote(vote.node_id, tuple(vote.partitions), tuple(vote.unchecked_partitions))
                  for vote in request.votes]
         tid = self._leadership.coordinator().finish(
-            request.client_id, request.ttid, list(request.oids), list(request.partitions), votes)
-        return master_pb2.FinishReply(tid=tid)
+            request.client_id, request.ttid, list(request.oids), list(request.partitions), votes,
+            request.metadata_partition if request.HasField("metadata_partition") else None)
+        reply = master_pb2.FinishReply(tid=tid)
+        self._catch_up(reply.catch_up, request.client_id, request.last_tid, tid, request.table_version)
+        return reply
+
+    def Sync(self, request: master_pb2.SyncRequest, context: grpc.ServicerContext) -> master_pb2.SyncReply:
+        reply = master_pb2.SyncReply(last_tid=self._publisher.last_tid)
+        self._catch_up(reply.catch_up, request.client_id, request.last_tid, reply.last_tid, request.table_version)
+        coordinator = self._leadership.coordinator_if_leader()
+        if coordinator is not None and request.client_id:
+            if request.release_spare:
+                coordinator.release_spare(request.client_id, request.release_spare)
+            reply.spare_ttid = coordinator.reserve(request.client_id) or b""
+        return reply
+
+    def _catch_up(self, message: master_pb2.CatchUp, client_id: str, last_tid: bytes, upto: bytes,
+                  table_version: int) -> None:
+        """Fill ``message`` with what the client missed after ``last_tid`` up to
+        ``upto``; its invalidation stream then skips it."""
+        if len(last_tid) == 8:
+            invalidations = self._publisher.between(last_tid, upto)
+            if invalidations is not None:
+                message.complete = True
+                message.invalidations.extend(invalidation_message(i) for i in invalidations)
+                self._publisher.caught_up(client_id, upto)
+        table = self._leadership.state.table
+        if table.version > table_version:
+            message.partition_table.CopyFrom(table.to_proto())
 
     def Abort(self, request: master_pb2.AbortRequest, context: grpc.ServicerContext) -> common_pb2.Empty:
         self._leadership.coordinator().abort(request.client_id, request.ttid, list(request.node_ids))
@@ -175,17 +231,22 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
         since_tid = request.since_tid or None
         if since_tid is not None and len(since_tid) != 8:
             raise errors.BadRequest(f"since_tid must be 8 bytes, got {len(since_tid)}")
-        subscription = self._publisher.subscribe(since_tid)
+        subscription = self._publisher.subscribe(since_tid, client_id=request.client_id)
         # The client's session: only the leader aborts what a departed client left.
         coordinator = self._leadership.coordinator_if_leader()
         if coordinator is not None:
             coordinator.client_connected(request.client_id)
         try:
             _close_on_cancel(context, subscription.close)
+            sent = 0.0
             while True:
-                event = subscription.next_event(timeout=STREAM_HEARTBEAT_INTERVAL)
-                if event is not None:
-                    yield client_event(event)
+                pause = sent + self._stream_interval - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)  # what comes meanwhile goes in the next message
+                events = subscription.next_events(timeout=STREAM_HEARTBEAT_INTERVAL)
+                if events:
+                    yield from client_messages(events)
+                    sent = time.monotonic()
                 elif subscription.ended:
                     break
                 else:

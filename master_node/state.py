@@ -375,8 +375,8 @@ class CommitDecisions:
     """Every transaction decided in one batch (one log entry, one fsync).
 
     Each decision is checked on its own, in order, against the state left
-    by the previous ones: its TID must exceed ``last_tid`` and share the
-    TTID's partition, and once its ``out_of_date`` cells are marked, every
+    by the previous ones: its TID must exceed ``last_tid`` and fall in one
+    of the partitions it writes (the one holding its metadata), and once its ``out_of_date`` cells are marked, every
     partition it touched must have a readable cell, every one of which
     voted.  Result: a tuple with, for each decision, None (decided) or the
     :class:`~neostore.errors.NeoError` that refused it (nothing of it
@@ -773,16 +773,17 @@ def _decide(state: ClusterState, decision: Decision) -> ClusterState:
         )
     if decision.tid >= MAX_TID:
         raise errors.BadRequest("tid out of range")
-    if u64(decision.tid) % state.num_partitions != u64(decision.ttid) % state.num_partitions:
-        raise errors.BadRequest(
-            f"tid {tid_repr(decision.tid)} and ttid {tid_repr(decision.ttid)} are not in the same partition"
-        )
     if state.decision_of_ttid(decision.ttid) is not None:
         raise errors.BadRequest(f"transaction {tid_repr(decision.ttid)} is already decided")
     if not decision.partitions:
         raise errors.BadRequest("a decision must name the partitions the transaction wrote")
     for partition in decision.partitions:
         _check_partition(state, partition)
+    if u64(decision.tid) % state.num_partitions not in decision.partitions:
+        raise errors.BadRequest(
+            f"tid {tid_repr(decision.tid)} is in partition {u64(decision.tid) % state.num_partitions}, "
+            f"which the transaction does not write: its metadata lives there"
+        )
     for ref in decision.out_of_date:
         _check_partition(state, ref.partition)
     for oid in decision.oids:

@@ -81,6 +81,10 @@ class Unavailable(NeoError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class DeadlineExceeded(Unavailable):
+    """The call did not answer within its timeout (it may still be served)."""
+
+
 class NotLeader(NeoError):
     """This master is not the leader; the message names the leader if known."""
 
@@ -141,6 +145,7 @@ _BY_NAME: dict[str, type[NeoError]] = {
         ReadOnly,
         UnknownTransaction,
         Unavailable,
+        DeadlineExceeded,
         NotLeader,
         StorageFull,
         Corrupted,
@@ -150,6 +155,12 @@ _BY_NAME: dict[str, type[NeoError]] = {
         Refused,
     )
 }
+
+
+def from_name(name: str, message: str) -> NeoError:
+    """The error of class ``name`` (as an answer names it), or a generic one."""
+    cls = _BY_NAME.get(name)
+    return cls(message) if cls is not None else NeoError(f"{name}: {message}")
 
 
 def from_rpc_error(error: grpc.RpcError, peer: str = "") -> NeoError:
@@ -165,7 +176,9 @@ def from_rpc_error(error: grpc.RpcError, peer: str = "") -> NeoError:
     where = f" (from {peer})" if peer else ""
     if cls is not None:
         return cls(f"{details}{where}")
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"{peer or 'peer'} unreachable: {code.name}: {details}")
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
         return Unavailable(f"{peer or 'peer'} unreachable: {code.name}: {details}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return TooLarge(f"{details}{where}")

@@ -83,16 +83,19 @@ class TidGenerator:
         """Never hand out a TID at or below ``tid`` (e.g. after recovery)."""
         self._last = max(self._last, u64(tid))
 
-    def next(self, num_partitions: int = 1, same_partition_as: bytes | None = None) -> bytes:
+    def next(self, num_partitions: int = 1, same_partition_as: bytes | None = None,
+             partition: int | None = None) -> bytes:
         """A TID above every previous one.
 
-        With ``same_partition_as``, the TID also falls in the same partition
-        as that TTID: ``tid % num_partitions == u64(ttid) % num_partitions``.
+        With ``partition``, the TID falls in that partition (``tid %
+        num_partitions == partition``); with ``same_partition_as``, in the
+        same partition as that id.
         """
         candidate = max(self._last + 1, timestamp_tid(self._clock()))
-        if same_partition_as is not None and num_partitions > 1:
-            want = u64(same_partition_as) % num_partitions
-            candidate += (want - candidate) % num_partitions
+        if same_partition_as is not None:
+            partition = u64(same_partition_as) % num_partitions
+        if partition is not None and num_partitions > 1:
+            candidate += (partition - candidate) % num_partitions
         if candidate >= u64(MAX_TID):
             raise OverflowError("TID space exhausted")
         self._last = candidate

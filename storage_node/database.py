@@ -535,35 +535,46 @@ class Database:
 
         Returns False, changing nothing, when nothing is pending for it.
         """
-        if len(tid) != layout.TID_SIZE:
-            raise layout.LayoutError("tid must be 8 bytes")
+        return self.commit_many([(ttid, tid)])[0]
+
+    def commit_many(self, decisions: Sequence[tuple[bytes, bytes]]) -> list[bool]:
+        """:meth:`commit` of each ``(ttid, tid)``, in order, all in ONE
+        fsynced write (group commit); whether each had anything pending."""
+        for _, tid in decisions:
+            if len(tid) != layout.TID_SIZE:
+                raise layout.LayoutError("tid must be 8 bytes")
         with self._write() as txn:
-            entries = self._pending_entries(txn, ttid)
-            if not entries:
-                return False
-            deltas: dict[int, tuple[int, int]] = {}
-            for key, value in entries:
-                pending = layout.decode_pending_key(key)
-                partition = pending.partition
-                objects_delta, size_delta = deltas.get(partition, (0, 0))
-                if pending.oid is None:
-                    txn.put(layout.transaction_key(partition, tid), value, db=self._transactions)
-                else:
-                    key_committed = layout.object_key(partition, pending.oid, tid)
-                    if _get(txn, key_committed, self._objects) is None:  # not already replicated
-                        stored = layout.decode_object(value)
-                        objects_delta += self._liveness_change(txn, partition, pending.oid, stored)
-                        size_delta += len(stored.data)
-                        txn.put(key_committed, value, db=self._objects)
-                deltas[partition] = (objects_delta, size_delta)
-                txn.delete(key, db=self._pending)
-            for partition, (objects_delta, size_delta) in deltas.items():
-                self._update_partition_meta(txn, partition, tid, objects_delta, size_delta)
-            last = _get(txn, layout.META_LAST_TID, self._meta)
-            if last is None or tid > last:
-                txn.put(layout.META_LAST_TID, tid, db=self._meta)
-            txn.put(layout.applied_key(ttid), tid, db=self._applied)
-            self._trim_applied(txn)
+            applied = [self._commit_in(txn, ttid, tid) for ttid, tid in decisions]
+            if any(applied):
+                self._trim_applied(txn)
+        return applied
+
+    def _commit_in(self, txn: lmdb.Transaction, ttid: bytes, tid: bytes) -> bool:
+        entries = self._pending_entries(txn, ttid)
+        if not entries:
+            return False
+        deltas: dict[int, tuple[int, int]] = {}
+        for key, value in entries:
+            pending = layout.decode_pending_key(key)
+            partition = pending.partition
+            objects_delta, size_delta = deltas.get(partition, (0, 0))
+            if pending.oid is None:
+                txn.put(layout.transaction_key(partition, tid), value, db=self._transactions)
+            else:
+                key_committed = layout.object_key(partition, pending.oid, tid)
+                if _get(txn, key_committed, self._objects) is None:  # not already replicated
+                    stored = layout.decode_object(value)
+                    objects_delta += self._liveness_change(txn, partition, pending.oid, stored)
+                    size_delta += len(stored.data)
+                    txn.put(key_committed, value, db=self._objects)
+            deltas[partition] = (objects_delta, size_delta)
+            txn.delete(key, db=self._pending)
+        for partition, (objects_delta, size_delta) in deltas.items():
+            self._update_partition_meta(txn, partition, tid, objects_delta, size_delta)
+        last = _get(txn, layout.META_LAST_TID, self._meta)
+        if last is None or tid > last:
+            txn.put(layout.META_LAST_TID, tid, db=self._meta)
+        txn.put(layout.applied_key(ttid), tid, db=self._applied)
         return True
 
     def abort(self, ttid: bytes) -> bool:

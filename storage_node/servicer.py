@@ -31,7 +31,7 @@ from neostore.storage_node.database import Database, LoadResult, LoadStatus, Pen
 from neostore.storage_node.layout import StoredObject, TransactionMetadata
 from neostore.storage_node.ownership import Ownership
 from neostore.storage_node.ranges import range_digest
-from neostore.storage_node.transaction_manager import ObjectWrite, TransactionManager
+from neostore.storage_node.transaction_manager import Conflict, ObjectWrite, TransactionManager
 
 log = logging.getLogger(__name__)
 
@@ -134,20 +134,13 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
     def Store(self, request: storage_pb2.StoreRequest, context: Any) -> storage_pb2.StoreReply:
         ttid = _identifier(request.ttid, "ttid")
         # Decode and check everything before taking any lock.
-        writes = [
-            self._object_write(ttid, index, item, request.table_version)
-            for index, item in enumerate(request.objects)
-        ]
-        conflicts = self._manager.store(ttid, writes)
-        return storage_pb2.StoreReply(conflicts=[
-            storage_pb2.Conflict(
-                oid=conflict.oid,
-                serial=conflict.serial,
-                committed_serial=conflict.committed_serial,
-                read_conflict=conflict.read_conflict,
-            )
-            for conflict in conflicts
-        ])
+        writes = self._object_writes(ttid, request.objects, request.table_version)
+        conflicts = self._manager.store(ttid, writes, wait_for_older=not request.voted_elsewhere)
+        return storage_pb2.StoreReply(conflicts=[_conflict(c) for c in conflicts])
+
+    def _object_writes(self, ttid: bytes, objects: Sequence[storage_pb2.ObjectStore],
+                       routed_version: int) -> list[ObjectWrite]:
+        return [self._object_write(ttid, index, item, routed_version) for index, item in enumerate(objects)]
 
     def _object_write(
         self, ttid: bytes, index: int, item: storage_pb2.ObjectStore, routed_version: int
@@ -184,22 +177,34 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         ttid = _identifier(request.ttid, "ttid")
         metadata = None
         if request.has_transaction:
-            partition = self._ownership.partition_of(ttid)
-            self._ownership.writable(partition)
+            partition = (request.metadata_partition if request.HasField("metadata_partition")
+                         else self._ownership.partition_of(ttid))
+            self._ownership.writable(partition, request.table_version)
             info = request.transaction
             oids = tuple(_identifier(oid, f"transaction.oids[{i}]") for i, oid in enumerate(info.oids))
             metadata = PendingMetadata(
                 partition,
                 TransactionMetadata(info.user, info.description, info.extension, oids, packed=False),
             )
+        writes = self._object_writes(ttid, request.objects, request.table_version)
+        if writes:
+            conflicts, not_stored = self._manager.store_for_vote(ttid, writes)
+            if conflicts or not_stored:
+                return storage_pb2.VoteReply(conflicts=[_conflict(c) for c in conflicts], not_stored=not_stored)
         unchecked = self._manager.vote(ttid, metadata)
         return storage_pb2.VoteReply(unchecked_partitions=unchecked)
 
-    def Commit(self, request: storage_pb2.CommitRequest, context: Any) -> common_pb2.Empty:
-        ttid = _identifier(request.ttid, "ttid")
-        tid = _identifier(request.tid, "tid")
-        self._manager.commit(ttid, tid, request.term)
-        return common_pb2.Empty()
+    def Commit(self, request: storage_pb2.CommitRequest, context: Any) -> storage_pb2.CommitReply:
+        decisions = [
+            (_identifier(d.ttid, f"decisions[{i}].ttid"), _identifier(d.tid, f"decisions[{i}].tid"))
+            for i, d in enumerate(request.decisions)
+        ]
+        outcomes = self._manager.commit_many(decisions, request.term)
+        return storage_pb2.CommitReply(results=[
+            storage_pb2.CommitResult() if error is None
+            else storage_pb2.CommitResult(error=type(error).__name__, message=str(error))
+            for error in outcomes
+        ])
 
     def Abort(self, request: storage_pb2.AbortTransactionRequest, context: Any) -> common_pb2.Empty:
         ttid = _identifier(request.ttid, "ttid")
@@ -249,6 +254,15 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         return storage_pb2.RangeRecords(
             records=[storage_pb2.RangeRecord(key=key, value=value) for key, value in records],
             complete=complete)
+
+
+def _conflict(conflict: Conflict) -> storage_pb2.Conflict:
+    return storage_pb2.Conflict(
+        oid=conflict.oid,
+        serial=conflict.serial,
+        committed_serial=conflict.committed_serial,
+        read_conflict=conflict.read_conflict,
+    )
 
 
 def _load_reply(result: LoadResult) -> storage_pb2.LoadReply:

@@ -48,7 +48,7 @@ from neostore import errors
 from neostore.ids import ZERO_TID, oid_repr, tid_repr
 from neostore.storage_node.database import Database, PendingMetadata
 from neostore.storage_node.layout import StoredObject
-from neostore.storage_node.locks import LockManager, wound_message
+from neostore.storage_node.locks import LockBusy, LockManager, wound_message
 from neostore.storage_node.transactions import Phase, TransactionBuffer
 
 log = logging.getLogger(__name__)
@@ -160,23 +160,49 @@ class TransactionManager:
 
     # -- store ---------------------------------------------------------------
 
-    def store(self, ttid: bytes, writes: Sequence[ObjectWrite]) -> list[Conflict]:
-        """Lock, check and buffer ``writes`` in order; the conflicts found."""
+    def store(self, ttid: bytes, writes: Sequence[ObjectWrite], wait_for_older: bool = True) -> list[Conflict]:
+        """Lock, check and buffer ``writes`` in order; the conflicts found.
+
+        ``wait_for_older`` False (the transaction may have voted on another
+        node, see :mod:`~neostore.storage_node.locks`): a lock held by an
+        older transaction raises LockDied instead of being waited for.
+        """
         conflicts = []
         for write in writes:
-            conflict = self._store_one(ttid, write)
+            try:
+                conflict = self._store_one(ttid, write, wait_for_older)
+            except LockBusy as busy:
+                raise errors.LockDied(
+                    f"transaction {tid_repr(ttid)} may have voted on another node, so it must not wait for "
+                    f"the older transaction {tid_repr(busy.holder)} holding object {oid_repr(busy.oid)}: "
+                    "abort and retry") from None
             if conflict is not None:
                 conflicts.append(conflict)
         return conflicts
 
-    def _store_one(self, ttid: bytes, write: ObjectWrite) -> Conflict | None:
+    def store_for_vote(self, ttid: bytes, writes: Sequence[ObjectWrite]) -> tuple[list[Conflict], list[bytes]]:
+        """The stores carried by a vote: :meth:`store`, except that a lock
+        held by an older transaction stops them without waiting (this node
+        must not vote then).  The conflicts found, and the oids not stored
+        (the one whose lock is busy and those after it)."""
+        conflicts = []
+        for index, write in enumerate(writes):
+            try:
+                conflict = self._store_one(ttid, write, wait_for_older=False)
+            except LockBusy:
+                return conflicts, [w.oid for w in writes[index:]]
+            if conflict is not None:
+                conflicts.append(conflict)
+        return conflicts, []
+
+    def _store_one(self, ttid: bytes, write: ObjectWrite, wait_for_older: bool = True) -> Conflict | None:
         with self._mutex:
             self._storing_buffer(ttid)
         newly_locked = False
         if write.locking:
             # LockDied if wounded (before or while waiting): the buffer is
             # already DIED and the locks released, by the wound.
-            newly_locked = self._locks.acquire(write.oid, ttid)
+            newly_locked = self._locks.acquire(write.oid, ttid, wait_for_older=wait_for_older)
         committed = None
         if write.locking:
             # Stable while we hold the lock: a commit of this oid releases
@@ -322,47 +348,94 @@ class TransactionManager:
 
     def commit(self, ttid: bytes, tid: bytes, term: int = 0) -> bool:
         """Apply ``ttid``'s vote under ``tid``; whether anything was applied
-        now (False: already applied, or an empty vote)."""
+        now (False: already applied, or an empty vote).  Raises the error
+        that refused it."""
         self.observe_term(term, f"commit of {tid_repr(ttid)}")
-        if self._already_committed(ttid, tid):
-            return False
-        with self._mutex:
-            buffer = self._buffers.get(ttid)
-        if buffer is None:
-            return self._commit_recovered(ttid, tid)
-        with buffer.vote_mutex:
-            with self._mutex:
-                current = self._buffers.get(ttid)
-                phase = buffer.phase
-            if current is not buffer:
-                if self._already_committed(ttid, tid):
-                    return False
-                raise errors.UnknownTransaction(
-                    f"commit of transaction {tid_repr(ttid)}: it was aborted on this node"
-                )
-            if phase is not Phase.VOTED:
-                raise errors.BadRequest(
-                    f"commit of transaction {tid_repr(ttid)}, which this node has not voted ({phase.value})"
-                )
-            applied = self._database.commit(ttid, tid)
-            with self._mutex:
-                del self._buffers[ttid]
-                self._remember(ttid, tid)
-            self._locks.release_all(ttid)
-        return applied
+        outcome = self._commit_batch([(ttid, tid)])[0]
+        if isinstance(outcome, errors.NeoError):
+            raise outcome
+        return outcome
 
-    def _commit_recovered(self, ttid: bytes, tid: bytes) -> bool:
-        """Commit of a TTID with no buffer: pending data from before a restart."""
-        if self._database.commit(ttid, tid):
-            with self._mutex:
-                self._remember(ttid, tid)
-            self._locks.release_all(ttid)
-            return True
-        if self._already_committed(ttid, tid):
-            return False
+    def commit_many(self, decisions: Sequence[tuple[bytes, bytes]], term: int = 0) -> list[errors.NeoError | None]:
+        """Apply each ``(ttid, tid)`` (the master's orders, in TID order) in
+        ONE fsynced write; for each, None (applied, now or before) or the
+        error that refused it.  A stale ``term`` refuses them all (raised)."""
+        self.observe_term(term, f"commit of {len(decisions)} transaction(s)")
+        return [outcome if isinstance(outcome, errors.NeoError) else None
+                for outcome in self._commit_batch(decisions)]
+
+    def _commit_batch(self, decisions: Sequence[tuple[bytes, bytes]]) -> list[bool | errors.NeoError]:
+        """Check each decision, apply those that can be in ONE database
+        write, then drop their buffers and release their locks; for each,
+        whether it was applied now, or the error that refused it.
+
+        Each voted buffer's ``vote_mutex`` is held from the check to the
+        release (taken in TTID order, so that two batches never wait for
+        each other), as vote and abort hold it.
+        """
+        outcomes: list[bool | errors.NeoError] = [False] * len(decisions)
+        buffers: dict[bytes, TransactionBuffer] = {}
         with self._mutex:
-            self._refuse_finished(ttid, "commit")
-        raise errors.UnknownTransaction(f"commit of transaction {tid_repr(ttid)}: nothing voted on this node")
+            for ttid, _ in decisions:
+                buffer = self._buffers.get(ttid)
+                if buffer is not None:
+                    buffers[ttid] = buffer
+        held = [buffers[ttid] for ttid in sorted(buffers)]
+        for buffer in held:
+            buffer.vote_mutex.acquire()
+        try:
+            todo: list[tuple[int, bytes, bytes, TransactionBuffer | None]] = []
+            for index, (ttid, tid) in enumerate(decisions):
+                try:
+                    if self._already_committed(ttid, tid):
+                        continue
+                    buffer = buffers.get(ttid)
+                    if buffer is not None:
+                        self._check_voted(ttid, tid, buffer)
+                    todo.append((index, ttid, tid, buffer))
+                except errors.NeoError as error:
+                    outcomes[index] = error
+            applied = self._database.commit_many([(ttid, tid) for _, ttid, tid, _ in todo]) if todo else []
+            for (index, ttid, tid, buffer), done in zip(todo, applied):
+                if buffer is None and not done:
+                    # No buffer (pending data from before a restart) and nothing pending.
+                    outcomes[index] = self._nothing_to_commit(ttid, tid)
+                    continue
+                outcomes[index] = done
+                with self._mutex:
+                    if buffer is not None and self._buffers.get(ttid) is buffer:
+                        del self._buffers[ttid]
+                    self._remember(ttid, tid)
+                self._locks.release_all(ttid)
+        finally:
+            for buffer in held:
+                buffer.vote_mutex.release()
+        return outcomes
+
+    def _check_voted(self, ttid: bytes, tid: bytes, buffer: TransactionBuffer) -> None:
+        """Raise unless ``buffer`` (its vote_mutex held) is ``ttid``'s, voted."""
+        with self._mutex:
+            current = self._buffers.get(ttid)
+            phase = buffer.phase
+        if current is not buffer:
+            if self._already_committed(ttid, tid):
+                return
+            raise errors.UnknownTransaction(f"commit of transaction {tid_repr(ttid)}: it was aborted on this node")
+        if phase is not Phase.VOTED:
+            raise errors.BadRequest(
+                f"commit of transaction {tid_repr(ttid)}, which this node has not voted ({phase.value})")
+
+    def _nothing_to_commit(self, ttid: bytes, tid: bytes) -> bool | errors.NeoError:
+        """A commit that found neither buffer nor pending data: False if it
+        was committed before, else the error."""
+        try:
+            if self._already_committed(ttid, tid):
+                return False
+            with self._mutex:
+                self._refuse_finished(ttid, "commit")
+        except errors.NeoError as error:
+            return error
+        return errors.UnknownTransaction(f"commit of transaction {tid_repr(ttid)}: nothing voted on this node")
 
     def _already_committed(self, ttid: bytes, tid: bytes) -> bool:
         with self._mutex:

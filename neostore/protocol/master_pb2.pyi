@@ -105,26 +105,64 @@ class Vote(_message.Message):
     def __init__(self, node_id: _Optional[int] = ..., partitions: _Optional[_Iterable[int]] = ..., unchecked_partitions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class FinishRequest(_message.Message):
-    __slots__ = ("client_id", "ttid", "oids", "partitions", "votes", "table_version")
+    __slots__ = ("client_id", "ttid", "oids", "partitions", "votes", "table_version", "metadata_partition", "last_tid")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     TTID_FIELD_NUMBER: _ClassVar[int]
     OIDS_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     VOTES_FIELD_NUMBER: _ClassVar[int]
     TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    METADATA_PARTITION_FIELD_NUMBER: _ClassVar[int]
+    LAST_TID_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     ttid: bytes
     oids: _containers.RepeatedScalarFieldContainer[bytes]
     partitions: _containers.RepeatedScalarFieldContainer[int]
     votes: _containers.RepeatedCompositeFieldContainer[Vote]
     table_version: int
-    def __init__(self, client_id: _Optional[str] = ..., ttid: _Optional[bytes] = ..., oids: _Optional[_Iterable[bytes]] = ..., partitions: _Optional[_Iterable[int]] = ..., votes: _Optional[_Iterable[_Union[Vote, _Mapping]]] = ..., table_version: _Optional[int] = ...) -> None: ...
+    metadata_partition: int
+    last_tid: bytes
+    def __init__(self, client_id: _Optional[str] = ..., ttid: _Optional[bytes] = ..., oids: _Optional[_Iterable[bytes]] = ..., partitions: _Optional[_Iterable[int]] = ..., votes: _Optional[_Iterable[_Union[Vote, _Mapping]]] = ..., table_version: _Optional[int] = ..., metadata_partition: _Optional[int] = ..., last_tid: _Optional[bytes] = ...) -> None: ...
 
 class FinishReply(_message.Message):
-    __slots__ = ("tid",)
+    __slots__ = ("tid", "catch_up")
     TID_FIELD_NUMBER: _ClassVar[int]
+    CATCH_UP_FIELD_NUMBER: _ClassVar[int]
     tid: bytes
-    def __init__(self, tid: _Optional[bytes] = ...) -> None: ...
+    catch_up: CatchUp
+    def __init__(self, tid: _Optional[bytes] = ..., catch_up: _Optional[_Union[CatchUp, _Mapping]] = ...) -> None: ...
+
+class CatchUp(_message.Message):
+    __slots__ = ("invalidations", "complete", "partition_table")
+    INVALIDATIONS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_TABLE_FIELD_NUMBER: _ClassVar[int]
+    invalidations: _containers.RepeatedCompositeFieldContainer[Invalidation]
+    complete: bool
+    partition_table: _common_pb2.PartitionTable
+    def __init__(self, invalidations: _Optional[_Iterable[_Union[Invalidation, _Mapping]]] = ..., complete: _Optional[bool] = ..., partition_table: _Optional[_Union[_common_pb2.PartitionTable, _Mapping]] = ...) -> None: ...
+
+class SyncRequest(_message.Message):
+    __slots__ = ("client_id", "last_tid", "table_version", "release_spare")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_TID_FIELD_NUMBER: _ClassVar[int]
+    TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_SPARE_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    last_tid: bytes
+    table_version: int
+    release_spare: bytes
+    def __init__(self, client_id: _Optional[str] = ..., last_tid: _Optional[bytes] = ..., table_version: _Optional[int] = ..., release_spare: _Optional[bytes] = ...) -> None: ...
+
+class SyncReply(_message.Message):
+    __slots__ = ("last_tid", "catch_up", "spare_ttid")
+    LAST_TID_FIELD_NUMBER: _ClassVar[int]
+    CATCH_UP_FIELD_NUMBER: _ClassVar[int]
+    SPARE_TTID_FIELD_NUMBER: _ClassVar[int]
+    last_tid: bytes
+    catch_up: CatchUp
+    spare_ttid: bytes
+    def __init__(self, last_tid: _Optional[bytes] = ..., catch_up: _Optional[_Union[CatchUp, _Mapping]] = ..., spare_ttid: _Optional[bytes] = ...) -> None: ...
 
 class AbortRequest(_message.Message):
     __slots__ = ("client_id", "ttid", "node_ids")
@@ -178,19 +216,27 @@ class Invalidation(_message.Message):
     oids: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, tid: _Optional[bytes] = ..., ttid: _Optional[bytes] = ..., oids: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
+class Invalidations(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Invalidation]
+    def __init__(self, items: _Optional[_Iterable[_Union[Invalidation, _Mapping]]] = ...) -> None: ...
+
 class ClientEvent(_message.Message):
-    __slots__ = ("start_tid", "invalidation", "partition_table", "reset_cache_at", "heartbeat")
+    __slots__ = ("start_tid", "invalidations", "partition_table", "reset_cache_at", "heartbeat", "stopping")
     START_TID_FIELD_NUMBER: _ClassVar[int]
-    INVALIDATION_FIELD_NUMBER: _ClassVar[int]
+    INVALIDATIONS_FIELD_NUMBER: _ClassVar[int]
     PARTITION_TABLE_FIELD_NUMBER: _ClassVar[int]
     RESET_CACHE_AT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    STOPPING_FIELD_NUMBER: _ClassVar[int]
     start_tid: bytes
-    invalidation: Invalidation
+    invalidations: Invalidations
     partition_table: _common_pb2.PartitionTable
     reset_cache_at: bytes
     heartbeat: bool
-    def __init__(self, start_tid: _Optional[bytes] = ..., invalidation: _Optional[_Union[Invalidation, _Mapping]] = ..., partition_table: _Optional[_Union[_common_pb2.PartitionTable, _Mapping]] = ..., reset_cache_at: _Optional[bytes] = ..., heartbeat: _Optional[bool] = ...) -> None: ...
+    stopping: bool
+    def __init__(self, start_tid: _Optional[bytes] = ..., invalidations: _Optional[_Union[Invalidations, _Mapping]] = ..., partition_table: _Optional[_Union[_common_pb2.PartitionTable, _Mapping]] = ..., reset_cache_at: _Optional[bytes] = ..., heartbeat: _Optional[bool] = ..., stopping: _Optional[bool] = ...) -> None: ...
 
 class RegisterStorageRequest(_message.Message):
     __slots__ = ("cluster_name", "node_id", "address", "label", "pending_ttids", "partition_last_tids")

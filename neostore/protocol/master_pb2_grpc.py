@@ -60,6 +60,11 @@ class MasterStub:
                 request_serializer=master__pb2.FinishRequest.SerializeToString,
                 response_deserializer=master__pb2.FinishReply.FromString,
                 _registered_method=True)
+        self.Sync = channel.unary_unary(
+                '/neostore.Master/Sync',
+                request_serializer=master__pb2.SyncRequest.SerializeToString,
+                response_deserializer=master__pb2.SyncReply.FromString,
+                _registered_method=True)
         self.Abort = channel.unary_unary(
                 '/neostore.Master/Abort',
                 request_serializer=master__pb2.AbortRequest.SerializeToString,
@@ -136,6 +141,15 @@ class MasterServicer:
     def Finish(self, request, context):
         """client -> master, serves tpc_finish: decide, apply on the storages,
         publish the invalidation, answer the final TID.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Sync(self, request, context):
+        """client -> master, serves IStorage.sync (ZODB calls it when a
+        transaction begins): every transaction committed since the client's
+        last TID, so that the new transaction sees them all.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -236,6 +250,11 @@ def add_MasterServicer_to_server(servicer, server):
                     servicer.Finish,
                     request_deserializer=master__pb2.FinishRequest.FromString,
                     response_serializer=master__pb2.FinishReply.SerializeToString,
+            ),
+            'Sync': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sync,
+                    request_deserializer=master__pb2.SyncRequest.FromString,
+                    response_serializer=master__pb2.SyncReply.SerializeToString,
             ),
             'Abort': grpc.unary_unary_rpc_method_handler(
                     servicer.Abort,
@@ -413,6 +432,33 @@ class Master:
             '/neostore.Master/Finish',
             master__pb2.FinishRequest.SerializeToString,
             master__pb2.FinishReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Sync(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neostore.Master/Sync',
+            master__pb2.SyncRequest.SerializeToString,
+            master__pb2.SyncReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,18 +22,17 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from . import common_pb2 as common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nraft.proto\x12\x08neostore\x1a\x0c\x63ommon.proto\" \n\x0cRaftMessages\x12\x10\n\x08messages\x18\x01 \x03(\x0c\x32\x37\n\x04Raft\x12/\n\x04Step\x12\x16.neostore.RaftMessages\x1a\x0f.neostore.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nraft.proto\x12\x08neostore\" \n\x0cRaftMessages\x12\x10\n\x08messages\x18\x01 \x03(\x0c\x32>\n\x04Raft\x12\x36\n\x04Step\x12\x16.neostore.RaftMessages\x1a\x16.neostore.RaftMessagesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'raft_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RAFTMESSAGES']._serialized_start=38
-  _globals['_RAFTMESSAGES']._serialized_end=70
-  _globals['_RAFT']._serialized_start=72
-  _globals['_RAFT']._serialized_end=127
+  _globals['_RAFTMESSAGES']._serialized_start=24
+  _globals['_RAFTMESSAGES']._serialized_end=56
+  _globals['_RAFT']._serialized_start=58
+  _globals['_RAFT']._serialized_end=120
 # @@protoc_insertion_point(module_scope)

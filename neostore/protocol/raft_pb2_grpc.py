@@ -3,7 +3,6 @@
 import grpc
 import warnings
 
-from . import common_pb2 as common__pb2
 from . import raft_pb2 as raft__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -38,7 +37,7 @@ class RaftStub:
         self.Step = channel.unary_unary(
                 '/neostore.Raft/Step',
                 request_serializer=raft__pb2.RaftMessages.SerializeToString,
-                response_deserializer=common__pb2.Empty.FromString,
+                response_deserializer=raft__pb2.RaftMessages.FromString,
                 _registered_method=True)
 
 
@@ -49,6 +48,10 @@ class RaftServicer:
         """master -> master: the Raft messages one Ready holds for this peer, in
         order (appends, votes, heartbeats and their answers).  Serves no ZODB
         call directly: it replicates the state every master call reads.
+        The answer holds the receiver's messages to the sender that handling
+        these produced (persisted first: appends answered, votes granted...),
+        so that a round trip between two masters is one rpc; messages that
+        come later go in a Step of their own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -60,7 +63,7 @@ def add_RaftServicer_to_server(servicer, server):
             'Step': grpc.unary_unary_rpc_method_handler(
                     servicer.Step,
                     request_deserializer=raft__pb2.RaftMessages.FromString,
-                    response_serializer=common__pb2.Empty.SerializeToString,
+                    response_serializer=raft__pb2.RaftMessages.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,7 +92,7 @@ class Raft:
             target,
             '/neostore.Raft/Step',
             raft__pb2.RaftMessages.SerializeToString,
-            common__pb2.Empty.FromString,
+            raft__pb2.RaftMessages.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,14 +76,16 @@ class ObjectStore(_message.Message):
     def __init__(self, oid: _Optional[bytes] = ..., serial: _Optional[bytes] = ..., record: _Optional[_Union[_common_pb2.DataRecord, _Mapping]] = ..., data_serial: _Optional[bytes] = ..., undone_creation: _Optional[bool] = ..., check_only: _Optional[bool] = ...) -> None: ...
 
 class StoreRequest(_message.Message):
-    __slots__ = ("ttid", "objects", "table_version")
+    __slots__ = ("ttid", "objects", "table_version", "voted_elsewhere")
     TTID_FIELD_NUMBER: _ClassVar[int]
     OBJECTS_FIELD_NUMBER: _ClassVar[int]
     TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VOTED_ELSEWHERE_FIELD_NUMBER: _ClassVar[int]
     ttid: bytes
     objects: _containers.RepeatedCompositeFieldContainer[ObjectStore]
     table_version: int
-    def __init__(self, ttid: _Optional[bytes] = ..., objects: _Optional[_Iterable[_Union[ObjectStore, _Mapping]]] = ..., table_version: _Optional[int] = ...) -> None: ...
+    voted_elsewhere: bool
+    def __init__(self, ttid: _Optional[bytes] = ..., objects: _Optional[_Iterable[_Union[ObjectStore, _Mapping]]] = ..., table_version: _Optional[int] = ..., voted_elsewhere: _Optional[bool] = ...) -> None: ...
 
 class Conflict(_message.Message):
     __slots__ = ("oid", "serial", "committed_serial", "read_conflict")
@@ -104,14 +106,20 @@ class StoreReply(_message.Message):
     def __init__(self, conflicts: _Optional[_Iterable[_Union[Conflict, _Mapping]]] = ...) -> None: ...
 
 class VoteRequest(_message.Message):
-    __slots__ = ("ttid", "transaction", "has_transaction")
+    __slots__ = ("ttid", "transaction", "has_transaction", "metadata_partition", "objects", "table_version")
     TTID_FIELD_NUMBER: _ClassVar[int]
     TRANSACTION_FIELD_NUMBER: _ClassVar[int]
     HAS_TRANSACTION_FIELD_NUMBER: _ClassVar[int]
+    METADATA_PARTITION_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     ttid: bytes
     transaction: _common_pb2.TransactionInfo
     has_transaction: bool
-    def __init__(self, ttid: _Optional[bytes] = ..., transaction: _Optional[_Union[_common_pb2.TransactionInfo, _Mapping]] = ..., has_transaction: _Optional[bool] = ...) -> None: ...
+    metadata_partition: int
+    objects: _containers.RepeatedCompositeFieldContainer[ObjectStore]
+    table_version: int
+    def __init__(self, ttid: _Optional[bytes] = ..., transaction: _Optional[_Union[_common_pb2.TransactionInfo, _Mapping]] = ..., has_transaction: _Optional[bool] = ..., metadata_partition: _Optional[int] = ..., objects: _Optional[_Iterable[_Union[ObjectStore, _Mapping]]] = ..., table_version: _Optional[int] = ...) -> None: ...
 
 class AbortTransactionRequest(_message.Message):
     __slots__ = ("ttid", "term")
@@ -122,14 +130,26 @@ class AbortTransactionRequest(_message.Message):
     def __init__(self, ttid: _Optional[bytes] = ..., term: _Optional[int] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
-    __slots__ = ("ttid", "tid", "term")
-    TTID_FIELD_NUMBER: _ClassVar[int]
-    TID_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("term", "decisions")
     TERM_FIELD_NUMBER: _ClassVar[int]
-    ttid: bytes
-    tid: bytes
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
     term: int
-    def __init__(self, ttid: _Optional[bytes] = ..., tid: _Optional[bytes] = ..., term: _Optional[int] = ...) -> None: ...
+    decisions: _containers.RepeatedCompositeFieldContainer[_common_pb2.Decision]
+    def __init__(self, term: _Optional[int] = ..., decisions: _Optional[_Iterable[_Union[_common_pb2.Decision, _Mapping]]] = ...) -> None: ...
+
+class CommitResult(_message.Message):
+    __slots__ = ("error", "message")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    error: str
+    message: str
+    def __init__(self, error: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class CommitReply(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[CommitResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[CommitResult, _Mapping]]] = ...) -> None: ...
 
 class HistoryRequest(_message.Message):
     __slots__ = ("oid", "size")
@@ -268,7 +288,11 @@ class StorageTruncateReply(_message.Message):
     def __init__(self, transactions: _Optional[int] = ..., revisions: _Optional[int] = ...) -> None: ...
 
 class VoteReply(_message.Message):
-    __slots__ = ("unchecked_partitions",)
+    __slots__ = ("conflicts", "not_stored", "unchecked_partitions")
+    CONFLICTS_FIELD_NUMBER: _ClassVar[int]
+    NOT_STORED_FIELD_NUMBER: _ClassVar[int]
     UNCHECKED_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    conflicts: _containers.RepeatedCompositeFieldContainer[Conflict]
+    not_stored: _containers.RepeatedScalarFieldContainer[bytes]
     unchecked_partitions: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, unchecked_partitions: _Optional[_Iterable[int]] = ...) -> None: ...
+    def __init__(self, conflicts: _Optional[_Iterable[_Union[Conflict, _Mapping]]] = ..., not_stored: _Optional[_Iterable[bytes]] = ..., unchecked_partitions: _Optional[_Iterable[int]] = ...) -> None: ...

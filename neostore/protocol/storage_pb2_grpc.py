@@ -63,7 +63,7 @@ class StorageStub:
         self.Commit = channel.unary_unary(
                 '/neostore.Storage/Commit',
                 request_serializer=storage__pb2.CommitRequest.SerializeToString,
-                response_deserializer=common__pb2.Empty.FromString,
+                response_deserializer=storage__pb2.CommitReply.FromString,
                 _registered_method=True)
         self.History = channel.unary_unary(
                 '/neostore.Storage/History',
@@ -129,8 +129,12 @@ class StorageServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Vote(self, request, context):
-        """client -> storage, serves tpc_vote: makes the TTID's data durable as
-        pending (fsync) and, on the cells of partition(ttid), its metadata.
+        """client -> storage, serves tpc_vote: stores the objects it carries (as
+        Store does, except that it never waits for a lock held by an older
+        transaction: a small transaction needs no Store at all), then, unless
+        one of them conflicts or was not stored, makes the TTID's data durable
+        as pending (fsync) and, on the cells of its metadata partition, its
+        metadata.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -145,8 +149,10 @@ class StorageServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Commit(self, request, context):
-        """master -> storage, after the decision: applies the TTID's pending data
-        under the final TID and releases its locks.  Idempotent.
+        """master -> storage, after the decisions: applies each TTID's pending
+        data under its final TID and releases its locks, in order, in one
+        fsynced write (the decisions of many transactions per call).
+        Idempotent; each decision gets its own result.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -239,7 +245,7 @@ def add_StorageServicer_to_server(servicer, server):
             'Commit': grpc.unary_unary_rpc_method_handler(
                     servicer.Commit,
                     request_deserializer=storage__pb2.CommitRequest.FromString,
-                    response_serializer=common__pb2.Empty.SerializeToString,
+                    response_serializer=storage__pb2.CommitReply.SerializeToString,
             ),
             'History': grpc.unary_unary_rpc_method_handler(
                     servicer.History,
@@ -438,7 +444,7 @@ class Storage:
             target,
             '/neostore.Storage/Commit',
             storage__pb2.CommitRequest.SerializeToString,
-            common__pb2.Empty.FromString,
+            storage__pb2.CommitReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,11 @@ class Config:
     """Pipelining window in bytes (0: unlimited)."""
     max_committed_bytes_per_ready: int = 0
     """At most about this many bytes of committed entries in one Ready (0: unlimited)."""
+    lazy_commit_broadcast: bool = False
+    """A leader does not send an append of its own just to tell followers a
+    new commit index: the next append or heartbeat carries it (etcd sends
+    one at once).  Followers then apply a little later, and a round of
+    commits costs one message per follower instead of two."""
     applied: int = 0
     """The last index the state machine already applied, when restarting with a
     state machine that survived; committed entries after it are delivered again."""

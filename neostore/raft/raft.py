@@ -564,8 +564,10 @@ class Raft:
             return False
         # Broadcast before dropping a removed voter's progress: the commit
         # index tells it that its removal committed (so it can stop).
-        self._bcast_append()
-        if len(self.progress) > len(self.voters | {self.id}):
+        removed = len(self.progress) > len(self.voters | {self.id})
+        if removed or not self.config.lazy_commit_broadcast:
+            self._bcast_append()
+        if removed:
             self._sync_progress_with_membership()  # drop the removed voters' progress
         if self.pending_reads and self.committed_in_current_term():
             pending, self.pending_reads = self.pending_reads, []

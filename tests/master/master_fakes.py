@@ -49,7 +49,7 @@ class FakeStorage(storage_pb2_grpc.StorageServicer):
         self.address = f"127.0.0.1:{port}"
         self.server.start()
 
-    def Commit(self, request: storage_pb2.CommitRequest, context: grpc.ServicerContext) -> common_pb2.Empty:
+    def Commit(self, request: storage_pb2.CommitRequest, context: grpc.ServicerContext) -> storage_pb2.CommitReply:
         with self.lock:
             self.commit_calls += 1
             failure, delay, gate = self.fail_with, self.commit_delay, self.commit_gate
@@ -60,8 +60,8 @@ class FakeStorage(storage_pb2_grpc.StorageServicer):
         if failure is not None:
             raise failure
         with self.lock:
-            self.commits.append((request.ttid, request.tid, request.term))
-        return common_pb2.Empty()
+            self.commits.extend((decision.ttid, decision.tid, request.term) for decision in request.decisions)
+        return storage_pb2.CommitReply(results=[storage_pb2.CommitResult() for _ in request.decisions])
 
     def Abort(self, request: storage_pb2.AbortTransactionRequest, context: grpc.ServicerContext) -> common_pb2.Empty:
         with self.lock:

@@ -206,9 +206,10 @@ def test_a_committed_transaction_is_applied_and_published_to_subscribers(
         ttid = running.begin()
         tid = running.finish_one_oid(ttid)
         event = next(events)
-        assert event.WhichOneof("event") == "invalidation"
-        assert (event.invalidation.tid, event.invalidation.ttid) == (tid, ttid)
-        assert list(event.invalidation.oids) == [p64(u64(ttid) % 4)]
+        assert event.WhichOneof("event") == "invalidations"
+        [invalidation] = event.invalidations.items
+        assert (invalidation.tid, invalidation.ttid) == (tid, ttid)
+        assert list(invalidation.oids) == [p64(u64(ttid) % 4)]
         assert all(storage.committed_tids() == [tid] for storage in storages)
         assert running.info().last_tid == tid
     finally:

@@ -261,7 +261,7 @@ def test_a_decision_marks_the_writable_cells_that_did_not_vote_out_of_date() -> 
     "change, message",
     [
         pytest.param(lambda d, s: dataclasses.replace(d, tid=s.last_tid), "not above the last tid", id="old-tid"),
-        pytest.param(lambda d, s: dataclasses.replace(d, tid=p64(u64(d.tid) + 1)), "same partition",
+        pytest.param(lambda d, s: dataclasses.replace(d, tid=p64(u64(d.tid) + 1)), "does not write",
                      id="other-partition"),
         pytest.param(lambda d, s: dataclasses.replace(d, out_of_date=()), "did not vote", id="readable-non-voter"),
         pytest.param(lambda d, s: dataclasses.replace(d, partitions=(9,)), "out of range", id="bad-partition"),

@@ -42,6 +42,7 @@ class Network:
         max_inflight_appends: int = 64,
         max_bytes_per_append: int = 1 << 20,
         bootstrap_voters: Iterable[int] | None = None,
+        lazy_commit_broadcast: bool = False,
     ) -> None:
         self.ids = sorted(ids)
         self.options = dict(
@@ -50,6 +51,7 @@ class Network:
             max_entries_per_append=max_entries_per_append,
             max_inflight_appends=max_inflight_appends,
             max_bytes_per_append=max_bytes_per_append,
+            lazy_commit_broadcast=lazy_commit_broadcast,
         )
         voters = ConfState(
             frozenset(bootstrap_voters if bootstrap_voters is not None else self.ids)

@@ -133,6 +133,9 @@ class Plan:
     """A node snapshots (and compacts) when it applied this many entries past its
     snapshot (0: only when a ``compact`` fault says so)."""
     faults: tuple[Fault, ...] = ()
+    lazy_commit_broadcast: bool = False
+    """Leaders tell a new commit index only with the next append or
+    heartbeat, as the masters do."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -174,6 +177,7 @@ def random_plan(seed: int, steps: int = 60) -> Plan:
         pre_vote=rng.random() < 0.8,
         check_quorum=rng.random() < 0.8,
         faults=tuple(sorted(faults)),
+        lazy_commit_broadcast=rng.random() < 0.5,
     )
 
 
@@ -288,6 +292,7 @@ class Simulation:
             max_inflight_appends=self.plan.max_inflight_appends,
             pre_vote=self.plan.pre_vote,
             check_quorum=self.plan.check_quorum,
+            lazy_commit_broadcast=self.plan.lazy_commit_broadcast,
             applied=snapshot.index,
         )
         node.raw = RawNode(config, node.store)

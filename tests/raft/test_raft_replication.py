@@ -73,6 +73,28 @@ def test_followers_learn_the_commit_index_and_apply() -> None:
     assert {network.nodes[i].commit_index for i in (1, 2, 3)} == {leader.last_index}
 
 
+def test_a_lazy_leader_tells_a_commit_with_the_next_append_or_heartbeat() -> None:
+    """lazy_commit_broadcast: committing sends no append of its own; the
+    next proposal's append carries the commit index, or the next heartbeat."""
+    network = Network([1, 2, 3], lazy_commit_broadcast=True)
+    leader = network.elect(1)
+    first = leader.propose(b"first")
+    start = len(network.delivered)
+    network.stabilize()
+    assert leader.commit_index == first
+    assert network.nodes[2].commit_index < first
+    appends = [m for m in network.delivered_since(start) if m.type is MessageType.APPEND]
+    assert sorted(m.target for m in appends) == [2, 3]  # the entry's, and nothing for its commit
+    second = leader.propose(b"second")
+    network.stabilize()
+    assert network.nodes[2].commit_index == first  # carried by the append of the second
+    assert leader.commit_index == second
+    network.tick(1)  # a heartbeat
+    network.stabilize()
+    assert {network.nodes[i].commit_index for i in (1, 2, 3)} == {second}
+    assert all(network.applied_data(i) == [b"first", b"second"] for i in (1, 2, 3))
+
+
 def test_leader_counts_its_own_log_only_once_persisted() -> None:
     """The leader is part of a majority only for what its driver made durable."""
     network = Network([1])

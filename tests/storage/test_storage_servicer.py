@@ -98,7 +98,16 @@ def commit(stub: storage_pb2_grpc.StorageStub, ttid: bytes, tid: bytes, *objects
         vote.transaction.CopyFrom(transaction)
         vote.has_transaction = True
     rpc.call(stub.Vote, vote, timeout=10)
-    rpc.call(stub.Commit, storage_pb2.CommitRequest(ttid=ttid, tid=tid, term=1), timeout=10)
+    commit_order(stub, ttid, tid, term=1)
+
+
+def commit_order(stub: storage_pb2_grpc.StorageStub, ttid: bytes, tid: bytes, term: int = 0) -> None:
+    """The master's order to apply ``ttid`` as ``tid``, alone in its Commit;
+    raises the error that refused it."""
+    request = storage_pb2.CommitRequest(term=term, decisions=[common_pb2.Decision(ttid=ttid, tid=tid)])
+    [result] = rpc.call(stub.Commit, request, timeout=10).results
+    if result.error:
+        raise errors.from_name(result.error, result.message)
 
 
 def load_before(stub: storage_pb2_grpc.StorageStub, oid: bytes, before: bytes = MAX_TID) -> storage_pb2.LoadReply:
@@ -194,7 +203,7 @@ def test_wound_wait_across_two_transactions(stub: storage_pb2_grpc.StorageStub) 
         waiting = pool.submit(store, stub, older, object_store(OID, ZERO_TID, b"old"))
         time.sleep(0.2)
         assert not waiting.done()
-        rpc.call(stub.Commit, storage_pb2.CommitRequest(ttid=younger, tid=p64(3100)))
+        commit_order(stub, younger, p64(3100))
         [conflict] = waiting.result(timeout=5)
     assert conflict.committed_serial == p64(3100)
 
@@ -234,7 +243,8 @@ def test_out_of_date_cell_takes_writes_but_serves_no_reads(stub: storage_pb2_grp
         pytest.param(lambda: storage_pb2.StoreRequest(ttid=b"x", objects=[]), "Store", id="short-ttid"),
         pytest.param(lambda: storage_pb2.StoreRequest(ttid=OLD, objects=[
             storage_pb2.ObjectStore(oid=OID, serial=b"")]), "Store", id="missing-serial"),
-        pytest.param(lambda: storage_pb2.CommitRequest(ttid=OLD, tid=b""), "Commit", id="missing-tid"),
+        pytest.param(lambda: storage_pb2.CommitRequest(decisions=[common_pb2.Decision(ttid=OLD, tid=b"")]),
+                     "Commit", id="missing-tid"),
         pytest.param(lambda: storage_pb2.ListTransactionsRequest(partitions=[7]), "ListTransactions",
                      id="partition-out-of-range"),
     ],
@@ -309,7 +319,7 @@ def test_checksum_mismatch_is_refused_as_corruption(stub: storage_pb2_grpc.Stora
 
 def test_commit_of_an_unknown_transaction(stub: storage_pb2_grpc.StorageStub) -> None:
     with pytest.raises(errors.UnknownTransaction):
-        rpc.call(stub.Commit, storage_pb2.CommitRequest(ttid=OLD, tid=p64(1100)))
+        commit_order(stub, OLD, p64(1100))
 
 
 def test_stale_master_term_is_refused(stub: storage_pb2_grpc.StorageStub) -> None:
@@ -317,8 +327,8 @@ def test_stale_master_term_is_refused(stub: storage_pb2_grpc.StorageStub) -> Non
     rpc.call(stub.Vote, storage_pb2.VoteRequest(ttid=OLD))
     rpc.call(stub.Abort, storage_pb2.AbortTransactionRequest(ttid=p64(999), term=7))
     with pytest.raises(errors.BadRequest, match="stale master term 6"):
-        rpc.call(stub.Commit, storage_pb2.CommitRequest(ttid=OLD, tid=p64(1100), term=6))
-    rpc.call(stub.Commit, storage_pb2.CommitRequest(ttid=OLD, tid=p64(1100), term=7))
+        commit_order(stub, OLD, p64(1100), term=6)
+    commit_order(stub, OLD, p64(1100), term=7)
 
 
 def test_wrong_cluster_name_is_refused_by_the_interceptor(node: StorageNode) -> None:
