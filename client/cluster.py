@@ -74,6 +74,7 @@ class ClusterConnection:
         self._preferred_master = 0
         self._storage_stubs: dict[str, storage_pb2_grpc.StorageStub] = {}
         self._table: PartitionTable | None = None
+        self._unfinished: set[bytes] = set()
         self._closed = threading.Event()
         self._stream_started = threading.Event()
         self._stream_error: Exception | None = None
@@ -257,8 +258,27 @@ class ClusterConnection:
                 self._storage_stubs[address] = stub
         return stub, f"storage node {node_id} at {address}"
 
+    def unfinished(self, ttid: bytes, finished: bool = False) -> None:
+        """Track this client's transactions whose Finish has not answered:
+        they cannot be in what it reads, so its reads tell the storage nodes
+        not to wait for them (a read there waits for what may be decided)."""
+        with self._lock:
+            if finished:
+                self._unfinished.discard(ttid)
+            else:
+                self._unfinished.add(ttid)
+
+    def name_unfinished(self, request: Any) -> Any:
+        """``request`` (a read) naming this client's unfinished transactions."""
+        with self._lock:
+            unfinished = sorted(self._unfinished)
+        del request.unfinished_ttids[:]
+        request.unfinished_ttids.extend(unfinished)
+        return request
+
     def read_call(self, partition: int, method: str, request: Any, timeout: float = RPC_TIMEOUT) -> Any:
         """Call a read rpc on a readable cell of ``partition``, failing over."""
+        self.name_unfinished(request)
         failures: list[str] = []
         for attempt in range(3):
             table = self.table

@@ -7,37 +7,32 @@ Transaction``/``undo`` (any number), ``tpc_vote``, then ``tpc_finish`` or
 1. :func:`begin` — a temporary id, the TTID: the spare one the master
    reserved in the answer to the sync ZODB made when the transaction
    began (:class:`SpareTtid`), else one from the master leader's Begin.
-2. :func:`store` — the data is packed (compressed, checksummed) and queued;
-   a large transaction sends its queued stores (:func:`send_stores`) to
-   every writable cell of each oid's partition, without waiting, whenever
-   4 MB have piled up.  Each storage node takes the oid's write lock for
-   the TTID and reports a conflict when the serial is not the last
-   committed one.
+2. :func:`store` — the data is packed (compressed, checksummed) and kept:
+   every write goes to the storage nodes at vote.
 3. :func:`vote` — picks the partition that keeps the transaction's
    metadata (one it writes anyway: the master gives the TID in it), then
-   runs rounds (:func:`_vote_round`) until every node involved voted: each
-   node that has not voted gets the writes it lacks *with* its vote, in
-   one ``Vote`` rpc (a small transaction needs no ``Store`` at all), and
-   the cells of the metadata partition the metadata.  A node answering
-   conflicts does not vote: they are resolved with ZODB's conflict
-   resolution and the next round sends the result.  The stores of a vote
-   never wait for a lock held by an older transaction (that could
-   deadlock, see ``storage_node/locks.py``): such a node does not vote
-   either, and if no node voted, a round of plain stores (which may wait)
-   comes first; if some node did, the transaction is given up with a
-   ConflictError, which ZODB retries.  A node holding an OUT_OF_DATE cell
-   among them (it checks no conflict, so it must not vote before the
-   others found none) gets plain stores, and its vote in the next round.
-   A node that voted takes nothing more: if the table changed meanwhile
-   (rebalancing), it does not count for the partitions whose writes it
-   lacks.  A node votes for a partition only if it took every write of
-   the transaction to that partition (its vote tells the master that its
-   cell holds the whole transaction: a cell that did not vote is marked
-   OUT_OF_DATE and catches up).  A node that fails is dropped as long as
-   every partition touched keeps one replica that voted.  Returns the
-   oids whose conflicts were resolved.
-4. :func:`finish` — the master decides, assigns the TID, has the storages
-   apply, publishes the invalidation, answers the TID with every commit
+   visits the nodes holding a writable cell of a partition written, *one
+   at a time, in increasing node id*: each takes the writes it lacks and
+   votes in one ``Vote`` rpc (a small transaction needs no ``Store``), the
+   cells of the metadata partition take the metadata too.  Each node takes
+   the oids' write locks for the TTID and reports a conflict when a serial
+   is not the last committed one: it does not vote then; the conflict is
+   resolved with ZODB's conflict resolution and the node is visited
+   again.  Taking locks in one global node order is what keeps two
+   transactions from each holding, voted, a lock the other waits for
+   (``storage_node/locks.py``).  When a cell that checks nothing
+   (OUT_OF_DATE) is among them, every node takes its stores first, in the
+   same order, and all vote after (in parallel): such a node must not vote
+   for a write a later conflict resolution replaces.  A node votes for a
+   partition only if it took every write of the transaction to that
+   partition (its vote tells the master that its cell holds the whole
+   transaction: a cell that did not vote — it failed, or became writable
+   behind the client — is marked OUT_OF_DATE and catches up).  A node that
+   fails is dropped as long as every partition touched keeps one replica
+   that voted.  Returns the oids whose conflicts were resolved.
+4. :func:`finish` — the master decides, assigns the TID, publishes the
+   invalidation and orders the storages to apply (they hold what they
+   voted, locked, meanwhile), answers the TID with every commit
    since the client's last one (and the partition table if newer): the
    client hands them to ZODB, then calls ZODB's callback (see
    ``neostore.client.invalidations``; without them, it waits for its
@@ -46,9 +41,8 @@ Transaction``/``undo`` (any number), ``tpc_vote``, then ``tpc_finish`` or
    the leader died or changed mid-finish), :func:`transaction_outcome` asks
    the masters what became of the TTID: committed, tpc_finish goes on as if
    the Finish had answered; aborted, it raises (nothing committed).
-5. :func:`abort` — waits for stores still in flight (or their locks would
-   outlive the abort), then asks the master to abort the TTID on the
-   storage nodes.
+5. :func:`abort` — asks the master to abort the TTID on the storage nodes
+   it reached.
 """
 
 from __future__ import annotations
@@ -75,8 +69,6 @@ log = logging.getLogger(__name__)
 
 #: How long a failed finish tries to have its votes dropped.
 RELEASE_RETRY_SECONDS = 5.0
-#: Queued stores are sent once they hold this many bytes.
-SEND_THRESHOLD_BYTES = 4 * 1024 * 1024
 #: At most this many bytes of objects in one Store request.
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 STORE_TIMEOUT = 120.0
@@ -86,6 +78,7 @@ FINISH_TIMEOUT = 120.0
 OUTCOME_TIMEOUT = 120.0
 #: A spare TTID (SpareTtid) is used only this long after it arrived.
 SPARE_LIFETIME = 1.0
+
 
 #: ZODB's conflict resolution: (oid, committed_serial, old_serial, new_data) -> data
 Resolver = Callable[[bytes, bytes, bytes, bytes], bytes]
@@ -100,7 +93,7 @@ class Phase(enum.Enum):
 
 @dataclasses.dataclass
 class ObjectWrite:
-    """One object write of a transaction, as last queued for its oid."""
+    """One object write of a transaction, as last stored for its oid."""
 
     oid: bytes
     serial: bytes
@@ -116,15 +109,6 @@ class ObjectWrite:
 
 
 @dataclasses.dataclass
-class _InFlight:
-    node_id: int
-    peer: str
-    partitions: frozenset[int]
-    writes: list[ObjectWrite]
-    future: Any
-
-
-@dataclasses.dataclass
 class TransactionContext:
     """Everything the client knows about one transaction in progress."""
 
@@ -132,9 +116,6 @@ class TransactionContext:
     meta: Any  # ZODB TransactionMetaData
     phase: Phase = Phase.BEGUN
     writes: dict[bytes, ObjectWrite] = dataclasses.field(default_factory=dict)
-    queued: list[bytes] = dataclasses.field(default_factory=list)
-    queued_bytes: int = 0
-    in_flight: list[_InFlight] = dataclasses.field(default_factory=list)
     # node id -> partitions it took stores for, without error
     stored_on: dict[int, set[int]] = dataclasses.field(default_factory=dict)
     # node id -> oid -> the write it took (without conflict): the very object
@@ -142,13 +123,11 @@ class TransactionContext:
     taken: dict[int, dict[bytes, ObjectWrite]] = dataclasses.field(default_factory=dict)
     failed: dict[int, str] = dataclasses.field(default_factory=dict)
     touched: set[int] = dataclasses.field(default_factory=set)  # partitions
-    conflicts: dict[bytes, storage_pb2.Conflict] = dataclasses.field(default_factory=dict)
     resolved: set[bytes] = dataclasses.field(default_factory=set)
     votes: dict[int, set[int]] = dataclasses.field(default_factory=dict)
     # node id -> partitions it voted without checking conflicts (its cell was
     # not readable when it took the stores): the master needs another check
     unchecked: dict[int, set[int]] = dataclasses.field(default_factory=dict)
-    fatal: Exception | None = None
     undone_oids: set[bytes] = dataclasses.field(default_factory=set)
     # The TID a restore commits under (IStorageRestoreable), else None.
     requested_tid: bytes | None = None
@@ -157,9 +136,9 @@ class TransactionContext:
     voted: set[int] = dataclasses.field(default_factory=set)  # nodes whose vote succeeded
     metadata_on: set[int] = dataclasses.field(default_factory=set)  # voted nodes that took the metadata
     contacted: set[int] = dataclasses.field(default_factory=set)  # every node sent a store or vote
-    # A vote's stores found a lock held by an older transaction and no node
-    # voted: the next round stores without voting (see _vote_round).
-    refused: bool = False
+    # Locks are taken node by node in increasing node id: nodes below this
+    # one were visited already (see vote).
+    position: int = 0
 
     @property
     def changed_oids(self) -> list[bytes]:
@@ -175,13 +154,12 @@ def begin(
 ) -> TransactionContext:
     """A TTID: the ``spare`` one if fresh, else one from the master's
     ``Begin``; ``tid``: commit under this TID (restore)."""
-    if tid is None and spare is not None and not cluster.stopping:
-        ttid = spare.take()
-        if ttid is not None:
-            return TransactionContext(ttid=ttid, meta=meta)
-    request = master_pb2.BeginRequest(client_id=client_id, tid=tid or b"")
-    reply = cluster.master_call("Begin", request)
-    return TransactionContext(ttid=reply.ttid, meta=meta, requested_tid=tid)
+    ttid = spare.take() if tid is None and spare is not None and not cluster.stopping else None
+    if ttid is None:
+        request = master_pb2.BeginRequest(client_id=client_id, tid=tid or b"")
+        ttid = cluster.master_call("Begin", request).ttid
+    cluster.unfinished(ttid)
+    return TransactionContext(ttid=ttid, meta=meta, requested_tid=tid)
 
 
 class SpareTtid:
@@ -222,50 +200,13 @@ class SpareTtid:
 
 
 def store(cluster: ClusterConnection, context: TransactionContext, write: ObjectWrite) -> None:
-    """Queue one write; send the queue when it is large enough."""
+    """Record one write: writes go to the storage nodes at vote."""
     if context.phase is not Phase.BEGUN:
         raise POSException.StorageTransactionError("store after vote")
     previous = context.writes.get(write.oid)
     if previous is not None and write.check_only and not previous.check_only:
         return  # already written in this transaction: the store checks it
     context.writes[write.oid] = write
-    context.queued.append(write.oid)
-    context.queued_bytes += write.size
-    if context.queued_bytes >= SEND_THRESHOLD_BYTES:
-        send_stores(cluster, context)
-
-
-def send_stores(cluster: ClusterConnection, context: TransactionContext) -> None:
-    """Send every queued write to every writable cell of its partition that
-    has not taken it yet."""
-    if not context.queued:
-        return
-    table = cluster.table
-    per_node: dict[int, list[ObjectWrite]] = {}
-    for oid in dict.fromkeys(context.queued):
-        write = context.writes[oid]
-        partition = table.partition_of(oid)
-        context.touched.add(partition)
-        nodes = [n for n in table.writable_nodes(partition) if n not in context.failed]
-        if not nodes:
-            raise ClusterUnavailableError(f"partition {partition} has no writable replica left")
-        for node_id in nodes:
-            if context.taken.get(node_id, {}).get(oid) is not write:
-                per_node.setdefault(node_id, []).append(write)
-    context.queued.clear()
-    context.queued_bytes = 0
-    for node_id, writes in per_node.items():
-        stub, peer = cluster.storage_stub(node_id, table)
-        for chunk in _chunks(writes):
-            request = storage_pb2.StoreRequest(
-                ttid=context.ttid, table_version=table.version,
-                objects=[_encode_write(w) for w in chunk],
-            )
-            partitions = frozenset(table.partition_of(w.oid) for w in chunk)
-            context.contacted.add(node_id)
-            context.in_flight.append(
-                _InFlight(node_id, peer, partitions, chunk, stub.Store.future(request, timeout=STORE_TIMEOUT))
-            )
 
 
 def _chunks(writes: list[ObjectWrite]) -> list[list[ObjectWrite]]:
@@ -302,61 +243,37 @@ def _drop_node(context: TransactionContext, node_id: int, reason: str) -> None:
     context.metadata_on.discard(node_id)
 
 
-def collect_stores(context: TransactionContext) -> None:
-    """Wait for every store in flight; record conflicts and failed nodes."""
-    in_flight, context.in_flight = context.in_flight, []
-    for item in in_flight:
-        try:
-            reply = rpc.result(item.future, peer=item.peer)
-        except (errors.LockDied, errors.LockTimeout) as error:
-            context.fatal = context.fatal or POSException.ConflictError(
-                f"transaction {context.ttid.hex()} must be retried: {error}")
-            continue
-        except (errors.Unavailable, errors.NotOwner) as error:
-            _drop_node(context, item.node_id, str(error))
-            continue
-        except errors.NeoError as error:
-            context.fatal = context.fatal or to_zodb_error(error)
-            continue
-        conflicted = {conflict.oid for conflict in reply.conflicts}
-        if item.node_id not in context.failed:
-            context.stored_on.setdefault(item.node_id, set()).update(item.partitions)
-            taken = context.taken.setdefault(item.node_id, {})
-            taken.update((w.oid, w) for w in item.writes if w.oid not in conflicted)
-        for conflict in reply.conflicts:
-            context.conflicts[conflict.oid] = conflict
-
-
 # -- 3. vote -------------------------------------------------------------------
 
 
 def vote(
     cluster: ClusterConnection, context: TransactionContext, resolve: Resolver
 ) -> list[bytes]:
-    """Send what every writable cell lacks with its vote; resolve conflicts
-    and vote again until every node involved voted (or was dropped)."""
+    """Have every writable cell of the partitions written take its writes
+    and vote, node by node in increasing node id (see the module
+    docstring); the oids whose conflicts were resolved."""
     if context.phase is not Phase.BEGUN:
         raise POSException.StorageTransactionError("tpc_vote called twice")
     table = cluster.table
     if context.metadata_partition is None:
         context.metadata_partition = _metadata_partition(context, table.num_partitions)
-    context.touched.add(context.metadata_partition)
+    meta = context.metadata_partition
+    context.touched.add(meta)
+    context.touched.update(table.partition_of(oid) for oid in context.writes)
+    stores_first = _some_cell_checks_nothing(context, table)
     while True:
-        collect_stores(context)  # stores sent before the vote (large transactions)
-        if context.fatal is not None:
-            raise context.fatal
-        if context.conflicts:
-            conflicts, context.conflicts = context.conflicts, {}
-            for oid, conflict in conflicts.items():
-                _resolve_conflict(cluster, context, resolve, oid, conflict)
-            context.queued.clear()  # the round below sends them to whoever lacks them
-            context.queued_bytes = 0
-            continue
-        if not _vote_round(cluster, context):
+        table = cluster.table
+        node_id, writes, with_meta = _next_node(context, table, stores_first)
+        if node_id is None:
             break
-    assert context.metadata_partition is not None
+        if stores_first:
+            _store_on(cluster, context, table, resolve, node_id, writes)
+        else:
+            _vote_on(cluster, context, table, resolve, node_id, writes, with_meta)
+    if stores_first:
+        _vote_everywhere(cluster, context)
     # Every node that took a store or the metadata voted, or was dropped.
-    context.votes = _whole_partitions(context, cluster.table, context.metadata_partition, context.metadata_on)
+    context.votes = _whole_partitions(context, cluster.table, meta, context.metadata_on)
     for node_id, partitions in context.votes.items():
         context.unchecked[node_id] = context.unchecked.get(node_id, set()) & partitions
     _check_every_partition_kept_a_replica(context, context.votes)
@@ -378,137 +295,197 @@ def _metadata_partition(context: TransactionContext, num_partitions: int) -> int
     return partition_of(context.ttid, num_partitions)
 
 
-def _vote_round(cluster: ClusterConnection, context: TransactionContext) -> bool:
-    """One round of requests to the nodes that have not voted; whether any
-    was sent (False: every node involved voted, or was dropped).
+def _some_cell_checks_nothing(context: TransactionContext, table: Any) -> bool:
+    """Whether a writable cell of a partition written is not readable
+    (OUT_OF_DATE: it takes writes without lock nor conflict check).  Such a
+    node must not vote before the readable ones found no conflict, or it
+    would vote for a write that a conflict resolution then replaces: every
+    node then takes its stores first, and votes after."""
+    partitions = {table.partition_of(oid) for oid in context.writes} | {context.metadata_partition}
+    return any(set(table.writable_nodes(p)) - set(table.readable_nodes(p)) for p in partitions)
 
-    Usually a *vote round*: each such node gets the writes it lacks with its
-    vote (the metadata too, on the metadata partition's cells).  Stores
-    that travel with a vote never wait for a lock held by an older
-    transaction (storage_node/locks.py tells why): such a node answers the
-    oids it did not store and does not vote.  Then, if no node voted yet,
-    the next round is a *store round* of plain stores, which may wait, and
-    the votes follow; if some node voted, waiting could deadlock: the
-    transaction is given up (ConflictError: ZODB retries it).  A store
-    round also comes first when a node lacks more than one message holds.
-    A node holding an OUT_OF_DATE cell among its writes (it checks no
-    conflict, so it must not vote before the others found none) gets plain
-    stores in a vote round, and its vote in the next.
+
+def _next_node(
+    context: TransactionContext, table: Any, stores_first: bool
+) -> tuple[int | None, list[ObjectWrite], bool]:
+    """The node to visit next: the lowest id, not below ``position``, that
+    lacks some write of a partition it holds a writable cell of (or, unless
+    ``stores_first``, has not voted); with the writes it lacks and whether
+    it takes the metadata.
+
+    A node below ``position`` that lacks a write (the table changed behind
+    the client, or a conflict resolution replaced a write it took) is not
+    visited again unless it holds that oid's lock already (storing
+    first): taking a lock out of node order could deadlock.  It then does
+    not count for that partition (the master marks its cell OUT_OF_DATE).
     """
-    table = cluster.table
     meta = context.metadata_partition
-    assert meta is not None
     lacking: dict[int, list[ObjectWrite]] = {}
-    unchecking: set[int] = set()  # nodes with a cell among their writes that checks no conflict
     for oid, write in context.writes.items():
-        partition = table.partition_of(oid)
-        context.touched.add(partition)
-        readable = table.readable_nodes(partition)
-        for node_id in table.writable_nodes(partition):
+        for node_id in table.writable_nodes(table.partition_of(oid)):
             if node_id in context.failed or node_id in context.voted:
-                continue  # a node that voted takes no more: it will not count for this partition
-            if context.taken.get(node_id, {}).get(oid) is not write:
-                lacking.setdefault(node_id, []).append(write)
-                if node_id not in readable:
-                    unchecking.add(node_id)
-    oversized = {n for n, writes in lacking.items() if sum(w.size for w in writes) > MAX_REQUEST_BYTES}
-    if lacking and not context.voted and (context.refused or oversized):
-        context.refused = False
-        for node_id, writes in lacking.items():
-            _send_store(cluster, context, table, node_id, writes, voted_elsewhere=False)
-        return True
+                continue
+            taken = context.taken.get(node_id, {})
+            if taken.get(oid) is write:
+                continue
+            if node_id < context.position and not (stores_first and oid in taken):
+                continue
+            lacking.setdefault(node_id, []).append(write)
     meta_nodes = [n for n in table.writable_nodes(meta) if n not in context.failed]
     if not meta_nodes:
         raise ClusterUnavailableError(f"partition {meta} has no writable replica left")
-    targets = set(lacking) | {n for n in meta_nodes if n not in context.voted}
-    targets |= {n for n in context.stored_on if n not in context.voted and n not in context.failed}
-    if not targets:
-        return False
-    info = common_pb2.TransactionInfo(
-        user=_as_bytes(context.meta.user), description=_as_bytes(context.meta.description),
-        extension=context.meta.extension_bytes, oids=context.changed_oids,
-    )
-    calls = []
-    for node_id in sorted(targets):
-        writes = lacking.get(node_id, [])
-        if node_id in unchecking or node_id in oversized:
-            _send_store(cluster, context, table, node_id, writes, voted_elsewhere=True)
-            continue
-        try:
-            stub, peer = cluster.storage_stub(node_id, table)
-        except errors.NotOwner as error:  # the node left the cluster since it took stores
-            _drop_node(context, node_id, str(error))
-            continue
-        with_meta = node_id in meta_nodes
-        request = storage_pb2.VoteRequest(
-            ttid=context.ttid, has_transaction=with_meta, metadata_partition=meta,
-            table_version=table.version, objects=[_encode_write(w) for w in writes])
-        if with_meta:
-            request.transaction.CopyFrom(info)
-        context.contacted.add(node_id)
-        calls.append((node_id, writes, with_meta, (stub.Vote, request, VOTE_TIMEOUT, peer)))
-    refused: list[str] = []
-    replies = rpc.call_all([call for *_, call in calls])
-    for (node_id, writes, with_meta, _), reply in zip(calls, replies):
-        if isinstance(reply, (errors.LockDied, errors.LockTimeout)):
-            context.fatal = context.fatal or POSException.ConflictError(
-                f"transaction {context.ttid.hex()} must be retried: {reply}")
-            continue
-        if isinstance(reply, (errors.Unavailable, errors.NotOwner)):
-            _drop_node(context, node_id, str(reply))
-            continue
-        if isinstance(reply, errors.NeoError):
-            context.fatal = context.fatal or to_zodb_error(reply)
-            continue
-        not_taken = {conflict.oid for conflict in reply.conflicts} | set(reply.not_stored)
-        taken = context.taken.setdefault(node_id, {})
-        taken.update((w.oid, w) for w in writes if w.oid not in not_taken)
-        context.stored_on.setdefault(node_id, set()).update(
-            table.partition_of(w.oid) for w in writes if w.oid not in not_taken)
-        for conflict in reply.conflicts:
-            context.conflicts[conflict.oid] = conflict
-        if reply.not_stored:
-            refused.append(f"storage node {node_id}: object {reply.not_stored[0].hex()}")
-        if reply.conflicts or reply.not_stored:
-            continue
-        context.voted.add(node_id)
-        if with_meta:
-            context.metadata_on.add(node_id)
-        context.unchecked[node_id] = set(reply.unchecked_partitions)
-    if context.fatal is not None:
-        raise context.fatal
-    if refused:
-        if context.voted:
-            raise POSException.ConflictError(
-                f"transaction {context.ttid.hex()} must be retried: an older transaction holds the lock of "
-                f"{', '.join(refused)}, and other nodes voted already (waiting could deadlock)")
-        context.refused = True
-    return True
+    candidates = set(lacking)
+    if not stores_first:
+        candidates |= {n for n in meta_nodes if n >= context.position and n not in context.voted}
+    if not candidates:
+        return None, [], False
+    node_id = min(candidates)
+    return node_id, lacking.get(node_id, []), node_id in meta_nodes
 
 
-def _send_store(cluster: ClusterConnection, context: TransactionContext, table: Any, node_id: int,
-                writes: list[ObjectWrite], voted_elsewhere: bool) -> None:
-    """Plain stores of ``writes`` to ``node_id``, in flight (collect_stores)."""
+def _store_on(cluster: ClusterConnection, context: TransactionContext, table: Any, resolve: Resolver,
+              node_id: int, writes: list[ObjectWrite]) -> None:
+    """Plain stores of ``writes`` on ``node_id`` (stores first, votes after)."""
     try:
         stub, peer = cluster.storage_stub(node_id, table)
     except errors.NotOwner as error:  # the node left the cluster since it took stores
         _drop_node(context, node_id, str(error))
         return
+    conflicts: list[storage_pb2.Conflict] = []
     for chunk in _chunks(writes):
         request = storage_pb2.StoreRequest(
-            ttid=context.ttid, table_version=table.version, objects=[_encode_write(w) for w in chunk],
-            voted_elsewhere=voted_elsewhere)
-        partitions = frozenset(table.partition_of(w.oid) for w in chunk)
+            ttid=context.ttid, table_version=table.version, objects=[_encode_write(w) for w in chunk])
         context.contacted.add(node_id)
-        context.in_flight.append(_InFlight(
-            node_id, peer, partitions, chunk, stub.Store.future(request, timeout=STORE_TIMEOUT)))
+        reply = _request(context, node_id, lambda: rpc.call(stub.Store, request, timeout=STORE_TIMEOUT, peer=peer))
+        if reply is None:
+            return
+        _took(context, table, node_id, chunk, reply.conflicts)
+        conflicts.extend(reply.conflicts)
+    for conflict in conflicts:
+        _resolve_conflict(context, resolve, conflict)
+    if not conflicts:
+        context.position = max(context.position, node_id + 1)
 
 
-def _resolve_conflict(
-    cluster: ClusterConnection, context: TransactionContext, resolve: Resolver,
-    oid: bytes, conflict: storage_pb2.Conflict,
-) -> None:
+def _vote_on(cluster: ClusterConnection, context: TransactionContext, table: Any, resolve: Resolver,
+             node_id: int, writes: list[ObjectWrite], with_meta: bool) -> None:
+    """``node_id`` takes ``writes`` and votes, in one Vote rpc (plain stores
+    first for what does not fit in one message); on a conflict it does not
+    vote: the conflict is resolved, and the node is visited again."""
+    try:
+        stub, peer = cluster.storage_stub(node_id, table)
+    except errors.NotOwner as error:  # the node left the cluster since it took stores
+        _drop_node(context, node_id, str(error))
+        return
+    context.contacted.add(node_id)
+    chunks = _chunks(writes)
+    conflicts: list[storage_pb2.Conflict] = []
+    for chunk in chunks[:-1]:
+        request = storage_pb2.StoreRequest(
+            ttid=context.ttid, table_version=table.version, objects=[_encode_write(w) for w in chunk])
+        stored = _request(context, node_id, lambda: rpc.call(stub.Store, request, timeout=STORE_TIMEOUT, peer=peer))
+        if stored is None:
+            return
+        _took(context, table, node_id, chunk, stored.conflicts)
+        conflicts.extend(stored.conflicts)
+    if conflicts:
+        for conflict in conflicts:
+            _resolve_conflict(context, resolve, conflict)
+        return
+    last = chunks[-1]
+    vote_request = storage_pb2.VoteRequest(
+        ttid=context.ttid, has_transaction=with_meta, metadata_partition=context.metadata_partition,
+        table_version=table.version, objects=[_encode_write(w) for w in last])
+    if with_meta:
+        vote_request.transaction.CopyFrom(_transaction_info(context))
+    reply = _request(context, node_id, lambda: rpc.call(stub.Vote, vote_request, timeout=VOTE_TIMEOUT, peer=peer))
+    if reply is None:
+        return
+    _took(context, table, node_id, last, reply.conflicts)
+    if reply.conflicts:
+        for conflict in reply.conflicts:
+            _resolve_conflict(context, resolve, conflict)
+        return
+    context.voted.add(node_id)
+    if with_meta:
+        context.metadata_on.add(node_id)
+    context.unchecked[node_id] = set(reply.unchecked_partitions)
+    context.position = max(context.position, node_id + 1)
+
+
+def _vote_everywhere(cluster: ClusterConnection, context: TransactionContext) -> None:
+    """Stores first: now every node that took them votes (in parallel: a
+    vote takes no lock), the metadata partition's cells with the metadata."""
+    table = cluster.table
+    meta = context.metadata_partition
+    meta_nodes = {n for n in table.writable_nodes(meta) if n not in context.failed}
+    targets = sorted((set(context.stored_on) | meta_nodes) - set(context.failed) - context.voted)
+    calls = []
+    for node_id in targets:
+        try:
+            stub, peer = cluster.storage_stub(node_id, table)
+        except errors.NotOwner as error:
+            _drop_node(context, node_id, str(error))
+            continue
+        with_meta = node_id in meta_nodes
+        request = storage_pb2.VoteRequest(
+            ttid=context.ttid, has_transaction=with_meta, metadata_partition=meta, table_version=table.version)
+        if with_meta:
+            request.transaction.CopyFrom(_transaction_info(context))
+        context.contacted.add(node_id)
+        calls.append((node_id, with_meta, (stub.Vote, request, VOTE_TIMEOUT, peer)))
+    for (node_id, with_meta, _), reply in zip(calls, rpc.call_all([call for *_, call in calls])):
+        if isinstance(reply, errors.NeoError):
+            _request(context, node_id, lambda reply=reply: _raise(reply))
+            continue
+        context.voted.add(node_id)
+        if with_meta:
+            context.metadata_on.add(node_id)
+        context.unchecked[node_id] = set(reply.unchecked_partitions)
+
+
+def _raise(error: Exception) -> Any:
+    raise error
+
+
+def _request(context: TransactionContext, node_id: int, call: Callable[[], Any]) -> Any:
+    """The reply of ``call``, or None when the node failed (it is dropped:
+    the others may still hold every partition); a lock lost to an older
+    transaction raises ConflictError (ZODB retries the transaction)."""
+    try:
+        return call()
+    except (errors.LockDied, errors.LockTimeout) as error:
+        raise POSException.ConflictError(f"transaction {context.ttid.hex()} must be retried: {error}") from None
+    except (errors.Unavailable, errors.NotOwner) as error:
+        _drop_node(context, node_id, str(error))
+        return None
+    except errors.NeoError as error:
+        raise to_zodb_error(error) from None
+
+
+def _took(context: TransactionContext, table: Any, node_id: int, writes: list[ObjectWrite],
+          conflicts: Any) -> None:
+    """``node_id`` took ``writes``, but for the ``conflicts``."""
+    conflicted = {conflict.oid for conflict in conflicts}
+    taken = [w for w in writes if w.oid not in conflicted]
+    context.taken.setdefault(node_id, {}).update((w.oid, w) for w in taken)
+    context.stored_on.setdefault(node_id, set()).update(table.partition_of(w.oid) for w in taken)
+
+
+def _transaction_info(context: TransactionContext) -> common_pb2.TransactionInfo:
+    return common_pb2.TransactionInfo(
+        user=_as_bytes(context.meta.user), description=_as_bytes(context.meta.description),
+        extension=context.meta.extension_bytes, oids=context.changed_oids,
+    )
+
+
+def _resolve_conflict(context: TransactionContext, resolve: Resolver, conflict: storage_pb2.Conflict) -> None:
+    """Replace the write of a conflicting oid with ZODB's resolution of it
+    (raises ConflictError or ReadConflictError if it cannot be resolved)."""
+    oid = conflict.oid
     write = context.writes[oid]
+    if write.serial == conflict.committed_serial and oid in context.resolved:
+        return  # resolved already (a conflict answered by two nodes)
     if conflict.read_conflict or write.check_only:
         raise POSException.ReadConflictError(
             oid=oid, serials=(conflict.committed_serial, write.serial))
@@ -518,10 +495,7 @@ def _resolve_conflict(
             message="an undone object was changed by a later transaction")
     # Raises ConflictError (with oid and serials) when it cannot resolve.
     data = resolve(oid, conflict.committed_serial, write.serial, write.data)
-    resolved = ObjectWrite(oid, conflict.committed_serial, data, Record.pack(data))
-    context.writes[oid] = resolved
-    context.queued.append(oid)
-    context.queued_bytes += resolved.size
+    context.writes[oid] = ObjectWrite(oid, conflict.committed_serial, data, Record.pack(data))
     context.resolved.add(oid)
 
 
@@ -622,6 +596,8 @@ def finish(
         dispatcher.forget_own(context.ttid)
         _release_votes(cluster, client_id, context)
         raise to_zodb_error(error) from None
+    finally:
+        cluster.unfinished(context.ttid, finished=True)
     dispatcher.finish_own(context.ttid, tid, callback, since_last)
     context.phase = Phase.FINISHED
     return tid
@@ -663,14 +639,14 @@ def abort(cluster: ClusterConnection, client_id: str, context: TransactionContex
           retry_seconds: float = MASTER_RETRY_SECONDS) -> None:
     if context.phase in (Phase.FINISHED, Phase.ABORTED):
         return
-    for item in context.in_flight:
-        try:
-            item.future.result()
-        except Exception:  # noqa: BLE001 - only waiting for it to end
-            pass
+    try:
+        _abort(cluster, client_id, context, retry_seconds)
+    finally:
+        cluster.unfinished(context.ttid, finished=True)
+
+
+def _abort(cluster: ClusterConnection, client_id: str, context: TransactionContext, retry_seconds: float) -> None:
     nodes = context.contacted | set(context.stored_on) | set(context.votes) | set(context.failed)
-    nodes |= {item.node_id for item in context.in_flight}
-    context.in_flight.clear()
     context.phase = Phase.ABORTED
     cluster.master_call("Abort", master_pb2.AbortRequest(
         client_id=client_id, ttid=context.ttid, node_ids=sorted(nodes)), retry_seconds=retry_seconds)

@@ -51,8 +51,8 @@ def _paged(
 ) -> Iterator[common_pb2.TransactionInfo]:
     while low <= high:
         stub, peer = cluster.storage_stub(node_id)
-        request = storage_pb2.ListTransactionsRequest(
-            partitions=partitions, min_tid=low, max_tid=high, limit=PAGE_SIZE, descending=descending)
+        request = cluster.name_unfinished(storage_pb2.ListTransactionsRequest(
+            partitions=partitions, min_tid=low, max_tid=high, limit=PAGE_SIZE, descending=descending))
         reply = rpc.call(stub.ListTransactions, request, timeout=60, peer=peer)
         yield from reply.transactions
         if len(reply.transactions) < PAGE_SIZE:

@@ -33,13 +33,17 @@ One transaction goes through these steps (each a method below):
    retrying an unreachable node until ``commit_deadline``.  A participant that fails is dropped
    (:meth:`_participant_failed`): marked DOWN when unreachable, its cells
    of the transaction's partitions OUT_OF_DATE, out of the participants —
-   unless it holds the last readable cell of one of them, in which case the
-   transaction waits for that node to come back (:meth:`redrive_node`).
-5. :meth:`_publish_ready` — a transaction is published once every
-   remaining participant applied it and every smaller decided TID is
-   published (strict TID order); then the client's Finish returns its TID
-   and the participants that applied it are recorded with
-   :class:`MarkApplied`, lazily batched into the decider's next submit.
+   unless it holds the last readable cell of one of them, in which case it
+   stays a participant and gets the order again when it comes back
+   (:meth:`redrive_node`).
+5. :meth:`_publish_decided` — a transaction is published as soon as it is
+   decided (in TID order), and the client's Finish returns its TID, before
+   the participants applied it: they hold what they voted, locked, until
+   their Commit order arrives, and a read that may concern it waits for
+   that (``TransactionManager.settle`` on the storage nodes).  Once every
+   remaining participant applied it (:meth:`_forget_applied`), those that
+   did are recorded with :class:`MarkApplied`, lazily batched into the
+   decider's next submit.
 
 :meth:`abort` sends ``Abort(ttid, term)`` to the nodes the client stored
 on and forgets the TTID; :meth:`client_disconnected` does the same for
@@ -163,6 +167,7 @@ class _Applying:
         self.finish = finish
         self.remaining = set(decision.participants)  # not applied, not dropped
         self.applied: set[int] = set()
+        self.published = False
         self.trying: set[int] = set()  # nodes with a Commit loop running
         self.redrive: set[int] = set()  # nodes that came back while their loop was running
 
@@ -284,6 +289,7 @@ class CommitCoordinator:
         with self._condition:
             for decision in state.pending_decisions:
                 self._applying[decision.tid] = _Applying(decision, None)
+            self._publish_decided()
         if state.pending_decisions:
             log.info("re-driving %d decided transactions", len(state.pending_decisions))
         for applying in list(self._applying.values()):
@@ -299,11 +305,11 @@ class CommitCoordinator:
             self._decider.join()
         with self._condition:
             for applying in self._applying.values():
-                if applying.finish is not None:
+                if applying.finish is not None and not applying.published:
                     decision = applying.decision
                     applying.finish.fail(errors.Unavailable(
                         f"the master stopped before transaction {tid_repr(decision.ttid)}, "
-                        f"committed as {tid_repr(decision.tid)}, was applied everywhere"
+                        f"committed as {tid_repr(decision.tid)}, was published"
                     ))
         for applying, node_id in self._orders.close():
             with self._condition:
@@ -624,6 +630,8 @@ class CommitCoordinator:
                 finish.transaction.phase = Phase.DECIDED
             self._applying[decision.tid] = applying
         self._dispatch(applying, decision.participants)
+        with self._condition:
+            self._publish_decided()
 
     def _dispatch(self, applying: _Applying, node_ids: Iterable[int]) -> None:
         with self._condition:
@@ -663,7 +671,7 @@ class CommitCoordinator:
             applying.redrive.discard(node_id)
             applying.remaining.discard(node_id)
             applying.applied.add(node_id)
-            self._publish_ready()
+            self._forget_applied()
 
     def _participant_failed(
         self, applying: _Applying, node_id: int, error: errors.NeoError, unreachable: bool
@@ -687,11 +695,11 @@ class CommitCoordinator:
         with self._condition:
             if isinstance(dropped, tuple) and node_id in dropped:
                 applying.remaining.discard(node_id)
-                self._publish_ready()
+                self._forget_applied()
             elif not isinstance(dropped, errors.NeoError) and node_id in applying.remaining:
                 log.warning(
                     "storage node %d holds the last readable cell of a partition of %s: "
-                    "the transaction is published once that node applies it", node_id, tid_repr(tid),
+                    "it gets the order again when it comes back", node_id, tid_repr(tid),
                 )
         self._loop_ended(applying, node_id)
 
@@ -707,23 +715,40 @@ class CommitCoordinator:
 
     # -- step 5: publish ------------------------------------------------------------
 
-    def _publish_ready(self) -> None:
-        """Publish, in TID order, every decision applied everywhere
-        (called with the condition held)."""
+    def _publish_decided(self) -> None:
+        """Publish every decided transaction not published yet, in TID order,
+        and answer its Finish (called with the condition held, as decisions
+        are made: every earlier TID is published already).
+
+        A decision is published once durable, before the participants
+        applied it: they hold what they voted, locked, until their Commit
+        order arrives, and a read that may concern it waits for it there
+        (``TransactionManager.settle`` on the storage nodes).
+        """
+        for tid, applying in self._applying.items():
+            if applying.published:
+                continue
+            applying.published = True
+            decision = applying.decision
+            self._publisher.publish(tid, decision.ttid, decision.oids)
+            if applying.finish is not None:
+                self._transactions.pop(decision.ttid, None)
+                applying.finish.succeed(tid)
+                self._condition.notify_all()  # outcome() may be waiting
+        self._forget_applied()
+
+    def _forget_applied(self) -> None:
+        """Forget, in TID order, every published decision that every
+        remaining participant applied, and have :class:`MarkApplied`
+        record who applied it (called with the condition held)."""
         while self._applying:
             tid, first = next(iter(self._applying.items()))
-            if first.remaining:
+            if first.remaining or not first.published:
                 return
             del self._applying[tid]
-            decision = first.decision
-            self._publisher.publish(tid, decision.ttid, decision.oids)
             if first.applied:
                 self._applied_marks.setdefault(tid, set()).update(first.applied)
                 self._condition.notify_all()
-            if first.finish is not None:
-                self._transactions.pop(decision.ttid, None)
-                first.finish.succeed(tid)
-                self._condition.notify_all()  # outcome() may be waiting
 
     # -- outcome of a finish the client lost track of ----------------------------------
 

@@ -10,12 +10,7 @@ increasing clock), adapted to two-phase commit:
 
 * the lock is free, or already held by the requester → granted;
 * the holder is *older* than the requester → the requester *waits*
-  (up to a timeout: :class:`~neostore.errors.LockTimeout`) — unless the
-  requester may have voted on another node (see below): then it does not
-  wait, and :meth:`LockManager.acquire` raises :class:`LockBusy` (the
-  stores carried by a vote: that node does not vote, the client falls back
-  to plain stores) or :class:`~neostore.errors.LockDied` (a store of a
-  transaction that voted elsewhere: it must abort and be retried);
+  (up to a timeout: :class:`~neostore.errors.LockTimeout`);
 * the holder is *younger* than the requester:
 
   - if the holder is still *storing* (it has not started to vote on this
@@ -28,19 +23,24 @@ increasing clock), adapted to two-phase commit:
     (its vote may already count towards a commit decision), so the
     requester waits for it to commit or abort.
 
-Why no deadlock.  An older transaction waits for a younger one only when
-the younger one is voting or has voted on that node (a younger holder that
-is still storing is wounded); a younger transaction waits for an older one
-only through a plain store sent while it has voted nowhere and has no vote
-in flight (the client sends stores that may wait in rounds without votes,
-before any vote; every store it sends once a vote may have happened asks
-not to wait for older transactions, and so do the stores carried by a
-vote).  On a cycle of the waits-for graph, take the youngest transaction:
-it waits for an older one, so it has voted nowhere; and an older one waits
-for it, so it is voting or has voted on that node — a contradiction.  So
-there is no cycle.  A transaction that keeps being wounded or refused is
-retried with a new TTID, but the oldest transaction in the system is never
-wounded and never refused, so it always makes progress.
+Why no deadlock.  A transaction's votes may come before all its locks
+are taken (a client sends a node its stores and its vote in one request),
+and a voting or voted transaction cannot be wounded, so wound-wait alone
+is not enough: two transactions could each hold, voted on one node, a lock
+the other waits for on another.  What rules it out is the order clients
+take locks in (``neostore.client.commit``): one node at a time, in
+increasing node id, never going back to an earlier node for a lock it does
+not hold.  Call a transaction's *position* the node it is taking locks on
+now (past its last node once done).  A transaction waits only at its
+position, for a holder that is either taking locks at that same node or
+has taken its locks there and moved on (voted there): the holder's
+position is the same or later.  Along a cycle of the waits-for graph
+positions never decrease, so they are all equal, and every transaction on
+it is still taking locks at one node — where none is voting yet, and
+wound-wait breaks the cycle (an older requester wounds a younger holder
+that is storing; a younger one waits for an older).  A transaction that
+keeps being wounded is retried with a new TTID, but the oldest transaction
+in the system is never wounded, so it always makes progress.
 
 Which holders can be wounded is the transaction manager's business: it
 gives the lock manager a ``wound(victim, by, oid)`` function (see
@@ -101,16 +101,6 @@ def wound_message(victim: bytes, by: bytes, oid: bytes) -> str:
     )
 
 
-class LockBusy(Exception):
-    """The lock is held by an older transaction, and the requester asked
-    not to wait for older ones (``acquire(..., wait_for_older=False)``)."""
-
-    def __init__(self, oid: bytes, holder: bytes) -> None:
-        super().__init__(f"object {oid_repr(oid)} is locked by older transaction {tid_repr(holder)}")
-        self.oid = oid
-        self.holder = holder
-
-
 class LockManager:
     """The write locks of one storage node.
 
@@ -146,6 +136,10 @@ class LockManager:
     def timeout(self) -> float:
         return self._timeout
 
+    @property
+    def suspect_after(self) -> float:
+        return self._suspect_after
+
     def set_wound(self, wound: Wound | None) -> None:
         """Give (or replace) the function deciding whether a holder can be wounded."""
         with self._mutex:
@@ -156,12 +150,10 @@ class LockManager:
         with self._mutex:
             self._suspect = suspect
 
-    def acquire(self, oid: bytes, ttid: bytes, timeout: float | None = None, wait_for_older: bool = True) -> bool:
+    def acquire(self, oid: bytes, ttid: bytes, timeout: float | None = None) -> bool:
         """Take ``oid``'s lock for ``ttid``, waiting or wounding by wound-wait.
 
         Returns True if newly taken, False if ``ttid`` already held it.
-        With ``wait_for_older`` False, a lock held by an older transaction
-        raises :class:`LockBusy` at once instead of being waited for.
 
         Raises :class:`~neostore.errors.LockDied` when ``ttid`` was wounded
         (before or while waiting), :class:`~neostore.errors.LockTimeout` when
@@ -198,8 +190,6 @@ class LockManager:
                     else:
                         spared = (owner, epoch)
                     continue
-                if ttid > owner and not wait_for_older:
-                    raise LockBusy(oid, owner)
                 now = time.monotonic()
                 remaining = deadline - now
                 if remaining <= 0:

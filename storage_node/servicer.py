@@ -63,19 +63,22 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         before_tid = _identifier(request.before_tid, "before_tid")
         partition = self._ownership.partition_of(oid)
         return _load_reply(self._read(
-            [partition], lambda: self._database.load_before(partition, oid, before_tid), request.table_version))
+            [partition], lambda: self._database.load_before(partition, oid, before_tid), request.table_version, oid,
+            request.unfinished_ttids))
 
     def LoadSerial(self, request: storage_pb2.LoadSerialRequest, context: Any) -> storage_pb2.LoadReply:
         oid = _identifier(request.oid, "oid")
         serial = _identifier(request.serial, "serial")
         partition = self._ownership.partition_of(oid)
         return _load_reply(self._read(
-            [partition], lambda: self._database.load_serial(partition, oid, serial), request.table_version))
+            [partition], lambda: self._database.load_serial(partition, oid, serial), request.table_version, oid,
+            request.unfinished_ttids))
 
     def History(self, request: storage_pb2.HistoryRequest, context: Any) -> storage_pb2.HistoryReply:
         oid = _identifier(request.oid, "oid")
         partition = self._ownership.partition_of(oid)
-        revisions = self._read([partition], lambda: self._database.history(partition, oid, request.size))
+        revisions = self._read([partition], lambda: self._database.history(partition, oid, request.size), oid=oid,
+                               unfinished=request.unfinished_ttids)
         return storage_pb2.HistoryReply(
             revisions=[storage_pb2.Revision(tid=r.tid, size=r.size) for r in revisions]
         )
@@ -87,7 +90,7 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         min_tid = _optional_identifier(request.min_tid, "min_tid")
         max_tid = _optional_identifier(request.max_tid, "max_tid")
         records = self._read(partitions, lambda: self._database.list_transactions(
-            partitions, min_tid, max_tid, request.limit, request.descending))
+            partitions, min_tid, max_tid, request.limit, request.descending), unfinished=request.unfinished_ttids)
         return storage_pb2.ListTransactionsReply(transactions=[
             common_pb2.TransactionInfo(
                 tid=record.tid,
@@ -102,13 +105,20 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
 
     def GetStats(self, request: storage_pb2.StatsRequest, context: Any) -> storage_pb2.StatsReply:
         partitions = self._readable_partitions(request.partitions)
-        stats = self._read(partitions, lambda: self._database.stats(partitions))
+        stats = self._read(partitions, lambda: self._database.stats(partitions), unfinished=request.unfinished_ttids)
         return storage_pb2.StatsReply(
             object_count=stats.object_count, size=stats.size, last_tid=stats.last_tid or b""
         )
 
-    def _read(self, partitions: Sequence[int], read: Callable[[], _T], routed_version: int = 0) -> _T:
+    def _read(self, partitions: Sequence[int], read: Callable[[], _T], routed_version: int = 0,
+              oid: bytes | None = None, unfinished: Sequence[bytes] = ()) -> _T:
         """``read()`` of readable cells, checked before and after.
+
+        First, the read waits for the transactions voted here that may be
+        decided already (on ``oid``'s lock, or any for a read of more than
+        one object: see :meth:`TransactionManager.settle`): the masters
+        publish a transaction before their Commit orders arrive.  The
+        reading client's ``unfinished`` transactions are not waited for.
 
         A node deletes the data of a partition once its table no longer
         lists its cell there (rebalancing moved it away), and tables only
@@ -119,6 +129,7 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         """
         for partition in partitions:
             self._ownership.readable(partition, routed_version)
+        self._manager.settle(oid, ignore=unfinished)
         result = read()
         for partition in partitions:
             self._ownership.readable(partition, routed_version)
@@ -135,7 +146,7 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         ttid = _identifier(request.ttid, "ttid")
         # Decode and check everything before taking any lock.
         writes = self._object_writes(ttid, request.objects, request.table_version)
-        conflicts = self._manager.store(ttid, writes, wait_for_older=not request.voted_elsewhere)
+        conflicts = self._manager.store(ttid, writes)
         return storage_pb2.StoreReply(conflicts=[_conflict(c) for c in conflicts])
 
     def _object_writes(self, ttid: bytes, objects: Sequence[storage_pb2.ObjectStore],
@@ -188,9 +199,9 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
             )
         writes = self._object_writes(ttid, request.objects, request.table_version)
         if writes:
-            conflicts, not_stored = self._manager.store_for_vote(ttid, writes)
-            if conflicts or not_stored:
-                return storage_pb2.VoteReply(conflicts=[_conflict(c) for c in conflicts], not_stored=not_stored)
+            conflicts = self._manager.store(ttid, writes)
+            if conflicts:
+                return storage_pb2.VoteReply(conflicts=[_conflict(c) for c in conflicts])
         unchecked = self._manager.vote(ttid, metadata)
         return storage_pb2.VoteReply(unchecked_partitions=unchecked)
 

@@ -15,15 +15,21 @@
    lock or conflict check, as NEO does: their copy may lag, so their view
    of "last committed" would report false conflicts, and the readable
    replicas already order the writers.
-2. **vote** (``Vote``, ``tpc_vote``): the buffered objects, and the
-   transaction's metadata on the cells of ``partition(ttid)``, become
-   *pending* in one fsynced LMDB write before the answer.  A vote with
-   unresolved conflicts is refused.
+2. **vote** (``Vote``, ``tpc_vote``; a small transaction's stores travel in
+   the same rpc and are taken first, as in step 1): the buffered objects,
+   and the transaction's metadata on the cells of its metadata partition,
+   become *pending* in one fsynced LMDB write before the answer.  A vote
+   with unresolved conflicts is refused.  Clients visit nodes in
+   increasing node id, which keeps these early votes free of deadlocks
+   (:mod:`~neostore.storage_node.locks`).
 3. **commit** (``Commit``, from the master once the decision is in its Raft
-   log): pending → committed under the final TID in one fsynced write, then
+   log; many transactions per rpc): pending → committed under the final
+   TID, many transactions in one fsynced write (:meth:`commit_many`), then
    the locks are released.  Idempotent: a repeated commit (a new leader
    re-driving its decisions, even after this node restarted) is recognised
-   through ``applied`` and answers without change.
+   through ``applied`` and answers without change.  The masters publish a
+   decision before this order arrives, so a read that may concern a voted
+   transaction waits for its commit or abort first (:meth:`settle`).
 4. **abort** (``Abort``, client or master): drop buffer and pending, release
    the locks.  Idempotent; aborting a committed TTID changes nothing.
 
@@ -42,13 +48,14 @@ import collections
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 
 from neostore import errors
 from neostore.ids import ZERO_TID, oid_repr, tid_repr
 from neostore.storage_node.database import Database, PendingMetadata
 from neostore.storage_node.layout import StoredObject
-from neostore.storage_node.locks import LockBusy, LockManager, wound_message
+from neostore.storage_node.locks import LockManager, wound_message
 from neostore.storage_node.transactions import Phase, TransactionBuffer
 
 log = logging.getLogger(__name__)
@@ -97,6 +104,8 @@ class TransactionManager:
         self._locks = locks
         self._finished_memory = finished_memory
         self._mutex = threading.Lock()
+        #: Notified (with ``_mutex``) whenever a transaction ends here.
+        self._ended = threading.Condition(self._mutex)
         self._buffers: dict[bytes, TransactionBuffer] = {}
         #: ttid -> final TID (committed) or None (aborted), oldest first.
         self._finished: collections.OrderedDict[bytes, bytes | None] = collections.OrderedDict()
@@ -160,49 +169,23 @@ class TransactionManager:
 
     # -- store ---------------------------------------------------------------
 
-    def store(self, ttid: bytes, writes: Sequence[ObjectWrite], wait_for_older: bool = True) -> list[Conflict]:
-        """Lock, check and buffer ``writes`` in order; the conflicts found.
-
-        ``wait_for_older`` False (the transaction may have voted on another
-        node, see :mod:`~neostore.storage_node.locks`): a lock held by an
-        older transaction raises LockDied instead of being waited for.
-        """
+    def store(self, ttid: bytes, writes: Sequence[ObjectWrite]) -> list[Conflict]:
+        """Lock, check and buffer ``writes`` in order; the conflicts found."""
         conflicts = []
         for write in writes:
-            try:
-                conflict = self._store_one(ttid, write, wait_for_older)
-            except LockBusy as busy:
-                raise errors.LockDied(
-                    f"transaction {tid_repr(ttid)} may have voted on another node, so it must not wait for "
-                    f"the older transaction {tid_repr(busy.holder)} holding object {oid_repr(busy.oid)}: "
-                    "abort and retry") from None
+            conflict = self._store_one(ttid, write)
             if conflict is not None:
                 conflicts.append(conflict)
         return conflicts
 
-    def store_for_vote(self, ttid: bytes, writes: Sequence[ObjectWrite]) -> tuple[list[Conflict], list[bytes]]:
-        """The stores carried by a vote: :meth:`store`, except that a lock
-        held by an older transaction stops them without waiting (this node
-        must not vote then).  The conflicts found, and the oids not stored
-        (the one whose lock is busy and those after it)."""
-        conflicts = []
-        for index, write in enumerate(writes):
-            try:
-                conflict = self._store_one(ttid, write, wait_for_older=False)
-            except LockBusy:
-                return conflicts, [w.oid for w in writes[index:]]
-            if conflict is not None:
-                conflicts.append(conflict)
-        return conflicts, []
-
-    def _store_one(self, ttid: bytes, write: ObjectWrite, wait_for_older: bool = True) -> Conflict | None:
+    def _store_one(self, ttid: bytes, write: ObjectWrite) -> Conflict | None:
         with self._mutex:
             self._storing_buffer(ttid)
         newly_locked = False
         if write.locking:
             # LockDied if wounded (before or while waiting): the buffer is
             # already DIED and the locks released, by the wound.
-            newly_locked = self._locks.acquire(write.oid, ttid, wait_for_older=wait_for_older)
+            newly_locked = self._locks.acquire(write.oid, ttid)
         committed = None
         if write.locking:
             # Stable while we hold the lock: a commit of this oid releases
@@ -344,6 +327,65 @@ class TransactionManager:
                 buffer.has_pending = bool(objects) or metadata is not None
                 return tuple(sorted(buffer.unchecked))
 
+    # -- reads wait for what may be decided ------------------------------------
+
+    def settle(self, oid: bytes | None = None, timeout: float | None = None, ignore: Collection[bytes] = ()) -> None:
+        """Before a read: wait until no transaction that voted here — on
+        ``oid``'s lock, or any at all when ``oid`` is None — is still
+        undecided here.
+
+        The masters publish a transaction (clients may read it) as soon as
+        its decision is durable, before their Commit orders reach the
+        participants; a participant holds what it voted, locked, until
+        then.  So a read that could concern such a transaction waits for
+        it to be applied (or aborted) here — except the reading client's
+        own transactions whose Finish has not answered (``ignore``): they
+        cannot be in what it reads.  A transaction left voted for
+        ``SUSPECT_AFTER`` seconds is checked with the master leader (its
+        order may have been lost); past ``timeout`` (the lock timeout by
+        default) the read fails with LockTimeout: the client reads
+        elsewhere or again.
+        """
+        deadline = time.monotonic() + (self._locks.timeout if timeout is None else timeout)
+        with self._mutex:
+            waiting = self._undecided(oid) - set(ignore)
+            if not waiting:
+                return
+            checked = time.monotonic()
+            while True:
+                waiting = {ttid for ttid in waiting if self._is_voted(ttid)}
+                if not waiting:
+                    return
+                now = time.monotonic()
+                if now >= deadline:
+                    raise errors.LockTimeout(
+                        f"transaction(s) {', '.join(tid_repr(t) for t in sorted(waiting))} voted on this node "
+                        "are still undecided: the read cannot tell whether they committed")
+                if now - checked >= self._locks.suspect_after:
+                    checked = now
+                    self._mutex.release()
+                    try:
+                        for ttid in sorted(waiting):
+                            try:
+                                self._suspect(ttid)
+                            except Exception:  # noqa: BLE001 - a failed check is no verdict: wait on
+                                log.debug("check of voted transaction %s failed", tid_repr(ttid), exc_info=True)
+                    finally:
+                        self._mutex.acquire()
+                    continue
+                self._ended.wait(min(deadline, checked + self._locks.suspect_after) - now)
+
+    def _undecided(self, oid: bytes | None) -> set[bytes]:
+        """The voted transactions a read of ``oid`` (or of anything) must wait for (mutex held)."""
+        if oid is None:
+            return {ttid for ttid, buffer in self._buffers.items() if buffer.phase is Phase.VOTED}
+        holder = self._locks.owner(oid)
+        return {holder} if holder is not None and self._is_voted(holder) else set()
+
+    def _is_voted(self, ttid: bytes) -> bool:
+        buffer = self._buffers.get(ttid)
+        return buffer is not None and buffer.phase is Phase.VOTED
+
     # -- commit and abort ------------------------------------------------------
 
     def commit(self, ttid: bytes, tid: bytes, term: int = 0) -> bool:
@@ -475,6 +517,7 @@ class TransactionManager:
 
     def _remember(self, ttid: bytes, tid: bytes | None) -> None:
         """Record how ``ttid`` ended (mutex held); never forget a commit for an abort."""
+        self._ended.notify_all()
         if tid is None and self._finished.get(ttid) is not None:
             return
         self._finished[ttid] = tid

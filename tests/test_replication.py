@@ -24,7 +24,6 @@ from ZODB.tests.MinPO import MinPO
 from ZODB.tests.StorageTestBase import zodb_pickle
 
 from neostore import rpc
-from neostore.client import commit as client_commit
 from neostore.ids import MAX_TID, ZERO_TID
 from neostore.partition_table import CellState, NodeState
 from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc
@@ -236,15 +235,14 @@ def test_check_marks_the_replica_that_differs_from_the_majority(tmp_path: pathli
 
 
 def test_a_cell_that_becomes_writable_between_stores_and_vote_gets_the_whole_transaction(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: pathlib.Path,
 ) -> None:
     """Found by the rebalancing test under load: a transaction stored its
     objects while partition 0 had one cell; before its vote a second cell
     became UP_TO_DATE.  The client gave the new cell the metadata only and
     counted its vote for the partition, so the master kept it UP_TO_DATE
-    without the objects (a stale read, replicas that differ).  Now the vote
-    first sends the new cell the writes it lacks."""
-    monkeypatch.setattr(client_commit, "SEND_THRESHOLD_BYTES", 0)  # every store leaves at once
+    without the objects (a stale read, replicas that differ).  Now every
+    write goes out at vote, to the cells the table names then."""
     with ThreadCluster(str(tmp_path), num_storages=2, num_partitions=1, num_replicas=1) as cluster:
         db = ZODB.DB(cluster.client())
         with db.transaction() as conn:
@@ -263,10 +261,10 @@ def test_a_cell_that_becomes_writable_between_stores_and_vote_gets_the_whole_tra
         wait_until(lambda: storage._cluster.table.version >= version, what="the client to see it")
         storage.tpc_vote(meta)
         tid = storage.tpc_finish(meta)
+        wait_until(lambda: not cluster.master.state.pending_decisions, what="applied")
         for node in cluster.storages:
             result = node.database.load_before(0, oid, MAX_TID)
             assert result.serial == tid, f"storage node {node.node_id} lacks the object (first: {first})"
-        wait_until(lambda: not cluster.master.state.pending_decisions, what="applied")
         assert all(p.consistent for p in stub.Check(master_pb2.CheckRequest(), timeout=60).partitions)
         db.close()
 

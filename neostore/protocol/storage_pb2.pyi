@@ -18,24 +18,28 @@ TRANSACTIONS: RangeKind
 OBJECTS: RangeKind
 
 class LoadBeforeRequest(_message.Message):
-    __slots__ = ("oid", "before_tid", "table_version")
+    __slots__ = ("oid", "before_tid", "table_version", "unfinished_ttids")
     OID_FIELD_NUMBER: _ClassVar[int]
     BEFORE_TID_FIELD_NUMBER: _ClassVar[int]
     TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNFINISHED_TTIDS_FIELD_NUMBER: _ClassVar[int]
     oid: bytes
     before_tid: bytes
     table_version: int
-    def __init__(self, oid: _Optional[bytes] = ..., before_tid: _Optional[bytes] = ..., table_version: _Optional[int] = ...) -> None: ...
+    unfinished_ttids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, oid: _Optional[bytes] = ..., before_tid: _Optional[bytes] = ..., table_version: _Optional[int] = ..., unfinished_ttids: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class LoadSerialRequest(_message.Message):
-    __slots__ = ("oid", "serial", "table_version")
+    __slots__ = ("oid", "serial", "table_version", "unfinished_ttids")
     OID_FIELD_NUMBER: _ClassVar[int]
     SERIAL_FIELD_NUMBER: _ClassVar[int]
     TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNFINISHED_TTIDS_FIELD_NUMBER: _ClassVar[int]
     oid: bytes
     serial: bytes
     table_version: int
-    def __init__(self, oid: _Optional[bytes] = ..., serial: _Optional[bytes] = ..., table_version: _Optional[int] = ...) -> None: ...
+    unfinished_ttids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, oid: _Optional[bytes] = ..., serial: _Optional[bytes] = ..., table_version: _Optional[int] = ..., unfinished_ttids: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class LoadReply(_message.Message):
     __slots__ = ("status", "record", "serial", "next_serial", "data_serial")
@@ -76,16 +80,14 @@ class ObjectStore(_message.Message):
     def __init__(self, oid: _Optional[bytes] = ..., serial: _Optional[bytes] = ..., record: _Optional[_Union[_common_pb2.DataRecord, _Mapping]] = ..., data_serial: _Optional[bytes] = ..., undone_creation: _Optional[bool] = ..., check_only: _Optional[bool] = ...) -> None: ...
 
 class StoreRequest(_message.Message):
-    __slots__ = ("ttid", "objects", "table_version", "voted_elsewhere")
+    __slots__ = ("ttid", "objects", "table_version")
     TTID_FIELD_NUMBER: _ClassVar[int]
     OBJECTS_FIELD_NUMBER: _ClassVar[int]
     TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
-    VOTED_ELSEWHERE_FIELD_NUMBER: _ClassVar[int]
     ttid: bytes
     objects: _containers.RepeatedCompositeFieldContainer[ObjectStore]
     table_version: int
-    voted_elsewhere: bool
-    def __init__(self, ttid: _Optional[bytes] = ..., objects: _Optional[_Iterable[_Union[ObjectStore, _Mapping]]] = ..., table_version: _Optional[int] = ..., voted_elsewhere: _Optional[bool] = ...) -> None: ...
+    def __init__(self, ttid: _Optional[bytes] = ..., objects: _Optional[_Iterable[_Union[ObjectStore, _Mapping]]] = ..., table_version: _Optional[int] = ...) -> None: ...
 
 class Conflict(_message.Message):
     __slots__ = ("oid", "serial", "committed_serial", "read_conflict")
@@ -152,12 +154,14 @@ class CommitReply(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[CommitResult, _Mapping]]] = ...) -> None: ...
 
 class HistoryRequest(_message.Message):
-    __slots__ = ("oid", "size")
+    __slots__ = ("oid", "size", "unfinished_ttids")
     OID_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
+    UNFINISHED_TTIDS_FIELD_NUMBER: _ClassVar[int]
     oid: bytes
     size: int
-    def __init__(self, oid: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...
+    unfinished_ttids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, oid: _Optional[bytes] = ..., size: _Optional[int] = ..., unfinished_ttids: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class Revision(_message.Message):
     __slots__ = ("tid", "size")
@@ -174,18 +178,20 @@ class HistoryReply(_message.Message):
     def __init__(self, revisions: _Optional[_Iterable[_Union[Revision, _Mapping]]] = ...) -> None: ...
 
 class ListTransactionsRequest(_message.Message):
-    __slots__ = ("partitions", "min_tid", "max_tid", "limit", "descending")
+    __slots__ = ("partitions", "min_tid", "max_tid", "limit", "descending", "unfinished_ttids")
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     MIN_TID_FIELD_NUMBER: _ClassVar[int]
     MAX_TID_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     DESCENDING_FIELD_NUMBER: _ClassVar[int]
+    UNFINISHED_TTIDS_FIELD_NUMBER: _ClassVar[int]
     partitions: _containers.RepeatedScalarFieldContainer[int]
     min_tid: bytes
     max_tid: bytes
     limit: int
     descending: bool
-    def __init__(self, partitions: _Optional[_Iterable[int]] = ..., min_tid: _Optional[bytes] = ..., max_tid: _Optional[bytes] = ..., limit: _Optional[int] = ..., descending: _Optional[bool] = ...) -> None: ...
+    unfinished_ttids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, partitions: _Optional[_Iterable[int]] = ..., min_tid: _Optional[bytes] = ..., max_tid: _Optional[bytes] = ..., limit: _Optional[int] = ..., descending: _Optional[bool] = ..., unfinished_ttids: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ListTransactionsReply(_message.Message):
     __slots__ = ("transactions",)
@@ -194,10 +200,12 @@ class ListTransactionsReply(_message.Message):
     def __init__(self, transactions: _Optional[_Iterable[_Union[_common_pb2.TransactionInfo, _Mapping]]] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
-    __slots__ = ("partitions",)
+    __slots__ = ("partitions", "unfinished_ttids")
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    UNFINISHED_TTIDS_FIELD_NUMBER: _ClassVar[int]
     partitions: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, partitions: _Optional[_Iterable[int]] = ...) -> None: ...
+    unfinished_ttids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, partitions: _Optional[_Iterable[int]] = ..., unfinished_ttids: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class StatsReply(_message.Message):
     __slots__ = ("object_count", "size", "last_tid")
@@ -288,11 +296,9 @@ class StorageTruncateReply(_message.Message):
     def __init__(self, transactions: _Optional[int] = ..., revisions: _Optional[int] = ...) -> None: ...
 
 class VoteReply(_message.Message):
-    __slots__ = ("conflicts", "not_stored", "unchecked_partitions")
+    __slots__ = ("conflicts", "unchecked_partitions")
     CONFLICTS_FIELD_NUMBER: _ClassVar[int]
-    NOT_STORED_FIELD_NUMBER: _ClassVar[int]
     UNCHECKED_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     conflicts: _containers.RepeatedCompositeFieldContainer[Conflict]
-    not_stored: _containers.RepeatedScalarFieldContainer[bytes]
     unchecked_partitions: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, conflicts: _Optional[_Iterable[_Union[Conflict, _Mapping]]] = ..., not_stored: _Optional[_Iterable[bytes]] = ..., unchecked_partitions: _Optional[_Iterable[int]] = ...) -> None: ...
+    def __init__(self, conflicts: _Optional[_Iterable[_Union[Conflict, _Mapping]]] = ..., unchecked_partitions: _Optional[_Iterable[int]] = ...) -> None: ...

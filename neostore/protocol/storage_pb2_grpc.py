@@ -130,11 +130,11 @@ class StorageServicer:
 
     def Vote(self, request, context):
         """client -> storage, serves tpc_vote: stores the objects it carries (as
-        Store does, except that it never waits for a lock held by an older
-        transaction: a small transaction needs no Store at all), then, unless
-        one of them conflicts or was not stored, makes the TTID's data durable
-        as pending (fsync) and, on the cells of its metadata partition, its
-        metadata.
+        Store does: a small transaction needs no Store at all), then, unless
+        one of them conflicts, makes the TTID's data durable as pending (fsync)
+        and, on the cells of its metadata partition, its metadata.  Clients
+        take locks node by node in increasing node id (storage_node/locks.py
+        says why that keeps early votes free of deadlocks).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -26,6 +26,7 @@ from neostore.master_node.state import (
     NodeVote,
     RegisterNode,
     SetNodeState,
+    decode_command,
     plan_decision,
 )
 from neostore.master_node.storage_links import StorageLinks
@@ -52,6 +53,21 @@ class SlowLog(MemoryCommandLog):
 
     def decision_entries(self) -> list[bytes]:
         return [entry for entry in self.entries if entry.startswith(b'{"command":"CommitDecisions"')]
+
+
+class GatedLog(MemoryCommandLog):
+    """A memory log whose writes of commit decisions wait for ``gate``."""
+
+    def __init__(self, gate: threading.Event) -> None:
+        super().__init__()
+        self.gate = gate
+        self.waiting = threading.Event()
+
+    def _persist(self, entries: list[bytes], state: ClusterState) -> None:
+        if any(entry.startswith(b'{"command":"CommitDecisions"') for entry in entries):
+            self.waiting.set()
+            self.gate.wait(30)
+        super()._persist(entries, state)
 
 
 class Harness:
@@ -123,9 +139,11 @@ def test_finish_commits_on_every_voter_and_returns_the_published_tid(harness: Ha
     tid = harness.commit(ttid=ttid)
     assert tid > ttid
     assert u64(tid) % 4 == u64(ttid) % 4
-    for storage in harness.storages:
-        assert storage.commits == [(ttid, tid, harness.log.term)]
+    # Published once decided; the Commit orders follow.
     assert harness.publisher.last_tid == tid
+    for storage in harness.storages:
+        wait_until(lambda storage=storage: storage.commits == [(ttid, tid, harness.log.term)],
+                   what="the commit order on every voter")
     assert harness.published() == [tid]
     assert harness.coordinator.phase_of(ttid) is None
     wait_until(lambda: harness.state.pending_decisions == (), what="MarkApplied")
@@ -164,7 +182,7 @@ def test_a_writable_cell_that_did_not_vote_is_marked_out_of_date(harness: Harnes
     assert harness.state.table.cell_state(partition, 2) == CellState.OUT_OF_DATE
     assert harness.state.table.cell_state(partition, 1) == CellState.UP_TO_DATE
     assert harness.state.table.version == version + 1
-    assert harness.storages[0].committed_tids() == [tid]
+    wait_until(lambda: harness.storages[0].committed_tids() == [tid], what="the voter's commit order")
     assert harness.storages[1].committed_tids() == []
     # The node that did not vote may hold the transaction's stores and their
     # locks, which no Commit will release: it is ordered to drop them.
@@ -175,7 +193,7 @@ def test_a_writable_cell_that_did_not_vote_is_marked_out_of_date(harness: Harnes
 def test_a_node_that_is_down_gets_no_drop_order_for_each_decision(harness: Harness) -> None:
     submit_one(harness.log, SetNodeState(2, NodeState.DOWN))  # its cells: OUT_OF_DATE, still writable
     tids = [harness.commit(nodes=[1]) for _ in range(3)]
-    assert harness.storages[0].committed_tids() == tids
+    wait_until(lambda: harness.storages[0].committed_tids() == tids, what="the voter's commit orders")
     time.sleep(0.2)
     assert harness.storages[1].aborted_ttids() == []  # it drops undecided TTIDs when it registers again
 
@@ -208,12 +226,12 @@ def test_the_vote_of_a_node_that_registered_again_since_begin_does_not_count(har
         registered(2)  # node 2 restarted: it drops its undecided pending data
     tid = harness.commit(ttid=ttid)
     assert harness.state.table.cell_state(partition, 2) == CellState.OUT_OF_DATE
+    wait_until(lambda: harness.storages[0].committed_tids() == [tid], what="node 1's commit order")
     assert harness.storages[1].committed_tids() == []
-    assert harness.storages[0].committed_tids() == [tid]
     later = harness.coordinator.begin("client")
     assert harness.votes_for([u64(later) % 4], [1, 2])[1].node_id == 2
     harness.commit(ttid=later)  # begun after the registration: node 2's vote counts again
-    assert len(harness.storages[1].committed_tids()) == 1
+    wait_until(lambda: len(harness.storages[1].committed_tids()) == 1, what="node 2's commit order")
 
 
 def test_an_unreachable_participant_is_marked_down_and_dropped(harness: Harness) -> None:
@@ -221,11 +239,10 @@ def test_an_unreachable_participant_is_marked_down_and_dropped(harness: Harness)
     ttid = harness.coordinator.begin("client")
     partition = u64(ttid) % 4
     tid = harness.commit(ttid=ttid)
-    state = harness.state
-    assert state.table.node(2).state == NodeState.DOWN
-    assert state.table.cell_state(partition, 2) == CellState.OUT_OF_DATE
+    assert harness.published() == [tid]  # once decided: the orders follow
+    wait_until(lambda: harness.state.table.node(2).state == NodeState.DOWN, what="node 2 marked down")
+    assert harness.state.table.cell_state(partition, 2) == CellState.OUT_OF_DATE
     assert harness.storages[1].commit_calls > 1, "an unreachable node is retried"
-    assert harness.published() == [tid]
     wait_until(lambda: harness.state.pending_decisions == (), what="MarkApplied")
 
 
@@ -234,30 +251,32 @@ def test_a_participant_refusing_the_commit_is_dropped_but_not_marked_down(harnes
     ttid = harness.coordinator.begin("client")
     partition = u64(ttid) % 4
     tid = harness.commit(ttid=ttid)
-    state = harness.state
-    assert state.table.node(2).state == NodeState.RUNNING
-    assert state.table.cell_state(partition, 2) == CellState.OUT_OF_DATE
-    assert harness.storages[1].commit_calls == 1
     assert harness.published() == [tid]
+    wait_until(lambda: harness.state.table.cell_state(partition, 2) == CellState.OUT_OF_DATE,
+               what="node 2's cell marked OUT_OF_DATE")
+    assert harness.state.table.node(2).state == NodeState.RUNNING
+    assert harness.storages[1].commit_calls == 1
 
 
-def test_the_holder_of_the_last_readable_cell_delays_publication_until_it_returns(harness: Harness) -> None:
+def test_the_holder_of_the_last_readable_cell_stays_a_participant_until_it_returns(harness: Harness) -> None:
+    """Published once decided, as always; node 1, which holds the only
+    readable cell, keeps what it voted locked (reads there wait) and stays
+    a participant until it applies the decision, once back."""
     submit_one(harness.log, SetNodeState(2, NodeState.DOWN))
     submit_one(harness.log, RegisterNode(2, harness.storages[1].address))  # back, cells OUT_OF_DATE
     harness.storages[0].fail_with = errors.Unavailable("network cut")
     ttid = harness.coordinator.begin("client")
-    finishing = in_background(harness.commit, "client", None, ttid)
+    tid = harness.commit(ttid=ttid)
+    assert harness.published() == [tid]
     wait_until(lambda: harness.state.table.node(1).state == NodeState.DOWN, what="node 1 marked down")
-    time.sleep(0.1)
-    assert not finishing.done()
-    assert harness.published() == []
     assert harness.state.pending_decisions[0].participants == (1, 2), "node 1 was not dropped"
+    assert harness.storages[0].committed_tids() == []
     harness.storages[0].fail_with = None
     submit_one(harness.log, RegisterNode(1, harness.storages[0].address))
     harness.coordinator.redrive_node(1)
-    tid = finishing.result(timeout=5)
-    assert harness.published() == [tid]
-    assert harness.storages[0].committed_tids() == [tid]
+    wait_until(lambda: harness.storages[0].committed_tids() == [tid], what="node 1 applied it once back")
+    wait_until(lambda: all(d.tid != tid or 1 not in d.participants for d in harness.state.pending_decisions),
+               what="MarkApplied of node 1")
 
 
 def test_a_node_back_while_its_commit_loop_gives_up_gets_the_commit_again(harness: Harness) -> None:
@@ -276,11 +295,11 @@ def test_a_node_back_while_its_commit_loop_gives_up_gets_the_commit_again(harnes
 
     coordinator._participant_failed = back_just_then  # type: ignore[method-assign]  # noqa: SLF001
     tid = harness.commit()
-    assert harness.storages[0].committed_tids() == [tid]
     assert harness.published() == [tid]
+    wait_until(lambda: harness.storages[0].committed_tids() == [tid], what="the commit order sent again")
 
 
-def test_publication_keeps_tid_order_when_a_later_transaction_applies_first(storages: list[FakeStorage]) -> None:
+def test_publication_follows_tid_order_without_waiting_for_the_participants(storages: list[FakeStorage]) -> None:
     harness = Harness(storages, num_partitions=2, num_replicas=1)  # partition p on node p + 1
     harness.coordinator.start()
     try:
@@ -289,16 +308,15 @@ def test_publication_keeps_tid_order_when_a_later_transaction_applies_first(stor
         while u64(second) % 2 == u64(first) % 2:
             second = harness.coordinator.begin("b")
         gate = storages[u64(first) % 2].commit_gate = threading.Event()
-        slow = in_background(harness.commit, "a", None, first)
-        wait_until(lambda: harness.coordinator.decided_unpublished(), what="first decided")
-        fast = in_background(harness.commit, "b", None, second)
-        wait_until(lambda: len(storages[u64(second) % 2].commits) == 1, what="second applied")
-        time.sleep(0.1)
-        assert not fast.done(), "a later TID waits for the earlier one to be published"
-        gate.set()
-        first_tid, second_tid = slow.result(timeout=5), fast.result(timeout=5)
+        first_tid = harness.commit("a", None, first)  # its participant has not applied it
+        second_tid = harness.commit("b", None, second)
         assert first_tid < second_tid
         assert harness.published() == [first_tid, second_tid]
+        wait_until(lambda: len(storages[u64(second) % 2].commits) == 1, what="second applied")
+        assert storages[u64(first) % 2].commits == []
+        assert [d.tid for d in harness.state.pending_decisions][:1] == [first_tid], "first still to apply"
+        gate.set()
+        wait_until(lambda: harness.state.pending_decisions == (), what="both applied and forgotten")
     finally:
         harness.close()
 
@@ -429,18 +447,16 @@ def test_begin_before_the_cluster_runs_is_unavailable(storages: list[FakeStorage
         harness.close()
 
 
-def test_stop_fails_finishes_that_wait_for_a_participant(storages: list[FakeStorage]) -> None:
+def test_stop_while_participants_are_unreachable_keeps_the_decision_to_re_drive(storages: list[FakeStorage]) -> None:
     harness = Harness(storages, num_partitions=2, num_replicas=1,
                       config=dataclasses.replace(FAST, commit_deadline=30.0))
     harness.coordinator.start()
     for storage in storages:
         storage.fail_with = errors.Unavailable("unreachable")
     ttid = harness.coordinator.begin("client")
-    finishing = in_background(harness.commit, "client", None, ttid)
-    wait_until(lambda: harness.coordinator.decided_unpublished(), what="decided")
-    harness.close()
-    with pytest.raises(errors.Unavailable, match="committed as"):
-        finishing.result(timeout=5)
+    tid = harness.commit("client", None, ttid)  # published once decided
+    assert harness.published() == [tid]
+    harness.close()  # does not wait for the unreachable participant
     assert harness.state.pending_decisions, "the decision stays in the state, to be re-driven"
 
 
@@ -467,17 +483,25 @@ def test_an_unknown_ttid_is_aborted(harness: Harness) -> None:
     assert harness.coordinator.outcome("client", p64(12345)) is None
 
 
-def test_the_outcome_of_a_finish_in_progress_waits_for_it(harness: Harness) -> None:
+def test_the_outcome_of_a_finish_in_progress_waits_for_it(storages: list[FakeStorage]) -> None:
     gate = threading.Event()
-    for storage in harness.storages:
-        storage.commit_gate = gate
-    ttid = harness.coordinator.begin("client")
-    finishing = in_background(lambda: harness.commit(ttid=ttid))
-    wait_until(lambda: harness.coordinator.phase_of(ttid) is not Phase.BEGUN, what="finish started")
-    # Decided but not applied (the participants are held): the decision is
-    # final, so the outcome is its TID already.
-    asking = in_background(harness.coordinator.outcome, "client", ttid)
-    tid = asking.result(5)
-    assert not finishing.done()
-    gate.set()
-    assert finishing.result(5) == tid
+    command_log = GatedLog(gate)
+    for command in running_log([s.address for s in storages]).entries:
+        command_log.submit([decode_command(command)])
+    harness = Harness(storages, command_log=command_log)
+    harness.coordinator.start()
+    try:
+        ttid = harness.coordinator.begin("client")
+        finishing = in_background(lambda: harness.commit(ttid=ttid))
+        wait_until(lambda: command_log.waiting.is_set(), what="the decision being written")
+        # Not decided yet: the outcome waits for the finish.
+        asking = in_background(harness.coordinator.outcome, "client", ttid)
+        time.sleep(0.1)
+        assert not asking.done() and not finishing.done()
+        gate.set()
+        tid = finishing.result(5)
+        assert asking.result(5) == tid
+    finally:
+        harness.close()
+
+

@@ -236,20 +236,21 @@ def test_a_returning_node_is_told_its_decided_transactions_and_completes_them(
         storage.fail_with = errors.Unavailable("unreachable")
     ttid = running.begin()
     finishing = in_background(running.finish_one_oid, ttid)
+    # The decision is published (Finish answers) once Raft commits it, before any
+    # node applies it: the nodes' votes already made it durable on them.
+    tid = finishing.result(timeout=30)
     wait_until(lambda: all(running.table().node(n).state == NodeState.DOWN for n in (1, 2)), what="both down")
-    assert not finishing.done()
+    assert all(storage.committed_tids() == [] for storage in storages)
     keeper = next(n for n in (1, 2) if running.table().cell_state(u64(ttid) % 4, n) == CellState.UP_TO_DATE)
     storages[keeper - 1].fail_with = None
     reply = running.register(storages[keeper - 1].address, node_id=keeper, pending_ttids=[ttid, p64(12345)])
-    assert [(d.ttid, len(d.tid)) for d in reply.decided] == [(ttid, 8)]
+    assert [(d.ttid, d.tid) for d in reply.decided] == [(ttid, tid)]
     session = running.master.StorageSession(master_pb2.StorageSessionRequest(node_id=keeper))
     try:
         next(rpc.stream(session))
-        tid = finishing.result(timeout=5)
+        wait_until(lambda: storages[keeper - 1].committed_tids() == [tid], what="the returning node applies it")
     finally:
         session.cancel()
-    assert tid == reply.decided[0].tid
-    assert storages[keeper - 1].committed_tids() == [tid]
 
 
 @pytest.mark.parametrize(

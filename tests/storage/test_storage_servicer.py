@@ -364,3 +364,38 @@ def test_older_table_versions_are_ignored(node: StorageNode) -> None:
     assert not node.set_partition_table(table(node.address, version=2))
     current = node.partition_table
     assert current is not None and current.version == 3
+
+
+def test_a_vote_carries_stores_and_does_not_vote_on_a_conflict(stub: storage_pb2_grpc.StorageStub) -> None:
+    """A small transaction needs one Vote per node: its stores travel with it."""
+    info = common_pb2.TransactionInfo(user=b"u", oids=[OID])
+    vote = storage_pb2.VoteRequest(ttid=OLD, objects=[object_store(OID, ZERO_TID, b"v1")], has_transaction=True,
+                                   metadata_partition=0)
+    vote.transaction.CopyFrom(info)
+    assert list(rpc.call(stub.Vote, vote, timeout=10).conflicts) == []
+    commit_order(stub, OLD, p64(1100))
+    assert Record.from_proto(load_before(stub, OID).record).unpack() == b"v1"
+    stale = storage_pb2.VoteRequest(ttid=p64(1200), objects=[object_store(OID, ZERO_TID, b"stale")])
+    [conflict] = rpc.call(stub.Vote, stale, timeout=10).conflicts
+    assert (conflict.oid, conflict.committed_serial) == (OID, p64(1100))
+    with pytest.raises(errors.BadRequest, match="has not voted"):  # it did not vote
+        commit_order(stub, p64(1200), p64(1300))
+    resolved = storage_pb2.VoteRequest(ttid=p64(1200), objects=[object_store(OID, p64(1100), b"v2")])
+    assert list(rpc.call(stub.Vote, resolved, timeout=10).conflicts) == []
+    commit_order(stub, p64(1200), p64(1300))
+    assert Record.from_proto(load_before(stub, OID).record).unpack() == b"v2"
+
+
+def test_a_load_waits_for_a_transaction_voted_on_its_object(stub: storage_pb2_grpc.StorageStub) -> None:
+    """The masters publish a transaction before their Commit order arrives:
+    a load of what it wrote waits for it to be applied."""
+    commit(stub, OLD, p64(1100), object_store(OID, ZERO_TID, b"old"))
+    vote = storage_pb2.VoteRequest(ttid=p64(1200), objects=[object_store(OID, p64(1100), b"new")])
+    rpc.call(stub.Vote, vote, timeout=10)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(load_before, stub, OID)
+        time.sleep(0.2)
+        assert not loading.done()
+        commit_order(stub, p64(1200), p64(1300))
+        reply = loading.result(timeout=10)
+    assert Record.from_proto(reply.record).unpack() == b"new" and reply.serial == p64(1300)

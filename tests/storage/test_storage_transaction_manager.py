@@ -512,3 +512,50 @@ def test_undo_must_point_to_an_existing_revision(manager: TransactionManager, da
     manager.vote(OLD)
     manager.commit(OLD, p64(150))
     assert committed_data(database) == b"first"
+
+
+# -- reads wait for what may be decided (the masters publish before applying) --
+
+
+def test_a_read_of_an_object_waits_for_the_transaction_voted_on_it(
+        manager: TransactionManager, database: Database) -> None:
+    run_transaction(manager, p64(10), p64(20), write(OID, ZERO_TID, b"old"))
+    assert manager.store(OLD, [write(OID, p64(20), b"new")]) == []
+    manager.settle(OID)  # storing only: it cannot be decided, the read goes on
+    manager.vote(OLD)
+    reading = Background(lambda: manager.settle(OID))
+    assert reading.running_after(0.2), "a voted transaction may be decided: the read waits"
+    manager.settle(OTHER_OID)  # another object's read does not wait
+    manager.commit(OLD, p64(150))
+    reading.join()
+    assert reading.error is None
+    assert committed_data(database) == b"new"
+
+
+def test_a_read_of_many_objects_waits_for_the_transactions_voted_before_it(manager: TransactionManager) -> None:
+    assert manager.store(OLD, [write(OID, ZERO_TID, b"first")]) == []
+    manager.vote(OLD)
+    reading = Background(lambda: manager.settle())
+    assert reading.running_after(0.2)
+    assert manager.store(YOUNG, [write(OTHER_OID, ZERO_TID, b"later")]) == []
+    manager.vote(YOUNG)  # voted after the read began: not waited for
+    manager.abort(OLD)
+    reading.join()
+    assert reading.error is None
+    assert manager.phase(YOUNG) is Phase.VOTED
+
+
+def test_a_voted_transaction_left_undecided_is_checked_then_the_read_gives_up(database: Database) -> None:
+    manager = TransactionManager(database, LockManager(timeout=10, suspect_after=0.05))
+    verdicts = {OLD: ("committed", p64(500)), YOUNG: ("alive", None)}
+    manager.set_resolver(lambda ttid: verdicts[ttid])
+    assert manager.store(OLD, [write(OID, ZERO_TID, b"decided")]) == []
+    manager.vote(OLD)
+    manager.settle(OID)  # the master says committed: its lost order is applied, the read goes on
+    assert committed_data(database) == b"decided"
+    assert manager.store(YOUNG, [write(OTHER_OID, ZERO_TID, b"pending")]) == []
+    manager.vote(YOUNG)
+    started = time.monotonic()
+    with pytest.raises(errors.LockTimeout, match="still undecided"):
+        manager.settle(OTHER_OID, timeout=0.3)
+    assert time.monotonic() - started >= 0.3

@@ -1,0 +1,130 @@
+"""The commit path end to end, on a cluster of threads: what a client sees.
+
+The masters publish a transaction (and answer its Finish) once the
+decision is durable, before the participants applied it; the participants
+hold what they voted, locked, until their Commit order arrives, and reads
+that may concern it wait for it there.  These tests hold the Commit orders
+back to check that nobody reads around a published transaction.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import transaction
+import ZODB
+from persistent.mapping import PersistentMapping
+
+from harness import ThreadCluster
+from neostore.client import NeoStorage
+from neostore.storage_node.node import StorageNode
+
+
+@pytest.fixture
+def cluster(tmp_path: pathlib.Path) -> Iterator[ThreadCluster]:
+    with ThreadCluster(str(tmp_path), num_storages=2, num_partitions=3, num_replicas=2) as running:
+        yield running
+
+
+class HeldCommits:
+    """Holds the Commit orders of storage nodes until released."""
+
+    def __init__(self, nodes: list[StorageNode]) -> None:
+        # The orders of earlier transactions are not held: they were applied.
+        deadline = time.monotonic() + 30
+        while any(node.manager.active_ttids() for node in nodes):
+            assert time.monotonic() < deadline, "earlier transactions never applied"
+            time.sleep(0.01)
+        self.gate = threading.Event()
+        self.arrived = threading.Event()
+        self._restore: list[tuple[Any, Any]] = []
+        for node in nodes:
+            manager = node.manager
+            original = manager.commit_many
+
+            def held(decisions: Any, term: int = 0, _original: Any = original) -> Any:
+                self.arrived.set()
+                assert self.gate.wait(30), "commit orders held too long"
+                return _original(decisions, term)
+
+            manager.commit_many = held  # type: ignore[method-assign]
+            self._restore.append((manager, original))
+
+    def release(self) -> None:
+        self.gate.set()
+        for manager, original in self._restore:
+            manager.commit_many = original
+
+
+def test_a_published_transaction_is_read_by_another_client_though_not_applied_yet(cluster: ThreadCluster) -> None:
+    writer = ZODB.DB(cluster.client())
+    reader_storage: NeoStorage = cluster.client()
+    reader = ZODB.DB(reader_storage)
+    writer_tm, reader_tm = transaction.TransactionManager(), transaction.TransactionManager()
+    with writer_tm:
+        writer.open(writer_tm).root()["counter"] = PersistentMapping(value=1)
+    held = HeldCommits(cluster.storages)
+    try:
+        connection = writer.open(writer_tm)
+        writer_tm.begin()
+        connection.root()["counter"]["value"] = 2
+        writer_tm.commit()  # answered once decided: the participants have not applied it
+        assert held.arrived.wait(10)
+        reading = connection_value = None
+
+        def read() -> None:
+            nonlocal reading, connection_value
+            reader_tm.begin()  # syncs: the reader learns the new TID
+            connection_value = reader.open(reader_tm).root()["counter"]["value"]
+            reading = True
+
+        thread = threading.Thread(target=read)
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive(), "the read must wait for the participants to apply what it may see"
+        held.release()
+        thread.join(30)
+        assert reading and connection_value == 2
+    finally:
+        held.release()
+        writer.close()
+        reader.close()
+
+
+def test_the_next_transaction_of_the_same_client_sees_its_commit_before_it_is_applied(
+        cluster: ThreadCluster) -> None:
+    db = ZODB.DB(cluster.client(cache_size=0))
+    with db.transaction() as connection:
+        connection.root()["counter"] = PersistentMapping(value=1)
+    held = HeldCommits(cluster.storages)
+    done = threading.Event()
+    values: list[int] = []
+
+    def commit_twice() -> None:
+        tm = transaction.TransactionManager()
+        connection = db.open(tm)
+        for _ in range(2):
+            tm.begin()
+            connection.root()["counter"]["value"] += 1
+            tm.commit()
+            connection.cacheMinimize()  # the next read goes to a storage node
+        tm.begin()
+        values.append(connection.root()["counter"]["value"])
+        done.set()
+
+    thread = threading.Thread(target=commit_twice)
+    thread.start()
+    try:
+        assert held.arrived.wait(10)
+        assert not done.wait(0.5), "the second transaction must read what the first committed"
+        held.release()
+        thread.join(30)
+        assert values == [3]
+    finally:
+        held.release()
+        db.close()
