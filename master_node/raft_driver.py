@@ -165,8 +165,10 @@ def decode_batch(data: bytes) -> list[Command]:
 class _Proposal:
     """A submitted batch waiting to be applied (or refused)."""
 
-    def __init__(self, data: bytes, membership: tuple[ConfChangeType, str] | None = None) -> None:
+    def __init__(self, data: bytes, membership: tuple[ConfChangeType, str] | None = None,
+                 commands: Sequence[Command] = ()) -> None:
         self.data = data
+        self.commands = commands  # what ``data`` encodes: the leader applies them without decoding
         self.membership = membership  # a membership change to propose instead of data
         self.index = 0
         self.term = 0
@@ -413,7 +415,7 @@ class RaftCommandLog:
             raise errors.Unavailable("the master is stopping: its command log is closed")
         if not commands:
             return []
-        return self._submit_proposal(_Proposal(encode_batch(commands)))
+        return self._submit_proposal(_Proposal(encode_batch(commands), commands=tuple(commands)))
 
     def _submit_proposal(self, proposal: _Proposal) -> Any:
         if self._closed:
@@ -658,6 +660,8 @@ class RaftCommandLog:
             proposal = None
         if entry.type is EntryType.CONF_CHANGE:
             commands = self._membership_commands(entry)
+        elif proposal is not None and proposal.commands and proposal.data == entry.data:
+            commands = list(proposal.commands)  # our own entry: the commands it encodes, not decoded again
         elif entry.data:
             try:
                 commands = decode_batch(entry.data)
