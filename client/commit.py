@@ -321,8 +321,13 @@ def _next_node(
     """
     meta = context.metadata_partition
     lacking: dict[int, list[ObjectWrite]] = {}
+    nodes_of: dict[int, list[int]] = {}  # partition -> its writable nodes
     for oid, write in context.writes.items():
-        for node_id in table.writable_nodes(table.partition_of(oid)):
+        partition = table.partition_of(oid)
+        nodes = nodes_of.get(partition)
+        if nodes is None:
+            nodes = nodes_of[partition] = table.writable_nodes(partition)
+        for node_id in nodes:
             if node_id in context.failed or node_id in context.voted:
                 continue
             taken = context.taken.get(node_id, {})

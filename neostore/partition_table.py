@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 from collections.abc import Iterable, Sequence
 
 from neostore.ids import u64
@@ -83,13 +84,23 @@ class PartitionTable:
 
     def readable_nodes(self, partition: int) -> list[int]:
         """Nodes that may serve reads of ``partition``, RUNNING ones only."""
-        return [c.node_id for c in self.rows[partition]
-                if c.state in READABLE_STATES and self._running(c.node_id)]
+        return list(self._routes[partition][0])
 
     def writable_nodes(self, partition: int) -> list[int]:
         """Nodes that must take every write to ``partition``."""
-        return [c.node_id for c in self.rows[partition]
-                if c.state in WRITABLE_STATES and self._running(c.node_id)]
+        return list(self._routes[partition][1])
+
+    @functools.cached_property
+    def _routes(self) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
+        """(readable nodes, writable nodes) of each partition, computed once:
+        the table never changes, and a client asks for every object it
+        stores or loads (not a field: equality, encoding and ``replace``
+        ignore it)."""
+        running = {info.node_id for info in self.nodes if info.state == NodeState.RUNNING}
+        return tuple(
+            (tuple(c.node_id for c in row if c.state in READABLE_STATES and c.node_id in running),
+             tuple(c.node_id for c in row if c.state in WRITABLE_STATES and c.node_id in running))
+            for row in self.rows)
 
     def partitions_of_node(self, node_id: int, states: Iterable[CellState] = WRITABLE_STATES) -> list[int]:
         wanted = frozenset(states)
@@ -101,12 +112,6 @@ class PartitionTable:
             if cell.node_id == node_id:
                 return cell.state
         return None
-
-    def _running(self, node_id: int) -> bool:
-        for info in self.nodes:
-            if info.node_id == node_id:
-                return info.state == NodeState.RUNNING
-        return False
 
     def is_operational(self) -> bool:
         """Every partition has a readable cell on a running node."""
