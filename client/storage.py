@@ -34,8 +34,13 @@ from neostore.ids import MAX_TID, oid_repr, partition_of, tid_repr
 from neostore.protocol import common_pb2, master_pb2, storage_pb2
 from neostore.records import Record
 
-#: oids asked from the master at a time, as NEO does.
+#: oids asked from the master at first, as NEO does; each further request
+#: asks for twice as many, up to MAX_OID_BATCH (the master's own cap), so
+#: that a transaction creating thousands of objects needs a few NewOids
+#: (each one a Raft entry) rather than one per hundred objects.  Unused
+#: oids are simply never used (64 bits leave room).
 OID_BATCH = 100
+MAX_OID_BATCH = 1000
 DEFAULT_CACHE_SIZE = 20 * 1024 * 1024
 SYNC_TIMEOUT = 60.0
 
@@ -82,6 +87,7 @@ class NeoStorage(ConflictResolvingStorage):
         self._transactions_lock = threading.Lock()
         self._oid_lock = threading.Lock()
         self._oids: list[bytes] = []
+        self._oid_batch = OID_BATCH
         self._spare = commit.SpareTtid()
         self._closed = False
         try:
@@ -213,7 +219,8 @@ class NeoStorage(ConflictResolvingStorage):
         with self._oid_lock:
             if not self._oids:
                 reply = self._call(lambda: self._cluster.master_call(
-                    "NewOids", master_pb2.NewOidsRequest(count=OID_BATCH)))
+                    "NewOids", master_pb2.NewOidsRequest(count=self._oid_batch)))
+                self._oid_batch = min(self._oid_batch * 2, MAX_OID_BATCH)
                 first = int.from_bytes(reply.first_oid, "big")
                 self._oids = [(first + i).to_bytes(8, "big") for i in range(reply.count)]
                 self._oids.reverse()

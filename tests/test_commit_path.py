@@ -128,3 +128,34 @@ def test_the_next_transaction_of_the_same_client_sees_its_commit_before_it_is_ap
     finally:
         held.release()
         db.close()
+
+
+def test_a_transaction_creating_thousands_of_objects_asks_for_oids_a_few_times(cluster: ThreadCluster) -> None:
+    """Each NewOids is a Raft entry: oids come in growing batches (100,
+    200, ... up to 1000), not one request per hundred objects; every oid
+    is fresh."""
+    storage: NeoStorage = cluster.client()
+    asked: list[int] = []
+    original = storage._cluster.master_call
+
+    def counting(method: str, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if method == "NewOids":
+            asked.append(request.count)
+        return original(method, request, *args, **kwargs)
+
+    storage._cluster.master_call = counting  # type: ignore[method-assign]
+    db = ZODB.DB(storage)
+    try:
+        tm = transaction.TransactionManager()
+        with tm:
+            root = db.open(tm).root()
+            root["many"] = PersistentMapping({i: PersistentMapping() for i in range(3000)})
+        assert asked[:4] == [100, 200, 400, 800], asked
+        assert sum(asked) >= 3000 and len(asked) <= 6, asked
+        oids = [storage.new_oid() for _ in range(2000)]
+        assert len(set(oids)) == len(oids)
+        assert max(asked) == 1000
+        with tm:
+            assert len(db.open(tm).root()["many"]) == 3000
+    finally:
+        db.close()
