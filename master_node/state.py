@@ -1114,6 +1114,8 @@ def _to_json(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, (tuple, list)):
+        if value and type(value[0]) is bytes and all(type(item) is bytes for item in value):
+            return [item.hex() for item in value]  # oids of a decision: the common long list
         return [_to_json(item) for item in value]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {field.name: _to_json(getattr(value, field.name)) for field in dataclasses.fields(value)}
@@ -1143,6 +1145,10 @@ def _from_json(kind: Any, data: Any) -> Any:
         if not isinstance(data, list):
             raise ValueError(f"expected a list for {kind}, got {type(data).__name__}")
         if len(args) == 2 and args[1] is Ellipsis:
+            if args[0] is bytes:  # oids of a decision: the common long list
+                if not all(type(item) is str for item in data):
+                    raise ValueError("expected hex bytes")
+                return tuple(bytes.fromhex(item) for item in data)
             return tuple(_from_json(args[0], item) for item in data)
         if len(args) != len(data):
             raise ValueError(f"expected {len(args)} items for {kind}")
