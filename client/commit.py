@@ -101,6 +101,7 @@ class ObjectWrite:
     record: Record | None = None
     data_serial: bytes = b""  # undo: copy this revision's data
     undone_creation: bool = False
+    restore: bool = False  # IStorageRestoreable: written as given, no conflict check
     check_only: bool = False
 
     @property
@@ -131,6 +132,7 @@ class TransactionContext:
     undone_oids: set[bytes] = dataclasses.field(default_factory=set)
     # The TID a restore commits under (IStorageRestoreable), else None.
     requested_tid: bytes | None = None
+    packed: bool = False  # a restore of a transaction whose status is "p"
     # Where the metadata goes (chosen at vote): the TID will fall in it.
     metadata_partition: int | None = None
     voted: set[int] = dataclasses.field(default_factory=set)  # nodes whose vote succeeded
@@ -150,16 +152,17 @@ class TransactionContext:
 
 def begin(
     cluster: ClusterConnection, client_id: str, meta: Any, tid: bytes | None = None,
-    spare: SpareTtid | None = None,
+    spare: SpareTtid | None = None, packed: bool = False,
 ) -> TransactionContext:
     """A TTID: the ``spare`` one if fresh, else one from the master's
-    ``Begin``; ``tid``: commit under this TID (restore)."""
+    ``Begin``; ``tid``: commit under this TID (restore); ``packed``: the
+    restored transaction's status is "p"."""
     ttid = spare.take() if tid is None and spare is not None and not cluster.stopping else None
     if ttid is None:
         request = master_pb2.BeginRequest(client_id=client_id, tid=tid or b"")
         ttid = cluster.master_call("Begin", request).ttid
     cluster.unfinished(ttid)
-    return TransactionContext(ttid=ttid, meta=meta, requested_tid=tid)
+    return TransactionContext(ttid=ttid, meta=meta, requested_tid=tid, packed=packed)
 
 
 class SpareTtid:
@@ -224,7 +227,7 @@ def _chunks(writes: list[ObjectWrite]) -> list[list[ObjectWrite]]:
 def _encode_write(write: ObjectWrite) -> storage_pb2.ObjectStore:
     message = storage_pb2.ObjectStore(
         oid=write.oid, serial=write.serial, data_serial=write.data_serial,
-        undone_creation=write.undone_creation, check_only=write.check_only,
+        undone_creation=write.undone_creation, check_only=write.check_only, restore=write.restore,
     )
     if write.record is not None:
         write.record.to_proto(message.record)
@@ -480,7 +483,7 @@ def _took(context: TransactionContext, table: Any, node_id: int, writes: list[Ob
 def _transaction_info(context: TransactionContext) -> common_pb2.TransactionInfo:
     return common_pb2.TransactionInfo(
         user=_as_bytes(context.meta.user), description=_as_bytes(context.meta.description),
-        extension=context.meta.extension_bytes, oids=context.changed_oids,
+        extension=context.meta.extension_bytes, oids=context.changed_oids, packed=context.packed,
     )
 
 

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import ZODB.BaseStorage
 import zope.interface
 from ZODB import POSException, interfaces
 from ZODB.ConflictResolution import ConflictResolvingStorage
@@ -30,7 +31,7 @@ from neostore.client.cache import ObjectCache
 from neostore.client.cluster import ClusterConnection
 from neostore.client.exceptions import ClusterUnavailableError, to_zodb_error
 from neostore.client.invalidations import InvalidationDispatcher, catch_up
-from neostore.ids import MAX_TID, oid_repr, partition_of, tid_repr
+from neostore.ids import MAX_TID, ZERO_TID, oid_repr, partition_of, tid_repr
 from neostore.protocol import common_pb2, master_pb2, storage_pb2
 from neostore.records import Record
 
@@ -50,6 +51,7 @@ SYNC_TIMEOUT = 60.0
     interfaces.IMultiCommitStorage,
     interfaces.IStorageIteration,
     interfaces.IStorageUndoable,
+    interfaces.IStorageRestoreable,
 )
 class NeoStorage(ConflictResolvingStorage):
     """A ZODB storage backed by a neostore cluster.
@@ -227,12 +229,19 @@ class NeoStorage(ConflictResolvingStorage):
             return self._oids.pop()
 
     def tpc_begin(self, transaction: Any, tid: bytes | None = None, status: str = " ") -> None:
+        """Begin ``transaction``; with ``tid`` (IStorageRestoreable, an
+        import), it commits under that TID, which must be above the last
+        one, and ``status`` "p" marks it packed as in the source."""
         self._check_writable()
+        if status not in (" ", "p"):
+            raise POSException.StorageError(
+                f"transaction status {status!r} cannot be stored: neostore keeps ' ' (normal) or 'p' (packed)")
         with self._transactions_lock:
             if transaction in self._transactions:
                 raise POSException.StorageTransactionError(
                     "tpc_begin called twice for the same transaction")
-        context = self._call(lambda: commit.begin(self._cluster, self._client_id, transaction, tid, self._spare))
+        context = self._call(lambda: commit.begin(
+            self._cluster, self._client_id, transaction, tid, self._spare, packed=status == "p"))
         with self._transactions_lock:
             self._transactions[transaction] = context
 
@@ -251,6 +260,32 @@ class NeoStorage(ConflictResolvingStorage):
         record = Record.pack(data, self._compress)
         write = commit.ObjectWrite(oid, serial or b"\0" * 8, data, record)
         self._call(lambda: commit.store(self._cluster, context, write), oid)
+
+    def restore(self, oid: bytes, serial: bytes, data: bytes | None, version: str, prev_txn: bytes | None,
+                transaction: Any) -> None:
+        """IStorageRestoreable: write ``data`` as ``oid``'s revision in
+        ``transaction`` as given, without conflict check (an import copies
+        history that was consistent in its source).  ``data`` None records
+        that the object does not exist as of this transaction (an undone
+        creation, or a deleteObject).  ``serial`` is the source's TID of the
+        record: the revision gets the TID the transaction commits under (the
+        one given to tpc_begin).  ``prev_txn`` (the revision a back-pointer
+        of the source pointed to) is not used: the data is written whole."""
+        self._check_writable()
+        if version:
+            raise POSException.Unsupported("Versions aren't supported")
+        context = self._context(transaction)
+        if data is None:
+            write = commit.ObjectWrite(oid, ZERO_TID, undone_creation=True, restore=True)
+        else:
+            write = commit.ObjectWrite(oid, ZERO_TID, data, Record.pack(data, self._compress), restore=True)
+        self._call(lambda: commit.store(self._cluster, context, write), oid)
+
+    def copyTransactionsFrom(self, other: Any, verbose: bool = False) -> None:
+        """Copy every transaction of storage ``other``, in TID order, with its
+        TID, metadata and records (ZODB's ``BaseStorage.copy``, through
+        :meth:`restore`)."""
+        ZODB.BaseStorage.copy(other, self, verbose)
 
     def checkCurrentSerialInTransaction(self, oid: bytes, serial: bytes, transaction: Any) -> None:
         context = self._context(transaction)

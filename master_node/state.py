@@ -813,6 +813,9 @@ def _decide(state: ClusterState, decision: Decision) -> ClusterState:
         table=table,
         missed=_with_missed(state.missed, misses),
         last_tid=decision.tid,
+        # The oid counter follows every oid written (a restore brings oids
+        # no NewOids handed out): new_oid never returns an existing object.
+        last_oid=max(state.last_oid, max(decision.oids, default=state.last_oid)),
         partition_last_tids=tuple(partition_last_tids),
         pending_decisions=state.pending_decisions + (decision.pending(),),
         recent_outcomes=_remember(state.recent_outcomes, Outcome(decision.ttid, decision.tid, decision.client_id)),

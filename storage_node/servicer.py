@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from neostore import errors
-from neostore.ids import tid_repr, oid_repr
+from neostore.ids import oid_repr, tid_repr
 from neostore.partition_table import READABLE_STATES
 from neostore.protocol import common_pb2, storage_pb2, storage_pb2_grpc
 from neostore.records import Record
@@ -157,6 +157,8 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         self, ttid: bytes, index: int, item: storage_pb2.ObjectStore, routed_version: int
     ) -> ObjectWrite:
         oid = _identifier(item.oid, f"objects[{index}].oid")
+        if item.restore and item.check_only:
+            raise errors.BadRequest(f"store of object {oid_repr(oid)}: both restore and check_only set")
         serial = _identifier(item.serial, f"objects[{index}].serial")
         data_serial = _optional_identifier(item.data_serial, f"objects[{index}].data_serial")
         partition = self._ownership.partition_of(oid)
@@ -182,7 +184,7 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
                     "fails its checksum: not stored"
                 ) from None
             stored = StoredObject.from_record(record, previous_tid=serial)
-        return ObjectWrite(partition, oid, serial, stored, locking=state in READABLE_STATES)
+        return ObjectWrite(partition, oid, serial, stored, locking=state in READABLE_STATES, restore=item.restore)
 
     def Vote(self, request: storage_pb2.VoteRequest, context: Any) -> storage_pb2.VoteReply:
         ttid = _identifier(request.ttid, "ttid")
@@ -195,7 +197,7 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
             oids = tuple(_identifier(oid, f"transaction.oids[{i}]") for i, oid in enumerate(info.oids))
             metadata = PendingMetadata(
                 partition,
-                TransactionMetadata(info.user, info.description, info.extension, oids, packed=False),
+                TransactionMetadata(info.user, info.description, info.extension, oids, packed=info.packed),
             )
         writes = self._object_writes(ttid, request.objects, request.table_version)
         if writes:

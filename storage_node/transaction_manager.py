@@ -69,7 +69,9 @@ class ObjectWrite:
     """One object of a store.
 
     ``stored`` is None for a check-only store.  ``locking`` is False on a
-    cell being replicated: no lock, no conflict check.
+    cell being replicated: no lock, no conflict check.  ``restore``
+    (IStorageRestoreable, an import): locked, but no conflict check — the
+    revision is written as given.
     """
 
     partition: int
@@ -77,6 +79,7 @@ class ObjectWrite:
     serial: bytes
     stored: StoredObject | None
     locking: bool = True
+    restore: bool = False
 
     @property
     def check_only(self) -> bool:
@@ -212,7 +215,7 @@ class TransactionManager:
                         f"transaction {tid_repr(ttid)} ended while its store waited for a lock"
                     )
                 self._storing_buffer(ttid)  # raises: died or voted
-            if committed is not None and committed != write.serial:
+            if committed is not None and committed != write.serial and not write.restore:
                 buffer.conflicted(write.oid)
                 return Conflict(write.oid, write.serial, committed, read_conflict=write.check_only)
             if write.stored is None:

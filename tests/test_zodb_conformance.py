@@ -27,6 +27,7 @@ from ZODB.tests import (
     MTStorage,
     PersistentStorage,
     ReadOnlyStorage,
+    RecoveryStorage,
     RevisionStorage,
     StorageTestBase,
     Synchronization,
@@ -154,6 +155,39 @@ def _undo_creation_branch_1_returns_none(self: NeoStorageTests) -> None:
 NeoStorageTests.testUndoCreationBranch1ReturnsNone = _undo_creation_branch_1_returns_none  # type: ignore[attr-defined]
 
 
+class NeoRecoveryTests(_ClusterTestCase, StorageTestBase.StorageTestBase, RecoveryStorage.RecoveryStorage):
+    """IStorageRestoreable: ``copyTransactionsFrom`` (through ``restore``)
+    from one cluster into a second, empty one; ZODB compares every
+    transaction and record of both."""
+
+    use_extension_bytes = True
+
+    def setUp(self) -> None:
+        StorageTestBase.StorageTestBase.setUp(self)
+        self.start_cluster()
+        self._storage = self.cluster.client()
+        self.destination = ThreadCluster(os.path.abspath("destination"), name="destination")
+        self.destination.start()
+        self._dst = self.destination.client()
+
+    def new_dest(self):  # noqa: ANN201 - ZODB's hook: the destination, opened again
+        return self.destination.client()
+
+    def tearDown(self) -> None:
+        self._dst.close()
+        self.destination.stop()
+        self._close()
+        self.stop_cluster()
+        StorageTestBase.StorageTestBase.tearDown(self)
+
+
+for _name in ("testRestoreAcrossPack", "testPackWithGCOnDestinationAfterRestore"):
+    _inherited = getattr(NeoRecoveryTests, _name)
+    setattr(NeoRecoveryTests, _name, unittest.expectedFailure(
+        lambda self, _inherited=_inherited: _inherited(self)))
+    getattr(NeoRecoveryTests, _name).__doc__ = "Needs pack, which neostore does not implement yet."
+
+
 class NeoZODBTests(_ClusterTestCase, testZODB.ZODBTests):
     def setUp(self) -> None:
         ZODB.tests.util.TestCase.setUp(self)
@@ -176,6 +210,8 @@ def test_every_suite_contributes_tests() -> None:
         own = {n for n in vars(suite) if n.startswith("test")}
         assert own, f"{suite.__name__} contributes no test* methods"
         assert own <= names, f"{suite.__name__}: not collected: {sorted(own - names)}"
+    recovery = {n for n in vars(RecoveryStorage.RecoveryStorage) if n.startswith("test")}
+    assert recovery and recovery <= set(loader.getTestCaseNames(NeoRecoveryTests))
     assert len(loader.getTestCaseNames(NeoZODBTests)) == len(
         [n for n in vars(testZODB.ZODBTests) if n.startswith("test")])
     assert "test_tid_ordering_w_commit" in names

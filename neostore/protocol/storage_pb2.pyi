@@ -64,20 +64,22 @@ class LoadReply(_message.Message):
     def __init__(self, status: _Optional[_Union[LoadReply.Status, str]] = ..., record: _Optional[_Union[_common_pb2.DataRecord, _Mapping]] = ..., serial: _Optional[bytes] = ..., next_serial: _Optional[bytes] = ..., data_serial: _Optional[bytes] = ...) -> None: ...
 
 class ObjectStore(_message.Message):
-    __slots__ = ("oid", "serial", "record", "data_serial", "undone_creation", "check_only")
+    __slots__ = ("oid", "serial", "record", "data_serial", "undone_creation", "check_only", "restore")
     OID_FIELD_NUMBER: _ClassVar[int]
     SERIAL_FIELD_NUMBER: _ClassVar[int]
     RECORD_FIELD_NUMBER: _ClassVar[int]
     DATA_SERIAL_FIELD_NUMBER: _ClassVar[int]
     UNDONE_CREATION_FIELD_NUMBER: _ClassVar[int]
     CHECK_ONLY_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_FIELD_NUMBER: _ClassVar[int]
     oid: bytes
     serial: bytes
     record: _common_pb2.DataRecord
     data_serial: bytes
     undone_creation: bool
     check_only: bool
-    def __init__(self, oid: _Optional[bytes] = ..., serial: _Optional[bytes] = ..., record: _Optional[_Union[_common_pb2.DataRecord, _Mapping]] = ..., data_serial: _Optional[bytes] = ..., undone_creation: _Optional[bool] = ..., check_only: _Optional[bool] = ...) -> None: ...
+    restore: bool
+    def __init__(self, oid: _Optional[bytes] = ..., serial: _Optional[bytes] = ..., record: _Optional[_Union[_common_pb2.DataRecord, _Mapping]] = ..., data_serial: _Optional[bytes] = ..., undone_creation: _Optional[bool] = ..., check_only: _Optional[bool] = ..., restore: _Optional[bool] = ...) -> None: ...
 
 class StoreRequest(_message.Message):
     __slots__ = ("ttid", "objects", "table_version")

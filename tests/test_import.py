@@ -1,0 +1,174 @@
+"""Bringing an existing database in: ``copyTransactionsFrom`` (IStorageRestoreable).
+
+A FileStorage is built with the history real databases have: BTrees
+buckets splitting, several users, descriptions and extensions, an undo, an
+undone creation, an object deleted by ``deleteObject`` (what zc.zodbdgc
+does), and a pack (its transactions get status "p").  It is copied into a
+real cluster (one master, three storage nodes, two replicas) with ZODB's
+own ``copyTransactionsFrom``, which calls ``tpc_begin(txn, tid, status)``
+and ``restore`` for every record.  Then every transaction's TID, status and
+metadata, and every record's data (``loadSerial``, or its absence for a
+deletion), are checked against the source, and new objects committed to
+the imported database must not collide with imported ones (the masters'
+oid counter follows the restored oids).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import transaction
+import ZODB
+import ZODB.FileStorage
+from BTrees.OOBTree import OOBTree
+from persistent.mapping import PersistentMapping
+from ZODB import POSException
+from ZODB.Connection import TransactionMetaData
+from ZODB.serialize import referencesf
+from ZODB.utils import p64, u64
+
+from harness import ThreadCluster
+
+NUM_TRANSACTIONS = 300
+
+
+@pytest.fixture
+def cluster(tmp_path: pathlib.Path) -> Iterator[ThreadCluster]:
+    with ThreadCluster(str(tmp_path / "cluster")) as running:
+        yield running
+
+
+def _commit(db: ZODB.DB, change: Any, user: str = "", note: str = "", **extension: Any) -> None:
+    tm = transaction.TransactionManager()
+    connection = db.open(tm)
+    try:
+        with tm as txn:
+            if user:
+                txn.setUser(user)
+            if note:
+                txn.note(note)
+            for key, value in extension.items():
+                txn.setExtendedInfo(key, value)
+            change(connection.root())
+    finally:
+        connection.close()
+
+
+def _undo_last(storage: ZODB.FileStorage.FileStorage, db: ZODB.DB) -> None:
+    tm = transaction.TransactionManager()
+    with tm:
+        db.undo(storage.undoInfo()[0]["id"], tm.get())
+
+
+def _build_source(path: str) -> ZODB.FileStorage.FileStorage:
+    storage = ZODB.FileStorage.FileStorage(path, create=True)
+    db = ZODB.DB(storage)
+
+    def setup(root: Any) -> None:
+        root["tree"] = OOBTree()
+        root["docs"] = PersistentMapping()
+
+    _commit(db, setup, user="admin", note="initial setup", origin="test")
+    for i in range(NUM_TRANSACTIONS // 2):
+        def change(root: Any, i: int = i) -> None:
+            for j in range(20):  # buckets split: many records per transaction
+                root["tree"][f"key-{i:04d}-{j:02d}"] = i * j
+            root["docs"][f"doc-{i % 25}"] = PersistentMapping(version=i)
+        _commit(db, change, user=f"user{i % 3}", note=f"edit {i}", request=f"/doc/{i}", count=i)
+
+    # A pack: earlier transactions get status "p" (history kept, gc off).
+    time.sleep(0.01)
+    storage.pack(time.time(), referencesf, gc=False)
+    time.sleep(0.01)
+    for i in range(NUM_TRANSACTIONS // 2, NUM_TRANSACTIONS):
+        _commit(db, lambda root, i=i: root["tree"].__setitem__(f"late-{i}", i), user="late", note=f"late {i}")
+    # An undone creation: the object exists in one transaction, not after.
+    _commit(db, lambda root: root.__setitem__("short-lived", PersistentMapping(x=1)), note="create")
+    _undo_last(storage, db)
+    # An undo of a change (a back-pointer record in the FileStorage).
+    _commit(db, lambda root: root["docs"].__setitem__("doc-0", PersistentMapping(version=-1)), note="mistake")
+    _undo_last(storage, db)
+    # deleteObject, as a garbage collector does it.
+    connection = db.open()
+    doomed = connection.root()["docs"]["doc-1"]
+    doomed_oid, doomed_serial = doomed._p_oid, doomed._p_serial
+    connection.close()
+    _commit(db, lambda root: root["docs"].__delitem__("doc-1"), note="unlink doc-1")
+    txn = TransactionMetaData()
+    storage.tpc_begin(txn)
+    storage.deleteObject(doomed_oid, doomed_serial, txn)
+    storage.tpc_vote(txn)
+    storage.tpc_finish(txn)
+
+    db.close()
+    return ZODB.FileStorage.FileStorage(path, read_only=True)
+
+
+def _transactions(storage: Any) -> list[tuple[Any, list[Any]]]:
+    return [(txn, list(txn)) for txn in storage.iterator()]
+
+
+def test_copy_transactions_from_a_filestorage_keeps_every_transaction_and_record(
+    cluster: ThreadCluster, tmp_path: pathlib.Path
+) -> None:
+    source = _build_source(str(tmp_path / "source.fs"))
+    destination = cluster.client()
+    try:
+        expected = _transactions(source)
+        assert {txn.status for txn, _ in expected} == {" ", "p"}, "the source should hold packed transactions"
+        assert any(r.data is None for _, records in expected for r in records), "no deletion in the source"
+
+        destination.copyTransactionsFrom(source)
+
+        copied = _transactions(destination)
+        assert len(copied) == len(expected)
+        record_count = 0
+        for (want, want_records), (got, got_records) in zip(expected, copied):
+            assert got.tid == want.tid
+            assert got.status == want.status, f"status of {want.tid.hex()}"
+            assert got.user == want.user
+            assert got.description == want.description
+            assert got.extension == want.extension
+            assert sorted((r.oid, r.data) for r in got_records) == sorted((r.oid, r.data) for r in want_records)
+            for record in want_records:
+                record_count += 1
+                if record.data is None:
+                    after = p64(u64(want.tid) + 1)
+                    assert destination.loadBefore(record.oid, after) is None, "a deletion came back"
+                else:
+                    assert destination.loadSerial(record.oid, want.tid) == record.data
+        assert record_count > NUM_TRANSACTIONS  # the checks above ran on every record
+        assert destination.lastTransaction() == source.lastTransaction()
+
+        # The imported database is usable: the current state reads as in
+        # the source, and new objects get oids nobody holds.
+        imported_oids = {r.oid for _, records in expected for r in records}
+        db = ZODB.DB(destination)
+        tm = transaction.TransactionManager()
+        with tm:
+            root = db.open(tm).root()
+            assert root["tree"]["key-0003-04"] == 12
+            assert root["docs"]["doc-0"]["version"] != -1  # the undo was imported
+            assert "doc-1" not in root["docs"] and "short-lived" not in root
+            for i in range(50):
+                root[f"new-{i}"] = PersistentMapping(i=i)
+        with tm:
+            root = db.open(tm).root()
+            new_oids = {root[f"new-{i}"]._p_oid for i in range(50)}
+            assert not new_oids & imported_oids
+            assert all(root[f"new-{i}"]["i"] == i for i in range(50))
+        db.close()
+    finally:
+        source.close()
+
+
+def test_restore_refuses_a_status_it_cannot_keep(cluster: ThreadCluster) -> None:
+    storage = cluster.client()
+    txn = TransactionMetaData()
+    with pytest.raises(POSException.StorageError, match="status 'u'"):
+        storage.tpc_begin(txn, p64(1 << 60), "u")
+
