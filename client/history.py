@@ -159,10 +159,19 @@ class TransactionIterator:
         self._source = iter(())
 
 
-def history(cluster: ClusterConnection, oid: bytes, size: int) -> list[dict[str, Any]]:
+#: HistoryRequest.size is a uint32; 0 asks for every revision.
+_ALL_REVISIONS = 0
+
+
+def history(cluster: ClusterConnection, oid: bytes, size: int | None) -> list[dict[str, Any]]:
+    """The ``size`` newest revisions of ``oid`` (every one when ``size`` is
+    None or beyond what the request can say: zodbbrowser asks for 10**12)."""
+    if size is not None and size < 1:
+        return []
+    wire_size = _ALL_REVISIONS if size is None or size >= 2**32 else size
     partition = partition_of(oid, cluster.table.num_partitions)
     try:
-        reply = cluster.read_call(partition, "History", storage_pb2.HistoryRequest(oid=oid, size=size))
+        reply = cluster.read_call(partition, "History", storage_pb2.HistoryRequest(oid=oid, size=wire_size))
     except errors.NotFound:
         raise POSKeyError(oid) from None
     result = []

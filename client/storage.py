@@ -211,7 +211,7 @@ class NeoStorage(ConflictResolvingStorage):
             raise POSException.POSKeyError(oid)
         return Record.from_proto(reply.record).unpack(f"object {oid_repr(oid)}@{tid_repr(serial)}")
 
-    def history(self, oid: bytes, size: int = 1) -> list[dict[str, Any]]:
+    def history(self, oid: bytes, size: int | None = 1) -> list[dict[str, Any]]:
         return self._call(lambda: history.history(self._cluster, oid, size), oid)
 
     # -- IStorage: writes ---------------------------------------------------------------

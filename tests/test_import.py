@@ -172,3 +172,21 @@ def test_restore_refuses_a_status_it_cannot_keep(cluster: ThreadCluster) -> None
     with pytest.raises(POSException.StorageError, match="status 'u'"):
         storage.tpc_begin(txn, p64(1 << 60), "u")
 
+
+def test_history_of_any_size(cluster: ThreadCluster) -> None:
+    """zodbbrowser asks history(oid, 10**12): every revision, no overflow."""
+    db = ZODB.DB(cluster.client())
+    tm = transaction.TransactionManager()
+    with tm:
+        db.open(tm).root()["counter"] = PersistentMapping(n=0)
+    for n in range(1, 5):
+        with tm:
+            db.open(tm).root()["counter"]["n"] = n
+    with tm:
+        oid = db.open(tm).root()["counter"]._p_oid
+    storage = db.storage
+    assert len(storage.history(oid, size=10**12)) == 5
+    assert len(storage.history(oid, size=None)) == 5
+    assert len(storage.history(oid, size=2)) == 2
+    assert storage.history(oid, size=0) == []
+    db.close()
