@@ -500,7 +500,7 @@ def _resolve_conflict(context: TransactionContext, resolve: Resolver, conflict: 
     if write.data is None:
         raise POSException.ConflictError(
             oid=oid, serials=(conflict.committed_serial, write.serial),
-            message="an undone object was changed by a later transaction")
+            message="database conflict error: an object undone or deleted was changed by a later transaction")
     # Raises ConflictError (with oid and serials) when it cannot resolve.
     data = resolve(oid, conflict.committed_serial, write.serial, write.data)
     context.writes[oid] = ObjectWrite(oid, conflict.committed_serial, data, Record.pack(data))

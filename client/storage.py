@@ -52,6 +52,7 @@ SYNC_TIMEOUT = 60.0
     interfaces.IStorageIteration,
     interfaces.IStorageUndoable,
     interfaces.IStorageRestoreable,
+    interfaces.IExternalGC,
 )
 class NeoStorage(ConflictResolvingStorage):
     """A ZODB storage backed by a neostore cluster.
@@ -279,6 +280,16 @@ class NeoStorage(ConflictResolvingStorage):
             write = commit.ObjectWrite(oid, ZERO_TID, undone_creation=True, restore=True)
         else:
             write = commit.ObjectWrite(oid, ZERO_TID, data, Record.pack(data, self._compress), restore=True)
+        self._call(lambda: commit.store(self._cluster, context, write), oid)
+
+    def deleteObject(self, oid: bytes, oldserial: bytes, transaction: Any) -> None:
+        """IExternalGC (zc.zodbdgc): delete ``oid`` in ``transaction`` if its
+        current revision is ``oldserial`` (ConflictError at vote otherwise).
+        From that transaction on, loading it raises POSKeyError; its earlier
+        revisions stay readable (loadBefore) until a pack removes them."""
+        self._check_writable()
+        context = self._context(transaction)
+        write = commit.ObjectWrite(oid, oldserial, undone_creation=True)
         self._call(lambda: commit.store(self._cluster, context, write), oid)
 
     def copyTransactionsFrom(self, other: Any, verbose: bool = False) -> None:

@@ -190,3 +190,48 @@ def test_history_of_any_size(cluster: ThreadCluster) -> None:
     assert len(storage.history(oid, size=2)) == 2
     assert storage.history(oid, size=0) == []
     db.close()
+
+
+def test_delete_object_as_an_external_garbage_collector_does(cluster: ThreadCluster) -> None:
+    """ZODB's IExternalGC.test, but for its blob and pack steps (neither
+    exists yet): deleted objects no longer load, their past does, and a
+    stale serial is a conflict."""
+    storage = cluster.client()
+    db = ZODB.DB(storage)
+    tm = transaction.TransactionManager()
+    connection = db.open(tm)
+    root = connection.root()
+    with tm:
+        root[0], root[1] = PersistentMapping(a=1), PersistentMapping(b=2)
+    oids = [root[0]._p_oid, root[1]._p_oid]
+    with tm:
+        del root[0], root[1]
+    before = [storage.load(oid) for oid in oids]
+
+    txn = TransactionMetaData()
+    storage.tpc_begin(txn)
+    for oid, (_, serial) in zip(oids, before):
+        storage.deleteObject(oid, serial, txn)
+    storage.tpc_vote(txn)
+    tid = storage.tpc_finish(txn)
+    assert tid == storage.lastTransaction()
+
+    for oid, (data, serial) in zip(oids, before):
+        with pytest.raises(POSException.POSKeyError):
+            storage.load(oid)
+        assert storage.loadBefore(oid, root._p_serial) == (data, serial, tid)
+
+    with tm:
+        root[2] = PersistentMapping()
+    oid, stale = root[2]._p_oid, root[2]._p_serial
+    with tm:
+        root[2]["x"] = 1
+    txn = TransactionMetaData()
+    storage.tpc_begin(txn)
+    storage.deleteObject(oid, stale, txn)
+    with pytest.raises(POSException.ConflictError, match="^database conflict error"):
+        storage.tpc_vote(txn)
+    storage.tpc_abort(txn)
+    with tm:
+        assert connection.root()[2]["x"] == 1
+    db.close()
