@@ -27,6 +27,7 @@ from ZODB.ConflictResolution import ConflictResolvingStorage
 
 from neostore import errors, rpc
 from neostore.client import commit, history, undo
+from neostore.client.record_iteration import RecordLister
 from neostore.client.cache import ObjectCache
 from neostore.client.cluster import ClusterConnection
 from neostore.client.exceptions import ClusterUnavailableError, to_zodb_error
@@ -53,6 +54,7 @@ SYNC_TIMEOUT = 60.0
     interfaces.IStorageUndoable,
     interfaces.IStorageRestoreable,
     interfaces.IExternalGC,
+    interfaces.IStorageCurrentRecordIteration,
 )
 class NeoStorage(ConflictResolvingStorage):
     """A ZODB storage backed by a neostore cluster.
@@ -92,6 +94,7 @@ class NeoStorage(ConflictResolvingStorage):
         self._oids: list[bytes] = []
         self._oid_batch = OID_BATCH
         self._spare = commit.SpareTtid()
+        self._records = RecordLister(self._cluster)
         self._closed = False
         try:
             self._cluster.connect()
@@ -355,6 +358,11 @@ class NeoStorage(ConflictResolvingStorage):
 
     def iterator(self, start: bytes | None = None, stop: bytes | None = None) -> Iterator[Any]:
         return self._call(lambda: history.TransactionIterator(self._cluster, start, stop))
+
+    def record_iternext(self, next: bytes | None = None) -> tuple[bytes, bytes, bytes, bytes | None]:  # noqa: A002 - ZODB's name
+        """Every live object's current record (zodbupdate): see
+        :mod:`neostore.client.record_iteration`."""
+        return self._call(lambda: self._records.next(next))
 
     def undoLog(self, first: int = 0, last: int = -20,
                 filter: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:

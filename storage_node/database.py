@@ -390,6 +390,36 @@ class Database:
             )
         return LoadResult(LoadStatus.FOUND, serial, next_serial, record, data_serial)
 
+    def current_objects(self, partition: int, after_oid: bytes | None,
+                        limit: int) -> tuple[list[tuple[bytes, bytes, Record]], bool]:
+        """The current revision of each live object of ``partition`` whose
+        oid is above ``after_oid`` (from the first when None), in oid order:
+        at most ``limit`` (oid, serial, record), a back-pointer's data
+        resolved; and whether more objects may follow."""
+        if after_oid is not None:
+            if after_oid == b"\xff" * 8:
+                return [], False
+            start = layout.object_prefix(partition, (int.from_bytes(after_oid, "big") + 1).to_bytes(8, "big"))
+        else:
+            start = layout.object_prefix(partition)
+        partition_prefix = layout.object_prefix(partition)
+        found: list[tuple[bytes, bytes, Record]] = []
+        with self._read() as txn:
+            cursor = txn.cursor(db=self._objects)
+            positioned = cursor.set_range(start)
+            while positioned and _key(cursor).startswith(partition_prefix):
+                _, oid, _ = layout.decode_object_key(_key(cursor))
+                _last_with_prefix(cursor, layout.object_prefix(partition, oid))  # its newest revision
+                serial = _key(cursor)[len(partition_prefix) + len(oid):]
+                result = self._resolve(txn, partition, oid, serial, layout.decode_object(_value(cursor)), None)
+                if result.status is LoadStatus.FOUND:
+                    if len(found) == limit:
+                        return found, True
+                    assert result.record is not None
+                    found.append((oid, serial, result.record))
+                positioned = cursor.next()
+        return found, False
+
     def has_revision(self, partition: int, oid: bytes, tid: bytes) -> bool:
         """Whether revision ``tid`` of ``oid`` is committed here (any kind)."""
         with self._read() as txn:

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
+#: Objects per ListObjects answer at most (each carries its data).
+LIST_OBJECTS_LIMIT = 1000
+
 
 def _identifier(value: bytes, what: str) -> bytes:
     if len(value) != 8:
@@ -82,6 +85,18 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         return storage_pb2.HistoryReply(
             revisions=[storage_pb2.Revision(tid=r.tid, size=r.size) for r in revisions]
         )
+
+    def ListObjects(self, request: storage_pb2.ListObjectsRequest, context: Any) -> storage_pb2.ListObjectsReply:
+        after = _optional_identifier(request.after_oid, "after_oid")
+        limit = min(request.limit or LIST_OBJECTS_LIMIT, LIST_OBJECTS_LIMIT)
+        found, more = self._read([request.partition],
+                                 lambda: self._database.current_objects(request.partition, after, limit),
+                                 unfinished=request.unfinished_ttids)
+        reply = storage_pb2.ListObjectsReply(more=more)
+        for oid, serial, record in found:
+            listed = reply.objects.add(oid=oid, serial=serial)
+            record.to_proto(listed.record)
+        return reply
 
     def ListTransactions(
         self, request: storage_pb2.ListTransactionsRequest, context: Any

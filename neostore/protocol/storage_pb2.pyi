@@ -201,6 +201,36 @@ class ListTransactionsReply(_message.Message):
     transactions: _containers.RepeatedCompositeFieldContainer[_common_pb2.TransactionInfo]
     def __init__(self, transactions: _Optional[_Iterable[_Union[_common_pb2.TransactionInfo, _Mapping]]] = ...) -> None: ...
 
+class ListObjectsRequest(_message.Message):
+    __slots__ = ("partition", "after_oid", "limit", "unfinished_ttids")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    AFTER_OID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    UNFINISHED_TTIDS_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    after_oid: bytes
+    limit: int
+    unfinished_ttids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, partition: _Optional[int] = ..., after_oid: _Optional[bytes] = ..., limit: _Optional[int] = ..., unfinished_ttids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class CurrentObject(_message.Message):
+    __slots__ = ("oid", "serial", "record")
+    OID_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    oid: bytes
+    serial: bytes
+    record: _common_pb2.DataRecord
+    def __init__(self, oid: _Optional[bytes] = ..., serial: _Optional[bytes] = ..., record: _Optional[_Union[_common_pb2.DataRecord, _Mapping]] = ...) -> None: ...
+
+class ListObjectsReply(_message.Message):
+    __slots__ = ("objects", "more")
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    objects: _containers.RepeatedCompositeFieldContainer[CurrentObject]
+    more: bool
+    def __init__(self, objects: _Optional[_Iterable[_Union[CurrentObject, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
+
 class StatsRequest(_message.Message):
     __slots__ = ("partitions", "unfinished_ttids")
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]

@@ -80,6 +80,11 @@ class StorageStub:
                 request_serializer=storage__pb2.StatsRequest.SerializeToString,
                 response_deserializer=storage__pb2.StatsReply.FromString,
                 _registered_method=True)
+        self.ListObjects = channel.unary_unary(
+                '/neostore.Storage/ListObjects',
+                request_serializer=storage__pb2.ListObjectsRequest.SerializeToString,
+                response_deserializer=storage__pb2.ListObjectsReply.FromString,
+                _registered_method=True)
         self.ChecksumRange = channel.unary_unary(
                 '/neostore.Storage/ChecksumRange',
                 request_serializer=storage__pb2.RangeRequest.SerializeToString,
@@ -180,6 +185,14 @@ class StorageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListObjects(self, request, context):
+        """client -> storage, serves record_iternext (zodbupdate): the current
+        revision of each live object of one partition, in oid order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ChecksumRange(self, request, context):
         """storage -> storage (replication) and master -> storage (check): a
         digest of the next records of one readable cell, so that identical
@@ -261,6 +274,11 @@ def add_StorageServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=storage__pb2.StatsRequest.FromString,
                     response_serializer=storage__pb2.StatsReply.SerializeToString,
+            ),
+            'ListObjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListObjects,
+                    request_deserializer=storage__pb2.ListObjectsRequest.FromString,
+                    response_serializer=storage__pb2.ListObjectsReply.SerializeToString,
             ),
             'ChecksumRange': grpc.unary_unary_rpc_method_handler(
                     servicer.ChecksumRange,
@@ -526,6 +544,33 @@ class Storage:
             '/neostore.Storage/GetStats',
             storage__pb2.StatsRequest.SerializeToString,
             storage__pb2.StatsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neostore.Storage/ListObjects',
+            storage__pb2.ListObjectsRequest.SerializeToString,
+            storage__pb2.ListObjectsReply.FromString,
             options,
             channel_credentials,
             insecure,
