@@ -15,14 +15,15 @@
     neoctl ... check [--repair] [PARTITION...]  (compare replicas; exit 4 if they differ)
     neoctl ... status                   (data movement in progress)
     neoctl ... wait [--timeout S]       (until every cell is UP_TO_DATE)
+    neoctl ... import SOURCE-CONFIG [--incremental] [--verify]  (bring a ZODB database in)
 
 It talks to the masters' ``Admin`` service, trying every master given and
 following a follower's ``NotLeader`` hint to the leader (which may be a
 master the command line did not name); while the masters elect a leader it
 retries for a few seconds.
 Exit codes: 0 success, 1 the request was refused or failed, 2 bad usage,
-3 no master reachable, 4 ``check`` found replicas that differ, 5 ``wait``
-timed out.
+3 no master reachable, 4 ``check`` found replicas that differ (or ``import
+--verify`` a difference), 5 ``wait`` timed out.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Admin:
         self._masters = masters
         self._config = rpc.RpcConfig(cluster_name=cluster, tls=tls)
         self._timeout = timeout
+        self.masters, self.cluster, self.tls = masters, cluster, tls  # for commands that open a client
 
     def storage_stats(self, address: str) -> storage_pb2.StatsReply | None:
         """What a storage node holds (its readable cells), None if it does not answer."""
@@ -466,6 +468,54 @@ def command_wait(admin: Admin, args: argparse.Namespace) -> int:
         time.sleep(args.interval)
 
 
+def command_import(admin: Admin, args: argparse.Namespace) -> int:
+    from neostore import importer
+    from neostore.client import NeoStorage
+
+    source = importer.open_source(args.source)
+    summary: dict[str, Any] = {}
+    try:
+        def new_client() -> NeoStorage:
+            return NeoStorage(admin.masters, admin.cluster, tls=admin.tls)
+
+        terminal = sys.stderr.isatty()
+        quiet = args.quiet or args.json
+
+        def report(progress: importer.Progress) -> None:
+            line = importer.progress_line(progress)
+            print(f"\r{line}\x1b[K" if terminal else line, end="" if terminal else "\n", file=sys.stderr, flush=True)
+
+        if not args.verify_only:
+            progress = importer.Importer(source, new_client, window=args.window,
+                                         report=None if quiet else report,
+                                         report_every=1.0 if terminal else 10.0).run(args.incremental)
+            if terminal and not quiet:
+                print(file=sys.stderr)
+            summary["import"] = progress.as_dict()
+            if not args.json:
+                print("nothing to import: the cluster holds every transaction of the source" if not progress.transactions
+                      else f"imported {importer.progress_line(progress)}")
+        if args.verify or args.verify_only:
+            destination = new_client()
+            try:
+                verification = importer.verify(source, destination)
+            finally:
+                destination.close()
+            summary["verify"] = verification.as_dict()
+            if not args.json:
+                print(f"verified {verification.transactions:,} transactions and {verification.records:,} records "
+                      f"in {verification.seconds:.0f}s: "
+                      + (f"{len(verification.differences)} difference(s)" if verification.differences
+                         else "source and cluster hold the same history"))
+                for difference in verification.differences[:20]:
+                    print(f"  {difference}")
+    finally:
+        source.close()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    return EXIT_INCONSISTENT if summary.get("verify", {}).get("differences") else EXIT_OK
+
+
 def _subcommand(commands: Any, name: str, run: Any = None, **kwargs: Any) -> argparse.ArgumentParser:
     """A subcommand that calls ``run(admin, args)`` (none: it has subcommands
     of its own); each takes --json after its name as well as before it."""
@@ -480,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neoctl", description="Administer a neostore cluster.",
         epilog="Exit codes: 0 success, 1 refused or failed, 2 bad usage, 3 no master reachable, "
-               "4 check found replicas that differ, 5 wait timed out.")
+               "4 check found replicas that differ (import --verify: a difference), 5 wait timed out.")
     parser.add_argument("--masters", default=os.environ.get("NEOSTORE_MASTERS", "127.0.0.1:5551"),
                         help="master addresses, comma separated (default: $NEOSTORE_MASTERS or %(default)s)")
     parser.add_argument("--cluster", default=os.environ.get("NEOSTORE_CLUSTER", "neostore"),
@@ -567,6 +617,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="show data movement: each cell not UP_TO_DATE, with replication progress",
         description="One line per cell that is not UP_TO_DATE: its state and, while it replicates, "
                     "bytes and records done and left, rate and ETA (a progress bar on a terminal).")
+    imports = _subcommand(commands, "import", command_import,
+        help="copy an existing ZODB database (FileStorage, ZEO, RelStorage...) into the cluster",
+        description="SOURCE is a ZConfig file with one storage section, as zodbconvert's source "
+                    "(e.g. <filestorage> path /srv/Data.fs </filestorage>).  Every transaction is copied "
+                    "with its TID, status, user, description and extension, in TID order; progress goes "
+                    "to stderr.  The cluster must be empty, unless --incremental: then the copy continues "
+                    "after the cluster's last TID (which must be a transaction of the source), e.g. after "
+                    "an interrupted import or to catch up with a source still in use.  --verify then "
+                    "compares both histories, every transaction and record (exit 4 on a difference).")
+    imports.add_argument("source", metavar="SOURCE-CONFIG")
+    imports.add_argument("--incremental", action="store_true", help="continue after the cluster's last TID")
+    imports.add_argument("--verify", action="store_true", help="then compare every transaction and record")
+    imports.add_argument("--verify-only", action="store_true", help="only compare (no copy)")
+    imports.add_argument("--window", type=int, default=8,
+                         help="transactions copied at once (default %(default)s)")
+    imports.add_argument("--quiet", action="store_true", help="no progress on stderr")
     wait = _subcommand(commands, "wait", command_wait,
         help="wait until every cell is UP_TO_DATE (exit 5 on timeout)",
         description="Poll until no cell is OUT_OF_DATE, FEEDING or otherwise not UP_TO_DATE, "

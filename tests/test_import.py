@@ -15,6 +15,7 @@ oid counter follows the restored oids).
 
 from __future__ import annotations
 
+import json
 import pathlib
 import time
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from ZODB.serialize import referencesf
 from ZODB.utils import get_pickle_metadata, p64, u64
 
 from harness import ThreadCluster
+from neostore.ids import ZERO_TID
 
 NUM_TRANSACTIONS = 300
 
@@ -329,3 +331,94 @@ def test_zodbupdate_renames_a_class_in_every_record(cluster: ThreadCluster) -> N
     assert {oid: name for oid, name in after.items() if oid not in oids} == {
         oid: name for oid, name in before.items() if oid not in oids}
     storage.close()
+
+
+def _source_config(tmp_path: pathlib.Path, fs_path: str) -> str:
+    config = tmp_path / "source.conf"
+    config.write_text(f"<filestorage>\n  path {fs_path}\n  read-only true\n</filestorage>\n")
+    return str(config)
+
+
+def _neoctl(cluster: ThreadCluster, *args: str) -> int:
+    from neostore import neoctl
+
+    return neoctl.main(["--masters", ",".join(cluster.masters), "--cluster", cluster.name, *args])
+
+
+def _add_transactions(fs_path: str, count: int) -> None:
+    storage = ZODB.FileStorage.FileStorage(fs_path)
+    db = ZODB.DB(storage)
+    for i in range(count):
+        _commit(db, lambda root, i=i: root["tree"].__setitem__(f"added-{i}", i), user="after", note=f"after {i}")
+    db.close()
+
+
+def test_neoctl_import_then_incremental_then_verify(
+    cluster: ThreadCluster, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What an operator runs: import, a refused second import, a source that
+    moved on caught up with --incremental, and --verify of the whole."""
+    fs_path = str(tmp_path / "source.fs")
+    _build_source(fs_path).close()
+    config = _source_config(tmp_path, fs_path)
+
+    assert _neoctl(cluster, "import", config, "--quiet") == 0
+    out = capsys.readouterr().out
+    assert "imported" in out and "transactions" in out
+
+    assert _neoctl(cluster, "import", config) == 1
+    err = capsys.readouterr().err
+    assert "not empty" in err and "--incremental" in err and "0x" in err
+
+    _add_transactions(fs_path, 25)
+    assert _neoctl(cluster, "--json", "import", config, "--incremental", "--verify") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["import"]["transactions"] == 25
+    assert summary["verify"]["differences"] == 0
+    assert summary["verify"]["transactions"] > NUM_TRANSACTIONS and summary["verify"]["records"] > NUM_TRANSACTIONS
+
+    assert _neoctl(cluster, "import", config, "--incremental", "--quiet") == 0
+    assert "nothing to import" in capsys.readouterr().out
+
+
+def test_an_interrupted_import_resumes_without_copying_a_transaction_twice(
+    cluster: ThreadCluster, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from neostore import importer
+
+    fs_path = str(tmp_path / "source.fs")
+    _build_source(fs_path).close()
+    config = _source_config(tmp_path, fs_path)
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(progress: importer.Progress) -> None:
+        if progress.transactions >= 40:
+            raise Interrupted
+
+    source = importer.open_source(config)
+    try:
+        with pytest.raises(Interrupted):
+            importer.Importer(source, cluster.client, report=interrupt, report_every=0.0).run()
+    finally:
+        source.close()
+    partial = cluster.client()
+    assert partial.lastTransaction() != ZERO_TID
+    partial.close()
+
+    assert _neoctl(cluster, "--json", "import", config, "--incremental", "--verify") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert 0 < summary["import"]["transactions"] < NUM_TRANSACTIONS
+    assert summary["verify"]["differences"] == 0  # every TID once, in order, each record as in the source
+
+
+def test_neoctl_import_refuses_what_is_not_a_zodb_configuration(
+    cluster: ThreadCluster, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bogus = tmp_path / "bogus.conf"
+    bogus.write_text("this is not a storage\n")
+    assert _neoctl(cluster, "import", str(bogus)) == 1
+    assert "not a ZODB storage configuration" in capsys.readouterr().err
+    assert _neoctl(cluster, "import", str(tmp_path / "missing.conf")) == 1
+    assert "cannot read source configuration" in capsys.readouterr().err
