@@ -15,9 +15,10 @@ at once (each on its own NeoStorage connection: the storage nodes take
 their records while earlier ones are being decided), and they are
 finished strictly in TID order, since the masters refuse a TID that is not
 above the last one.  A transaction that writes an oid an earlier one in
-flight writes waits for it to finish before it starts: a later transaction
-holding a voted lock that an earlier one needs would wait for a finish
-that waits for it.
+flight writes starts once that one voted: it then waits on the storage
+nodes for its locks, which the earlier one releases when it is applied.
+Started sooner, it could take a lock the earlier one still needs, and wait
+for a finish that waits for it.
 
 :func:`verify` walks both histories side by side and compares every
 transaction's metadata and every record's data.
@@ -138,10 +139,10 @@ class _Copy:
     voted: threading.Event = dataclasses.field(default_factory=threading.Event)
     storage: Any = None
     error: BaseException | None = None
+    oids: frozenset[bytes] = frozenset()
 
-    @property
-    def oids(self) -> set[bytes]:
-        return {oid for oid, _ in self.records}
+    def __post_init__(self) -> None:
+        self.oids = frozenset(oid for oid, _ in self.records)
 
 
 def _read(source: Any, start: bytes) -> Iterator[_Copy]:
@@ -186,44 +187,45 @@ class Importer:
         for client in clients:
             idle.put(client)
         in_flight: collections.deque[_Copy] = collections.deque()
-        writing: collections.Counter[bytes] = collections.Counter()  # oids of the copies in flight
-        reported = time.monotonic()
-        waiting: _Copy | None = None  # read, not started: it writes an oid of one in flight
+        waiting: _Copy | None = None  # read, not started: an earlier one writing some of its oids still votes
         exhausted = False
+
+        def launch() -> None:
+            nonlocal waiting, exhausted
+            while len(in_flight) < self._window and not idle.empty():
+                copy = waiting if waiting is not None else next(copies, None)
+                waiting = None
+                if copy is None:
+                    exhausted = True
+                    return
+                if any(not other.voted.is_set() and not copy.oids.isdisjoint(other.oids) for other in in_flight):
+                    waiting = copy
+                    return
+                copy.storage = idle.get()
+                in_flight.append(copy)
+                threading.Thread(target=self._vote, args=(copy,), name="neostore-import-vote", daemon=True).start()
+
+        reported = time.monotonic()
         try:
             while in_flight or waiting is not None or not exhausted:
-                while len(in_flight) < self._window and not idle.empty():
-                    copy = waiting if waiting is not None else next(copies, None)
-                    waiting = None
-                    if copy is None:
-                        exhausted = True
-                        break
-                    oids = copy.oids
-                    if any(oid in writing for oid in oids):
-                        waiting = copy
-                        break
-                    writing.update(oids)
-                    copy.storage = idle.get()
-                    in_flight.append(copy)
-                    threading.Thread(target=self._vote, args=(copy,), name="neostore-import-vote",
-                                     daemon=True).start()
+                launch()
                 if not in_flight:
                     continue
-                copy = in_flight.popleft()
-                copy.voted.wait()
-                if copy.error is not None:
-                    raise copy.error
-                copy.storage.tpc_finish(copy.meta)
-                idle.put(copy.storage)
-                writing.subtract(copy.oids)
-                writing += collections.Counter()  # drop the oids no copy in flight writes
+                head = in_flight[0]
+                head.voted.wait()
+                if head.error is not None:
+                    raise head.error
+                launch()  # those that waited for its vote queue on its locks while it finishes
+                in_flight.popleft()
+                head.storage.tpc_finish(head.meta)
+                idle.put(head.storage)
                 if not progress.transactions:
-                    progress.first_tid = copy.tid
+                    progress.first_tid = head.tid
                 progress.transactions += 1
-                progress.records += len(copy.records)
-                progress.bytes += sum(len(data) for _, data in copy.records if data is not None)
-                progress.last_tid = copy.tid
-                progress.fraction = span.fraction(copy.tid)
+                progress.records += len(head.records)
+                progress.bytes += sum(len(data) for _, data in head.records if data is not None)
+                progress.last_tid = head.tid
+                progress.fraction = span.fraction(head.tid)
                 if self._report is not None and time.monotonic() - reported >= self._report_every:
                     reported = time.monotonic()
                     self._report(progress)
