@@ -422,3 +422,30 @@ def test_neoctl_import_refuses_what_is_not_a_zodb_configuration(
     assert "not a ZODB storage configuration" in capsys.readouterr().err
     assert _neoctl(cluster, "import", str(tmp_path / "missing.conf")) == 1
     assert "cannot read source configuration" in capsys.readouterr().err
+
+
+def test_zodbconvert_into_a_cluster(cluster: ThreadCluster, tmp_path: pathlib.Path) -> None:
+    """RelStorage's zodbconvert, unchanged, with a <neostore destination>
+    section: ZODB's copyTransactionsFrom, then the histories compared."""
+    import relstorage.zodbconvert
+
+    from neostore import importer
+
+    fs_path = str(tmp_path / "source.fs")
+    _build_source(fs_path).close()
+    config = tmp_path / "convert.conf"
+    config.write_text(
+        f"<filestorage source>\n  path {fs_path}\n  read-only true\n</filestorage>\n"
+        "%import neostore\n"
+        f"<neostore destination>\n  master-nodes {' '.join(cluster.masters)}\n  name {cluster.name}\n</neostore>\n")
+    relstorage.zodbconvert.main(["zodbconvert", str(config)])
+
+    source = ZODB.FileStorage.FileStorage(fs_path, read_only=True)
+    destination = cluster.client()
+    try:
+        result = importer.verify(source, destination)
+    finally:
+        source.close()
+        destination.close()
+    assert result.differences == []
+    assert result.transactions > NUM_TRANSACTIONS
