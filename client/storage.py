@@ -94,7 +94,7 @@ class NeoStorage(ConflictResolvingStorage):
         self._oids: list[bytes] = []
         self._oid_batch = OID_BATCH
         self._spare = commit.SpareTtid()
-        self._records = RecordLister(self._cluster)
+        self._records = RecordLister(self._cluster, self._dispatcher.last_transaction)
         self._closed = False
         try:
             self._cluster.connect()
@@ -279,6 +279,11 @@ class NeoStorage(ConflictResolvingStorage):
         if version:
             raise POSException.Unsupported("Versions aren't supported")
         context = self._context(transaction)
+        if context.requested_tid is None:
+            # Without conflict check, only a copy of a history may write
+            # this way, under the TIDs it had.
+            raise POSException.StorageTransactionError(
+                "restore() needs a transaction begun with its TID: tpc_begin(transaction, tid, status)")
         if data is None:
             write = commit.ObjectWrite(oid, ZERO_TID, undone_creation=True, restore=True)
         else:

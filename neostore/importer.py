@@ -146,10 +146,20 @@ class _Copy:
 
 
 def _read(source: Any, start: bytes) -> Iterator[_Copy]:
+    previous = ZERO_TID
     for transaction in source.iterator(start):
+        tid = bytes(transaction.tid)
+        if tid <= previous:
+            # zodbconvert (BaseStorage.copy) moves such a transaction to a later
+            # TID; an import keeps every TID, so that --verify and
+            # --incremental can rely on them.
+            raise errors.BadRequest(
+                f"the source's transaction {tid_repr(tid)} comes after {tid_repr(previous)}: its timestamps are "
+                "out of order (an old FileStorage?); zodbconvert can copy it under new TIDs")
+        previous = tid
         meta = TransactionMetaData(transaction.user, transaction.description, transaction.extension_bytes)
         records = [(bytes(record.oid), record.data) for record in transaction]
-        yield _Copy(bytes(transaction.tid), transaction.status, meta, records)
+        yield _Copy(tid, transaction.status, meta, records)
 
 
 class Importer:
@@ -166,8 +176,9 @@ class Importer:
 
     def run(self, incremental: bool = False) -> Progress:
         progress = Progress()
-        clients = [self._new_client() for _ in range(self._window)]
+        clients: list[Any] = []
         try:
+            clients.extend(self._new_client() for _ in range(self._window))
             start = import_start(self._source, clients[0], incremental)
             if start is None:
                 return progress
@@ -295,7 +306,7 @@ def verify(source: Any, destination: Any, report: Callable[[Verification], None]
         got = {bytes(record.oid): record.data for record in other}
         result.records += len(want)
         for oid in sorted(set(want) | set(got)):
-            if want.get(oid, b"missing") != got.get(oid, b"missing"):
+            if oid not in want or oid not in got or want[oid] != got[oid]:
                 what = "missing" if oid not in got else "unexpected" if oid not in want else "different data"
                 result.differences.append(f"transaction {tid_repr(mine.tid)}: object {oid.hex()}: {what}")
         if len(result.differences) >= limit:

@@ -390,12 +390,13 @@ class Database:
             )
         return LoadResult(LoadStatus.FOUND, serial, next_serial, record, data_serial)
 
-    def current_objects(self, partition: int, after_oid: bytes | None,
-                        limit: int) -> tuple[list[tuple[bytes, bytes, Record]], bool]:
+    def current_objects(self, partition: int, after_oid: bytes | None, limit: int,
+                        max_bytes: int = 2**62) -> tuple[list[tuple[bytes, bytes, Record]], bool]:
         """The current revision of each live object of ``partition`` whose
         oid is above ``after_oid`` (from the first when None), in oid order:
         at most ``limit`` (oid, serial, record), a back-pointer's data
-        resolved; and whether more objects may follow."""
+        resolved, and no more once their data reach ``max_bytes`` (at least
+        one); and whether more objects may follow."""
         if after_oid is not None:
             if after_oid == b"\xff" * 8:
                 return [], False
@@ -404,6 +405,7 @@ class Database:
             start = layout.object_prefix(partition)
         partition_prefix = layout.object_prefix(partition)
         found: list[tuple[bytes, bytes, Record]] = []
+        size = 0
         with self._read() as txn:
             cursor = txn.cursor(db=self._objects)
             positioned = cursor.set_range(start)
@@ -413,10 +415,11 @@ class Database:
                 serial = _key(cursor)[len(partition_prefix) + len(oid):]
                 result = self._resolve(txn, partition, oid, serial, layout.decode_object(_value(cursor)), None)
                 if result.status is LoadStatus.FOUND:
-                    if len(found) == limit:
+                    if len(found) == limit or (found and size >= max_bytes):
                         return found, True
                     assert result.record is not None
                     found.append((oid, serial, result.record))
+                    size += len(result.record.data)
                 positioned = cursor.next()
         return found, False
 

@@ -37,8 +37,10 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-#: Objects per ListObjects answer at most (each carries its data).
+#: Objects per ListObjects answer at most (each carries its data), and the
+#: data size past which an answer ends (it holds at least one object).
 LIST_OBJECTS_LIMIT = 1000
+LIST_OBJECTS_MAX_BYTES = 8 * 1024 * 1024
 
 
 def _identifier(value: bytes, what: str) -> bytes:
@@ -90,7 +92,8 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         after = _optional_identifier(request.after_oid, "after_oid")
         limit = min(request.limit or LIST_OBJECTS_LIMIT, LIST_OBJECTS_LIMIT)
         found, more = self._read([request.partition],
-                                 lambda: self._database.current_objects(request.partition, after, limit),
+                                 lambda: self._database.current_objects(
+                                     request.partition, after, limit, LIST_OBJECTS_MAX_BYTES),
                                  unfinished=request.unfinished_ttids)
         reply = storage_pb2.ListObjectsReply(more=more)
         for oid, serial, record in found:

@@ -176,6 +176,17 @@ def test_restore_refuses_a_status_it_cannot_keep(cluster: ThreadCluster) -> None
         storage.tpc_begin(txn, p64(1 << 60), "u")
 
 
+def test_restore_needs_a_transaction_begun_with_its_tid(cluster: ThreadCluster) -> None:
+    """restore skips the conflict check: only a copy of a history, under its
+    own TIDs, may use it."""
+    storage = cluster.client()
+    txn = TransactionMetaData()
+    storage.tpc_begin(txn)
+    with pytest.raises(POSException.StorageTransactionError, match="begun with its TID"):
+        storage.restore(p64(1), p64(1), b"data", "", None, txn)
+    storage.tpc_abort(txn)
+
+
 def test_history_of_any_size(cluster: ThreadCluster) -> None:
     """zodbbrowser asks history(oid, 10**12): every revision, no overflow."""
     db = ZODB.DB(cluster.client())
@@ -265,9 +276,9 @@ def test_record_iternext_lists_every_live_object_once(cluster: ThreadCluster) ->
     storage.tpc_vote(txn)
     storage.tpc_finish(txn)
 
-    original = record_iteration.BATCH
-    record_iteration.BATCH = 7  # many batches, some spanning partitions
-    try:
+    import neostore.storage_node.servicer as servicer
+
+    def walk() -> dict[bytes, tuple[bytes, bytes]]:
         listed = {}
         next_oid = None
         while True:
@@ -275,11 +286,19 @@ def test_record_iternext_lists_every_live_object_once(cluster: ThreadCluster) ->
             assert oid not in listed, "listed twice"
             listed[oid] = (tid, data)
             if next_oid is None:
-                break
-    finally:
-        record_iteration.BATCH = original
+                return listed
+
     expected = {root._p_oid} | {root[i]._p_oid for i in range(120)}
-    assert set(listed) == expected
+    original = record_iteration.BATCH, record_iteration.MAX_BATCH_BYTES, servicer.LIST_OBJECTS_MAX_BYTES
+    try:
+        record_iteration.BATCH = 7  # many batches, some spanning partitions
+        listed = walk()
+        assert set(listed) == expected
+        # Answers and batches cut by size: one object per answer, two per batch.
+        record_iteration.BATCH, record_iteration.MAX_BATCH_BYTES, servicer.LIST_OBJECTS_MAX_BYTES = 500, 1, 1
+        assert walk() == listed
+    finally:
+        record_iteration.BATCH, record_iteration.MAX_BATCH_BYTES, servicer.LIST_OBJECTS_MAX_BYTES = original
     for oid, (tid, data) in listed.items():
         assert storage.load(oid) == (data, tid)
     db.close()
@@ -405,11 +424,15 @@ def test_an_interrupted_import_resumes_without_copying_a_transaction_twice(
         source.close()
     partial = cluster.client()
     assert partial.lastTransaction() != ZERO_TID
+    copied_before = sum(1 for _ in partial.iterator())
     partial.close()
+    source = ZODB.FileStorage.FileStorage(fs_path, read_only=True)
+    total = sum(1 for _ in source.iterator())
+    source.close()
 
     assert _neoctl(cluster, "--json", "import", config, "--incremental", "--verify") == 0
     summary = json.loads(capsys.readouterr().out)
-    assert 0 < summary["import"]["transactions"] < NUM_TRANSACTIONS
+    assert copied_before >= 40 and summary["import"]["transactions"] == total - copied_before
     assert summary["verify"]["differences"] == 0  # every TID once, in order, each record as in the source
 
 
@@ -449,3 +472,35 @@ def test_zodbconvert_into_a_cluster(cluster: ThreadCluster, tmp_path: pathlib.Pa
         destination.close()
     assert result.differences == []
     assert result.transactions > NUM_TRANSACTIONS
+
+
+def test_an_import_refuses_a_source_whose_timestamps_go_back(cluster: ThreadCluster) -> None:
+    """An old FileStorage may hold TIDs out of order; an import keeps every
+    TID, so it stops there and says so (zodbconvert would renumber)."""
+    from ZODB.BaseStorage import DataRecord, TransactionRecord
+
+    from neostore import errors, importer
+
+    class Transaction(TransactionRecord):
+        def __iter__(self) -> Iterator[DataRecord]:
+            return iter([DataRecord(p64(1), self.tid, b"data", None)])
+
+    class Source:
+        """A source whose second transaction is older than its first."""
+
+        tids = [p64(5 << 32), p64(4 << 32)]
+
+        def iterator(self, start: bytes | None = None) -> Iterator[Any]:
+            # As a FileStorage: from the first transaction at or after start, in file order.
+            first = next((i for i, tid in enumerate(self.tids) if start is None or tid >= start), len(self.tids))
+            for tid in self.tids[first:]:
+                yield Transaction(tid, " ", b"", b"", {})
+
+        def lastTransaction(self) -> bytes:
+            return self.tids[-1]
+
+    with pytest.raises(errors.BadRequest, match="out of order"):
+        importer.Importer(Source(), cluster.client).run()
+    check = cluster.client()
+    assert check.lastTransaction() in (ZERO_TID, p64(5 << 32))  # at most the prefix before it
+    check.close()
