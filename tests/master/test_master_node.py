@@ -210,8 +210,10 @@ def test_a_committed_transaction_is_applied_and_published_to_subscribers(
         [invalidation] = event.invalidations.items
         assert (invalidation.tid, invalidation.ttid) == (tid, ttid)
         assert list(invalidation.oids) == [p64(u64(ttid) % 4)]
-        assert all(storage.committed_tids() == [tid] for storage in storages)
         assert running.info().last_tid == tid
+        # Published at the decision: the Commit orders reach the participants after.
+        wait_until(lambda: all(storage.committed_tids() == [tid] for storage in storages),
+                   timeout=30, what="every participant applies it")
     finally:
         call.cancel()
 
