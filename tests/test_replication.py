@@ -75,7 +75,10 @@ def commit_values(db: ZODB.DB, name: str, count: int, size: int = 100) -> None:
 
 
 def assert_replicas_identical(cluster: ThreadCluster) -> None:
-    """Every partition's UP_TO_DATE replicas hold the same records, byte for byte."""
+    """Every partition's UP_TO_DATE replicas hold the same records, byte for
+    byte, once every decision is applied (published at the decision, a
+    transaction reaches its participants' disks a moment later)."""
+    wait_until(lambda: not cluster.master.state.pending_decisions, timeout=30, what="every decision applied")
     state = cluster.master.state
     by_id = {node.node_id: node for node in cluster.storages}
     for partition, row in enumerate(state.table.rows):
@@ -330,6 +333,7 @@ def test_replication_survives_the_loss_of_its_source(tmp_path: pathlib.Path, mon
         source.stop()  # the source dies in the middle of the walk
         hold.release()
         wait_until(lambda: not node_cells(cluster, node_id, CellState.OUT_OF_DATE), what="catch-up from the other source")
+        wait_until(lambda: not cluster.master.state.pending_decisions, timeout=30, what="every decision applied")
         survivors = [s for s in cluster.storages if s is not source]
         state = cluster.master.state
         for partition in range(3):
