@@ -27,11 +27,11 @@ from ZODB.ConflictResolution import ConflictResolvingStorage
 
 from neostore import errors, rpc
 from neostore.client import commit, history, undo
-from neostore.client.record_iteration import RecordLister
 from neostore.client.cache import ObjectCache
 from neostore.client.cluster import ClusterConnection
 from neostore.client.exceptions import ClusterUnavailableError, to_zodb_error
 from neostore.client.invalidations import InvalidationDispatcher, catch_up
+from neostore.client.record_iteration import RecordLister
 from neostore.ids import MAX_TID, ZERO_TID, oid_repr, partition_of, tid_repr
 from neostore.protocol import common_pb2, master_pb2, storage_pb2
 from neostore.records import Record
@@ -364,7 +364,9 @@ class NeoStorage(ConflictResolvingStorage):
     def iterator(self, start: bytes | None = None, stop: bytes | None = None) -> Iterator[Any]:
         return self._call(lambda: history.TransactionIterator(self._cluster, start, stop))
 
-    def record_iternext(self, next: bytes | None = None) -> tuple[bytes, bytes, bytes, bytes | None]:  # noqa: A002 - ZODB's name
+    def record_iternext(
+        self, next: bytes | None = None,  # noqa: A002 - ZODB's name
+    ) -> tuple[bytes, bytes, bytes, bytes | None]:
         """Every live object's current record (zodbupdate): see
         :mod:`neostore.client.record_iteration`."""
         return self._call(lambda: self._records.next(next))

@@ -493,8 +493,8 @@ def command_import(admin: Admin, args: argparse.Namespace) -> int:
                 print(file=sys.stderr)
             summary["import"] = progress.as_dict()
             if not args.json:
-                print("nothing to import: the cluster holds every transaction of the source" if not progress.transactions
-                      else f"imported {importer.progress_line(progress)}")
+                print(f"imported {importer.progress_line(progress)}" if progress.transactions
+                      else "nothing to import: the cluster holds every transaction of the source")
         if args.verify or args.verify_only:
             destination = new_client()
             try:
