@@ -3,7 +3,7 @@
     python benchmarks/commit.py [--seconds 5] [--warmup 1] [--procs 1,8,16]
                                 [--systems neostore,zeo,relstorage-pg]
                                 [--objects 1000] [--repetitions 5]
-                                [--json] [--quick] [--keep]
+                                [--server-sync] [--json] [--quick] [--keep]
 
 One run, one machine, every server on 127.0.0.1 (TCP), measured in turn:
 
@@ -172,11 +172,12 @@ def open_storage(spec: dict[str, Any]) -> Any:
     if kind == "neostore":
         from neostore.client import NeoStorage
 
-        return NeoStorage(spec["masters"], spec["name"])
+        return NeoStorage(spec["masters"], spec["name"], server_sync=spec.get("server_sync", False))
     if kind == "zeo":
         from ZEO.ClientStorage import ClientStorage
 
-        return ClientStorage((spec["host"], spec["port"]), wait_timeout=START_TIMEOUT)
+        return ClientStorage((spec["host"], spec["port"]), wait_timeout=START_TIMEOUT,
+                             server_sync=spec.get("server_sync", False))
     if kind == "relstorage-pg":
         from relstorage.adapters.postgresql import PostgreSQLAdapter
         from relstorage.options import Options
@@ -714,6 +715,7 @@ def run_system(system: System, args: argparse.Namespace, results: dict[str, Any]
     label = LABELS[system.key]
     log(f"{label}: starting...")
     system.start()
+    system.spec["server_sync"] = args.server_sync
     log(f"  {system.describe()}")
     results["systems"][system.key] = system.describe()
     create_objects(system, args.procs, args.shootout_procs)
@@ -854,6 +856,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 1 and 2 procs, 1 s (0.5 s warm-up), 100 objects, 2 repetitions")
+    parser.add_argument("--server-sync", action="store_true",
+                        help="neostore and ZEO clients ask the server at each transaction begin "
+                             "(their server_sync option; off by default in both)")
     parser.add_argument("--keep", action="store_true", help="keep the data directories and logs")
     args = parser.parse_args()
     quick = {"seconds": 1.0, "warmup": 0.5, "procs": "1,2", "objects": 100, "repetitions": 2}
@@ -889,6 +894,7 @@ def main() -> int:
         "settings": {"seconds": args.seconds, "warmup": args.warmup, "procs": args.procs,
                      "shootout_procs": args.shootout_procs, "objects_per_txn": args.objects,
                      "repetitions": args.repetitions, "shootout_statistic": "median",
+                     "server_sync": args.server_sync,
                      "small_commits_counted": "commits whose commit() returned inside the window",
                      "ratios": "neostore / other: throughput > 1 is neostore faster, CPU > 1 neostore using more"},
         "systems": {}, "skipped": {}, "small_commits": {}, "add": {}, "update": {},

@@ -1,7 +1,8 @@
 """Commits through Raft: latency, throughput, leader failover, master CPU.
 
     python benchmarks/raft_commit.py [--rounds 1000] [--clients 1,16]
-                                     [--kill-runs 10] [--remove-runs 5] [--json] [--quick]
+                                     [--kill-runs 10] [--remove-runs 5] [--server-sync]
+                                     [--json] [--quick]
                                      [--keep-logs]
 
 Starts 3 master processes (Raft) and 3 storage nodes (R=2) on 127.0.0.1
@@ -14,9 +15,10 @@ committing one object of its own, so there are no conflicts):
    ``--rounds`` commits in all (split across the clients, after a warm-up);
    also the Finish rpc alone (the master's decision: replicated through
    Raft, applied on the storage nodes, answered; timed by wrapping the
-   client's ``master_call``) and the Sync rpc (ZODB's sync at each
-   transaction's start: it brings the invalidations and the TTID of the
-   next transaction, so that tpc_begin needs no Begin rpc of its own);
+   client's ``master_call``) and, with ``--server-sync``, the Sync rpc
+   (ZODB's sync at each transaction's start then asks the master for what
+   the client missed and for the next TTID; by default, as in ZEO, sync
+   sends nothing and the Finish answer brings the next TTID);
 2. CPU seconds (user+sys, from /proc/PID/stat) per committed transaction
    over that same measured phase: the 3 masters (leader and followers
    apart), each storage node, and this client process, for context;
@@ -160,10 +162,14 @@ def wait_caught_up(cluster: LocalCluster, index: int, tid: bytes, timeout: float
 # -- clients -------------------------------------------------------------------
 
 
+#: --server-sync: every client's sync() asks the master (NeoStorage's server_sync).
+SERVER_SYNC = False
+
+
 def open_storage(cluster: LocalCluster) -> Any:
     from neostore.client import NeoStorage
 
-    return NeoStorage(cluster.masters, cluster.name)
+    return NeoStorage(cluster.masters, cluster.name, server_sync=SERVER_SYNC)
 
 
 class Client:
@@ -519,7 +525,7 @@ def measure_leader_removal(cluster: LocalCluster, runs: int, log: Any) -> dict[s
 def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     results: dict[str, Any] = {
         "setup": {"masters": NUM_MASTERS, "storages": 3, "replicas": 2, "partitions": 12,
-                  "rounds": args.rounds, "cpus": os.cpu_count()},
+                  "rounds": args.rounds, "cpus": os.cpu_count(), "server_sync": SERVER_SYNC},
         "commit": {},
     }
     with tempfile.TemporaryDirectory(prefix="raft-commit-") as workdir:
@@ -575,8 +581,9 @@ def print_table(results: dict[str, Any]) -> None:
           f" {'Sync rpc p50/p99':>19}")
     for entry in results["commit"].values():
         c, f, b = entry["commit"], entry["finish_rpc"], entry["sync_rpc"]
+        sync = f"{b['p50_ms']:>8.2f} / {b['p99_ms']:<8.2f}" if b["samples"] else f"{'none sent':>19}"
         print(f"{entry['clients']:>7} {entry['commits_per_s']:>9.1f} {c['p50_ms']:>10.2f} / {c['p99_ms']:<8.2f}"
-              f" {f['p50_ms']:>11.2f} / {f['p99_ms']:<9.2f} {b['p50_ms']:>8.2f} / {b['p99_ms']:<8.2f}")
+              f" {f['p50_ms']:>11.2f} / {f['p99_ms']:<9.2f} {sync}")
     print(f"\nCPU ms per commit (user+sys){'':8}"
           f"{'3 masters':>10} {'leader':>7} {'2 followers':>12} {'3 storages':>11} {'client proc':>12}")
     for entry in results["commit"].values():
@@ -629,12 +636,16 @@ def main() -> None:
     parser.add_argument("--kill-runs", type=int, default=None, help="leader kills (default 10)")
     parser.add_argument("--remove-runs", type=int, default=None,
                         help="removals of the leader with neoctl remove-master (default 5)")
+    parser.add_argument("--server-sync", action="store_true",
+                        help="clients ask the master at each transaction's start (NeoStorage server_sync)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--keep-logs", action="store_true",
                         help="copy the nodes' logs to a new directory under /tmp (always done on failure)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: --rounds 48 --clients 1,4 --kill-runs 2 --remove-runs 1 unless given")
     args = parser.parse_args()
+    global SERVER_SYNC
+    SERVER_SYNC = args.server_sync
     quick = {"rounds": 48, "clients": "1,4", "kill_runs": 2, "remove_runs": 1}
     default = {"rounds": 1000, "clients": "1,16", "kill_runs": 10, "remove_runs": 5}
     for name, value in (quick if args.quick else default).items():

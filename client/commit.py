@@ -5,8 +5,9 @@ Transaction``/``undo`` (any number), ``tpc_vote``, then ``tpc_finish`` or
 ``tpc_abort``.  Each step is one function below:
 
 1. :func:`begin` — a temporary id, the TTID: the spare one the master
-   reserved in the answer to the sync ZODB made when the transaction
-   began (:class:`SpareTtid`), else one from the master leader's Begin.
+   reserved in its answer to this client's last Finish (or, with
+   ``server_sync``, to the sync ZODB made when the transaction began:
+   :class:`SpareTtid`), else one from the master leader's Begin.
 2. :func:`store` — the data is packed (compressed, checksummed) and kept:
    every write goes to the storage nodes at vote.
 3. :func:`vote` — picks the partition that keeps the transaction's
@@ -40,13 +41,17 @@ Transaction``/``undo`` (any number), ``tpc_vote``, then ``tpc_finish`` or
    without a definite answer (Unavailable, NotLeader, UnknownTransaction:
    the leader died or changed mid-finish), :func:`transaction_outcome` asks
    the masters what became of the TTID: committed, tpc_finish goes on as if
-   the Finish had answered; aborted, it raises (nothing committed).
+   the Finish had answered; aborted, it raises (nothing committed), except
+   that a transaction the leader now never knew (it began under the one
+   before) is voted and finished once more under a new TTID, with no
+   conflict resolution this time (:func:`_commit_again`).
 5. :func:`abort` — asks the master to abort the TTID on the storage nodes
    it reached.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import logging
@@ -141,6 +146,9 @@ class TransactionContext:
     # Locks are taken node by node in increasing node id: nodes below this
     # one were visited already (see vote).
     position: int = 0
+    # The newest committed serial a conflict reported (the client's next
+    # transaction waits for its invalidations).
+    newest_conflict: bytes = b""
 
     @property
     def changed_oids(self) -> list[bytes]:
@@ -159,20 +167,23 @@ def begin(
     restored transaction's status is "p"."""
     ttid = spare.take() if tid is None and spare is not None and not cluster.stopping else None
     if ttid is None:
-        request = master_pb2.BeginRequest(client_id=client_id, tid=tid or b"")
+        # A spare left (too old, or this is a restore) goes back with it.
+        release = spare.drop() if spare is not None else None
+        request = master_pb2.BeginRequest(client_id=client_id, tid=tid or b"", release_spare=release or b"")
         ttid = cluster.master_call("Begin", request).ttid
     cluster.unfinished(ttid)
     return TransactionContext(ttid=ttid, meta=meta, requested_tid=tid, packed=packed)
 
 
 class SpareTtid:
-    """The TTID the master reserved ahead for this client's next tpc_begin
-    (a ``Sync`` answer brings it: ZODB syncs when a transaction begins),
-    so that tpc_begin usually needs no round trip.  Used only within
+    """The TTID the master reserved ahead for this client's next tpc_begin,
+    so that tpc_begin usually needs no round trip: the answer to the
+    client's last ``Finish`` brings it, or with ``server_sync`` the
+    ``Sync`` that ZODB makes when a transaction begins.  Used only within
     ``SPARE_LIFETIME`` seconds of its arrival (a cluster that became
     STOPPING meanwhile must refuse the transaction: the client drops its
-    spare when the stream says so); an unused one is handed back at the
-    next sync."""
+    spare when the stream says so); an unused one is handed back with the
+    next ``Sync`` or ``Begin``."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -492,6 +503,7 @@ def _resolve_conflict(context: TransactionContext, resolve: Resolver, conflict: 
     (raises ConflictError or ReadConflictError if it cannot be resolved)."""
     oid = conflict.oid
     write = context.writes[oid]
+    context.newest_conflict = max(context.newest_conflict, conflict.committed_serial)
     if write.serial == conflict.committed_serial and oid in context.resolved:
         return  # resolved already (a conflict answered by two nodes)
     if conflict.read_conflict or write.check_only:
@@ -559,14 +571,21 @@ def _as_bytes(value: Any) -> bytes:
 
 def finish(
     cluster: ClusterConnection, dispatcher: InvalidationDispatcher, client_id: str,
-    context: TransactionContext, callback: Callable[[bytes], Any],
+    context: TransactionContext, callback: Callable[[bytes], Any], spare: SpareTtid | None = None,
+    again: bool = True,
 ) -> bytes:
+    """Commit: the TID.  With ``spare``, the answer also brings the TTID of
+    the client's next transaction (kept there).  A transaction that the
+    masters guarantee will never commit because it began under a leader
+    since replaced is run once more under a new TTID (``again``: see
+    :func:`_commit_again`)."""
     if context.phase is not Phase.VOTED:
         raise POSException.StorageTransactionError("tpc_finish before tpc_vote")
     request = master_pb2.FinishRequest(
         client_id=client_id, ttid=context.ttid, oids=context.changed_oids,
         partitions=sorted(context.touched), table_version=cluster.table.version,
         metadata_partition=context.metadata_partition, last_tid=dispatcher.last_transaction(),
+        want_spare=spare is not None and context.requested_tid is None,
         votes=[master_pb2.Vote(node_id=n, partitions=sorted(p), unchecked_partitions=sorted(context.unchecked.get(n, ())))
                for n, p in sorted(context.votes.items())],
     )
@@ -577,6 +596,8 @@ def finish(
         # recovered below by asking what became of the TTID.
         reply = cluster.master_call("Finish", request, timeout=FINISH_TIMEOUT, retry_seconds=0, idempotent=False)
         tid = reply.tid
+        if reply.spare_ttid and spare is not None:
+            spare.put(reply.spare_ttid)
         if reply.catch_up.HasField("partition_table"):
             cluster.learn_table(reply.catch_up.partition_table)
         if reply.catch_up.complete:
@@ -597,6 +618,8 @@ def finish(
             _release_votes(cluster, client_id, context)
             if not known:
                 raise to_zodb_error(error) from None
+            if again and not cluster.closed:
+                return _commit_again(cluster, dispatcher, client_id, context, callback, spare, error)
             raise TransactionNotCommittedError(
                 f"transaction {tid_repr(context.ttid)} did not commit and never will "
                 f"({error}): run it again") from None
@@ -609,6 +632,38 @@ def finish(
     dispatcher.finish_own(context.ttid, tid, callback, since_last)
     context.phase = Phase.FINISHED
     return tid
+
+
+def _commit_again(
+    cluster: ClusterConnection, dispatcher: InvalidationDispatcher, client_id: str,
+    context: TransactionContext, callback: Callable[[bytes], Any], spare: SpareTtid | None, error: Exception,
+) -> bytes:
+    """``context`` did not commit and the masters guarantee it never will:
+    it began under a leader that has been replaced since (its TTID a spare
+    that the last Finish brought, or a Begin just before the change), so
+    the leader now does not know it.  Its votes are released; run it once
+    more, whole, under a TTID of the leader now: the same writes, each
+    checked again against the revision it was based on.  A conflict now
+    (another transaction committed one of its objects meanwhile) cannot be
+    resolved any more (tpc_vote has told ZODB which objects it resolved):
+    the transaction then fails as a ConflictError, to be run again."""
+    log.info("transaction %s began under a leader since replaced (%s): committing it again",
+             tid_repr(context.ttid), error)
+    retry = begin(cluster, client_id, context.meta, context.requested_tid, packed=context.packed)
+    retry.writes, retry.undone_oids = context.writes, context.undone_oids
+    try:
+        vote(cluster, retry, _refuse_resolution)
+    except (POSException.POSError, errors.NeoError) as failure:
+        with contextlib.suppress(errors.NeoError):
+            abort(cluster, client_id, retry, retry_seconds=RELEASE_RETRY_SECONDS)
+        raise TransactionNotCommittedError(
+            f"transaction {tid_repr(context.ttid)} did not commit and never will ({error}), "
+            f"and could not be committed again as {tid_repr(retry.ttid)} ({failure}): run it again") from None
+    return finish(cluster, dispatcher, client_id, retry, callback, spare, again=False)
+
+
+def _refuse_resolution(oid: bytes, committed: bytes, old: bytes, data: bytes) -> bytes:
+    raise POSException.ConflictError(oid=oid, serials=(committed, old))
 
 
 def transaction_outcome(

@@ -60,6 +60,7 @@ class InvalidationDispatcher:
         self._order_lock = threading.RLock()
         self._progress = threading.Condition(threading.Lock())
         self._last_tid: bytes = ZERO_TID  # last TID handed to ZODB
+        self._known_tid: bytes = ZERO_TID  # a TID known committed (a conflict named it)
         self._started = False
         self._own: dict[bytes, _OwnCommit] = {}
 
@@ -125,6 +126,22 @@ class InvalidationDispatcher:
     def last_transaction(self) -> bytes:
         with self._order_lock:
             return self._last_tid
+
+    def learn_committed(self, tid: bytes) -> None:
+        """``tid`` is committed (a vote's conflict named it): the next
+        :meth:`wait_for_known` waits for it."""
+        with self._progress:
+            self._known_tid = max(self._known_tid, tid)
+
+    def wait_for_known(self, timeout: float) -> bytes | None:
+        """Wait until the stream handed ZODB every TID :meth:`learn_committed`
+        named (so that a transaction retried after a conflict sees the one
+        it conflicted with); that TID if it did not arrive in time."""
+        with self._progress:
+            known = self._known_tid
+        if known <= ZERO_TID or self.wait_for(known, timeout):
+            return None
+        return known
 
     def wait_for(self, tid: bytes, timeout: float) -> bool:
         """Wait until every invalidation up to ``tid`` was handed to ZODB."""

@@ -74,12 +74,14 @@ class NeoStorage(ConflictResolvingStorage):
         tls: rpc.TlsConfig | None = None,
         connect_timeout: float = 30.0,
         max_message_bytes: int = rpc.DEFAULT_MAX_MESSAGE_BYTES,
+        server_sync: bool = False,
     ) -> None:
         if isinstance(master_nodes, str):
             master_nodes = master_nodes.replace(",", " ").split()
         self._masters = list(master_nodes)
         self._name = name
         self._read_only = read_only
+        self._server_sync = server_sync
         self._compress = compress
         self._client_id = uuid.uuid4().hex
         self._cache = ObjectCache(cache_size)
@@ -161,9 +163,24 @@ class NeoStorage(ConflictResolvingStorage):
         return self._dispatcher.last_transaction()
 
     def sync(self, force: bool = True) -> None:
-        """See every transaction committed before now: the master answers
-        what this client missed (handed to ZODB at once), else wait for the
-        invalidation stream to bring it."""
+        """ZODB calls this as a transaction begins.  With ``server_sync``
+        (ZEO's option, with ZEO's meaning): see every transaction committed
+        before now, in one round trip to the master, which answers what this
+        client missed (handed to ZODB at once) and a spare TTID for the
+        transaction.  Without (the default, as in ZEO), nothing is sent: the
+        invalidation stream keeps the client current within milliseconds,
+        and its own commits are always seen (a Finish answer brings every
+        transaction up to its own, and the next spare TTID), and so is any
+        transaction that one of its votes conflicted with (waited for
+        here, as the stream brings it)."""
+        if not self._server_sync:
+            # After a conflict, wait for the stream to bring the transaction
+            # it was with, so that the retry does not conflict the same way.
+            missing = self._dispatcher.wait_for_known(SYNC_TIMEOUT)
+            if missing is not None:
+                raise ClusterUnavailableError(
+                    f"invalidations up to {tid_repr(missing)} did not arrive in {SYNC_TIMEOUT:.0f}s")
+            return
         request = master_pb2.SyncRequest(
             client_id=self._client_id, last_tid=self._dispatcher.last_transaction(),
             table_version=self._cluster.table.version, release_spare=self._spare.drop() or b"")
@@ -320,13 +337,18 @@ class NeoStorage(ConflictResolvingStorage):
 
     def tpc_vote(self, transaction: Any) -> list[bytes]:
         context = self._context(transaction)
-        return self._call(lambda: commit.vote(self._cluster, context, self.tryToResolveConflict))
+        try:
+            return self._call(lambda: commit.vote(self._cluster, context, self.tryToResolveConflict))
+        finally:
+            if context.newest_conflict:
+                self._dispatcher.learn_committed(context.newest_conflict)
 
     def tpc_finish(self, transaction: Any, func: Callable[[bytes], Any] = lambda tid: None) -> bytes:
         context = self._context(transaction)
         try:
             return self._call(lambda: commit.finish(
-                self._cluster, self._dispatcher, self._client_id, context, func))
+                self._cluster, self._dispatcher, self._client_id, context, func,
+                None if self._server_sync else self._spare))
         finally:
             with self._transactions_lock:
                 self._transactions.pop(transaction, None)

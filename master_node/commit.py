@@ -118,10 +118,14 @@ class _Transaction:
     """A TTID handed out by :meth:`CommitCoordinator.begin`."""
 
     def __init__(
-        self, client_id: str, ttid: bytes, registrations_seen: int, requested_tid: bytes | None = None
+        self, client_id: str, ttid: bytes, registrations_seen: int, requested_tid: bytes | None = None,
+        spare: bool = False,
     ) -> None:
         self.client_id = client_id
         self.ttid = ttid
+        # Reserved ahead (a spare TTID): the master hears of its use only at
+        # Finish, so it began for the cluster then (refused if STOPPING).
+        self.spare = spare
         # The TID the client asked to commit under (restore), if any.
         self.requested_tid = requested_tid
         self.phase = Phase.BEGUN
@@ -318,7 +322,7 @@ class CommitCoordinator:
 
     # -- step 1: begin ------------------------------------------------------------
 
-    def begin(self, client_id: str, requested_tid: bytes | None = None) -> bytes:
+    def begin(self, client_id: str, requested_tid: bytes | None = None, spare: bool = False) -> bytes:
         """A fresh TTID for ``client_id``.
 
         With ``requested_tid`` (restore), the transaction will commit under
@@ -345,15 +349,15 @@ class CommitCoordinator:
             self._check_not_stopping()
             if self._log.state.stopping:  # again, atomically with quiesce()
                 raise errors.ReadOnly(f"cluster {state.cluster_name!r} is STOPPING")
-            self._transactions[ttid] = _Transaction(client_id, ttid, self._registrations, requested_tid)
+            self._transactions[ttid] = _Transaction(client_id, ttid, self._registrations, requested_tid, spare)
         return ttid
 
     def reserve(self, client_id: str) -> bytes | None:
         """A TTID handed out ahead of ``client_id``'s next tpc_begin (in a
-        Sync answer), begun as by :meth:`begin`; None when no transaction
+        Sync or Finish answer), begun as by :meth:`begin`; None when no transaction
         may begin (cluster not RUNNING, or STOPPING)."""
         try:
-            return self.begin(client_id)
+            return self.begin(client_id, spare=True)
         except (errors.Unavailable, errors.ReadOnly, errors.BadRequest):
             return None
 
@@ -419,6 +423,10 @@ class CommitCoordinator:
         if metadata_partition is None:
             metadata_partition = partition_of(ttid, state.num_partitions)
         try:
+            if transaction.spare and self._log.state.stopping:
+                # The client did not know yet: to the cluster, it begins now.
+                raise errors.ReadOnly(f"cluster {state.cluster_name!r} is STOPPING: it takes no new transaction "
+                                      "until an administrator runs `neoctl set cluster RUNNING`")
             oid_tuple, written, vote_tuple = validate_finish(
                 state, ttid, oids, partitions, votes, metadata_partition)
             requested = transaction.requested_tid

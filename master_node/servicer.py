@@ -163,6 +163,8 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
     def Begin(self, request: master_pb2.BeginRequest, context: grpc.ServicerContext) -> master_pb2.BeginReply:
         self._leadership.cluster().require_running()
         coordinator = self._leadership.coordinator()
+        if request.release_spare:
+            coordinator.release_spare(request.client_id, request.release_spare)
         return master_pb2.BeginReply(ttid=coordinator.begin(request.client_id, request.tid or None))
 
     def Finish(self, request: master_pb2.FinishRequest, context: grpc.ServicerContext) -> master_pb2.FinishReply:
@@ -174,6 +176,9 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
             request.metadata_partition if request.HasField("metadata_partition") else None)
         reply = master_pb2.FinishReply(tid=tid)
         self._catch_up(reply.catch_up, request.client_id, request.last_tid, tid, request.table_version)
+        coordinator = self._leadership.coordinator_if_leader() if request.want_spare else None
+        if coordinator is not None:  # never an error here: the transaction is committed
+            reply.spare_ttid = coordinator.reserve(request.client_id) or b""
         return reply
 
     def Sync(self, request: master_pb2.SyncRequest, context: grpc.ServicerContext) -> master_pb2.SyncReply:

@@ -63,7 +63,7 @@ class HeldCommits:
 
 def test_a_published_transaction_is_read_by_another_client_though_not_applied_yet(cluster: ThreadCluster) -> None:
     writer = ZODB.DB(cluster.client())
-    reader_storage: NeoStorage = cluster.client()
+    reader_storage: NeoStorage = cluster.client(server_sync=True)  # begin() learns the new TID
     reader = ZODB.DB(reader_storage)
     writer_tm, reader_tm = transaction.TransactionManager(), transaction.TransactionManager()
     with writer_tm:
@@ -158,4 +158,97 @@ def test_a_transaction_creating_thousands_of_objects_asks_for_oids_a_few_times(c
         with tm:
             assert len(db.open(tm).root()["many"]) == 3000
     finally:
+        db.close()
+
+
+def _master_calls(storage: NeoStorage) -> list[str]:
+    """The names of the master RPCs ``storage`` makes from now on."""
+    calls: list[str] = []
+    original = storage._cluster.master_call
+
+    def counting(method: str, request: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(method)
+        return original(method, request, *args, **kwargs)
+
+    storage._cluster.master_call = counting  # type: ignore[method-assign]
+    return calls
+
+
+@pytest.mark.parametrize("server_sync", [False, True])
+def test_a_small_transaction_asks_the_master_once_or_twice_with_server_sync(
+        cluster: ThreadCluster, server_sync: bool) -> None:
+    """By default (as in ZEO) a transaction's sync() sends nothing and the
+    TTID comes ahead with the last Finish answer: the master hears of a
+    transaction only at its Finish.  With server_sync, ZODB's sync() at
+    each transaction's start is a round trip (which brings the TTID)."""
+    storage: NeoStorage = cluster.client(server_sync=server_sync)
+    db = ZODB.DB(storage)
+    try:
+        tm = transaction.TransactionManager()
+        connection = db.open(tm)
+        with tm:
+            connection.root()["counter"] = PersistentMapping(value=0)
+        calls = _master_calls(storage)
+        for _ in range(3):
+            with tm:
+                connection.root()["counter"]["value"] += 1
+        assert calls == (["Sync", "Finish"] if server_sync else ["Finish"]) * 3, calls
+        with tm:
+            assert connection.root()["counter"]["value"] == 3
+    finally:
+        db.close()
+
+
+def test_without_server_sync_another_clients_commit_arrives_with_the_stream(cluster: ThreadCluster) -> None:
+    """The default: a transaction that begins sees what the invalidation
+    stream delivered; another client's commit is there once it arrives."""
+    writer = ZODB.DB(cluster.client())
+    reader_storage: NeoStorage = cluster.client()
+    reader = ZODB.DB(reader_storage)
+    try:
+        with writer.transaction() as connection:
+            connection.root()["shared"] = PersistentMapping(value=1)
+        tid = writer.lastTransaction()
+        deadline = time.monotonic() + 30
+        while reader_storage.lastTransaction() < tid:  # the event: the stream brought it
+            assert time.monotonic() < deadline, "the invalidation stream never brought the commit"
+            time.sleep(0.005)
+        with reader.transaction() as connection:
+            assert connection.root()["shared"]["value"] == 1
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_a_transaction_begun_under_a_replaced_leader_commits_once_under_the_new_one(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Its TTID (the spare of the last Finish) is unknown to the new leader:
+    its votes are released and it is voted and finished again, once."""
+    from neostore.client import commit as client_commit
+
+    monkeypatch.setattr(client_commit, "SPARE_LIFETIME", 600.0)  # whatever the election takes
+    with ThreadCluster(str(tmp_path), num_masters=3, num_storages=2, num_partitions=3, num_replicas=2) as running:
+        storage = running.client()
+        db = ZODB.DB(storage)
+        tm = transaction.TransactionManager()
+        connection = db.open(tm)
+        with tm:
+            connection.root()["counter"] = PersistentMapping(value=1)
+        spare = storage._spare._ttid
+        assert spare is not None, "the Finish answer brought no spare TTID"
+        old = running.wait_for_leader()
+        old.stop()
+        running.wait_for_leader(other_than=old)
+        with caplog.at_level("INFO", logger="neostore.client.commit"):
+            with tm:
+                connection.root()["counter"]["value"] = 2
+        assert any("committing it again" in r.getMessage() for r in caplog.records), caplog.text
+        tid = db.lastTransaction()
+        counter_history = storage.history(connection.root()["counter"]._p_oid, size=10)
+        assert [h["tid"] for h in counter_history][0] == tid
+        assert len(counter_history) == 2, counter_history  # committed once, not twice
+        fresh = ZODB.DB(running.client(server_sync=True))
+        with fresh.transaction() as other:
+            assert other.root()["counter"]["value"] == 2
+        fresh.close()
         db.close()

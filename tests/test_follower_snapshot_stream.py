@@ -77,7 +77,7 @@ def test_a_reset_from_a_follower_caught_up_by_snapshot_completes_the_clients_own
         # After the leader, the follower: where the stream goes once it breaks.
         storage = NeoStorage([leader.address, follower.address, other.address], cluster.name)
         db = ZODB.DB(storage)
-        helper = cluster.client()
+        helper = cluster.client(server_sync=True)  # writes the root right after the other client
         helper_db = ZODB.DB(helper)
         try:
             with db.transaction() as connection:

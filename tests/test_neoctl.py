@@ -233,7 +233,9 @@ def test_truncate_rolls_the_database_back_everywhere_even_on_a_node_that_was_dow
         assert "truncated after" in out and f"storage node(s) {away.node_id} not running now" in out, out
         state = cluster.master.state
         assert not state.stopping and state.last_tid > old_last
-        # The client that was connected resets its cache and sees value 3.
+        # The client that was connected resets its cache (once its stream
+        # brings the truncation) and sees value 3.
+        _wait(lambda: db.lastTransaction() >= state.last_tid, "the client's stream brought the truncation")
         db.storage.sync()
         with db.transaction() as conn:
             root = conn.root()

@@ -41,7 +41,9 @@ def test_a_zodb_application_writes_and_another_client_reads(cluster: LocalCluste
     writer = ZODB.DB(NeoStorage(cluster.masters, cluster.name))
     with writer.transaction() as conn:
         conn.root()["greeting"] = PersistentMapping(text="hello", count=1)
-    reader = ZODB.DB(NeoStorage(cluster.masters, cluster.name))
+    # server_sync: each transaction of the reader begins with a round trip
+    # to the master, so it sees every commit acknowledged before it began.
+    reader = ZODB.DB(NeoStorage(cluster.masters, cluster.name, server_sync=True))
     with reader.transaction() as conn:
         assert conn.root()["greeting"]["text"] == "hello"
     # The reader sees the writer's next commit in its next transaction.
@@ -65,13 +67,29 @@ def test_zconfig_and_zodburi_open_the_cluster(cluster: LocalCluster) -> None:
           </neostore>
         </zodb>
     """)
+    assert db.storage._server_sync is False  # the default, as in ZEO
     with db.transaction() as conn:
         conn.root()["zconfig"] = True
     db.close()
-    factory, dbkw = zodburi.resolve_uri(f"neostore://{cluster.name}@{cluster.masters[0]}?cache_size=1MB")
+    # server_sync: this other client's first transaction sees that commit.
+    factory, dbkw = zodburi.resolve_uri(
+        f"neostore://{cluster.name}@{cluster.masters[0]}?cache_size=1MB&server_sync=1")
     db = ZODB.DB(factory(), **dbkw)
+    assert db.storage._server_sync is True
     with db.transaction() as conn:
         assert conn.root()["zconfig"] is True
+    db.close()
+    db = databaseFromString(f"""
+        %import neostore
+        <zodb>
+          <neostore>
+            master-nodes {masters}
+            name {cluster.name}
+            server-sync on
+          </neostore>
+        </zodb>
+    """)
+    assert db.storage._server_sync is True
     db.close()
 
 
@@ -160,7 +178,7 @@ def test_no_committed_transaction_is_lost_when_a_storage_node_is_killed(tmp_path
         commit_values(20, 40)
         killer.join()
         assert not cluster.storages[0].running
-        reader = ZODB.DB(NeoStorage(cluster.masters, "kill"))
+        reader = ZODB.DB(NeoStorage(cluster.masters, "kill", server_sync=True))  # sees every acknowledged commit
         with reader.transaction() as conn:
             root = conn.root()
             assert {i: root[f"value-{i}"]["n"] for i in acknowledged} == acknowledged

@@ -159,10 +159,13 @@ def test_add_two_nodes_then_drop_the_first_under_load(tmp_path: pathlib.Path) ->
         assert all(not w.errors for w in writers), [w.errors[:3] for w in writers]
         assert all(w.stale_reads == 0 for w in writers), [w.stale_reads for w in writers]
         assert all(w.committed > 0 for w in writers), [w.committed for w in writers]
-        # Reads see the latest committed state, from a fresh client.
-        with db.transaction() as conn:
+        # Reads see the latest committed state, from a fresh client that asks
+        # the master for it (server_sync).
+        reader = ZODB.DB(NeoStorage(cluster.masters, cluster.name, server_sync=True))
+        with reader.transaction() as conn:
             assert [conn.root()["counters"][i]["n"] for i in range(WRITERS)] == [w.committed for w in writers]
             assert conn.root()["shared"]["n"] == committed
+        reader.close()
         final = table(cluster)
         assert sorted(n["node_id"] for n in final["nodes"]) == sorted(s.node_id for s in cluster.storages[1:])
         counts: dict[int, int] = {}

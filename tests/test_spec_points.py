@@ -191,13 +191,14 @@ def test_conflict_resolution_across_two_clients(cluster: ThreadCluster) -> None:
     import ZODB
     from BTrees.Length import Length
 
-    first, second = ZODB.DB(cluster.client()), ZODB.DB(cluster.client())
+    # server_sync: begin() makes each client see every commit so far.
+    first, second = ZODB.DB(cluster.client(server_sync=True)), ZODB.DB(cluster.client(server_sync=True))
     with first.transaction() as conn:
         conn.root()["counter"] = Length(0)
     tm1, tm2 = transaction.TransactionManager(), transaction.TransactionManager()
     c1, c2 = first.open(tm1), second.open(tm2)
     tm1.begin()  # begin() syncs the connection with the cluster, as
-    tm2.begin()  # well-behaved ZODB applications do
+    tm2.begin()  # well-behaved ZODB applications do (server_sync: up to now)
     c1.root()["counter"].change(1)
     c2.root()["counter"].change(10)
     tm1.commit()

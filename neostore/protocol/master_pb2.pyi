@@ -81,12 +81,14 @@ class NewOidsReply(_message.Message):
     def __init__(self, first_oid: _Optional[bytes] = ..., count: _Optional[int] = ...) -> None: ...
 
 class BeginRequest(_message.Message):
-    __slots__ = ("client_id", "tid")
+    __slots__ = ("client_id", "tid", "release_spare")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     TID_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_SPARE_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     tid: bytes
-    def __init__(self, client_id: _Optional[str] = ..., tid: _Optional[bytes] = ...) -> None: ...
+    release_spare: bytes
+    def __init__(self, client_id: _Optional[str] = ..., tid: _Optional[bytes] = ..., release_spare: _Optional[bytes] = ...) -> None: ...
 
 class BeginReply(_message.Message):
     __slots__ = ("ttid",)
@@ -105,7 +107,7 @@ class Vote(_message.Message):
     def __init__(self, node_id: _Optional[int] = ..., partitions: _Optional[_Iterable[int]] = ..., unchecked_partitions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class FinishRequest(_message.Message):
-    __slots__ = ("client_id", "ttid", "oids", "partitions", "votes", "table_version", "metadata_partition", "last_tid")
+    __slots__ = ("client_id", "ttid", "oids", "partitions", "votes", "table_version", "metadata_partition", "last_tid", "want_spare")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     TTID_FIELD_NUMBER: _ClassVar[int]
     OIDS_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +116,7 @@ class FinishRequest(_message.Message):
     TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     METADATA_PARTITION_FIELD_NUMBER: _ClassVar[int]
     LAST_TID_FIELD_NUMBER: _ClassVar[int]
+    WANT_SPARE_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     ttid: bytes
     oids: _containers.RepeatedScalarFieldContainer[bytes]
@@ -122,15 +125,18 @@ class FinishRequest(_message.Message):
     table_version: int
     metadata_partition: int
     last_tid: bytes
-    def __init__(self, client_id: _Optional[str] = ..., ttid: _Optional[bytes] = ..., oids: _Optional[_Iterable[bytes]] = ..., partitions: _Optional[_Iterable[int]] = ..., votes: _Optional[_Iterable[_Union[Vote, _Mapping]]] = ..., table_version: _Optional[int] = ..., metadata_partition: _Optional[int] = ..., last_tid: _Optional[bytes] = ...) -> None: ...
+    want_spare: bool
+    def __init__(self, client_id: _Optional[str] = ..., ttid: _Optional[bytes] = ..., oids: _Optional[_Iterable[bytes]] = ..., partitions: _Optional[_Iterable[int]] = ..., votes: _Optional[_Iterable[_Union[Vote, _Mapping]]] = ..., table_version: _Optional[int] = ..., metadata_partition: _Optional[int] = ..., last_tid: _Optional[bytes] = ..., want_spare: _Optional[bool] = ...) -> None: ...
 
 class FinishReply(_message.Message):
-    __slots__ = ("tid", "catch_up")
+    __slots__ = ("tid", "catch_up", "spare_ttid")
     TID_FIELD_NUMBER: _ClassVar[int]
     CATCH_UP_FIELD_NUMBER: _ClassVar[int]
+    SPARE_TTID_FIELD_NUMBER: _ClassVar[int]
     tid: bytes
     catch_up: CatchUp
-    def __init__(self, tid: _Optional[bytes] = ..., catch_up: _Optional[_Union[CatchUp, _Mapping]] = ...) -> None: ...
+    spare_ttid: bytes
+    def __init__(self, tid: _Optional[bytes] = ..., catch_up: _Optional[_Union[CatchUp, _Mapping]] = ..., spare_ttid: _Optional[bytes] = ...) -> None: ...
 
 class CatchUp(_message.Message):
     __slots__ = ("invalidations", "complete", "partition_table")
