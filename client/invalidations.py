@@ -128,20 +128,16 @@ class InvalidationDispatcher:
             return self._last_tid
 
     def learn_committed(self, tid: bytes) -> None:
-        """``tid`` is committed (a vote's conflict named it): the next
-        :meth:`wait_for_known` waits for it."""
+        """``tid`` is committed (a vote's conflict named it): until it is
+        handed to ZODB, :meth:`behind` says so."""
         with self._progress:
             self._known_tid = max(self._known_tid, tid)
 
-    def wait_for_known(self, timeout: float) -> bytes | None:
-        """Wait until the stream handed ZODB every TID :meth:`learn_committed`
-        named (so that a transaction retried after a conflict sees the one
-        it conflicted with); that TID if it did not arrive in time."""
-        with self._progress:
-            known = self._known_tid
-        if known <= ZERO_TID or self.wait_for(known, timeout):
-            return None
-        return known
+    def behind(self) -> bool:
+        """Whether a TID :meth:`learn_committed` named is not handed to ZODB
+        yet (a transaction that begins now would conflict the same way)."""
+        with self._order_lock:
+            return self._known_tid > self._last_tid
 
     def wait_for(self, tid: bytes, timeout: float) -> bool:
         """Wait until every invalidation up to ``tid`` was handed to ZODB."""

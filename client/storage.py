@@ -168,19 +168,18 @@ class NeoStorage(ConflictResolvingStorage):
         before now, in one round trip to the master, which answers what this
         client missed (handed to ZODB at once) and a spare TTID for the
         transaction.  Without (the default, as in ZEO), nothing is sent: the
-        invalidation stream keeps the client current within milliseconds,
-        and its own commits are always seen (a Finish answer brings every
-        transaction up to its own, and the next spare TTID), and so is any
-        transaction that one of its votes conflicted with (waited for
-        here, as the stream brings it)."""
-        if not self._server_sync:
-            # After a conflict, wait for the stream to bring the transaction
-            # it was with, so that the retry does not conflict the same way.
-            missing = self._dispatcher.wait_for_known(SYNC_TIMEOUT)
-            if missing is not None:
-                raise ClusterUnavailableError(
-                    f"invalidations up to {tid_repr(missing)} did not arrive in {SYNC_TIMEOUT:.0f}s")
+        invalidation stream keeps the client current (the master sends a
+        client at most one message every few tens of milliseconds, each
+        with every commit since the last), its own commits are always seen
+        (a Finish answer brings every transaction up to its own, and the
+        next spare TTID), and after a vote conflict with a transaction not
+        seen yet, sync() asks the master as with ``server_sync``, so that
+        the retry sees it."""
+        if not self._server_sync and not self._dispatcher.behind():
             return
+        # With server_sync, or after a conflict with a transaction this
+        # client has not seen yet (its retry would conflict the same way):
+        # ask the master now rather than wait for the stream.
         request = master_pb2.SyncRequest(
             client_id=self._client_id, last_tid=self._dispatcher.last_transaction(),
             table_version=self._cluster.table.version, release_spare=self._spare.drop() or b"")

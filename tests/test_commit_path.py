@@ -252,3 +252,66 @@ def test_a_transaction_begun_under_a_replaced_leader_commits_once_under_the_new_
             assert other.root()["counter"]["value"] == 2
         fresh.close()
         db.close()
+
+
+class _HeldStream:
+    """Holds the invalidations a client's stream brings until released
+    (its Finish and Sync answers still get through)."""
+
+    def __init__(self, storage: NeoStorage) -> None:
+        self._listener = storage._cluster._listener  # noqa: SLF001 - test hook
+        self.gate = threading.Event()
+        storage._cluster._listener = self  # noqa: SLF001
+
+    def on_invalidation(self, tid: bytes, ttid: bytes, oids: list[bytes]) -> None:
+        assert self.gate.wait(60), "stream held too long"
+        self._listener.on_invalidation(tid, ttid, oids)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._listener, name)
+
+
+def test_after_a_conflict_the_next_transaction_sees_what_it_conflicted_with(cluster: ThreadCluster) -> None:
+    """The default (no server_sync): a client whose stream lags conflicts
+    once; the sync of its next transaction asks the master, so the retry
+    sees the other commit and succeeds."""
+    from ZODB.POSException import ConflictError
+
+    writer = ZODB.DB(cluster.client())
+    storage: NeoStorage = cluster.client()
+    db = ZODB.DB(storage)
+    held = None
+    try:
+        with writer.transaction() as connection:
+            connection.root()["x"] = PersistentMapping(n=0)
+        deadline = time.monotonic() + 30
+        while storage.lastTransaction() < writer.lastTransaction():
+            assert time.monotonic() < deadline, "the stream never brought the first commit"
+            time.sleep(0.005)
+        held = _HeldStream(storage)
+        tm = transaction.TransactionManager()
+        connection = db.open(tm)
+        tm.begin()
+        assert connection.root()["x"]["n"] == 0
+        with writer.transaction() as other:
+            other.root()["x"]["n"] = 1
+        connection.root()["x"]["n"] = 10
+        with pytest.raises(ConflictError):
+            tm.commit()
+        tm.abort()
+        calls = _master_calls(storage)
+        tm.begin()
+        assert calls == ["Sync"], calls
+        assert storage.lastTransaction() == writer.lastTransaction()
+        assert connection.root()["x"]["n"] == 1
+        connection.root()["x"]["n"] += 10
+        tm.commit()
+        assert calls == ["Sync", "Finish"], calls
+        held.gate.set()
+        with tm:
+            assert connection.root()["x"]["n"] == 11
+    finally:
+        if held is not None:
+            held.gate.set()
+        writer.close()
+        db.close()

@@ -147,9 +147,10 @@ class MasterServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Sync(self, request, context):
-        """client -> master, serves IStorage.sync (ZODB calls it when a
-        transaction begins): every transaction committed since the client's
-        last TID, so that the new transaction sees them all.
+        """client -> master leader, serves IStorage.sync (ZODB calls it when a
+        transaction begins) with server_sync, or after a vote conflict: every
+        transaction committed since the client's last TID, so that the new
+        transaction sees them all.  A follower answers NotLeader.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
