@@ -82,6 +82,7 @@ class NeoStorage(ConflictResolvingStorage):
         self._name = name
         self._read_only = read_only
         self._server_sync = server_sync
+        self._synced = False  # a Sync answered: the first transaction asks, whatever server_sync
         self._compress = compress
         self._client_id = uuid.uuid4().hex
         self._cache = ObjectCache(cache_size)
@@ -172,14 +173,16 @@ class NeoStorage(ConflictResolvingStorage):
         client at most one message every few tens of milliseconds, each
         with every commit since the last), its own commits are always seen
         (a Finish answer brings every transaction up to its own, and the
-        next spare TTID), and after a vote conflict with a transaction not
-        seen yet, sync() asks the master as with ``server_sync``, so that
-        the retry sees it."""
-        if not self._server_sync and not self._dispatcher.behind():
+        next spare TTID).  It asks the master as with ``server_sync`` for
+        the client's first transaction (which so sees every commit
+        acknowledged before it began) and after a vote conflict with a
+        transaction not seen yet (so that the retry sees it)."""
+        if not self._server_sync and self._synced and not self._dispatcher.behind():
             return
-        # With server_sync, or after a conflict with a transaction this
-        # client has not seen yet (its retry would conflict the same way):
-        # ask the master now rather than wait for the stream.
+        # With server_sync; for the first transaction (the stream may have
+        # started on a follower, behind the leader); after a conflict with a
+        # transaction this client has not seen yet (its retry would conflict
+        # the same way): ask the leader now rather than wait for the stream.
         request = master_pb2.SyncRequest(
             client_id=self._client_id, last_tid=self._dispatcher.last_transaction(),
             table_version=self._cluster.table.version, release_spare=self._spare.drop() or b"")
@@ -190,6 +193,7 @@ class NeoStorage(ConflictResolvingStorage):
         if reply.last_tid and not self._dispatcher.wait_for(reply.last_tid, SYNC_TIMEOUT):
             raise ClusterUnavailableError(
                 f"invalidations up to {tid_repr(reply.last_tid)} did not arrive in {SYNC_TIMEOUT:.0f}s")
+        self._synced = True
 
     def loadBefore(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
         cached = self._cache.load_before(oid, tid, self._dispatcher.last_transaction())

@@ -315,3 +315,22 @@ def test_after_a_conflict_the_next_transaction_sees_what_it_conflicted_with(clus
             held.gate.set()
         writer.close()
         db.close()
+
+
+def test_a_new_clients_first_transaction_asks_the_leader_then_no_more(cluster: ThreadCluster) -> None:
+    """Without server_sync, the first sync of a client is still a round
+    trip (its stream may have started behind the leader); later ones are not."""
+    storage: NeoStorage = cluster.client()
+    calls = _master_calls(storage)
+    db = ZODB.DB(storage)  # opens the root: the first transaction
+    try:
+        assert calls.count("Sync") == 1, calls
+        tm = transaction.TransactionManager()
+        connection = db.open(tm)
+        with tm:
+            connection.root()["first"] = 1
+        with tm:
+            assert connection.root()["first"] == 1
+        assert calls.count("Sync") == 1, calls
+    finally:
+        db.close()
