@@ -146,8 +146,8 @@ class TransactionContext:
     # Locks are taken node by node in increasing node id: nodes below this
     # one were visited already (see vote).
     position: int = 0
-    # The newest committed serial a conflict reported (the client's next
-    # transaction waits for its invalidations).
+    # The newest committed serial a conflict reported (until the client saw
+    # it, its next sync asks the master: see NeoStorage.sync).
     newest_conflict: bytes = b""
 
     @property

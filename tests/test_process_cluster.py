@@ -56,22 +56,23 @@ def test_a_zodb_application_writes_and_another_client_reads(cluster: LocalCluste
 
 
 def test_zconfig_and_zodburi_open_the_cluster(cluster: LocalCluster) -> None:
-    masters = " ".join(cluster.masters)
-    db = databaseFromString(f"""
-        %import neostore
-        <zodb>
-          <neostore>
-            master-nodes {masters}
-            name {cluster.name}
-            cache-size 5MB
-          </neostore>
-        </zodb>
-    """)
+    def from_zconfig(option: str) -> ZODB.DB:
+        return databaseFromString(f"""
+            %import neostore
+            <zodb>
+              <neostore>
+                master-nodes {" ".join(cluster.masters)}
+                name {cluster.name}
+                {option}
+              </neostore>
+            </zodb>
+        """)
+
+    db = from_zconfig("cache-size 5MB")
     assert db.storage._server_sync is False  # the default, as in ZEO
     with db.transaction() as conn:
         conn.root()["zconfig"] = True
     db.close()
-    # server_sync: this other client's first transaction sees that commit.
     factory, dbkw = zodburi.resolve_uri(
         f"neostore://{cluster.name}@{cluster.masters[0]}?cache_size=1MB&server_sync=1")
     db = ZODB.DB(factory(), **dbkw)
@@ -79,16 +80,7 @@ def test_zconfig_and_zodburi_open_the_cluster(cluster: LocalCluster) -> None:
     with db.transaction() as conn:
         assert conn.root()["zconfig"] is True
     db.close()
-    db = databaseFromString(f"""
-        %import neostore
-        <zodb>
-          <neostore>
-            master-nodes {masters}
-            name {cluster.name}
-            server-sync on
-          </neostore>
-        </zodb>
-    """)
+    db = from_zconfig("server-sync on")
     assert db.storage._server_sync is True
     db.close()
 
