@@ -654,6 +654,8 @@ def _commit_again(
     try:
         vote(cluster, retry, _refuse_resolution)
     except (POSException.POSError, errors.NeoError) as failure:
+        if retry.newest_conflict:  # as tpc_vote does: the next sync asks until it is seen
+            dispatcher.learn_committed(retry.newest_conflict)
         with contextlib.suppress(errors.NeoError):
             abort(cluster, client_id, retry, retry_seconds=RELEASE_RETRY_SECONDS)
         raise TransactionNotCommittedError(

@@ -197,6 +197,10 @@ def test_a_finish_not_decided_when_the_leader_died_raises_if_its_objects_changed
             assert len(votes) == 2
             cluster.wait_for_leader(other_than=leader)
             assert _read(cluster, "value") == 2
+            # The conflict it met is known: the next transaction sees that commit.
+            assert db.storage._dispatcher._known_tid == other.lastTransaction()  # noqa: SLF001
+            with db.transaction() as connection:
+                assert connection.root()["value"] == 2
         finally:
             other.close()
             db.close()
