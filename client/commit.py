@@ -30,7 +30,10 @@ Transaction``/``undo`` (any number), ``tpc_vote``, then ``tpc_finish`` or
    transaction: a cell that did not vote — it failed, or became writable
    behind the client — is marked OUT_OF_DATE and catches up).  A node that
    fails is dropped as long as every partition touched keeps one replica
-   that voted.  Returns the oids whose conflicts were resolved.
+   that voted.  Returns the oids whose conflicts were resolved.  A lock
+   lost to an older transaction, or a TTID a node already dropped (the
+   cluster aborted it: its leader was replaced, or took the client for
+   gone), fails the vote with a ConflictError: ZODB runs it again.
 4. :func:`finish` — the master decides, assigns the TID, publishes the
    invalidation and orders the storages to apply (they hold what they
    voted, locked, meanwhile), answers the TID with every commit
@@ -470,11 +473,18 @@ def _raise(error: Exception) -> Any:
 def _request(context: TransactionContext, node_id: int, call: Callable[[], Any]) -> Any:
     """The reply of ``call``, or None when the node failed (it is dropped:
     the others may still hold every partition); a lock lost to an older
-    transaction raises ConflictError (ZODB retries the transaction)."""
+    transaction raises ConflictError (ZODB retries the transaction), and so
+    does a TTID that the node already dropped: the cluster aborted it (the
+    leader that handed it out was replaced, or took this client for gone),
+    so it can never commit."""
     try:
         return call()
     except (errors.LockDied, errors.LockTimeout) as error:
         raise POSException.ConflictError(f"transaction {context.ttid.hex()} must be retried: {error}") from None
+    except errors.UnknownTransaction as error:
+        raise TransactionNotCommittedError(
+            f"transaction {tid_repr(context.ttid)} was aborted by the cluster while it voted ({error}): "
+            "run it again") from None
     except (errors.Unavailable, errors.NotOwner) as error:
         _drop_node(context, node_id, str(error))
         return None

@@ -19,10 +19,11 @@ class ClusterUnavailableError(POSException.StorageError):
 
 
 class TransactionNotCommittedError(POSException.ConflictError):
-    """tpc_finish could not commit the transaction (a leader change, or the
-    replicas that voted for it were lost), and the masters guarantee it
-    never will: nothing of it is visible.  A ConflictError, so that
-    applications retry it as they retry conflicts."""
+    """tpc_vote or tpc_finish could not commit the transaction (a leader
+    change, the cluster aborted it, or the replicas that voted for it were
+    lost), and the masters guarantee it never will: nothing of it is
+    visible.  A ConflictError, so that applications retry it as they retry
+    conflicts."""
 
     def __str__(self) -> str:
         return str(self.message)

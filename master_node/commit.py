@@ -48,7 +48,9 @@ One transaction goes through these steps (each a method below):
 :meth:`abort` sends ``Abort(ttid, term)`` to the nodes the client stored
 on and forgets the TTID; :meth:`client_disconnected` does the same for
 every unfinished TTID of a client whose session ended (to every RUNNING
-node, as the master does not know where it stored).  On start,
+node, as the master does not know where it stored) and that was not heard
+of since (a client whose stream moved to another master still begins and
+finishes here).  On start,
 :meth:`start` re-drives every decided-but-unapplied decision of the state
 (``Commit`` is idempotent on storage nodes) and publishes them in order.
 """
@@ -112,6 +114,13 @@ class Phase(enum.Enum):
     BEGUN = "begun"  # TTID handed out: stores and votes go to the storages
     FINISHING = "finishing"  # Finish received: queued for the decider
     DECIDED = "decided"  # committed in the log: being applied, not yet published
+
+
+class _Departure:
+    """A client's session ended; ``heard``: it called this master since."""
+
+    def __init__(self) -> None:
+        self.heard = False
 
 
 class _Transaction:
@@ -270,6 +279,8 @@ class CommitCoordinator:
         self._applying: dict[bytes, _Applying] = {}  # by tid, in increasing order
         self._applied_marks: dict[bytes, set[int]] = {}
         self._client_sessions: collections.Counter[str] = collections.Counter()
+        #: client id -> its departure (session ended, grace running)
+        self._departed: dict[str, _Departure] = {}
         self._registrations = 0
         self._registered_at: dict[int, int] = {}  # node id -> its last registration's number
         self._stopping = threading.Event()
@@ -350,6 +361,7 @@ class CommitCoordinator:
             if self._log.state.stopping:  # again, atomically with quiesce()
                 raise errors.ReadOnly(f"cluster {state.cluster_name!r} is STOPPING")
             self._transactions[ttid] = _Transaction(client_id, ttid, self._registrations, requested_tid, spare)
+            self._heard_from(client_id)
         return ttid
 
     def reserve(self, client_id: str) -> bytes | None:
@@ -365,6 +377,7 @@ class CommitCoordinator:
         """``client_id`` did not use the TTID reserved for it (it stored
         nothing with it): forget it."""
         with self._condition:
+            self._heard_from(client_id)
             transaction = self._transactions.get(ttid)
             if transaction is not None and transaction.client_id == client_id and transaction.phase is Phase.BEGUN:
                 del self._transactions[ttid]
@@ -416,6 +429,7 @@ class CommitCoordinator:
             raise errors.BadRequest(f"ttid must be 8 bytes, got {len(ttid)}")
         with self._condition:
             self._check_not_stopping()
+            self._heard_from(client_id)
             transaction = self._transaction_of(client_id, ttid)
             if transaction.phase is not Phase.BEGUN:
                 raise errors.BadRequest(f"transaction {tid_repr(ttid)} is already being finished")
@@ -843,6 +857,7 @@ class CommitCoordinator:
             else:
                 addresses.append(info.address)
         with self._condition:
+            self._heard_from(client_id)
             if state.decision_of_ttid(ttid) is not None or any(
                     a.decision.ttid == ttid for a in self._applying.values()):
                 raise errors.BadRequest(f"transaction {tid_repr(ttid)} is committed: too late to abort")
@@ -909,10 +924,15 @@ class CommitCoordinator:
         """A client's session (its Subscribe stream) began."""
         with self._condition:
             self._client_sessions[client_id] += 1
+            self._departed.pop(client_id, None)
 
     def client_disconnected(self, client_id: str) -> None:
-        """A client's session ended: unless it opens a new one within
-        ``session_grace`` seconds, abort its transactions not being finished."""
+        """A client's session ended: once it has neither opened a new one
+        nor called this master (Begin, Finish, Abort) for ``session_grace``
+        seconds, abort its transactions not being finished.  A call is
+        enough: a client whose stream broke and came back on another master
+        (as a busy leader's may) still begins and finishes here, and the
+        TTID its last Finish reserved is one of its transactions."""
         with self._condition:
             self._client_sessions[client_id] -= 1
             if self._client_sessions[client_id] > 0:
@@ -920,22 +940,43 @@ class CommitCoordinator:
             del self._client_sessions[client_id]
             if self._stopping.is_set():
                 return
+            departure = self._departed[client_id] = _Departure()
+        self._check_departed_later(client_id, departure)
+
+    def _check_departed_later(self, client_id: str, departure: _Departure) -> None:
         if self._config.session_grace <= 0:
-            self._client_gone(client_id)
+            self._client_gone(client_id, departure)
             return
-        timer = threading.Timer(self._config.session_grace, self._client_gone, args=(client_id,))
+        timer = threading.Timer(self._config.session_grace, self._client_gone, args=(client_id, departure))
         timer.daemon = True
         timer.start()
 
-    def _client_gone(self, client_id: str) -> None:
-        """The grace after a client's session ended is over."""
+    def _heard_from(self, client_id: str) -> None:
+        """``client_id`` called this master (condition held): if its
+        session ended, it is not gone."""
+        departure = self._departed.get(client_id)
+        if departure is not None:
+            departure.heard = True
+
+    def _client_gone(self, client_id: str, departure: _Departure) -> None:
+        """A grace after a client's session ended is over: abort its
+        unfinished transactions, unless it was heard of meanwhile (then
+        look again after another grace)."""
         with self._condition:
-            if client_id in self._client_sessions or self._stopping.is_set():
-                return  # it came back
-            orphans = [ttid for ttid, transaction in self._transactions.items()
-                       if transaction.client_id == client_id and transaction.phase is Phase.BEGUN]
-            for ttid in orphans:
-                del self._transactions[ttid]
+            if self._departed.get(client_id) is not departure or self._stopping.is_set():
+                return  # it came back (and maybe left again: a later timer decides)
+            if departure.heard:
+                departure.heard = False
+                orphans = None
+            else:
+                del self._departed[client_id]
+                orphans = [ttid for ttid, transaction in self._transactions.items()
+                           if transaction.client_id == client_id and transaction.phase is Phase.BEGUN]
+                for ttid in orphans:
+                    del self._transactions[ttid]
+        if orphans is None:  # alive, its stream on another master
+            self._check_departed_later(client_id, departure)
+            return
         if not orphans:
             return
         log.info("client %s left: aborting %d transactions", client_id, len(orphans))

@@ -334,3 +334,55 @@ def test_a_new_clients_first_transaction_asks_the_leader_then_no_more(cluster: T
         assert calls.count("Sync") == 1, calls
     finally:
         db.close()
+
+
+def test_a_transaction_the_cluster_aborted_while_it_voted_fails_as_a_conflict_and_runs_again(
+        cluster: ThreadCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The storage nodes dropped the TTID before its vote reached them, as
+    they do on the leader's order when the leader that handed it out was
+    replaced or took the client for gone: tpc_vote fails with a
+    ConflictError (nothing of it commits), and ZODB's retry commits."""
+    from ZODB.POSException import ConflictError
+
+    from neostore.client import commit as client_commit
+    from neostore.client.exceptions import TransactionNotCommittedError
+
+    storage: NeoStorage = cluster.client()
+    db = ZODB.DB(storage)
+    try:
+        tm = transaction.TransactionManager()
+        connection = db.open(tm)
+        with tm:
+            connection.root()["counter"] = PersistentMapping(value=1)
+        oid = connection.root()["counter"]._p_oid
+        dropped: list[bytes] = []
+        vote_on = client_commit._vote_on
+
+        def dropped_first(cluster_: Any, context: Any, *args: Any) -> Any:
+            if not dropped:
+                dropped.append(context.ttid)
+                for node in cluster.storages:
+                    node.manager.abort(context.ttid)
+            return vote_on(cluster_, context, *args)
+
+        monkeypatch.setattr(client_commit, "_vote_on", dropped_first)
+        tm.begin()
+        connection.root()["counter"]["value"] = 2
+        with pytest.raises(TransactionNotCommittedError, match="aborted by the cluster") as raised:
+            tm.commit()
+        assert isinstance(raised.value, ConflictError)
+        tm.abort()
+        assert len(storage.history(oid, size=10)) == 1, "nothing of it committed"
+        for attempt in tm.attempts():
+            with attempt:
+                connection.root()["counter"]["value"] = 2
+        assert len(dropped) == 1
+        assert len(storage.history(oid, size=10)) == 2
+    finally:
+        db.close()
+    fresh = ZODB.DB(cluster.client())
+    try:
+        with fresh.transaction() as other:
+            assert other.root()["counter"]["value"] == 2
+    finally:
+        fresh.close()

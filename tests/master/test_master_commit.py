@@ -416,6 +416,60 @@ def test_a_client_back_within_the_grace_keeps_its_transactions(storages: list[Fa
         harness.close()
 
 
+class _ManualTimers:
+    """Stands for ``threading.Timer`` in the coordinator: the test fires
+    each grace check when it chooses, not after a guessed delay."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def __call__(self, interval: float, function: Any, args: tuple[Any, ...] = ()) -> _ManualTimers:
+        self.pending.append((function, args))
+        return self
+
+    daemon = True
+
+    def start(self) -> None:
+        pass
+
+    def fire(self) -> None:
+        function, args = self.pending.pop(0)
+        function(*args)
+
+
+def test_a_client_whose_stream_moved_away_but_that_still_calls_keeps_its_transactions(
+        storages: list[FakeStorage], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its stream broke and came back on another master (so the leader saw
+    its session end), but it goes on beginning and finishing here: the
+    TTID its last Finish reserved (or any it began) is not aborted under
+    it.  Once it is silent for a whole grace, it is gone."""
+    from neostore.master_node import commit as master_commit
+
+    timers = _ManualTimers()
+    monkeypatch.setattr(master_commit.threading, "Timer", timers)
+    harness = Harness(storages, config=dataclasses.replace(FAST, session_grace=10.0))
+    harness.coordinator.start()
+    try:
+        coordinator = harness.coordinator
+        coordinator.client_connected("mover")
+        coordinator.client_disconnected("mover")  # its stream went to a follower
+        done = coordinator.begin("mover")
+        harness.commit(client="mover", ttid=done)
+        kept = coordinator.reserve("mover")  # as a Finish answer does
+        assert kept is not None
+        timers.fire()  # the grace is over: it was heard of meanwhile
+        assert coordinator.phase_of(kept) is Phase.BEGUN
+        assert all(storage.aborts == [] for storage in harness.storages)
+        assert len(timers.pending) == 1, "it is looked at again after another grace"
+        timers.fire()  # silent for that whole grace: gone
+        for storage in harness.storages:
+            wait_until(lambda storage=storage: storage.aborted_ttids() == [kept], what="abort after silence")
+        assert coordinator.phase_of(kept) is None
+        assert timers.pending == []
+    finally:
+        harness.close()
+
+
 def test_start_redrives_decided_transactions_and_publishes_them(storages: list[FakeStorage]) -> None:
     command_log = running_log([s.address for s in storages])
     state = command_log.state
