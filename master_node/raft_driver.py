@@ -18,7 +18,9 @@ messages, proposals, unreachable reports).  Its loop:
    b. messages for a peer whose ``Step`` this round handled go in that
       Step's answer (one rpc per round trip); the others to the transport,
       which sends them per peer on its own threads (a slow peer never
-      blocks the loop);
+      blocks the loop).  A leader that already led at the previous Ready
+      sends before step a, so that its fsync and the followers' overlap
+      (its own copy counts towards a commit only once written);
    c. restore the state from a received snapshot, then apply the committed
       entries: each NORMAL entry holds one *batch* of encoded commands (so a
       ``CommitDecisions`` batch of one tick is one entry), applied in order
@@ -31,7 +33,9 @@ messages, proposals, unreachable reports).  Its loop:
 
 The leader does not send an append just to tell the followers a new commit
 index (``lazy_commit_broadcast``): the next append carries it, or, if none
-comes within ``COMMIT_FLUSH_DELAY``, the loop sends it then.
+comes within ``COMMIT_FLUSH_DELAY``, the loop sends it then (an empty
+append to each follower that holds entries it does not know committed:
+``RawNode.commit_untold``/``broadcast_commit``).
 
 ``submit`` on a follower raises :class:`~neostore.errors.NotLeader` naming
 the leader's address (clients and storage nodes retry there).  ``term`` is
@@ -511,8 +515,13 @@ class RaftCommandLog:
                 if now >= next_tick:
                     self._node.tick()
                     next_tick = max(next_tick + self._tick_interval, now)
+                if flush_at is not None and now >= flush_at:
+                    flush_at = None
+                    self._node.broadcast_commit()
                 while self._node.has_ready() and not self._stopping.is_set():
                     self._handle_ready(self._node.ready())
+                if flush_at is None and self._node.commit_untold():
+                    flush_at = time.monotonic() + COMMIT_FLUSH_DELAY
             except Exception:  # noqa: BLE001 - a broken loop must stop loudly, not spin
                 log.exception("raft driver of node %d failed: stopping it", self.node_id)
                 self._stopping.set()
@@ -611,13 +620,19 @@ class RaftCommandLog:
         return ConfChange(kind, node_id, address.encode() if kind is ConfChangeType.ADD_VOTER else b"")
 
     def _handle_ready(self, ready: Ready) -> None:
+        # A leader that led at the last Ready too (its term and vote are
+        # durable) sends its appends while it writes them (Raft thesis,
+        # 10.2.1): it counts its own copy only once written (``advance``).
+        send_first = ready.soft_state is None and self._node.is_leader
+        if send_first and ready.messages:
+            self._send(ready.messages)
         # 1. persist: one LMDB transaction, one fsync when it matters.
         if ready.hard_state is not None or ready.entries or ready.snapshot is not None:
             self._store.save(ready.hard_state, ready.entries, ready.snapshot)
             if ready.must_sync:
                 self._store.sync()
         # 2. send: in the answer of a Step being handled, or asynchronously per peer.
-        if ready.messages:
+        if ready.messages and not send_first:
             self._send(ready.messages)
         # 3. apply: the snapshot, then the committed entries.
         if ready.snapshot is not None and not ready.snapshot.is_empty():

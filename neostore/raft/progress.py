@@ -90,6 +90,8 @@ class Progress:
         """In SNAPSHOT: ticks since it was sent; the leader gives up after an election timeout."""
         self.recent_active = True
         self.inflights = Inflights(max_inflight, max_inflight_bytes)
+        self.commit_sent = 0
+        """The highest commit index an append or heartbeat told this follower."""
 
     def __repr__(self) -> str:
         return (

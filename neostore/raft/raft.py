@@ -622,6 +622,7 @@ class Raft:
         )
         last = entries[-1].index if entries else previous
         progress.sent_append(last, len(entries), sum(entry.size() for entry in entries))
+        progress.commit_sent = max(progress.commit_sent, self.log.committed)
         return True
 
     def _send_snapshot(self, target: int, progress: Progress) -> bool:
@@ -648,7 +649,9 @@ class Raft:
         for node_id in sorted(self.progress):
             if node_id == self.id:
                 continue
-            commit = min(self.progress[node_id].match, self.log.committed)
+            progress = self.progress[node_id]
+            commit = min(progress.match, self.log.committed)
+            progress.commit_sent = max(progress.commit_sent, commit)
             self._send(
                 Message(
                     MessageType.HEARTBEAT,
@@ -659,6 +662,28 @@ class Raft:
                     context=context,
                 )
             )
+
+    def commit_untold(self) -> bool:
+        """Leader: a follower holds entries it does not know are committed
+        (with ``lazy_commit_broadcast``, until an append or heartbeat tells it)."""
+        if self.role is not StateRole.LEADER:
+            return False
+        committed = self.log.committed
+        return any(
+            progress.commit_sent < min(progress.match, committed)
+            for node_id, progress in self.progress.items() if node_id != self.id
+        )
+
+    def broadcast_commit(self) -> None:
+        """Leader: tell the commit index now to every follower that holds
+        entries it does not know are committed (an append, empty if need be)."""
+        if self.role is not StateRole.LEADER:
+            return
+        committed = self.log.committed
+        for node_id in sorted(self.progress):
+            progress = self.progress[node_id]
+            if node_id != self.id and progress.commit_sent < min(progress.match, committed):
+                self._send_append(node_id)
 
     # --- local requests --------------------------------------------------------------
 

@@ -144,6 +144,15 @@ class RawNode:
         ]
         return max(candidates)[1] if candidates else 0
 
+    def commit_untold(self) -> bool:
+        """Leader: some follower does not yet know that entries it holds are committed."""
+        return self.raft.commit_untold()
+
+    def broadcast_commit(self) -> None:
+        """Leader: send the commit index to the followers that do not know it
+        (for a driver that uses ``lazy_commit_broadcast``, after a short wait)."""
+        self.raft.broadcast_commit()
+
     def report_unreachable(self, target: int) -> None:
         self.raft.report_unreachable(target)
 

@@ -9,10 +9,14 @@ run.  ``random_plan(seed)`` derives a whole plan from one integer.
 What is simulated:
 
 * nodes running ``RawNode`` with a ``MemoryLogStore`` as their disk, driven
-  exactly as ``Ready`` says: persist, send, apply, advance.  A crash may
-  strike in the middle of handling a Ready (before persisting, after
-  persisting, after sending): the node's memory (RawNode, state machine,
-  waiting reads) is dropped, its store keeps exactly what ``save`` wrote;
+  as the masters' driver does: persist, send, apply, advance, except that
+  a leader that led at the previous Ready sends before it persists; with
+  ``lazy_commit_broadcast``, a leader flushes an untold commit index every
+  few steps (``broadcast_commit``).  A crash may strike in the middle of
+  handling a Ready (before persisting, which for such a leader is after
+  sending; after persisting; after sending): the node's memory (RawNode,
+  state machine, waiting reads) is dropped, its store keeps exactly what
+  ``save`` wrote;
 * a network that loses, duplicates, delays and reorders messages, and
   partitions that cut the group in two until healed;
 * clients writing to a key-value register through the leader and reading
@@ -402,15 +406,20 @@ class Simulation:
             raw = node.raw
             ready = raw.ready()
             self.check_ready(node, ready)
+            send_first = ready.soft_state is None and raw.is_leader  # as master_node/raft_driver.py
+            if send_first:
+                for message in ready.messages:
+                    self.send(message)
             if node.crash_phase == CRASH_BEFORE_PERSIST:
-                self.crash(node, "before persisting a Ready")
+                self.crash(node, "before persisting a Ready" + (" (its messages sent)" if send_first else ""))
                 return
             node.store.save(ready.hard_state, ready.entries, ready.snapshot)
             if node.crash_phase == CRASH_AFTER_PERSIST:
-                self.crash(node, "after persisting, before sending")
+                self.crash(node, "after persisting" + ("" if send_first else ", before sending"))
                 return
-            for message in ready.messages:
-                self.send(message)
+            if not send_first:
+                for message in ready.messages:
+                    self.send(message)
             if node.crash_phase == CRASH_AFTER_SEND:
                 self.crash(node, "after sending, before applying")
                 return
@@ -709,6 +718,8 @@ class Simulation:
         for node in list(self.nodes.values()):
             if node.raw is not None:
                 node.raw.tick()
+                if self.plan.lazy_commit_broadcast and self.now % 3 == 0 and node.raw.commit_untold():
+                    node.raw.broadcast_commit()
                 self.drive(node)
         self.now += 1
 

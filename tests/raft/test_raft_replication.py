@@ -95,6 +95,36 @@ def test_a_lazy_leader_tells_a_commit_with_the_next_append_or_heartbeat() -> Non
     assert all(network.applied_data(i) == [b"first", b"second"] for i in (1, 2, 3))
 
 
+def test_a_lazy_leader_knows_which_followers_lack_the_commit_and_tells_only_them() -> None:
+    """commit_untold/broadcast_commit: the driver's flush of a commit index
+    that no append carried; a follower that knows it gets nothing more."""
+    network = Network([1, 2, 3], lazy_commit_broadcast=True)
+    leader = network.elect(1)
+    network.stabilize()
+    assert leader.commit_untold()  # the new leader's empty entry
+    network.tick(1)  # a heartbeat tells it
+    network.stabilize()
+    assert not leader.commit_untold()
+    index = leader.propose(b"x")
+    network.stabilize()
+    assert leader.commit_index == index
+    assert leader.commit_untold()
+    leader.raft.progress[3].commit_sent = index  # as if told already: the flush skips it
+    start = len(network.delivered)
+    leader.broadcast_commit()
+    network.stabilize()
+    flushed = [m for m in network.delivered_since(start) if m.type is MessageType.APPEND]
+    assert [(m.target, m.commit, m.entries) for m in flushed] == [(2, index, ())]
+    assert network.nodes[2].commit_index == index
+    assert network.applied_data(2) == [b"x"]
+    assert not leader.commit_untold()
+    start = len(network.delivered)
+    leader.broadcast_commit()  # nothing untold: nothing sent
+    network.stabilize()
+    assert network.delivered_since(start) == []
+    assert not network.nodes[2].commit_untold()  # a follower never has anything to tell
+
+
 def test_leader_counts_its_own_log_only_once_persisted() -> None:
     """The leader is part of a majority only for what its driver made durable."""
     network = Network([1])
