@@ -87,7 +87,9 @@ class CommandLog(Protocol):
 
         A rejected command's slot holds the :class:`~neostore.errors.NeoError`
         that refused it (it changed nothing); other commands still apply.
-        Raises only when the batch could not be made durable (nothing applied).
+        Raises only when the batch could not be made durable (nothing applied),
+        or :class:`~neostore.errors.InDoubt` when it was proposed but did
+        not commit in time: it may still apply (its ``pending`` tells).
         """
 
     def add_listener(self, listener: StateListener) -> None:

@@ -26,7 +26,9 @@ One transaction goes through these steps (each a method below):
    and record them all in ONE :class:`CommitDecisions` command: one log
    entry, one fsync (group commit).  Once ``submit`` returns, the
    transactions are committed; ``apply`` checks each decision again against
-   the state it lands on and may still refuse one (``Unavailable``).
+   the state it lands on and may still refuse one (``Unavailable``).  An
+   entry not committed within the submit timeout is *in doubt*, never
+   given up while it may still commit (:meth:`_settle_in_doubt`).
 4. :meth:`_dispatch` — order every participant (the voters) to apply it:
    :class:`~neostore.master_node.commit_orders.CommitOrders` sends the
    orders of many transactions to a node in one ``Commit(term, decisions)``,
@@ -66,6 +68,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from neostore import errors
 from neostore.ids import TidGenerator, p64, partition_of, tid_repr, u64
@@ -583,6 +586,13 @@ class CommitCoordinator:
             return
         try:
             results = self._log.submit(commands)
+        except errors.InDoubt as error:
+            if not planned or error.pending is None:
+                return  # only MarkApplied: recorded again by the next leader if lost
+            settled = self._settle_in_doubt(planned, error)
+            if settled is None:
+                return
+            results = settled
         except errors.NeoError as error:
             log.error("cannot record %d commit decisions: %s", len(planned), error)
             for finish, _ in planned:
@@ -600,6 +610,34 @@ class CommitCoordinator:
             else:
                 self._start_applying(decision.pending(), finish)
                 self._release_non_voters(decision)
+
+    def _settle_in_doubt(self, planned: list[tuple[_Finish, Decision]], error: errors.InDoubt) -> list[Any] | None:
+        """The entry holding these decisions did not commit in time, but may
+        still: giving up now (ordering the voters to drop what the entry may
+        yet commit) could lose a committed transaction.  Their clients are
+        told to ask for the outcome (``GetTransactionOutcome`` waits while
+        the transaction is FINISHING, and Abort refuses it); the decider
+        waits for the entry, holding ``_decide_lock`` so that no later
+        decision is started before these (publication in TID order), until
+        it commits (the results), is replaced (it raises: given up), or this
+        coordinator stops (None: the next leader decides from its log)."""
+        assert error.pending is not None
+        log.error("%d commit decisions not recorded yet (%s): in doubt until their entry commits or is replaced",
+                  len(planned), error)
+        for finish, _ in planned:
+            finish.fail(errors.Unavailable(f"the commit decision is not recorded yet ({error}): ask for the outcome"))
+        while not self._stopping.is_set():
+            try:
+                results = error.pending(1.0)
+            except errors.NeoError as refused:
+                log.error("%d in-doubt commit decisions will never commit: %s", len(planned), refused)
+                for finish, _ in planned:
+                    self._undecided(finish, errors.Unavailable(f"cannot record the commit decision: {refused}"))
+                return None
+            if results is not None:
+                log.info("%d in-doubt commit decisions committed", len(planned))
+                return results
+        return None
 
     def _release_non_voters(self, decision: Decision) -> None:
         """Order the nodes whose cells the decision marked OUT_OF_DATE, and

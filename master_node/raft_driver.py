@@ -426,7 +426,17 @@ class RaftCommandLog:
             raise errors.Unavailable("the master is stopping: its command log is closed")
         self._inbox.put(("propose", proposal))
         if not proposal.done.wait(self._submit_timeout):
-            raise errors.Unavailable(f"no Raft commit within {self._submit_timeout:.0f} s (no quorum?)")
+            # Proposed, perhaps appended: it may commit later (a quorum
+            # back), or never (another leader's entry replaces it).
+            def pending(timeout: float) -> list[Any] | None:
+                if not proposal.done.wait(timeout):
+                    return None
+                if proposal.error is not None:
+                    raise proposal.error
+                return proposal.results
+
+            raise errors.InDoubt(f"no Raft commit within {self._submit_timeout:.0f} s (no quorum?)",
+                                 pending if proposal.membership is None else None)
         if proposal.error is not None:
             raise proposal.error
         if proposal.membership is not None:

@@ -10,6 +10,9 @@ one place (``neostore.client.storage``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import grpc
 
 ERROR_METADATA_KEY = "neostore-error"
@@ -85,6 +88,17 @@ class DeadlineExceeded(Unavailable):
     """The call did not answer within its timeout (it may still be served)."""
 
 
+class InDoubt(Unavailable):
+    """A batch of master commands was proposed but not committed in time:
+    it may still commit (or never will).  ``pending`` waits for its
+    outcome: ``pending(timeout)`` returns the results once applied, None
+    if the timeout passed, and raises if it will never commit."""
+
+    def __init__(self, message: str, pending: Callable[[float], list[Any] | None] | None = None) -> None:
+        super().__init__(message)
+        self.pending = pending
+
+
 class NotLeader(NeoError):
     """This master is not the leader; the message names the leader if known."""
 
@@ -146,6 +160,7 @@ _BY_NAME: dict[str, type[NeoError]] = {
         UnknownTransaction,
         Unavailable,
         DeadlineExceeded,
+        InDoubt,
         NotLeader,
         StorageFull,
         Corrupted,

@@ -70,6 +70,35 @@ class GatedLog(MemoryCommandLog):
         super()._persist(entries, state)
 
 
+class InDoubtLog(MemoryCommandLog):
+    """A memory log whose entries of commit decisions do not commit within
+    the submit timeout (InDoubt at once), then commit when ``commit_later``
+    opens, or are replaced by another leader's entry (``replaced``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_doubt = threading.Event()
+        self.commit_later = threading.Event()
+        self.replaced = threading.Event()
+
+    def submit(self, commands):  # type: ignore[no-untyped-def]
+        if not any(isinstance(command, CommitDecisions) for command in commands):
+            return super().submit(commands)
+        self.in_doubt.set()
+
+        def pending(timeout: float) -> list[Any] | None:
+            deadline = time.monotonic() + timeout
+            while not self.commit_later.is_set():
+                if self.replaced.is_set():
+                    raise errors.NotLeader("leadership changed before entry 9 committed")
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(0.01)
+            return MemoryCommandLog.submit(self, commands)
+
+        raise errors.InDoubt("no Raft commit within 10 s (no quorum?)", pending)
+
+
 class Harness:
     """A coordinator over a memory log, a publisher and fake storages 1..N."""
 
@@ -561,3 +590,55 @@ def test_the_outcome_of_a_finish_in_progress_waits_for_it(storages: list[FakeSto
         harness.close()
 
 
+
+
+def _in_doubt_harness(storages: list[FakeStorage]) -> tuple[Harness, InDoubtLog]:
+    command_log = InDoubtLog()
+    for command in running_log([s.address for s in storages]).entries:
+        command_log.submit([decode_command(command)])
+    harness = Harness(storages, command_log=command_log)
+    harness.coordinator.start()
+    return harness, command_log
+
+
+def test_a_decision_not_committed_in_time_is_in_doubt_and_commits_later(storages: list[FakeStorage]) -> None:
+    """A Raft entry that did not commit within the submit timeout may still
+    commit: the voters are not told to drop the transaction (that would
+    lose it once the entry commits), the client is told to ask, Abort is
+    refused, and the outcome is the TID once the entry commits."""
+    harness, command_log = _in_doubt_harness(storages)
+    try:
+        ttid = harness.coordinator.begin("client")
+        with pytest.raises(errors.Unavailable, match="not recorded yet.*ask for the outcome"):
+            harness.commit(ttid=ttid)
+        assert harness.coordinator.phase_of(ttid) is Phase.FINISHING
+        with pytest.raises(errors.BadRequest, match="being finished"):
+            harness.coordinator.abort("client", ttid, [1, 2])
+        asking = in_background(harness.coordinator.outcome, "client", ttid, 30.0)
+        time.sleep(0.1)
+        assert not asking.done()
+        command_log.commit_later.set()
+        tid = asking.result(10)
+        assert tid is not None and harness.state.outcome_of(ttid, "client") == tid
+        wait_until(lambda: all(tid in s.committed_tids() for s in storages), what="the commit orders")
+        assert harness.published() == [tid]
+        assert all(ttid not in s.aborted_ttids() for s in storages)
+    finally:
+        harness.close()
+
+
+def test_a_decision_in_doubt_that_another_leader_replaced_is_given_up(storages: list[FakeStorage]) -> None:
+    harness, command_log = _in_doubt_harness(storages)
+    try:
+        ttid = harness.coordinator.begin("client")
+        with pytest.raises(errors.Unavailable, match="ask for the outcome"):
+            harness.commit(ttid=ttid)
+        time.sleep(0.1)
+        assert all(ttid not in s.aborted_ttids() for s in storages)
+        command_log.replaced.set()
+        assert harness.coordinator.outcome("client", ttid, 10.0) is None
+        wait_until(lambda: all(ttid in s.aborted_ttids() for s in storages), what="the drop orders")
+        assert harness.state.outcome_of(ttid, "client") is None
+        assert all(s.committed_tids() == [] for s in storages)
+    finally:
+        harness.close()

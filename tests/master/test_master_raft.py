@@ -22,6 +22,7 @@ import ZODB
 from harness import ThreadCluster
 
 from neostore import errors, rpc
+from neostore.ids import u64
 from neostore.client import NeoStorage
 from neostore.launcher import LocalCluster
 from neostore.master_node.command_log import submit_one
@@ -169,6 +170,41 @@ def test_a_restarted_master_recovers_its_state_from_snapshot_and_log(group: Raft
     submit_one(leader, AllocateOids(1))
     restarted = group.open(follower_index)
     wait_for(lambda: restarted.state == leader.state)
+
+
+def test_a_submit_not_committed_in_time_is_in_doubt_until_its_entry_commits_or_is_replaced(
+        group: RaftGroup) -> None:
+    """Without a quorum, submit raises InDoubt (an Unavailable): the entry
+    may still commit.  Its ``pending`` gives the results if it commits, and
+    raises if another leader's entry replaced it; either way every master
+    agrees with the outcome."""
+    leader = group.leader()
+    submit_one(leader, CreateCluster("raft-test", 4, 1))
+    leader._submit_timeout = 0.3  # noqa: SLF001 - no quorum: no commit in any time
+    for index, command_log in enumerate(group.logs):
+        if command_log is not leader:
+            group.stop(index)
+    with pytest.raises(errors.InDoubt, match="no Raft commit") as raised:
+        leader.submit([AllocateOids(7)])
+    pending = raised.value.pending
+    assert pending is not None and pending(0.1) is None
+    for index, command_log in enumerate(group.logs):
+        if command_log is None:
+            group.open(index)
+    try:
+        results: list | None = None  # type: ignore[type-arg]
+        deadline = time.monotonic() + 30
+        while results is None and time.monotonic() < deadline:
+            results = pending(0.5)
+    except errors.NotLeader:
+        results = None  # replaced by the entry of a leader that never had it
+    else:
+        assert results is not None, "the in-doubt entry was neither committed nor replaced in 30 s"
+    new_leader = group.leader()
+    submit_one(new_leader, AllocateOids(1))  # an entry of the new term: everything before it is settled
+    wait_for(lambda: all(log.state == new_leader.state for log in group.running()))
+    expected_last = (7 + 1) if results is not None else 1
+    assert all(u64(log.state.last_oid) == expected_last for log in group.running())
 
 
 def test_a_second_master_process_cannot_open_the_same_data_directory(group: RaftGroup) -> None:
