@@ -141,7 +141,10 @@ class ClusterManager:
         return self._log.state
 
     def stop(self) -> None:
-        """End every storage session without marking its node DOWN."""
+        """End every storage session without marking its node DOWN; stop
+        following the state (a master builds a new manager each time it
+        leads: the old one must not be called, nor kept alive, for ever)."""
+        self._log.remove_listener(self._on_state_change)
         with self._condition:
             self._stopping = True
             self._condition.notify_all()

@@ -95,6 +95,9 @@ class CommandLog(Protocol):
     def add_listener(self, listener: StateListener) -> None:
         """Call ``listener(old, new)`` after every state change."""
 
+    def remove_listener(self, listener: StateListener) -> None:
+        """Stop calling ``listener`` (a component that ended)."""
+
     def close(self) -> None:
         """Release the log; later submits raise Unavailable."""
 
@@ -128,6 +131,11 @@ class _AppliedLog:
     def add_listener(self, listener: StateListener) -> None:
         with self._lock:
             self._listeners.append(listener)
+
+    def remove_listener(self, listener: StateListener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
 
     def submit(self, commands: Sequence[Command]) -> list[Any]:
         with self._lock:

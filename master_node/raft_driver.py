@@ -405,6 +405,11 @@ class RaftCommandLog:
         with self._lock:
             self._listeners.append(listener)
 
+    def remove_listener(self, listener: StateListener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
     def on_leader(self, callback: Callable[[int], None]) -> None:
         """Call ``callback(term)`` each time this node becomes a complete leader."""
         self._leader_callbacks.append(callback)

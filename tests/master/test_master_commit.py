@@ -14,6 +14,7 @@ import pytest
 from master_fakes import CLUSTER, RPC_CONFIG, FakeStorage, in_background, running_log, wait_until
 from neostore import errors
 from neostore.ids import p64, u64
+from neostore.master_node.cluster import ClusterManager
 from neostore.master_node.command_log import MemoryCommandLog, submit_one
 from neostore.master_node.commit import CommitConfig, CommitCoordinator, Phase, last_published_tid
 from neostore.master_node.invalidations import Invalidation, InvalidationPublisher
@@ -642,3 +643,16 @@ def test_a_decision_in_doubt_that_another_leader_replaced_is_given_up(storages: 
         assert all(s.committed_tids() == [] for s in storages)
     finally:
         harness.close()
+
+
+def test_a_stopped_cluster_manager_no_longer_follows_the_state(harness: Harness) -> None:
+    """A master builds a new ClusterManager each time it leads: the one it
+    stopped must not stay among the log's listeners (called and kept alive
+    for ever, one more per leadership)."""
+    listeners = harness.log._listeners  # noqa: SLF001 - what the leak was
+    before = list(listeners)
+    for _ in range(3):
+        manager = ClusterManager(harness.log, harness.coordinator)
+        assert len(listeners) == len(before) + 1
+        manager.stop()
+        assert listeners == before
