@@ -663,27 +663,25 @@ class Raft:
                 )
             )
 
-    def commit_untold(self) -> bool:
-        """Leader: a follower holds entries it does not know are committed
-        (with ``lazy_commit_broadcast``, until an append or heartbeat tells it)."""
+    def _followers_lacking_commit(self) -> list[int]:
+        """Leader: the followers holding entries they do not know are committed
+        (with ``lazy_commit_broadcast``, until an append or heartbeat tells them)."""
         if self.role is not StateRole.LEADER:
-            return False
+            return []
         committed = self.log.committed
-        return any(
-            progress.commit_sent < min(progress.match, committed)
-            for node_id, progress in self.progress.items() if node_id != self.id
-        )
+        return [node_id for node_id in sorted(self.progress)
+                if node_id != self.id
+                and self.progress[node_id].commit_sent < min(self.progress[node_id].match, committed)]
+
+    def commit_untold(self) -> bool:
+        """Leader: some follower holds entries it does not know are committed."""
+        return bool(self._followers_lacking_commit())
 
     def broadcast_commit(self) -> None:
         """Leader: tell the commit index now to every follower that holds
         entries it does not know are committed (an append, empty if need be)."""
-        if self.role is not StateRole.LEADER:
-            return
-        committed = self.log.committed
-        for node_id in sorted(self.progress):
-            progress = self.progress[node_id]
-            if node_id != self.id and progress.commit_sent < min(progress.match, committed):
-                self._send_append(node_id)
+        for node_id in self._followers_lacking_commit():
+            self._send_append(node_id)
 
     # --- local requests --------------------------------------------------------------
 

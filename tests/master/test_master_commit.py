@@ -78,14 +78,12 @@ class InDoubtLog(MemoryCommandLog):
 
     def __init__(self) -> None:
         super().__init__()
-        self.in_doubt = threading.Event()
         self.commit_later = threading.Event()
         self.replaced = threading.Event()
 
     def submit(self, commands):  # type: ignore[no-untyped-def]
         if not any(isinstance(command, CommitDecisions) for command in commands):
             return super().submit(commands)
-        self.in_doubt.set()
 
         def pending(timeout: float) -> list[Any] | None:
             deadline = time.monotonic() + timeout
@@ -589,8 +587,6 @@ def test_the_outcome_of_a_finish_in_progress_waits_for_it(storages: list[FakeSto
         assert asking.result(5) == tid
     finally:
         harness.close()
-
-
 
 
 def _in_doubt_harness(storages: list[FakeStorage]) -> tuple[Harness, InDoubtLog]:

@@ -22,8 +22,8 @@ import ZODB
 from harness import ThreadCluster
 
 from neostore import errors, rpc
-from neostore.ids import u64
 from neostore.client import NeoStorage
+from neostore.ids import u64
 from neostore.launcher import LocalCluster
 from neostore.master_node.command_log import submit_one
 from neostore.master_node.raft_driver import RaftCommandLog, decode_batch, encode_batch
