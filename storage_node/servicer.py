@@ -19,6 +19,7 @@ depend on the table version the node happens to hold.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -47,6 +48,13 @@ def _identifier(value: bytes, what: str) -> bytes:
     if len(value) != 8:
         raise errors.BadRequest(f"{what} must be 8 bytes, got {len(value)}")
     return value
+
+
+def _lock_timeout(value: float) -> float | None:
+    """A request's ``lock_timeout``: None for 0 (the node's own)."""
+    if not math.isfinite(value) or value < 0:
+        raise errors.BadRequest(f"lock_timeout must be a finite number of seconds >= 0, got {value}")
+    return value or None
 
 
 def _optional_identifier(value: bytes, what: str) -> bytes | None:
@@ -217,9 +225,10 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
                 partition,
                 TransactionMetadata(info.user, info.description, info.extension, oids, packed=info.packed),
             )
+        lock_timeout = _lock_timeout(request.lock_timeout)
         writes = self._object_writes(ttid, request.objects, request.table_version)
         if writes:
-            conflicts = self._manager.store(ttid, writes)
+            conflicts = self._manager.store(ttid, writes, lock_timeout)
             if conflicts:
                 return storage_pb2.VoteReply(conflicts=[_conflict(c) for c in conflicts])
         unchecked = self._manager.vote(ttid, metadata)

@@ -172,23 +172,27 @@ class TransactionManager:
 
     # -- store ---------------------------------------------------------------
 
-    def store(self, ttid: bytes, writes: Sequence[ObjectWrite]) -> list[Conflict]:
-        """Lock, check and buffer ``writes`` in order; the conflicts found."""
+    def store(self, ttid: bytes, writes: Sequence[ObjectWrite], lock_timeout: float | None = None) -> list[Conflict]:
+        """Lock, check and buffer ``writes`` in order; the conflicts found.
+        ``lock_timeout``: at most this long waiting for each lock (capped
+        by the lock manager's own timeout, the default)."""
+        if lock_timeout is not None:
+            lock_timeout = min(lock_timeout, self._locks.timeout)
         conflicts = []
         for write in writes:
-            conflict = self._store_one(ttid, write)
+            conflict = self._store_one(ttid, write, lock_timeout)
             if conflict is not None:
                 conflicts.append(conflict)
         return conflicts
 
-    def _store_one(self, ttid: bytes, write: ObjectWrite) -> Conflict | None:
+    def _store_one(self, ttid: bytes, write: ObjectWrite, lock_timeout: float | None = None) -> Conflict | None:
         with self._mutex:
             self._storing_buffer(ttid)
         newly_locked = False
         if write.locking:
             # LockDied if wounded (before or while waiting): the buffer is
             # already DIED and the locks released, by the wound.
-            newly_locked = self._locks.acquire(write.oid, ttid)
+            newly_locked = self._locks.acquire(write.oid, ttid, lock_timeout)
         committed = None
         if write.locking:
             # Stable while we hold the lock: a commit of this oid releases

@@ -110,20 +110,22 @@ class StoreReply(_message.Message):
     def __init__(self, conflicts: _Optional[_Iterable[_Union[Conflict, _Mapping]]] = ...) -> None: ...
 
 class VoteRequest(_message.Message):
-    __slots__ = ("ttid", "transaction", "has_transaction", "metadata_partition", "objects", "table_version")
+    __slots__ = ("ttid", "transaction", "has_transaction", "metadata_partition", "objects", "table_version", "lock_timeout")
     TTID_FIELD_NUMBER: _ClassVar[int]
     TRANSACTION_FIELD_NUMBER: _ClassVar[int]
     HAS_TRANSACTION_FIELD_NUMBER: _ClassVar[int]
     METADATA_PARTITION_FIELD_NUMBER: _ClassVar[int]
     OBJECTS_FIELD_NUMBER: _ClassVar[int]
     TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LOCK_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     ttid: bytes
     transaction: _common_pb2.TransactionInfo
     has_transaction: bool
     metadata_partition: int
     objects: _containers.RepeatedCompositeFieldContainer[ObjectStore]
     table_version: int
-    def __init__(self, ttid: _Optional[bytes] = ..., transaction: _Optional[_Union[_common_pb2.TransactionInfo, _Mapping]] = ..., has_transaction: _Optional[bool] = ..., metadata_partition: _Optional[int] = ..., objects: _Optional[_Iterable[_Union[ObjectStore, _Mapping]]] = ..., table_version: _Optional[int] = ...) -> None: ...
+    lock_timeout: float
+    def __init__(self, ttid: _Optional[bytes] = ..., transaction: _Optional[_Union[_common_pb2.TransactionInfo, _Mapping]] = ..., has_transaction: _Optional[bool] = ..., metadata_partition: _Optional[int] = ..., objects: _Optional[_Iterable[_Union[ObjectStore, _Mapping]]] = ..., table_version: _Optional[int] = ..., lock_timeout: _Optional[float] = ...) -> None: ...
 
 class AbortTransactionRequest(_message.Message):
     __slots__ = ("ttid", "term")

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from neostore import errors, rpc
-from neostore.ids import MAX_TID, ZERO_TID, p64
+from neostore.ids import MAX_TID, ZERO_TID, p64, tid_repr
 from neostore.partition_table import Cell, CellState, NodeState, PartitionTable, StorageNodeInfo
 from neostore.protocol import common_pb2, storage_pb2, storage_pb2_grpc
 from neostore.records import Record
@@ -384,6 +384,26 @@ def test_a_vote_carries_stores_and_does_not_vote_on_a_conflict(stub: storage_pb2
     assert list(rpc.call(stub.Vote, resolved, timeout=10).conflicts) == []
     commit_order(stub, p64(1200), p64(1300))
     assert Record.from_proto(load_before(stub, OID).record).unpack() == b"v2"
+
+
+def test_a_vote_with_a_lock_timeout_waits_that_long_at_most_for_a_voted_holder(
+        stub: storage_pb2_grpc.StorageStub) -> None:
+    """A vote sent to several nodes at once (out of node order) bounds its
+    lock waits: LockTimeout, nothing voted, and the holder keeps the lock."""
+    holder = storage_pb2.VoteRequest(ttid=OLD, objects=[object_store(OID, ZERO_TID, b"holder")])
+    rpc.call(stub.Vote, holder, timeout=10)
+    hurried = storage_pb2.VoteRequest(ttid=YOUNG, objects=[object_store(OID, ZERO_TID, b"hurried")],
+                                      lock_timeout=0.2)
+    with pytest.raises(errors.LockTimeout, match=f"locked by transaction {tid_repr(OLD)}"):
+        # Not the node's own 5 s: that would miss the call's deadline.
+        rpc.call(stub.Vote, hurried, timeout=3)
+    with pytest.raises(errors.BadRequest, match="has not voted"):
+        commit_order(stub, YOUNG, p64(2100))
+    commit_order(stub, OLD, p64(1100))
+    assert Record.from_proto(load_before(stub, OID).record).unpack() == b"holder"
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(errors.BadRequest, match="lock_timeout must be a finite number of seconds"):
+            rpc.call(stub.Vote, storage_pb2.VoteRequest(ttid=p64(3000), lock_timeout=bad), timeout=10)
 
 
 def test_a_load_waits_for_a_transaction_voted_on_its_object(stub: storage_pb2_grpc.StorageStub) -> None:
