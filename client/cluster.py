@@ -138,6 +138,10 @@ class ClusterConnection:
             rpc.shared_channels.release(self._config, address)
 
     @property
+    def client_id(self) -> str:
+        return self._client_id
+
+    @property
     def closed(self) -> bool:
         return self._closed.is_set()
 

@@ -21,7 +21,11 @@ Transaction``/``undo`` (any number), ``tpc_vote``, then ``tpc_finish`` or
    resolved with ZODB's conflict resolution and the node is visited
    again.  Taking locks in one global node order is what keeps two
    transactions from each holding, voted, a lock the other waits for
-   (``storage_node/locks.py``).  When a cell that checks nothing
+   (``storage_node/locks.py``).  To save the round trip per node, a
+   client first sends every node its vote at once, each lock wait bounded
+   (``AT_ONCE_LOCK_WAIT``): a lock still busy then makes it abort the
+   transaction and vote again node by node under a new TTID, and vote node
+   by node for its next few transactions (:class:`AtOnceVotes`).  When a cell that checks nothing
    (OUT_OF_DATE) is among them, every node takes its stores first, in the
    same order, and all vote after (in parallel): such a node must not vote
    for a write a later conflict resolution replaces.  A node votes for a
@@ -82,6 +86,13 @@ MAX_REQUEST_BYTES = 16 * 1024 * 1024
 STORE_TIMEOUT = 120.0
 VOTE_TIMEOUT = 120.0
 FINISH_TIMEOUT = 120.0
+#: How long a vote sent to every node at once waits for a lock before it
+#: gives up and starts over, node by node (see _vote_at_once).
+AT_ONCE_LOCK_WAIT = 0.3
+#: After giving up on a vote at once, the next this many go node by node
+#: (doubling while it keeps giving up, up to AT_ONCE_MAX_PAUSE).
+AT_ONCE_FIRST_PAUSE = 4
+AT_ONCE_MAX_PAUSE = 256
 #: How long tpc_finish keeps asking what became of a transaction whose Finish failed.
 OUTCOME_TIMEOUT = 120.0
 #: A spare TTID (SpareTtid) is used only this long after it arrived.
@@ -264,11 +275,13 @@ def _drop_node(context: TransactionContext, node_id: int, reason: str) -> None:
 
 
 def vote(
-    cluster: ClusterConnection, context: TransactionContext, resolve: Resolver
+    cluster: ClusterConnection, context: TransactionContext, resolve: Resolver,
+    at_once: AtOnceVotes | None = None,
 ) -> list[bytes]:
     """Have every writable cell of the partitions written take its writes
     and vote, node by node in increasing node id (see the module
-    docstring); the oids whose conflicts were resolved."""
+    docstring), or first every node at once if ``at_once`` says so (see
+    :func:`_vote_at_once`); the oids whose conflicts were resolved."""
     if context.phase is not Phase.BEGUN:
         raise POSException.StorageTransactionError("tpc_vote called twice")
     table = cluster.table
@@ -278,7 +291,13 @@ def vote(
     context.touched.add(meta)
     context.touched.update(table.partition_of(oid) for oid in context.writes)
     stores_first = _some_cell_checks_nothing(context, table)
-    while True:
+    if not stores_first and at_once is not None and at_once.wanted():
+        if _vote_at_once(cluster, context, resolve):
+            at_once.worked()
+        else:
+            at_once.gave_up()
+            _start_over(cluster, context)
+    while True:  # nothing left to do here once every node voted at once
         table = cluster.table
         node_id, writes, with_meta = _next_node(context, table, stores_first)
         if node_id is None:
@@ -336,6 +355,19 @@ def _next_node(
     first): taking a lock out of node order could deadlock.  It then does
     not count for that partition (the master marks its cell OUT_OF_DATE).
     """
+    lacking, meta_nodes = _to_visit(context, table, stores_first, context.position)
+    if not lacking:
+        return None, [], False
+    node_id = min(lacking)
+    return node_id, lacking[node_id], node_id in meta_nodes
+
+
+def _to_visit(
+    context: TransactionContext, table: Any, stores_first: bool, position: int
+) -> tuple[dict[int, list[ObjectWrite]], list[int]]:
+    """Every node still to visit at or above ``position`` (see
+    :func:`_next_node`) with the writes it lacks; and the writable nodes of
+    the metadata partition."""
     meta = context.metadata_partition
     lacking: dict[int, list[ObjectWrite]] = {}
     nodes_of: dict[int, list[int]] = {}  # partition -> its writable nodes
@@ -350,19 +382,17 @@ def _next_node(
             taken = context.taken.get(node_id, {})
             if taken.get(oid) is write:
                 continue
-            if node_id < context.position and not (stores_first and oid in taken):
+            if node_id < position and not (stores_first and oid in taken):
                 continue
             lacking.setdefault(node_id, []).append(write)
     meta_nodes = [n for n in table.writable_nodes(meta) if n not in context.failed]
     if not meta_nodes:
         raise ClusterUnavailableError(f"partition {meta} has no writable replica left")
-    candidates = set(lacking)
     if not stores_first:
-        candidates |= {n for n in meta_nodes if n >= context.position and n not in context.voted}
-    if not candidates:
-        return None, [], False
-    node_id = min(candidates)
-    return node_id, lacking.get(node_id, []), node_id in meta_nodes
+        for node_id in meta_nodes:
+            if node_id >= position and node_id not in context.voted:
+                lacking.setdefault(node_id, [])
+    return lacking, meta_nodes
 
 
 def _store_on(cluster: ClusterConnection, context: TransactionContext, table: Any, resolve: Resolver,
@@ -433,6 +463,124 @@ def _vote_on(cluster: ClusterConnection, context: TransactionContext, table: Any
         context.metadata_on.add(node_id)
     context.unchecked[node_id] = set(reply.unchecked_partitions)
     context.position = max(context.position, node_id + 1)
+
+
+def _vote_at_once(cluster: ClusterConnection, context: TransactionContext, resolve: Resolver) -> bool:
+    """Every node that lacks a write or has not voted takes its writes and
+    votes, all in parallel, in rounds until none is left (a conflict:
+    resolved, and its nodes visited again in the next round); True once
+    done, False if some lock was not free within ``AT_ONCE_LOCK_WAIT``.
+
+    Out of node order, so a lock wait could close a cycle of waits
+    (``storage_node/locks.py``): each one is bounded, and False makes the
+    caller start over, one node at a time.  The rest is as
+    :func:`_vote_on`: a node that fails is dropped, a lock lost to an older
+    transaction fails the vote as a ConflictError.  A node whose writes
+    would not fit in one message also makes it give up (before sending
+    anything to it).
+    """
+    while True:
+        table = cluster.table
+        lacking, meta_nodes = _to_visit(context, table, False, 0)
+        if not lacking:
+            return True
+        calls = []
+        for node_id, writes in sorted(lacking.items()):
+            if len(_chunks(writes)) > 1:
+                return False
+            try:
+                stub, peer = cluster.storage_stub(node_id, table)
+            except errors.NotOwner as error:  # the node left the cluster since it took stores
+                _drop_node(context, node_id, str(error))
+                continue
+            with_meta = node_id in meta_nodes
+            request = storage_pb2.VoteRequest(
+                ttid=context.ttid, has_transaction=with_meta, metadata_partition=context.metadata_partition,
+                table_version=table.version, objects=[_encode_write(w) for w in writes],
+                lock_timeout=AT_ONCE_LOCK_WAIT)
+            if with_meta:
+                request.transaction.CopyFrom(_transaction_info(context))
+            context.contacted.add(node_id)
+            calls.append((node_id, writes, with_meta, (stub.Vote, request, VOTE_TIMEOUT, peer)))
+        conflicts: list[storage_pb2.Conflict] = []
+        waited_too_long = False
+        for (node_id, writes, with_meta, _), reply in zip(calls, rpc.call_all([call for *_, call in calls])):
+            if isinstance(reply, errors.LockTimeout):
+                waited_too_long = True
+                continue
+            if isinstance(reply, errors.NeoError):
+                reply = _request(context, node_id, lambda reply=reply: _raise(reply))
+                if reply is None:
+                    continue
+            _took(context, table, node_id, writes, reply.conflicts)
+            if reply.conflicts:
+                conflicts.extend(reply.conflicts)
+                continue
+            context.voted.add(node_id)
+            if with_meta:
+                context.metadata_on.add(node_id)
+            context.unchecked[node_id] = set(reply.unchecked_partitions)
+        if waited_too_long:
+            return False
+        for conflict in conflicts:
+            _resolve_conflict(context, resolve, conflict)
+
+
+def _start_over(cluster: ClusterConnection, context: TransactionContext) -> None:
+    """A vote at once gave up: abort the transaction on every node it
+    reached and go on under a new TTID, as if nothing had been sent.  The
+    writes stay, conflict resolutions included (each is checked again)."""
+    client_id = cluster.client_id
+    log.debug("transaction %s: a lock was not free in time for a vote at once: voting again node by node",
+              tid_repr(context.ttid))
+    try:
+        cluster.master_call("Abort", master_pb2.AbortRequest(
+            client_id=client_id, ttid=context.ttid, node_ids=sorted(context.contacted | set(context.failed))))
+    finally:
+        cluster.unfinished(context.ttid, finished=True)
+    request = master_pb2.BeginRequest(client_id=client_id, tid=context.requested_tid or b"")
+    context.ttid = cluster.master_call("Begin", request).ttid
+    cluster.unfinished(context.ttid)
+    context.stored_on.clear()
+    context.taken.clear()
+    context.failed.clear()
+    context.votes.clear()
+    context.unchecked.clear()
+    context.voted.clear()
+    context.metadata_on.clear()
+    context.contacted.clear()
+    context.position = 0
+
+
+class AtOnceVotes:
+    """Whether a client's next vote goes to every node at once.
+
+    At once saves a round trip per node but may find a lock busy for long
+    (objects other clients write too) and then start over: after it gave
+    up, this client votes node by node for the next few transactions, twice
+    as many after each further giving up (at most ``AT_ONCE_MAX_PAUSE``),
+    and once it works again, it is tried every time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pause = 0  # how many votes to skip after the next giving up
+        self._skip = 0  # votes still to go node by node
+
+    def wanted(self) -> bool:
+        with self._lock:
+            if self._skip:
+                self._skip -= 1
+                return False
+            return True
+
+    def worked(self) -> None:
+        with self._lock:
+            self._pause = 0
+
+    def gave_up(self) -> None:
+        with self._lock:
+            self._pause = min(max(2 * self._pause, AT_ONCE_FIRST_PAUSE), AT_ONCE_MAX_PAUSE)
+            self._skip = self._pause
 
 
 def _vote_everywhere(cluster: ClusterConnection, context: TransactionContext) -> None:

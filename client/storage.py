@@ -97,6 +97,7 @@ class NeoStorage(ConflictResolvingStorage):
         self._oids: list[bytes] = []
         self._oid_batch = OID_BATCH
         self._spare = commit.SpareTtid()
+        self._at_once = commit.AtOnceVotes()
         self._records = RecordLister(self._cluster, self._dispatcher.last_transaction)
         self._closed = False
         try:
@@ -341,7 +342,8 @@ class NeoStorage(ConflictResolvingStorage):
     def tpc_vote(self, transaction: Any) -> list[bytes]:
         context = self._context(transaction)
         try:
-            return self._call(lambda: commit.vote(self._cluster, context, self.tryToResolveConflict))
+            return self._call(lambda: commit.vote(
+                self._cluster, context, self.tryToResolveConflict, self._at_once))
         finally:
             if context.newest_conflict:
                 self._dispatcher.learn_committed(context.newest_conflict)

@@ -42,6 +42,14 @@ that is storing; a younger one waits for an older).  A transaction that
 keeps being wounded is retried with a new TTID, but the oldest transaction
 in the system is never wounded, so it always makes progress.
 
+A client may also vote on every node at once, out of node order
+(``neostore.client.commit``: one round trip instead of one per node).  Such
+a transaction breaks the position argument, so each of its lock requests
+waits at most a short ``timeout`` (the vote's ``lock_timeout``); past it,
+the client aborts the transaction and votes again, under a new TTID, one
+node at a time.  A cycle of waits through such a transaction ends when its
+wait does: it releases its locks, so the cycle cannot last.
+
 Which holders can be wounded is the transaction manager's business: it
 gives the lock manager a ``wound(victim, by, oid)`` function (see
 :class:`LockManager`), called *without* the manager's mutex held (the

@@ -356,16 +356,16 @@ def test_a_transaction_the_cluster_aborted_while_it_voted_fails_as_a_conflict_an
             connection.root()["counter"] = PersistentMapping(value=1)
         oid = connection.root()["counter"]._p_oid
         dropped: list[bytes] = []
-        vote_on = client_commit._vote_on
+        vote = client_commit.vote
 
         def dropped_first(cluster_: Any, context: Any, *args: Any) -> Any:
             if not dropped:
                 dropped.append(context.ttid)
                 for node in cluster.storages:
                     node.manager.abort(context.ttid)
-            return vote_on(cluster_, context, *args)
+            return vote(cluster_, context, *args)
 
-        monkeypatch.setattr(client_commit, "_vote_on", dropped_first)
+        monkeypatch.setattr(client_commit, "vote", dropped_first)
         tm.begin()
         connection.root()["counter"]["value"] = 2
         with pytest.raises(TransactionNotCommittedError, match="aborted by the cluster") as raised:

@@ -177,13 +177,13 @@ def test_a_finish_not_decided_when_the_leader_died_raises_if_its_objects_changed
             vote = client_commit.vote
             votes: list[bytes] = []
 
-            def another_commit_first(cluster_: Any, context: Any, resolve: Any) -> list[bytes]:
+            def another_commit_first(cluster_: Any, context: Any, *args: Any) -> list[bytes]:
                 if cluster_ is db.storage._cluster:  # noqa: SLF001 - ours, not the other client's
                     votes.append(context.ttid)
                     if len(votes) == 2:  # the vote again: another client changes the object first
                         with other.transaction() as connection:
                             connection.root()["value"] = 2
-                return vote(cluster_, context, resolve)
+                return vote(cluster_, context, *args)
 
             monkeypatch.setattr(client_commit, "vote", another_commit_first)
             manager = transaction.TransactionManager()
