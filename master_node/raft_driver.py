@@ -35,7 +35,10 @@ The leader does not send an append just to tell the followers a new commit
 index (``lazy_commit_broadcast``): the next append carries it, or, if none
 comes within ``COMMIT_FLUSH_DELAY``, the loop sends it then (an empty
 append to each follower that holds entries it does not know committed:
-``RawNode.commit_untold``/``broadcast_commit``).
+``RawNode.commit_untold``/``broadcast_commit``).  Likewise, a new entry
+goes at once only to the followers a quorum needs (``lazy_followers``:
+with 3 masters, the one in step): the others get it with the next flush,
+within ``COMMIT_FLUSH_DELAY`` (``RawNode.lazy_pending``/``flush_lazy``).
 
 ``submit`` on a follower raises :class:`~neostore.errors.NotLeader` naming
 the leader's address (clients and storage nodes retry there).  ``term`` is
@@ -126,6 +129,9 @@ DEFAULT_KEEP_ENTRIES = 100
 #: A new commit index that no append carried to the followers within this
 #: long (seconds) is sent on its own: under load the next append carries it,
 #: which saves a message per follower and round (lazy_commit_broadcast).
+#: The followers beyond a quorum get new entries that late at most
+#: (lazy_followers): one message per such follower per flush instead of
+#: one per round.
 COMMIT_FLUSH_DELAY = 0.02
 
 _LENGTH = struct.Struct(">I")
@@ -244,7 +250,7 @@ class RaftCommandLog:
             self._snapshot_index = snapshot.index
             self._node = RawNode(
                 Config(node_id=node_id, rng=random.Random(), election_ticks=election_ticks,
-                       applied=snapshot.index, lazy_commit_broadcast=True),
+                       applied=snapshot.index, lazy_commit_broadcast=True, lazy_followers=True),
                 self._store,
             )
         except BaseException:
@@ -532,10 +538,11 @@ class RaftCommandLog:
                     next_tick = max(next_tick + self._tick_interval, now)
                 if flush_at is not None and now >= flush_at:
                     flush_at = None
+                    self._node.flush_lazy()  # its appends carry the commit index too
                     self._node.broadcast_commit()
                 while self._node.has_ready() and not self._stopping.is_set():
                     self._handle_ready(self._node.ready())
-                if flush_at is None and self._node.commit_untold():
+                if flush_at is None and (self._node.commit_untold() or self._node.lazy_pending()):
                     flush_at = time.monotonic() + COMMIT_FLUSH_DELAY
             except Exception:  # noqa: BLE001 - a broken loop must stop loudly, not spin
                 log.exception("raft driver of node %d failed: stopping it", self.node_id)

@@ -52,6 +52,15 @@ class Config:
     new commit index: the next append or heartbeat carries it (etcd sends
     one at once).  Followers then apply a little later, and a round of
     commits costs one message per follower instead of two."""
+    lazy_followers: bool = False
+    """A leader sends each new entry at once only to as many followers as
+    a quorum needs (the *eager* ones: those in step, most up to date first,
+    then by node id); the others get theirs when the driver calls
+    ``flush_lazy`` (after a short wait), with a heartbeat's answer, or at
+    once if far behind.  A round of commits then costs one message per
+    eager follower instead of one per follower; a commit waits for a lazy
+    follower only while an eager one is not answering (until the next
+    flush)."""
     applied: int = 0
     """The last index the state machine already applied, when restarting with a
     state machine that survived; committed entries after it are delivered again."""

@@ -535,8 +535,9 @@ class Raft:
                 return
         elif was_paused:
             self._send_append(message.source)
-        while self._send_append(message.source, send_if_empty=False):
-            pass
+        if message.source == self.lead_transferee or not self._waits_for_flush(message.source):
+            while self._send_append(message.source, send_if_empty=False):
+                pass
         if message.source == self.lead_transferee and progress.match == self.log.last_index():
             self._send(Message(MessageType.TIMEOUT_NOW, self.id, message.source, self.term))
 
@@ -636,12 +637,46 @@ class Raft:
         return True
 
     def _bcast_append(self) -> None:
+        lazy = self._lazy_followers()
         for node_id in sorted(self.progress):
-            if node_id == self.id:
+            if node_id == self.id or node_id in lazy:
                 continue
             if self._send_append(node_id):
                 while self._send_append(node_id, send_if_empty=False):
                     pass
+
+    def _lazy_followers(self) -> frozenset[int]:
+        """Leader, with ``lazy_followers``: the voters beyond the eager ones
+        a quorum needs (in step first, then the most up to date, then by
+        node id), which get new entries only when flushed."""
+        if not self.config.lazy_followers:
+            return frozenset()
+        followers = [node_id for node_id in self.voters if node_id != self.id and node_id in self.progress]
+        needed = quorum.majority(len(self.voters)) - (1 if self.id in self.voters else 0)
+        followers.sort(key=lambda node_id: (self.progress[node_id].state is not ProgressState.REPLICATE,
+                                            -self.progress[node_id].match, node_id))
+        return frozenset(followers[needed:])
+
+    def _waits_for_flush(self, node_id: int) -> bool:
+        """A lazy follower missing fewer entries than one append carries:
+        it gets them at the next flush, not now."""
+        return (node_id in self._lazy_followers()
+                and self.log.last_index() - self.progress[node_id].match < self.config.max_entries_per_append)
+
+    def lazy_pending(self) -> bool:
+        """Leader: a lazy follower lacks entries (see :meth:`flush_lazy`)."""
+        if self.role is not StateRole.LEADER:
+            return False
+        last = self.log.last_index()
+        return any(self.progress[node_id].next <= last for node_id in self._lazy_followers())
+
+    def flush_lazy(self) -> None:
+        """Leader: send every lazy follower the entries it lacks."""
+        if self.role is not StateRole.LEADER:
+            return
+        for node_id in sorted(self._lazy_followers()):
+            while self._send_append(node_id, send_if_empty=False):
+                pass
 
     def _bcast_heartbeat(self) -> None:
         """Heartbeats; they carry the newest pending ReadIndex context, so lost rounds retry."""

@@ -153,6 +153,15 @@ class RawNode:
         (for a driver that uses ``lazy_commit_broadcast``, after a short wait)."""
         self.raft.broadcast_commit()
 
+    def lazy_pending(self) -> bool:
+        """Leader: a lazy follower lacks entries (``lazy_followers``)."""
+        return self.raft.lazy_pending()
+
+    def flush_lazy(self) -> None:
+        """Leader: send the lazy followers the entries they lack (for a
+        driver that uses ``lazy_followers``, after a short wait)."""
+        self.raft.flush_lazy()
+
     def report_unreachable(self, target: int) -> None:
         self.raft.report_unreachable(target)
 

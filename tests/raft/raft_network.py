@@ -43,6 +43,7 @@ class Network:
         max_bytes_per_append: int = 1 << 20,
         bootstrap_voters: Iterable[int] | None = None,
         lazy_commit_broadcast: bool = False,
+        lazy_followers: bool = False,
     ) -> None:
         self.ids = sorted(ids)
         self.options = dict(
@@ -52,6 +53,7 @@ class Network:
             max_inflight_appends=max_inflight_appends,
             max_bytes_per_append=max_bytes_per_append,
             lazy_commit_broadcast=lazy_commit_broadcast,
+            lazy_followers=lazy_followers,
         )
         voters = ConfState(
             frozenset(bootstrap_voters if bootstrap_voters is not None else self.ids)

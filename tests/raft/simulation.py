@@ -12,7 +12,8 @@ What is simulated:
   as the masters' driver does: persist, send, apply, advance, except that
   a leader that led at the previous Ready sends before it persists; with
   ``lazy_commit_broadcast``, a leader flushes an untold commit index every
-  few steps (``broadcast_commit``).  A crash may strike in the middle of
+  few steps (``broadcast_commit``), and with ``lazy_followers`` the entries
+  its lazy followers lack (``flush_lazy``).  A crash may strike in the middle of
   handling a Ready (before persisting, which for such a leader is after
   sending; after persisting; after sending): the node's memory (RawNode,
   state machine, waiting reads) is dropped, its store keeps exactly what
@@ -140,6 +141,9 @@ class Plan:
     lazy_commit_broadcast: bool = False
     """Leaders tell a new commit index only with the next append or
     heartbeat, as the masters do."""
+    lazy_followers: bool = False
+    """Leaders send new entries at once only to the followers a quorum
+    needs, the others when flushed, as the masters do."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -182,6 +186,7 @@ def random_plan(seed: int, steps: int = 60) -> Plan:
         check_quorum=rng.random() < 0.8,
         faults=tuple(sorted(faults)),
         lazy_commit_broadcast=rng.random() < 0.5,
+        lazy_followers=rng.random() < 0.5,
     )
 
 
@@ -297,6 +302,7 @@ class Simulation:
             pre_vote=self.plan.pre_vote,
             check_quorum=self.plan.check_quorum,
             lazy_commit_broadcast=self.plan.lazy_commit_broadcast,
+            lazy_followers=self.plan.lazy_followers,
             applied=snapshot.index,
         )
         node.raw = RawNode(config, node.store)
@@ -718,6 +724,8 @@ class Simulation:
         for node in list(self.nodes.values()):
             if node.raw is not None:
                 node.raw.tick()
+                if self.plan.lazy_followers and self.now % 3 == 0 and node.raw.lazy_pending():
+                    node.raw.flush_lazy()
                 if self.plan.lazy_commit_broadcast and self.now % 3 == 0 and node.raw.commit_untold():
                     node.raw.broadcast_commit()
                 self.drive(node)

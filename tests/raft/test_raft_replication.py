@@ -125,6 +125,60 @@ def test_a_lazy_leader_knows_which_followers_lack_the_commit_and_tells_only_them
     assert not network.nodes[2].commit_untold()  # a follower never has anything to tell
 
 
+def test_with_lazy_followers_a_new_entry_goes_to_a_quorum_and_the_others_get_it_when_flushed() -> None:
+    """lazy_followers: of 2 followers, only the eager one (the most up to
+    date, then the lowest id) gets each entry at once; the lazy one gets
+    what it lacks in one append when the driver flushes."""
+    network = Network([1, 2, 3], lazy_commit_broadcast=True, lazy_followers=True)
+    leader = network.elect(1)
+    network.tick(1)
+    network.stabilize()
+    assert not leader.lazy_pending()
+    start = len(network.delivered)
+    indexes = [leader.propose(f"command {n}".encode()) for n in range(3)]
+    network.stabilize()
+    assert leader.commit_index == indexes[-1]  # the leader and node 2: a quorum
+    appends = [m for m in network.delivered_since(start) if m.type is MessageType.APPEND]
+    assert {m.target for m in appends} == {2}
+    assert network.stores[3].last_index() < indexes[0]
+    assert leader.lazy_pending()
+    start = len(network.delivered)
+    leader.flush_lazy()
+    network.stabilize()
+    [flushed] = [m for m in network.delivered_since(start) if m.type is MessageType.APPEND]
+    assert (flushed.target, [e.index for e in flushed.entries]) == (3, indexes)
+    assert flushed.commit == indexes[-1]  # the flush tells the commit index as well
+    assert not leader.lazy_pending()
+    assert network.applied_data(3)[-3:] == [f"command {n}".encode() for n in range(3)]
+
+
+def test_with_lazy_followers_commits_go_on_through_a_lazy_follower_when_the_eager_one_is_cut_off() -> None:
+    """An eager follower that stops answering falls behind: the lazy one,
+    flushed, makes the quorum, and becomes the eager one from then on."""
+    network = Network([1, 2, 3], lazy_commit_broadcast=True, lazy_followers=True)
+    leader = network.elect(1)
+    network.tick(1)
+    network.stabilize()
+    network.isolate(2)
+    index = leader.propose(b"while 2 is cut off")
+    network.stabilize()
+    assert leader.commit_index < index  # sent to node 2 only, which does not answer
+    leader.flush_lazy()
+    network.stabilize()
+    assert leader.commit_index == index  # node 3 made the quorum
+    start = len(network.delivered)
+    after = leader.propose(b"after")
+    network.stabilize()
+    assert leader.commit_index == after
+    assert 3 in {m.target for m in network.delivered_since(start) if m.type is MessageType.APPEND}
+    network.heal()
+    network.tick(1)
+    network.stabilize()
+    leader.flush_lazy()
+    network.stabilize()
+    assert all(network.applied_data(i)[-2:] == [b"while 2 is cut off", b"after"] for i in (1, 2, 3))
+
+
 def test_leader_counts_its_own_log_only_once_persisted() -> None:
     """The leader is part of a majority only for what its driver made durable."""
     network = Network([1])

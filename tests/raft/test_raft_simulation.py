@@ -123,6 +123,7 @@ plans = st.builds(
     snapshot_every=st.sampled_from([0, 4, 8, 16]),
     faults=st.lists(faults, max_size=24).map(lambda drawn: tuple(sorted(drawn))),
     lazy_commit_broadcast=st.booleans(),
+    lazy_followers=st.booleans(),
 )
 
 
