@@ -7,6 +7,9 @@ and 3 storage nodes, R=2, via neostore.launcher.LocalCluster; ZEO: runzeo on
 a FileStorage), then measures through ZODB's storage API:
 
 * load (cold): ``loadBefore`` of an object not in the client's cache;
+* read of 100 objects by a new client (empty cache) through ZODB, one
+  load each, and after ``Connection.prefetch`` of them all (neostore: one
+  ``LoadBeforeMany`` per storage node; ZEO: its asynchronous prefetch);
 * commit of 1 object, and of 100 objects (through ``ZODB.DB``).
 
 Prints median and 90th percentile in milliseconds.  A benchmark, not a
@@ -74,11 +77,35 @@ def measure(open_storage: Callable[[], Any], rounds: int) -> dict[str, dict[str,
             storage.loadBefore(oid, maxtid)
             loads.append(time.perf_counter() - started)
         storage.close()
+    cold_reads = {False: [], True: []}
+    for _ in range(max(rounds // 20, 5)):
+        for prefetched in (False, True):
+            cold_reads[prefetched].append(read_all_cold(open_storage, 100, prefetched))
     return {
         "load_cold": percentiles(loads),
+        "read_100_cold": percentiles(cold_reads[False]),
+        "read_100_prefetched": percentiles(cold_reads[True]),
         "commit_1_object": percentiles(one),
         "commit_100_objects": percentiles(hundred),
     }
+
+
+def read_all_cold(open_storage: Callable[[], Any], count: int, prefetched: bool) -> float:
+    """Seconds a new client takes to read objects ``0 .. count - 1`` under
+    the root, one load each, or after ``Connection.prefetch`` of them all."""
+    db = ZODB.DB(open_storage())  # a new client: an empty cache
+    try:
+        conn = db.open()
+        root = conn.root()
+        items = [root[i] for i in range(count)]  # ghosts: nothing of them loaded yet
+        started = time.perf_counter()
+        if prefetched:
+            conn.prefetch(items)
+        for item in items:
+            item["value"]
+        return time.perf_counter() - started
+    finally:
+        db.close()
 
 
 def run_neostore(workdir: str, rounds: int) -> dict[str, Any]:

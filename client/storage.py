@@ -26,7 +26,7 @@ from ZODB import POSException, interfaces
 from ZODB.ConflictResolution import ConflictResolvingStorage
 
 from neostore import errors, rpc
-from neostore.client import commit, history, undo
+from neostore.client import commit, history, prefetch, undo
 from neostore.client.cache import ObjectCache
 from neostore.client.cluster import ClusterConnection
 from neostore.client.exceptions import ClusterUnavailableError, to_zodb_error
@@ -55,6 +55,7 @@ SYNC_TIMEOUT = 60.0
     interfaces.IStorageRestoreable,
     interfaces.IExternalGC,
     interfaces.IStorageCurrentRecordIteration,
+    interfaces.IPrefetchStorage,
 )
 class NeoStorage(ConflictResolvingStorage):
     """A ZODB storage backed by a neostore cluster.
@@ -213,6 +214,13 @@ class NeoStorage(ConflictResolvingStorage):
             return data, start, end
         finally:
             self._cache.end_load(oid, data, start, end)
+
+    def prefetch(self, oids: Iterable[bytes], tid: bytes) -> None:
+        """IPrefetchStorage (``Connection.prefetch``): bring the revisions
+        of ``oids`` current just before ``tid`` into the cache, one call per
+        storage node for them all (see ``neostore.client.prefetch``), so
+        that reading them costs no round trip each.  Best effort."""
+        prefetch.prefetch(self._cluster, self._cache, self._dispatcher.last_transaction, oids, tid)
 
     def load(self, oid: bytes, version: str = "") -> tuple[bytes, bytes]:
         """The current revision (not used by ZODB itself, kept for tools)."""

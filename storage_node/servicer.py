@@ -42,6 +42,10 @@ _T = TypeVar("_T")
 #: data size past which an answer ends (it holds at least one object).
 LIST_OBJECTS_LIMIT = 1000
 LIST_OBJECTS_MAX_BYTES = 8 * 1024 * 1024
+#: At most this many objects in one LoadBeforeMany, and about this many
+#: bytes of records in its answer (the rest: loaded one by one).
+LOAD_MANY_LIMIT = 1000
+LOAD_MANY_MAX_BYTES = 8 * 1024 * 1024
 
 
 def _identifier(value: bytes, what: str) -> bytes:
@@ -78,6 +82,29 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         return _load_reply(self._read(
             [partition], lambda: self._database.load_before(partition, oid, before_tid), request.table_version, oid,
             request.unfinished_ttids))
+
+    def LoadBeforeMany(self, request: storage_pb2.LoadBeforeManyRequest,
+                       context: Any) -> storage_pb2.LoadManyReply:
+        if len(request.oids) > LOAD_MANY_LIMIT:
+            raise errors.BadRequest(f"at most {LOAD_MANY_LIMIT} oids per LoadBeforeMany, got {len(request.oids)}")
+        oids = [_identifier(oid, f"oids[{i}]") for i, oid in enumerate(request.oids)]
+        before_tid = _identifier(request.before_tid, "before_tid")
+        reply = storage_pb2.LoadManyReply()
+        size = 0
+        for oid in oids:
+            answer = reply.replies.add()
+            if size >= LOAD_MANY_MAX_BYTES:
+                continue
+            partition = self._ownership.partition_of(oid)
+            try:
+                result = self._read(
+                    [partition], lambda p=partition, o=oid: self._database.load_before(p, o, before_tid),
+                    request.table_version, oid, request.unfinished_ttids)
+            except (errors.NotOwner, errors.NotFound):
+                continue  # STATUS_UNSPECIFIED: not for this node to answer
+            answer.CopyFrom(_load_reply(result))
+            size += len(answer.record.data)
+        return reply
 
     def LoadSerial(self, request: storage_pb2.LoadSerialRequest, context: Any) -> storage_pb2.LoadReply:
         oid = _identifier(request.oid, "oid")

@@ -29,6 +29,24 @@ class LoadBeforeRequest(_message.Message):
     unfinished_ttids: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, oid: _Optional[bytes] = ..., before_tid: _Optional[bytes] = ..., table_version: _Optional[int] = ..., unfinished_ttids: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
+class LoadBeforeManyRequest(_message.Message):
+    __slots__ = ("oids", "before_tid", "table_version", "unfinished_ttids")
+    OIDS_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_TID_FIELD_NUMBER: _ClassVar[int]
+    TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNFINISHED_TTIDS_FIELD_NUMBER: _ClassVar[int]
+    oids: _containers.RepeatedScalarFieldContainer[bytes]
+    before_tid: bytes
+    table_version: int
+    unfinished_ttids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, oids: _Optional[_Iterable[bytes]] = ..., before_tid: _Optional[bytes] = ..., table_version: _Optional[int] = ..., unfinished_ttids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class LoadManyReply(_message.Message):
+    __slots__ = ("replies",)
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    replies: _containers.RepeatedCompositeFieldContainer[LoadReply]
+    def __init__(self, replies: _Optional[_Iterable[_Union[LoadReply, _Mapping]]] = ...) -> None: ...
+
 class LoadSerialRequest(_message.Message):
     __slots__ = ("oid", "serial", "table_version", "unfinished_ttids")
     OID_FIELD_NUMBER: _ClassVar[int]

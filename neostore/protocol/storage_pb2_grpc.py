@@ -45,6 +45,11 @@ class StorageStub:
                 request_serializer=storage__pb2.LoadSerialRequest.SerializeToString,
                 response_deserializer=storage__pb2.LoadReply.FromString,
                 _registered_method=True)
+        self.LoadBeforeMany = channel.unary_unary(
+                '/neostore.Storage/LoadBeforeMany',
+                request_serializer=storage__pb2.LoadBeforeManyRequest.SerializeToString,
+                response_deserializer=storage__pb2.LoadManyReply.FromString,
+                _registered_method=True)
         self.Store = channel.unary_unary(
                 '/neostore.Storage/Store',
                 request_serializer=storage__pb2.StoreRequest.SerializeToString,
@@ -124,6 +129,18 @@ class StorageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadBeforeMany(self, request, context):
+        """client -> storage, serves prefetch (ZODB's Connection.prefetch): many
+        objects as of one snapshot in one call, each answered as LoadBefore
+        answers it, in the order asked.  An object this node cannot answer
+        for (no revision here, its cell not readable, the answer already
+        LOAD_MANY_MAX_BYTES long) gets STATUS_UNSPECIFIED: the client loads it
+        on its own when it needs it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Store(self, request, context):
         """client -> storage, serves store, checkCurrentSerialInTransaction and
         undo: takes each oid's write lock for the TTID (wound-wait by TTID) and
@@ -138,8 +155,9 @@ class StorageServicer:
         Store does: a small transaction needs no Store at all), then, unless
         one of them conflicts, makes the TTID's data durable as pending (fsync)
         and, on the cells of its metadata partition, its metadata.  Clients
-        take locks node by node in increasing node id (storage_node/locks.py
-        says why that keeps early votes free of deadlocks).
+        take locks node by node in increasing node id, or vote on every node
+        at once with a short lock_timeout (storage_node/locks.py says why
+        either keeps early votes free of deadlocks).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -239,6 +257,11 @@ def add_StorageServicer_to_server(servicer, server):
                     servicer.LoadSerial,
                     request_deserializer=storage__pb2.LoadSerialRequest.FromString,
                     response_serializer=storage__pb2.LoadReply.SerializeToString,
+            ),
+            'LoadBeforeMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadBeforeMany,
+                    request_deserializer=storage__pb2.LoadBeforeManyRequest.FromString,
+                    response_serializer=storage__pb2.LoadManyReply.SerializeToString,
             ),
             'Store': grpc.unary_unary_rpc_method_handler(
                     servicer.Store,
@@ -355,6 +378,33 @@ class Storage:
             '/neostore.Storage/LoadSerial',
             storage__pb2.LoadSerialRequest.SerializeToString,
             storage__pb2.LoadReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadBeforeMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neostore.Storage/LoadBeforeMany',
+            storage__pb2.LoadBeforeManyRequest.SerializeToString,
+            storage__pb2.LoadManyReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -386,6 +386,31 @@ def test_a_vote_carries_stores_and_does_not_vote_on_a_conflict(stub: storage_pb2
     assert Record.from_proto(load_before(stub, OID).record).unpack() == b"v2"
 
 
+def test_load_before_many_answers_each_object_as_load_before_does(stub: storage_pb2_grpc.StorageStub) -> None:
+    commit(stub, p64(1000), p64(1100), object_store(OID, ZERO_TID, b"v1"))
+    commit(stub, p64(1200), p64(1300), object_store(OID, p64(1100), b"v2"))
+    later = p64(8)  # partition 0 too, created after the snapshot
+    commit(stub, p64(1400), p64(1500), object_store(later, ZERO_TID, b"later"))
+    never = p64(12)  # partition 0, never written
+    asked = [OID, later, never, FOREIGN_OID, OUT_OF_DATE_OID, OID]
+    request = storage_pb2.LoadBeforeManyRequest(oids=asked, before_tid=p64(1300))
+    replies = list(rpc.call(stub.LoadBeforeMany, request, timeout=10).replies)
+    assert len(replies) == len(asked)
+    assert replies[0] == replies[5] == load_before(stub, OID, p64(1300))
+    assert Record.from_proto(replies[0].record).unpack() == b"v1"
+    assert (replies[0].serial, replies[0].next_serial) == (p64(1100), p64(1300))
+    assert replies[1] == load_before(stub, later, p64(1300))
+    assert replies[1].status == storage_pb2.LoadReply.NO_REVISION
+    # Not for this node to answer: no revision here, a foreign or unreadable cell.
+    assert [r.status for r in replies[2:5]] == [storage_pb2.LoadReply.STATUS_UNSPECIFIED] * 3
+    with pytest.raises(errors.BadRequest, match=r"oids\[1\] must be 8 bytes"):
+        rpc.call(stub.LoadBeforeMany, storage_pb2.LoadBeforeManyRequest(oids=[OID, b"short"], before_tid=MAX_TID),
+                 timeout=10)
+    with pytest.raises(errors.BadRequest, match="at most 1000 oids"):
+        rpc.call(stub.LoadBeforeMany, storage_pb2.LoadBeforeManyRequest(oids=[OID] * 1001, before_tid=MAX_TID),
+                 timeout=10)
+
+
 def test_a_vote_with_a_lock_timeout_waits_that_long_at_most_for_a_voted_holder(
         stub: storage_pb2_grpc.StorageStub) -> None:
     """A vote sent to several nodes at once (out of node order) bounds its

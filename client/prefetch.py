@@ -1,0 +1,93 @@
+"""ZODB's prefetch: many objects as of one snapshot, one call per storage node.
+
+``Connection.prefetch(objects)`` (IPrefetchStorage) names the objects a
+request is about to read.  Each one the cache cannot answer is loaded from
+a readable replica of its partition, grouped by node: one
+``LoadBeforeMany`` per node (at most ``BATCH`` oids each), all in parallel
+(``rpc.call_all``), instead of a round trip per object as the reads would
+make.  Each answer is cached as a load's would be
+(``ObjectCache.begin_load``/``end_load``: an invalidation processed while
+it travels still ends the revision it names), so the reads that follow
+find them in the cache, as of the same snapshot.
+
+Best effort: an object that does not come (its node failed or moved its
+cell, the answer was full) is simply loaded on demand later; nothing is
+raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterable
+
+from neostore import errors, rpc
+from neostore.client.cache import ObjectCache
+from neostore.client.cluster import ClusterConnection
+from neostore.ids import oid_repr
+from neostore.protocol import storage_pb2
+from neostore.records import Record
+
+log = logging.getLogger(__name__)
+
+#: At most this many oids in one LoadBeforeMany (the nodes take 1000).
+BATCH = 500
+PREFETCH_TIMEOUT = 30.0
+
+
+def prefetch(cluster: ClusterConnection, cache: ObjectCache, last_seen: Callable[[], bytes],
+             oids: Iterable[bytes], before_tid: bytes) -> int:
+    """Load the revisions of ``oids`` current just before ``before_tid``
+    into ``cache``; how many came.  ``last_seen()``: the last TID whose
+    invalidations the cache has processed."""
+    table = cluster.table
+    by_node: dict[int, list[bytes]] = {}
+    for oid in dict.fromkeys(oids):
+        if len(oid) != 8 or cache.load_before(oid, before_tid, last_seen()) is not None:
+            continue
+        nodes = table.readable_nodes(table.partition_of(oid))
+        if nodes:
+            by_node.setdefault(random.choice(nodes), []).append(oid)
+    batches: list[list[bytes]] = []
+    calls = []
+    for node_id, node_oids in sorted(by_node.items()):
+        try:
+            stub, peer = cluster.storage_stub(node_id, table)
+        except errors.NotOwner:
+            continue
+        for start in range(0, len(node_oids), BATCH):
+            batch = node_oids[start:start + BATCH]
+            request = cluster.name_unfinished(storage_pb2.LoadBeforeManyRequest(
+                oids=batch, before_tid=before_tid, table_version=table.version))
+            batches.append(batch)
+            calls.append((stub.LoadBeforeMany, request, PREFETCH_TIMEOUT, peer))
+    for batch in batches:
+        for oid in batch:
+            cache.begin_load(oid)
+    outcomes: list[object] = []
+    try:
+        outcomes = rpc.call_all(calls)
+    finally:
+        loaded = 0
+        for index, batch in enumerate(batches):
+            outcome = outcomes[index] if index < len(outcomes) else None
+            if isinstance(outcome, errors.NeoError):
+                log.debug("prefetch from %s failed: %s", calls[index][3], outcome)
+            answers = outcome.replies if isinstance(outcome, storage_pb2.LoadManyReply) else ()
+            for position, oid in enumerate(batch):
+                data, start, end = _revision(oid, answers[position] if position < len(answers) else None)
+                cache.end_load(oid, data, start, end)
+                loaded += data is not None
+    return loaded
+
+
+def _revision(oid: bytes, answer: storage_pb2.LoadReply | None) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """(data, start, end) of a FOUND answer, else Nones (nothing to cache)."""
+    if answer is None or answer.status != storage_pb2.LoadReply.FOUND:
+        return None, None, None
+    try:
+        data = Record.from_proto(answer.record).unpack(f"object {oid_repr(oid)}")
+    except errors.NeoError as error:  # a damaged record: the load on demand reports it
+        log.warning("prefetch of object %s: %s", oid_repr(oid), error)
+        return None, None, None
+    return data, answer.serial, answer.next_serial or None
