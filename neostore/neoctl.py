@@ -39,10 +39,14 @@ from typing import Any
 
 from neostore import errors, rpc
 from neostore.ids import p64, tid_repr, tid_time
-from neostore.partition_table import CellState, NodeState, PartitionTable, format_table
+from neostore.partition_table import READABLE_STATES, CellState, NodeState, PartitionTable, format_table
 from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc, storage_pb2, storage_pb2_grpc
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INCONSISTENT, EXIT_TIMEOUT = 0, 1, 2, 3, 4, 5
+#: check: some partition had fewer than two readable replicas to compare.
+EXIT_NOT_COMPARED = 6
+#: health: DEGRADED, UNAVAILABLE.
+EXIT_DEGRADED, EXIT_UNAVAILABLE = 7, 8
 #: How long ``check`` may take per call (it reads every replica).
 CHECK_TIMEOUT = 3600.0
 _ADDRESS = re.compile(r"[\w.\-\[\]:]+:\d+")
@@ -59,6 +63,18 @@ class Admin:
         self._config = rpc.RpcConfig(cluster_name=cluster, tls=tls)
         self._timeout = timeout
         self.masters, self.cluster, self.tls = masters, cluster, tls  # for commands that open a client
+
+    def master_info(self, address: str) -> master_pb2.ClusterInfo | None:
+        """What the master at ``address`` itself says (no leader following),
+        None if it does not answer."""
+        channel = rpc.make_channel(self._config, address)
+        try:
+            return rpc.call(master_pb2_grpc.AdminStub(channel).GetClusterInfo, common_pb2.Empty(),
+                            timeout=self._timeout, peer=f"master {address}")
+        except errors.NeoError:
+            return None
+        finally:
+            channel.close()
 
     def storage_stats(self, address: str) -> storage_pb2.StatsReply | None:
         """What a storage node holds (its readable cells), None if it does not answer."""
@@ -368,7 +384,7 @@ def command_check(admin: Admin, args: argparse.Namespace) -> int:
         "replicas": ",".join(map(str, p.node_ids)),
         "records": p.records,
         "up_to_tid": tid_repr(p.max_tid),
-        "result": "ok" if p.consistent else "DIFFERS",
+        "result": "DIFFERS" if not p.consistent else "ok" if len(p.node_ids) >= 2 else "not compared",
         "corrupted": ",".join(map(str, p.corrupted)) or "-",
         "rebuilding": ",".join(map(str, p.repairing)) or "-",
         "detail": p.detail,
@@ -380,15 +396,77 @@ def command_check(admin: Admin, args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         _print_rows(rows, columns)
-    differing = [row for row in rows if row["result"] != "ok"]
+    differing = [row for row in rows if row["result"] == "DIFFERS"]
+    alone = [row for row in rows if row["result"] == "not compared"]
     rebuilding = [row for row in rows if row["rebuilding"] != "-"]
     if not args.json:
-        print(f"{len(rows) - len(differing)} of {len(rows)} partitions consistent"
-              + (f"; {len(differing)} differ" if differing else ""))
+        print(f"{len(rows) - len(differing) - len(alone)} of {len(rows)} partitions consistent"
+              + (f"; {len(differing)} differ" if differing else "")
+              + (f"; {len(alone)} not compared (fewer than 2 readable replicas reachable)" if alone else ""))
         if rebuilding:
             print(f"{len(rebuilding)} partition(s) rebuilding CORRUPTED cells from healthy replicas "
                   "(see neoctl status; neoctl wait)")
-    return EXIT_INCONSISTENT if differing else EXIT_OK
+    return EXIT_INCONSISTENT if differing else EXIT_NOT_COMPARED if alone else EXIT_OK
+
+
+def cluster_health(admin: Admin) -> tuple[str, list[str]]:
+    """HEALTHY, DEGRADED or UNAVAILABLE, and every problem found.
+
+    UNAVAILABLE: no master answers, none leads, the cluster has no
+    partition table yet, or a partition has no readable replica on a
+    running storage node (its objects cannot be read).  DEGRADED: it
+    serves, but a master does not answer or follows another leader, a
+    storage node is DOWN, a partition has fewer readable replicas than the
+    cluster keeps, a cell is CORRUPTED, or the cluster is STOPPING."""
+    try:
+        info = admin.call("GetClusterInfo", common_pb2.Empty())
+        table = PartitionTable.from_proto(admin.call("GetPartitionTable", common_pb2.Empty()))
+    except errors.Unavailable as error:
+        return "UNAVAILABLE", [str(error)]
+    fatal: list[str] = []
+    problems: list[str] = []
+    if info.state == info.EMPTY:
+        fatal.append("no partition table yet: waiting for storage nodes (or `neoctl start`)")
+    elif info.state == info.STOPPING:
+        problems.append("the cluster is STOPPING: it takes no new transaction (`neoctl set cluster RUNNING`)")
+    if not info.leader:
+        fatal.append("no master leads")
+    for address in info.masters:
+        seen = admin.master_info(address)
+        if seen is None:
+            problems.append(f"master {address} does not answer")
+        elif seen.leader != info.leader:
+            problems.append(f"master {address} follows {seen.leader or 'no leader'}, not {info.leader}")
+    running = {node.node_id for node in table.nodes if node.state == NodeState.RUNNING}
+    for node in table.nodes:
+        if node.state == NodeState.DOWN:
+            problems.append(f"storage node {node.node_id} at {node.address} is DOWN")
+    short: list[int] = []
+    for partition, row in enumerate(table.rows):
+        readable = [cell.node_id for cell in row if cell.state in READABLE_STATES and cell.node_id in running]
+        if not readable:
+            fatal.append(f"partition {partition} has no readable replica on a running storage node")
+        elif len(readable) < table.num_replicas:
+            short.append(partition)
+        problems.extend(f"partition {partition}: the cell of storage node {cell.node_id} is CORRUPTED"
+                        for cell in row if cell.state == CellState.CORRUPTED)
+    if short:
+        problems.append(f"{len(short)} partition(s) with fewer than {table.num_replicas} readable replicas: "
+                        + ", ".join(map(str, short)))
+    if fatal:
+        return "UNAVAILABLE", fatal + problems
+    return ("DEGRADED" if problems else "HEALTHY"), problems
+
+
+def command_health(admin: Admin, args: argparse.Namespace) -> int:
+    verdict, problems = cluster_health(admin)
+    if args.json:
+        print(json.dumps({"health": verdict, "problems": problems}, indent=2))
+    else:
+        print(verdict)
+        for problem in problems:
+            print(f"  {problem}")
+    return {"HEALTHY": EXIT_OK, "DEGRADED": EXIT_DEGRADED}.get(verdict, EXIT_UNAVAILABLE)
 
 
 def _moving(table: PartitionTable) -> list[tuple[int, int, str]]:
@@ -530,7 +608,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neoctl", description="Administer a neostore cluster.",
         epilog="Exit codes: 0 success, 1 refused or failed, 2 bad usage, 3 no master reachable, "
-               "4 check found replicas that differ (import --verify: a difference), 5 wait timed out.")
+               "4 check found replicas that differ (import --verify: a difference), 5 wait timed out, "
+               "6 check could not compare some partition (fewer than 2 readable replicas), "
+               "7 health: DEGRADED, 8 health: UNAVAILABLE.")
     parser.add_argument("--masters", default=os.environ.get("NEOSTORE_MASTERS", "127.0.0.1:5551"),
                         help="master addresses, comma separated (default: $NEOSTORE_MASTERS or %(default)s)")
     parser.add_argument("--cluster", default=os.environ.get("NEOSTORE_CLUSTER", "neostore"),
@@ -604,7 +684,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "pending change, or when the remaining masters would have no reachable majority.")
     remove_master.add_argument("address", metavar="HOST:PORT")
     check = _subcommand(commands, "check", command_check,
-        help="compare the replicas of partitions by checksums (exit 4 if any differ)",
+        help="compare the replicas of partitions by checksums (exit 4 if any differ, "
+             "6 if some could not be compared)",
         description="Compare every readable replica of the partitions given (all by default) range by "
                     "range, up to a TID every replica holds, while the cluster serves.  A replica that "
                     "differs from a strict majority is marked CORRUPTED; with two replicas that differ, "
@@ -613,6 +694,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "partition again from a healthy replica.")
     check.add_argument("partitions", nargs="*", type=int, metavar="PARTITION")
     check.add_argument("--repair", action="store_true", help="rebuild CORRUPTED cells from healthy replicas")
+    _subcommand(commands, "health", command_health,
+        help="HEALTHY, DEGRADED or UNAVAILABLE, with every problem found (exit 0, 7 or 8)",
+        description="Asks the leader for the cluster's state and table and every master for its own "
+                    "view.  UNAVAILABLE (exit 8): no master answers, none leads, no partition table yet, "
+                    "or a partition has no readable replica on a running storage node.  DEGRADED (exit 7): "
+                    "it serves, but a master does not answer or follows another leader, a storage node "
+                    "is DOWN, a partition has fewer readable replicas than the cluster keeps, a cell is "
+                    "CORRUPTED, or the cluster is STOPPING.  HEALTHY (exit 0): none of these.")
     _subcommand(commands, "status", command_status,
         help="show data movement: each cell not UP_TO_DATE, with replication progress",
         description="One line per cell that is not UP_TO_DATE: its state and, while it replicates, "

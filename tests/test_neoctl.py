@@ -309,3 +309,56 @@ def test_truncate_is_refused_while_a_transaction_stays_in_flight_and_loses_nothi
         with db.transaction() as check:
             assert check.root()["data"]["value"] == 3
         db.close()
+
+
+def test_health_and_check_tell_the_truth_about_a_degraded_cluster(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """HEALTHY (exit 0) while everything is up; DEGRADED (exit 7) naming a
+    master that does not answer, then a storage node DOWN and the partitions
+    left with one readable replica, for which check exits 6: nothing was
+    compared there, which is not "consistent"."""
+    import json
+
+    import ZODB
+    from persistent.mapping import PersistentMapping
+
+    from harness import ThreadCluster
+    from neostore.partition_table import NodeState
+
+    with ThreadCluster(str(tmp_path), num_storages=3, num_partitions=6, num_replicas=2, num_masters=3) as cluster:
+        base = ["--masters", ",".join(cluster.masters), "--cluster", cluster.name]
+        db = ZODB.DB(cluster.client())
+        with db.transaction() as conn:
+            conn.root()["data"] = PersistentMapping(value=0)
+        db.close()
+        leader = cluster.wait_for_leader()
+        _wait(lambda: neoctl.main([*base, "health"]) == 0, "every master following the leader")
+        assert capsys.readouterr().out.splitlines() == ["HEALTHY"]
+        assert neoctl.main([*base, "--json", "health"]) == neoctl.EXIT_OK
+        assert json.loads(capsys.readouterr().out) == {"health": "HEALTHY", "problems": []}
+        assert neoctl.main([*base, "check"]) == neoctl.EXIT_OK
+        assert "6 of 6 partitions consistent" in capsys.readouterr().out
+
+        follower = next(m for m in cluster.master_nodes if m is not leader)
+        follower.stop()
+        assert neoctl.main([*base, "health"]) == neoctl.EXIT_DEGRADED
+        out = capsys.readouterr().out
+        assert out.startswith("DEGRADED\n") and f"master {follower.address} does not answer" in out, out
+
+        away = cluster.storages[2]
+        away.stop()
+        _wait(lambda: leader.state.table.node(away.node_id).state == NodeState.DOWN, "node down")
+        assert neoctl.main([*base, "--json", "health"]) == neoctl.EXIT_DEGRADED
+        report = json.loads(capsys.readouterr().out)
+        assert report["health"] == "DEGRADED"
+        assert f"storage node {away.node_id} at {away.address} is DOWN" in report["problems"]
+        assert any("fewer than 2 readable replicas" in problem for problem in report["problems"]), report
+        assert neoctl.main([*base, "check"]) == neoctl.EXIT_NOT_COMPARED
+        out = capsys.readouterr().out
+        assert "not compared (fewer than 2 readable replicas reachable)" in out
+        assert "6 of 6 partitions consistent" not in out
+    # Once no master answers: UNAVAILABLE, exit 8 (the reason names each master tried).
+    assert neoctl.main([*base, "health"]) == neoctl.EXIT_UNAVAILABLE
+    out = capsys.readouterr().out
+    assert out.startswith("UNAVAILABLE\n") and "no master reachable" in out, out
