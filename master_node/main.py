@@ -36,13 +36,14 @@ from types import FrameType
 
 import lmdb
 
-from neostore import errors
+from neostore import add_version_argument, errors
 from neostore.master_node.node import MasterConfig, MasterNode
 from neostore.rpc import RpcConfig, add_tls_arguments, tls_from_arguments
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="neo-master", description="Run a neostore master node.")
+    add_version_argument(parser)
     parser.add_argument("--cluster", required=True, help="cluster name (every node checks it)")
     parser.add_argument("--data", required=True, help="data directory (command log)")
     parser.add_argument("--bind", default="127.0.0.1:0", help="host:port to serve on (port 0: any)")

@@ -29,7 +29,7 @@ import threading
 import time
 from typing import IO
 
-from neostore import rpc
+from neostore import add_version_argument, rpc
 from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc
 
 READY_TIMEOUT = 60.0
@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                "(NEOSTORE_MASTERS and NEOSTORE_CLUSTER set), then stop.",
     )
     parser.add_argument("--data", default="neostore-data", help="data directory (default: %(default)s)")
+    add_version_argument(parser)
     parser.add_argument("--name", default="neostore", help="cluster name (default: %(default)s)")
     parser.add_argument("--storages", type=int, default=3, help="storage nodes (default: %(default)s)")
     parser.add_argument("--replicas", type=int, default=2, help="replicas per partition (default: %(default)s)")

@@ -37,7 +37,7 @@ import sys
 import time
 from typing import Any
 
-from neostore import errors, rpc
+from neostore import add_version_argument, errors, rpc
 from neostore.ids import p64, tid_repr, tid_time
 from neostore.partition_table import READABLE_STATES, CellState, NodeState, PartitionTable, format_table
 from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc, storage_pb2, storage_pb2_grpc
@@ -381,12 +381,12 @@ def command_check(admin: Admin, args: argparse.Namespace) -> int:
                        timeout=CHECK_TIMEOUT)
     rows = [{
         "partition": p.partition,
-        "replicas": ",".join(map(str, p.node_ids)),
+        "replicas": list(p.node_ids),
         "records": p.records,
         "up_to_tid": tid_repr(p.max_tid),
         "result": "DIFFERS" if not p.consistent else "ok" if len(p.node_ids) >= 2 else "not compared",
-        "corrupted": ",".join(map(str, p.corrupted)) or "-",
-        "rebuilding": ",".join(map(str, p.repairing)) or "-",
+        "corrupted": list(p.corrupted),
+        "rebuilding": list(p.repairing),
         "detail": p.detail,
     } for p in reply.partitions]
     columns = ["partition", "replicas", "records", "up_to_tid", "result", "corrupted", "detail"]
@@ -395,10 +395,11 @@ def command_check(admin: Admin, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        _print_rows(rows, columns)
+        _print_rows([{key: (",".join(map(str, value)) or "-") if isinstance(value, list) else value
+                      for key, value in row.items()} for row in rows], columns)
     differing = [row for row in rows if row["result"] == "DIFFERS"]
     alone = [row for row in rows if row["result"] == "not compared"]
-    rebuilding = [row for row in rows if row["rebuilding"] != "-"]
+    rebuilding = [row for row in rows if row["rebuilding"]]
     if not args.json:
         print(f"{len(rows) - len(differing) - len(alone)} of {len(rows)} partitions consistent"
               + (f"; {len(differing)} differ" if differing else "")
@@ -611,6 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
                "4 check found replicas that differ (import --verify: a difference), 5 wait timed out, "
                "6 check could not compare some partition (fewer than 2 readable replicas), "
                "7 health: DEGRADED, 8 health: UNAVAILABLE.")
+    add_version_argument(parser)
     parser.add_argument("--masters", default=os.environ.get("NEOSTORE_MASTERS", "127.0.0.1:5551"),
                         help="master addresses, comma separated (default: $NEOSTORE_MASTERS or %(default)s)")
     parser.add_argument("--cluster", default=os.environ.get("NEOSTORE_CLUSTER", "neostore"),
@@ -742,7 +744,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     admin = Admin(masters, args.cluster, tls)
     try:
-        return args.run(admin, args)
+        code: int = args.run(admin, args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`neoctl ... | head`): nothing more to say, and
+        # no traceback when Python flushes stdout on exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except errors.Unavailable as error:
         print(f"neoctl: {error}", file=sys.stderr)
         return EXIT_UNREACHABLE

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from neostore import errors, rpc
+from neostore import add_version_argument, errors, rpc
 from neostore.storage_node.database import DEFAULT_MAP_SIZE
 from neostore.storage_node.node import StorageConfig, StorageNode
 
@@ -37,6 +37,7 @@ EXIT_USAGE = 2
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neo-storage", description="Run a neostore storage node.")
+    add_version_argument(parser)
     parser.add_argument("--cluster", required=True, help="cluster name")
     parser.add_argument("--masters", required=True, help="master addresses, HOST:PORT[,HOST:PORT...]")
     parser.add_argument("--data", required=True, help="data directory (one LMDB environment)")

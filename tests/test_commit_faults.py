@@ -100,6 +100,6 @@ def test_kill_9_of_leader_follower_and_storage_node_under_batched_commits(tmp_pa
         assert len(partitions) == cluster.num_partitions
         for row in partitions:
             assert row["result"] == "ok", row
-            assert len(row["replicas"].split(",")) == 2, f"partition {row['partition']}: not compared on 2 replicas"
+            assert len(row["replicas"]) == 2, f"partition {row['partition']}: not compared on 2 replicas"
     finally:
         _close(writers, cluster)

@@ -339,6 +339,9 @@ def test_health_and_check_tell_the_truth_about_a_degraded_cluster(
         assert json.loads(capsys.readouterr().out) == {"health": "HEALTHY", "problems": []}
         assert neoctl.main([*base, "check"]) == neoctl.EXIT_OK
         assert "6 of 6 partitions consistent" in capsys.readouterr().out
+        assert neoctl.main([*base, "--json", "check"]) == neoctl.EXIT_OK
+        rows = json.loads(capsys.readouterr().out)
+        assert [(len(row["replicas"]), row["corrupted"], row["rebuilding"]) for row in rows] == [(2, [], [])] * 6
 
         follower = next(m for m in cluster.master_nodes if m is not leader)
         follower.stop()
@@ -362,3 +365,25 @@ def test_health_and_check_tell_the_truth_about_a_degraded_cluster(
     assert neoctl.main([*base, "health"]) == neoctl.EXIT_UNAVAILABLE
     out = capsys.readouterr().out
     assert out.startswith("UNAVAILABLE\n") and "no master reachable" in out, out
+
+
+def test_version_and_a_closed_pipe(capsys: pytest.CaptureFixture[str]) -> None:
+    """--version names neostore's version and what it runs on; output into
+    a pipe whose reader is gone ends quietly, with no traceback."""
+    import subprocess
+    import sys
+
+    import neostore
+
+    with pytest.raises(SystemExit) as exited:
+        neoctl.main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith(f"neoctl {neostore.__version__} (Python ")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "neostore.neoctl", "--masters", "127.0.0.1:1", "--cluster", "x", "health"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader is gone before anything is written
+    errors_out = process.stderr.read().decode()
+    assert process.wait(timeout=60) == neoctl.EXIT_OK, errors_out
+    assert "Traceback" not in errors_out and "BrokenPipeError" not in errors_out, errors_out
