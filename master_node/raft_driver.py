@@ -133,6 +133,8 @@ DEFAULT_KEEP_ENTRIES = 100
 #: (lazy_followers): one message per such follower per flush instead of
 #: one per round.
 COMMIT_FLUSH_DELAY = 0.02
+#: Messages not meant for this master are logged at most this often.
+DROPPED_LOG_INTERVAL = 10.0
 
 _LENGTH = struct.Struct(">I")
 NODE_ID_FILE = "node-id"
@@ -233,6 +235,8 @@ class RaftCommandLog:
         self._waiting: dict[int, _Proposal] = {}
         self._closed = False
         self._stopping = threading.Event()
+        self.dropped_messages = 0  # not meant for this master (see _addressed)
+        self._dropped_logged = float("-inf")
         directory = pathlib.Path(path)
         directory.mkdir(parents=True, exist_ok=True)
         self._lock_file = lock_directory(directory)  # one master process per data directory
@@ -470,17 +474,37 @@ class RaftCommandLog:
 
     def receive(self, messages: list[Message]) -> None:
         """Messages from peers (answers to our Steps)."""
-        self._inbox.put(("messages", (messages, None)))
+        messages = self._addressed(messages)
+        if messages:
+            self._inbox.put(("messages", (messages, None)))
 
     def exchange(self, messages: list[Message]) -> list[Message]:
         """Messages of a peer's Step (the Raft servicer calls this); the
         messages this master produces for that peer while handling them,
         once persisted (the Step's answer)."""
+        messages = self._addressed(messages)
         if not messages:
             return []
         box = ReplyBox(messages[0].source)
         self._inbox.put(("messages", (messages, box)))
         return box.take(REPLY_WAIT)
+
+    def _addressed(self, messages: list[Message]) -> list[Message]:
+        """The messages for this master from another one; the rest (a
+        forged or misrouted Step: the core refuses to step them, which
+        would stop the driver) are dropped, counted and logged (at most
+        every ``DROPPED_LOG_INTERVAL`` seconds)."""
+        kept = [m for m in messages if m.target == self.node_id and m.source > 0 and m.source != self.node_id]
+        if len(kept) < len(messages):
+            self.dropped_messages += len(messages) - len(kept)
+            now = time.monotonic()
+            if now - self._dropped_logged >= DROPPED_LOG_INTERVAL:
+                self._dropped_logged = now
+                wrong = next(m for m in messages if m not in kept)
+                log.warning("raft: master %d dropped %d message(s) not meant for it (from %d to %d; %d so far)",
+                            self.node_id, len(messages) - len(kept), wrong.source, wrong.target,
+                            self.dropped_messages)
+        return kept
 
     def campaign(self) -> None:
         """Start an election now (tests and leadership tools)."""

@@ -130,6 +130,7 @@ class StorageNode:
             self._manager = TransactionManager(self._database, self._locks)
             if self._config.masters:
                 self._manager.set_resolver(self._transaction_state)
+                self._manager.set_term_check(self._term_is_real)
             server, self._port = rpc.make_server(self._config.rpc, self._config.bind, self._config.max_workers)
             storage_pb2_grpc.add_StorageServicer_to_server(
                 StorageServicer(self._database, self._manager, self._ownership), server
@@ -280,6 +281,16 @@ class StorageNode:
         status = master_pb2.TransactionState.Status.Name(reply.status).lower()
         return status, reply.tid or None
 
+    def _term_is_real(self, term: int) -> bool:
+        """Whether the masters are at ``term`` or beyond (an order from a new
+        leader that this node did not register with yet); Unavailable when
+        no master answers."""
+        reply = self.call_master("GetClusterInfo", common_pb2.Empty())
+        if reply.term < term:
+            log.warning("storage node %d: an order came with master term %d, the masters are at %d: refused",
+                        self.node_id, term, reply.term)
+        return reply.term >= term
+
     # -- registration --------------------------------------------------------
 
     def _master_stub(self, address: str) -> master_pb2_grpc.MasterStub:
@@ -361,7 +372,7 @@ class StorageNode:
             raise errors.BadRequest(f"master {master} answered the registration without a node id")
         self.adopt_node_id(reply.node_id)
         manager = self.manager
-        manager.observe_term(reply.term, "registration")
+        manager.observe_term(reply.term, "registration", trusted=True)
         decided = {decision.ttid: decision.tid for decision in reply.decided}
         committed, aborted = manager.recover(decided, listed)
         for ttid in committed:

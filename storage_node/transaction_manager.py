@@ -119,6 +119,7 @@ class TransactionManager:
         #: ``resolver(ttid)`` -> ("alive" | "committed" | "aborted", tid or None):
         #: the master leader's word on a TTID (``GetTransactionState``).
         self._resolver: Callable[[bytes], tuple[str, bytes | None]] | None = None
+        self._term_check: Callable[[int], bool] | None = None
 
     def set_resolver(self, resolver: Callable[[bytes], tuple[str, bytes | None]] | None) -> None:
         """How to ask the master leader what became of a TTID (a storage node
@@ -558,13 +559,34 @@ class TransactionManager:
                 aborted.append(ttid)
         return committed, aborted
 
-    def observe_term(self, term: int, what: str = "order") -> None:
+    def set_term_check(self, check: Callable[[int], bool] | None) -> None:
+        """Give the function that confirms a master term higher than any
+        seen (``check(term)``: True if the masters are at that term or
+        beyond; raises Unavailable when it cannot tell)."""
+        self._term_check = check
+
+    def observe_term(self, term: int, what: str = "order", trusted: bool = False) -> None:
         """Refuse an order from a term below the highest seen; keep a new one.
 
-        Term 0 is an unfenced order (a client's abort).
+        Term 0 is an unfenced order (a client's abort).  Anyone can send an
+        order, so a term higher than any seen is kept only once the masters
+        confirm it (``set_term_check``), unless ``trusted`` (the answer of
+        the master this node registered with): a forged huge term stored
+        here would make the node refuse the real master for good.
         """
         if term == 0:
             return
+        with self._term_mutex:
+            if term < self._term:
+                raise errors.BadRequest(
+                    f"stale master term {term} for {what}: this node has seen term {self._term}"
+                )
+            if term == self._term:
+                return
+        check = None if trusted else self._term_check
+        if check is not None and not check(term):
+            raise errors.BadRequest(
+                f"master term {term} for {what} is not a term of this cluster's masters: refused")
         with self._term_mutex:
             if term < self._term:
                 raise errors.BadRequest(
