@@ -43,6 +43,7 @@ import lmdb
 
 from neostore import errors
 from neostore.ids import p64, u64
+from neostore.lmdb_files import check_data_file
 from neostore.master_node.state import (
     ClusterState,
     Command,
@@ -205,6 +206,7 @@ class LmdbCommandLog(_AppliedLog):
         self._snapshot_every = snapshot_every
         self._lock_file: BinaryIO = lock_directory(directory)
         try:
+            check_data_file(directory)
             self._env = lmdb.open(
                 str(directory), subdir=True, max_dbs=4, map_size=map_size,
                 sync=True, metasync=True, readahead=False,

@@ -30,6 +30,7 @@ from types import TracebackType
 
 import lmdb
 
+from neostore.lmdb_files import check_data_file
 from neostore.raft import (
     CompactedError,
     ConfState,
@@ -73,6 +74,7 @@ class LmdbLogStore:
     ) -> None:
         os.makedirs(path, exist_ok=True)
         self.path = os.fspath(path)
+        check_data_file(self.path)
         self._env = lmdb.open(
             self.path,
             map_size=map_size,

@@ -59,6 +59,7 @@ import lmdb
 
 from neostore import errors
 from neostore.ids import oid_repr, tid_repr
+from neostore.lmdb_files import check_data_file
 from neostore.records import Record
 from neostore.storage_node import layout
 from neostore.storage_node.layout import PartitionStats, StoredObject, TransactionMetadata
@@ -151,6 +152,7 @@ class Database:
         self._lock_file: IO[bytes] | None = self._lock_directory()
         self._env: lmdb.Environment | None = None
         try:
+            check_data_file(self._path)
             self._env = lmdb.open(
                 self._path,
                 map_size=map_size,

@@ -222,6 +222,23 @@ def test_lmdb_failed_save_leaves_the_store_untouched(tmp_path: Path) -> None:
         assert reopened.last_index() == 3
 
 
+def test_lmdb_a_truncated_log_file_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    """A master whose log file was cut short gets an error naming the file,
+    not SIGBUS at the first read past its end."""
+    import os
+
+    from neostore import errors
+
+    path = tmp_path / "raft"
+    with LmdbLogStore(path, map_size=16 << 20) as store:
+        for start in range(1, 400, 50):
+            store.save(HardState(1, 1, 0), entries(start, start + 49, 1))
+    file = path / "data.mdb"
+    os.truncate(file, os.path.getsize(file) // 2)
+    with pytest.raises(errors.Corrupted, match=r"raft/data.mdb is truncated"):
+        LmdbLogStore(path, map_size=16 << 20)
+
+
 def test_bootstrap_needs_an_empty_store() -> None:
     store = MemoryLogStore()
     bootstrap(store, VOTERS)

@@ -430,3 +430,23 @@ def test_closed_database_answers_unavailable(tmp_path: pathlib.Path) -> None:
     database.close()
     with pytest.raises(errors.Unavailable):
         database.last_tid()
+
+
+def test_a_truncated_data_file_is_refused_with_a_clear_error_instead_of_a_crash(tmp_path: pathlib.Path) -> None:
+    """LMDB maps the file: a read past the end of a file cut short kills the
+    process with SIGBUS.  The file is checked against LMDB's meta pages first."""
+    import os
+
+    path = str(tmp_path / "data")
+    database = Database(path, CLUSTER, map_size=MAP_SIZE)
+    for tid in range(1, 200):
+        commit_revision(database, tid, data(b"x" * 2000), oid=p64(tid))
+    database.close()
+    Database(path, CLUSTER, map_size=MAP_SIZE).close()  # whole: it opens
+    file = os.path.join(path, "data.mdb")
+    os.truncate(file, os.path.getsize(file) // 2)
+    with pytest.raises(errors.Corrupted, match=r"data.mdb is truncated: \d+ bytes, but its pages in use need \d+"):
+        Database(path, CLUSTER, map_size=MAP_SIZE)
+    os.truncate(file, 100)  # not even a meta page
+    with pytest.raises(errors.Corrupted, match="is not an LMDB data file"):
+        Database(path, CLUSTER, map_size=MAP_SIZE)
