@@ -199,12 +199,58 @@ def _refusing_handler(handler: grpc.RpcMethodHandler, error: errors.NeoError) ->
     )
 
 
+class MalformedRequestLog(logging.Filter):
+    """gRPC logs every request it cannot decode as an ERROR with a
+    traceback (megabytes of log under a fuzzer or a confused client): one
+    WARNING line instead, at most every ``interval`` seconds, saying how
+    many more there were."""
+
+    PREFIX = "Exception deserializing"
+
+    def __init__(self, interval: float = 60.0) -> None:
+        super().__init__()
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._last = float("-inf")
+        self._suppressed = 0
+
+    def reset(self) -> None:
+        """Report the next one at once (as if none came before)."""
+        with self._lock:
+            self._last = float("-inf")
+            self._suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.PREFIX):
+            return True
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self._interval:
+                self._suppressed += 1
+                return False
+            self._last = now
+            earlier, self._suppressed = self._suppressed, 0
+        error = record.exc_info[1] if record.exc_info else None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = "refused a request that does not decode (%s)%s"
+        record.args = (error or "no detail", f"; {earlier} more since the last such line" if earlier else "")
+        record.exc_info = record.exc_text = None
+        return True
+
+
+#: Installed on grpc's logger by :func:`make_server`.
+malformed_request_log = MalformedRequestLog()
+
+
 def make_server(config: RpcConfig, address: str, max_workers: int = 64) -> tuple[grpc.Server, int]:
     """A started-later server bound to ``address`` (``host:0`` picks a port).
 
     Returns the server and the port it is bound to.  Add servicers, then
     call ``server.start()``.
     """
+    grpc_log = logging.getLogger("grpc._common")
+    if malformed_request_log not in grpc_log.filters:
+        grpc_log.addFilter(malformed_request_log)
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
         interceptors=[_ServerInterceptor(config.cluster_name)],

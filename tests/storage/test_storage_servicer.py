@@ -444,3 +444,26 @@ def test_a_load_waits_for_a_transaction_voted_on_its_object(stub: storage_pb2_gr
         commit_order(stub, p64(1200), p64(1300))
         reply = loading.result(timeout=10)
     assert Record.from_proto(reply.record).unpack() == b"new" and reply.serial == p64(1300)
+
+
+def test_requests_that_do_not_decode_are_refused_with_one_log_line(
+        node: StorageNode, stub: storage_pb2_grpc.StorageStub, caplog: pytest.LogCaptureFixture) -> None:
+    """gRPC logged each as an ERROR with a 5-line traceback."""
+    import logging
+
+    import grpc
+
+    rpc.malformed_request_log.reset()
+    channel = grpc.insecure_channel(node.address)
+    try:
+        abort = channel.unary_unary("/neostore.Storage/Abort")
+        with caplog.at_level(logging.INFO, logger="grpc._common"):
+            for _ in range(3):
+                with pytest.raises(grpc.RpcError):
+                    abort(b"\xff\xff\xff garbage", timeout=10, metadata=((rpc.CLUSTER_METADATA_KEY, CLUSTER),))
+    finally:
+        channel.close()
+    logged = [record for record in caplog.records if record.name == "grpc._common"]
+    assert [(r.levelname, r.exc_info) for r in logged] == [("WARNING", None)]
+    assert "refused a request that does not decode (Error parsing message" in logged[0].getMessage()
+    rpc.call(stub.GetStats, storage_pb2.StatsRequest(), timeout=10)  # the node serves on
