@@ -291,7 +291,8 @@ def vote(
     context.touched.add(meta)
     context.touched.update(table.partition_of(oid) for oid in context.writes)
     stores_first = _some_cell_checks_nothing(context, table)
-    if not stores_first and at_once is not None and at_once.wanted():
+    fits = sum(write.size for write in context.writes.values()) <= MAX_REQUEST_BYTES
+    if not stores_first and fits and at_once is not None and at_once.wanted():
         if _vote_at_once(cluster, context, resolve):
             at_once.worked()
         else:
@@ -475,9 +476,9 @@ def _vote_at_once(cluster: ClusterConnection, context: TransactionContext, resol
     (``storage_node/locks.py``): each one is bounded, and False makes the
     caller start over, one node at a time.  The rest is as
     :func:`_vote_on`: a node that fails is dropped, a lock lost to an older
-    transaction fails the vote as a ConflictError.  A node whose writes
-    would not fit in one message also makes it give up (before sending
-    anything to it).
+    transaction fails the vote as a ConflictError.  Only for transactions
+    whose writes fit in one message (:func:`vote` checks); should conflict
+    resolutions make a node's writes outgrow it, it gives up too.
     """
     while True:
         table = cluster.table

@@ -9,6 +9,7 @@ few transactions.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import threading
 from collections.abc import Iterator
@@ -157,3 +158,30 @@ def test_clients_voting_at_once_on_the_same_objects_never_wait_for_a_lock_timeou
             assert connection.root()["b"]() == clients * rounds
     finally:
         check.close()
+
+
+def test_a_transaction_too_big_for_one_message_votes_node_by_node_without_starting_over(
+        cluster: ThreadCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_commit, "MAX_REQUEST_BYTES", 2000)
+    calls: list[str] = []
+    for name in ("_vote_at_once", "_start_over"):
+        original = getattr(client_commit, name)
+
+        def counting(*args: Any, _name: str = name, _original: Any = original) -> Any:
+            calls.append(_name)
+            return _original(*args)
+
+        monkeypatch.setattr(client_commit, name, counting)
+    db = ZODB.DB(cluster.client())
+    try:
+        del calls[:]  # the root's creation
+        with db.transaction() as connection:
+            connection.root()["big"] = PersistentMapping({i: os.urandom(500) for i in range(20)})
+        assert calls == []
+        with db.transaction() as connection:
+            connection.root()["small"] = 1
+        assert calls == ["_vote_at_once"]
+        with db.transaction() as connection:
+            assert len(connection.root()["big"]) == 20
+    finally:
+        db.close()
