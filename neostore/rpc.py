@@ -20,7 +20,6 @@ import concurrent.futures
 import dataclasses
 import logging
 import pathlib
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -436,88 +435,23 @@ def call_all(calls: list[tuple[Callable[..., Any], Any, float | None, str]]) -> 
     a blocking call in this thread.  (Not ``.future()``: a channel with no
     call in flight starts a new thread for its next future, which cost a
     client more than the call itself.)"""
-    jobs = [parallel_callers.run(call, method, request, timeout, peer) for method, request, timeout, peer in calls[:-1]]
-    last: Any = None
-    if calls:
-        method, request, timeout, peer = calls[-1]
-        try:
-            last = call(method, request, timeout=timeout, peer=peer)
-        except errors.NeoError as error:
-            last = error
-    outcomes = [job.outcome() for job in jobs]
-    if calls:
-        outcomes.append(last)
-    return outcomes
+    jobs = [parallel_callers.submit(_outcome, method, request, timeout, peer)
+            for method, request, timeout, peer in calls[:-1]]
+    outcomes = [_outcome(*calls[-1])] if calls else []
+    return [job.result() for job in jobs] + outcomes
 
 
-class _Job:
-    """One call run by a :class:`_Callers` thread: its reply or NeoError."""
-
-    __slots__ = ("_function", "_args", "_done", "_outcome")
-
-    def __init__(self, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        self._function = function
-        self._args = args
-        self._done = threading.Lock()
-        self._done.acquire()
-        self._outcome: Any = None
-
-    def run(self) -> None:
-        try:
-            self._outcome = self._function(*self._args)
-        except errors.NeoError as error:
-            self._outcome = error
-        except Exception as error:  # noqa: BLE001 - handed to the waiting caller
-            self._outcome = errors.NeoError(f"{type(error).__name__}: {error}")
-        finally:
-            self._done.release()
-
-    def outcome(self) -> Any:
-        self._done.acquire()
-        return self._outcome
-
-
-class _Callers:
-    """Long-lived threads that make blocking calls for :func:`call_all`:
-    started as needed, at most ``max_threads``, then kept (idle ones wait
-    on the queue); a job waits when they are all busy."""
-
-    def __init__(self, max_threads: int = 16) -> None:
-        self._max_threads = max_threads
-        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._threads = 0
-        self._idle = 0
-
-    def run(self, function: Callable[..., Any], *args: Any) -> _Job:
-        job = _Job(function, args)
-        with self._lock:
-            if self._idle:
-                self._idle -= 1
-            elif self._threads < self._max_threads:
-                self._threads += 1
-                threading.Thread(target=self._work, name=f"rpc-caller-{self._threads}", daemon=True).start()
-        self._jobs.put(job)
-        return job
-
-    def _work(self) -> None:
-        while True:
-            self._jobs.get().run()
-            with self._lock:
-                self._idle += 1
-
-
-#: The threads of this process that make :func:`call_all`'s parallel calls.
-parallel_callers = _Callers()
-
-
-def result(future: grpc.Future, peer: str = "", timeout: float | None = None) -> Any:
-    """The result of a ``.future()`` call; a failure raises the NeoError
-    (``grpc.FutureTimeoutError`` if it is not done in ``timeout``)."""
+def _outcome(method: Callable[..., Any], request: Any, timeout: float | None, peer: str) -> Any:
+    """The reply of a unary call, or the NeoError it raised."""
     try:
-        return future.result(timeout)
-    except grpc.RpcError as error:
-        raise errors.from_rpc_error(error, peer) from None
+        return call(method, request, timeout=timeout, peer=peer)
+    except errors.NeoError as error:
+        return error
+
+
+#: Long-lived threads (started as needed, at most 16) that make
+#: :func:`call_all`'s parallel calls.
+parallel_callers = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="rpc-caller")
 
 
 def stream(iterator: Iterator[Any], peer: str = "") -> Iterator[Any]:
