@@ -459,11 +459,16 @@ def _vote_on(cluster: ClusterConnection, context: TransactionContext, table: Any
         for conflict in reply.conflicts:
             _resolve_conflict(context, resolve, conflict)
         return
+    _voted(context, node_id, with_meta, reply)
+    context.position = max(context.position, node_id + 1)
+
+
+def _voted(context: TransactionContext, node_id: int, with_meta: bool, reply: storage_pb2.VoteReply) -> None:
+    """``node_id`` voted (and took the metadata if ``with_meta``)."""
     context.voted.add(node_id)
     if with_meta:
         context.metadata_on.add(node_id)
     context.unchecked[node_id] = set(reply.unchecked_partitions)
-    context.position = max(context.position, node_id + 1)
 
 
 def _vote_at_once(cluster: ClusterConnection, context: TransactionContext, resolve: Resolver) -> bool:
@@ -517,10 +522,7 @@ def _vote_at_once(cluster: ClusterConnection, context: TransactionContext, resol
             if reply.conflicts:
                 conflicts.extend(reply.conflicts)
                 continue
-            context.voted.add(node_id)
-            if with_meta:
-                context.metadata_on.add(node_id)
-            context.unchecked[node_id] = set(reply.unchecked_partitions)
+            _voted(context, node_id, with_meta, reply)
         if waited_too_long:
             return False
         for conflict in conflicts:
@@ -609,10 +611,7 @@ def _vote_everywhere(cluster: ClusterConnection, context: TransactionContext) ->
         if isinstance(reply, errors.NeoError):
             _request(context, node_id, lambda reply=reply: _raise(reply))
             continue
-        context.voted.add(node_id)
-        if with_meta:
-            context.metadata_on.add(node_id)
-        context.unchecked[node_id] = set(reply.unchecked_partitions)
+        _voted(context, node_id, with_meta, reply)
 
 
 def _raise(error: Exception) -> Any:

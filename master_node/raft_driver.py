@@ -494,15 +494,18 @@ class RaftCommandLog:
         forged or misrouted Step: the core refuses to step them, which
         would stop the driver) are dropped, counted and logged (at most
         every ``DROPPED_LOG_INTERVAL`` seconds)."""
-        kept = [m for m in messages if m.target == self.node_id and m.source > 0 and m.source != self.node_id]
-        if len(kept) < len(messages):
-            self.dropped_messages += len(messages) - len(kept)
+        kept: list[Message] = []
+        dropped: list[Message] = []
+        for message in messages:
+            meant = message.target == self.node_id and 0 < message.source != self.node_id
+            (kept if meant else dropped).append(message)
+        if dropped:
+            self.dropped_messages += len(dropped)
             now = time.monotonic()
             if now - self._dropped_logged >= DROPPED_LOG_INTERVAL:
                 self._dropped_logged = now
-                wrong = next(m for m in messages if m not in kept)
                 log.warning("raft: master %d dropped %d message(s) not meant for it (from %d to %d; %d so far)",
-                            self.node_id, len(messages) - len(kept), wrong.source, wrong.target,
+                            self.node_id, len(dropped), dropped[0].source, dropped[0].target,
                             self.dropped_messages)
         return kept
 

@@ -64,29 +64,26 @@ class Admin:
         self._timeout = timeout
         self.masters, self.cluster, self.tls = masters, cluster, tls  # for commands that open a client
 
-    def master_info(self, address: str) -> master_pb2.ClusterInfo | None:
-        """What the master at ``address`` itself says (no leader following),
+    def _ask(self, address: str, stub_class: Any, method: str, request: Any, peer: str) -> Any:
+        """One call to the node at ``address`` itself (no leader following);
         None if it does not answer."""
         channel = rpc.make_channel(self._config, address)
         try:
-            return rpc.call(master_pb2_grpc.AdminStub(channel).GetClusterInfo, common_pb2.Empty(),
-                            timeout=self._timeout, peer=f"master {address}")
+            return rpc.call(getattr(stub_class(channel), method), request, timeout=self._timeout, peer=peer)
         except errors.NeoError:
             return None
         finally:
             channel.close()
 
+    def master_info(self, address: str) -> master_pb2.ClusterInfo | None:
+        """What the master at ``address`` itself says, None if it does not answer."""
+        return self._ask(address, master_pb2_grpc.AdminStub, "GetClusterInfo", common_pb2.Empty(),
+                         f"master {address}")
+
     def storage_stats(self, address: str) -> storage_pb2.StatsReply | None:
         """What a storage node holds (its readable cells), None if it does not answer."""
-        channel = rpc.make_channel(self._config, address)
-        try:
-            stub = storage_pb2_grpc.StorageStub(channel)
-            return rpc.call(stub.GetStats, storage_pb2.StatsRequest(), timeout=self._timeout,
-                            peer=f"storage node at {address}")
-        except errors.NeoError:
-            return None
-        finally:
-            channel.close()
+        return self._ask(address, storage_pb2_grpc.StorageStub, "GetStats", storage_pb2.StatsRequest(),
+                         f"storage node at {address}")
 
     def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
         deadline = time.monotonic() + LEADER_WAIT_SECONDS

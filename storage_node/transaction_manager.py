@@ -574,27 +574,26 @@ class TransactionManager:
         the master this node registered with): a forged huge term stored
         here would make the node refuse the real master for good.
         """
-        if term == 0:
+        if term == 0 or not self._above_seen(term, what):
             return
-        with self._term_mutex:
-            if term < self._term:
-                raise errors.BadRequest(
-                    f"stale master term {term} for {what}: this node has seen term {self._term}"
-                )
-            if term == self._term:
-                return
         check = None if trusted else self._term_check
         if check is not None and not check(term):
             raise errors.BadRequest(
                 f"master term {term} for {what} is not a term of this cluster's masters: refused")
         with self._term_mutex:
-            if term < self._term:
-                raise errors.BadRequest(
-                    f"stale master term {term} for {what}: this node has seen term {self._term}"
-                )
-            if term > self._term:
+            if self._above_seen_locked(term, what):  # not raised meanwhile
                 self._database.set_term(term)
                 self._term = term
+
+    def _above_seen(self, term: int, what: str) -> bool:
+        with self._term_mutex:
+            return self._above_seen_locked(term, what)
+
+    def _above_seen_locked(self, term: int, what: str) -> bool:
+        """Whether ``term`` is above the highest seen; BadRequest if below."""
+        if term < self._term:
+            raise errors.BadRequest(f"stale master term {term} for {what}: this node has seen term {self._term}")
+        return term > self._term
 
     def close(self) -> None:
         """Wake and refuse every lock waiter (the node is stopping)."""
