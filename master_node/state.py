@@ -789,9 +789,16 @@ def _decide(state: ClusterState, decision: Decision) -> ClusterState:
     for oid in decision.oids:
         _check_id(oid, "oid")
     for vote in decision.votes:
-        _require_node(state, vote.node_id)
         for partition in vote.partitions:
             _check_partition(state, partition)
+    # A node being dropped leaves the table once its last cell is replaced
+    # (MarkUpToDate of the cell taking over): that can be applied between
+    # its vote and this decision.  Its vote held only cells that are gone;
+    # the rules below judge the decision on the cells that remain.
+    left = [vote.node_id for vote in decision.votes if state.known_node(vote.node_id) is None]
+    if left:
+        decision = dataclasses.replace(
+            decision, votes=tuple(vote for vote in decision.votes if vote.node_id not in left))
     table = state.table
     if decision.out_of_date:
         rows = [list(row) for row in table.rows]

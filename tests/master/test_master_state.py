@@ -257,6 +257,24 @@ def test_a_decision_marks_the_writable_cells_that_did_not_vote_out_of_date() -> 
     assert new_state.table.version == state.table.version + 1
 
 
+def test_a_vote_of_a_node_that_left_the_table_meanwhile_is_left_out() -> None:
+    # Node 1 is being dropped; it votes, then node 3 catches up and node 1
+    # leaves the table before the decision is applied (found by CI under
+    # load: the decision was refused and tpc_finish raised StorageError).
+    state = running_state(ADDRESSES[:2], num_partitions=1, num_replicas=2)
+    state = applied(state, RegisterNode(0, ADDRESSES[2]), AdmitNodes((3,)))
+    moved = ((Cell(1, CellState.FEEDING), Cell(2, CellState.UP_TO_DATE), Cell(3, CellState.OUT_OF_DATE)),)
+    state = applied(state, ChangeTable(state.table.version, moved, dropping=(1,)))
+    decision = decision_for(state, 4, (0,), {1: (0,), 2: (0,), 3: (0,)})
+    state = applied(state, MarkUpToDate(3, (PartitionTid(0, ZERO_TID),)))
+    assert 1 not in [n.node_id for n in state.table.nodes]
+    new_state, outcomes = apply(state, CommitDecisions((decision,)))
+    assert outcomes == (None,)
+    assert new_state.last_tid == decision.tid
+    (pending,) = new_state.pending_decisions
+    assert pending.participants == (2, 3)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
