@@ -76,6 +76,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.request
 from typing import Any
 
 import transaction
@@ -406,8 +407,9 @@ class Neostore(System):
     def __init__(self, workdir: str) -> None:
         from neostore.launcher import LocalCluster
 
+        # Metrics on: the RPCs and fsyncs per commit come from the nodes' own counters.
         self.cluster = LocalCluster(os.path.join(workdir, "neostore"), name=CLUSTER_NAME, num_storages=3,
-                                    num_partitions=12, num_replicas=2, num_masters=3)
+                                    num_partitions=12, num_replicas=2, num_masters=3, metrics=True)
 
     def start(self) -> None:
         self.cluster.start(timeout=START_TIMEOUT)
@@ -450,6 +452,26 @@ class Neostore(System):
 
     def describe(self) -> str:
         return "3 masters (Raft) + 3 storage nodes, 12 partitions, 2 replicas"
+
+    def counts(self) -> dict[str, float]:
+        """Calls served, stream messages sent and durable LMDB writes, summed over every node
+        (from each node's Prometheus endpoint)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        wanted = {"neostore_rpc_server_handled_total": "calls",
+                  "neostore_rpc_server_stream_messages_total": "stream_messages",
+                  "neostore_lmdb_durable_writes_total": "durable_writes"}
+        totals = dict.fromkeys(wanted.values(), 0.0)
+        for node in [*self.masters(), *self.cluster.storages]:
+            if node is None or not node.metrics:
+                continue
+            with urllib.request.urlopen(f"http://{node.metrics}/metrics", timeout=10) as answer:
+                text = answer.read().decode()
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name in wanted:
+                        totals[wanted[sample.name]] += sample.value
+        return totals
 
 
 class Zeo(System):
@@ -654,8 +676,10 @@ def measure_small(system: System, procs: int, args: argparse.Namespace, log: Any
                                for i in range(procs)])
         wait_until(t0)
         before = cpu_snapshot(groups)
+        counts_before = system.counts() if isinstance(system, Neostore) else None
         wait_until(t1)
         after = cpu_snapshot(groups)
+        counts_after = system.counts() if isinstance(system, Neostore) else None
         results = clients.replies(t1 + RESULT_TIMEOUT, "small commits")
     except BaseException:
         clients.close(kill=True)
@@ -682,7 +706,10 @@ def measure_small(system: System, procs: int, args: argparse.Namespace, log: Any
     cpu["servers"] = sum(servers.values())
     cpu["clients"] = clients_ms
     cpu["total"] = cpu["servers"] + clients_ms
-    where = {"leader": f"master-{system.current_leader}"} if isinstance(system, Neostore) else {}
+    where: dict[str, Any] = {"leader": f"master-{system.current_leader}"} if isinstance(system, Neostore) else {}
+    if counts_before is not None and counts_after is not None:
+        # Counted from t0 to t1, like the CPU: commits in flight at either end make it approximate.
+        where["per_commit"] = {key: (counts_after[key] - counts_before[key]) / commits for key in counts_after}
     return {"procs": procs, **where, "commits": commits, "seconds": args.seconds, "commits_per_s": commits / args.seconds,
             **percentiles(latencies), "cpu_ms_per_commit": cpu,
             "cpu_busy": sum(used.values()) / args.seconds}
@@ -832,6 +859,11 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
                 detail = ", ".join(f"{name} {ms:.2f}" for name, ms in cpu["per_server_process"].items())
             print(f"{procs:<6}{LABELS[key]:<10}{cpu['servers']:>9.2f}{cpu['clients']:>9.2f}{cpu['total']:>9.2f}"
                   f"   {detail}; {entry['cpu_busy']:.2f} of {machine['cpus']} CPUs busy")
+        per_commit = small.get("neostore", {}).get(procs, {}).get("per_commit")
+        if per_commit:
+            print(f"{'':<6}{'neostore':<10} per commit, every node summed: {per_commit['calls']:.1f} rpcs served, "
+                  f"{per_commit['stream_messages']:.1f} stream messages sent, "
+                  f"{per_commit['durable_writes']:.1f} durable LMDB writes (fsyncs)")
         found = results["ratios"].get("cpu_ms_per_commit", {}).get(procs, {})
         for other in others:
             if f"neostore/{other}" in found:

@@ -23,6 +23,7 @@ cluster's masters for a storage node):
     NEOSTORE_LABEL       storage: failure domain label
     NEOSTORE_PARTITIONS, NEOSTORE_REPLICAS, NEOSTORE_AUTOSTART   master: when creating the cluster
     NEOSTORE_LOG_LEVEL   DEBUG, INFO (default), WARNING, ERROR
+    NEOSTORE_METRICS     host:port to serve Prometheus metrics on (master, storage; none by default)
     NEOSTORE_CA, NEOSTORE_CERT, NEOSTORE_KEY   mutual TLS (PEM files, e.g. a mounted secret)
 
 They can also come from a file of ``NEOSTORE_X=value`` lines (``#`` starts a
@@ -101,7 +102,7 @@ def master_command(settings: dict[str, str], extra: list[str]) -> list[str]:
     command += _options(settings, {
         "NEOSTORE_NODE_ID": "--node-id", "NEOSTORE_PARTITIONS": "--partitions",
         "NEOSTORE_REPLICAS": "--replicas", "NEOSTORE_AUTOSTART": "--autostart",
-        "NEOSTORE_LOG_LEVEL": "--log-level", **TLS_OPTIONS})
+        "NEOSTORE_LOG_LEVEL": "--log-level", "NEOSTORE_METRICS": "--metrics", **TLS_OPTIONS})
     return command + extra
 
 
@@ -116,7 +117,7 @@ def storage_command(settings: dict[str, str], extra: list[str]) -> list[str]:
         command += ["--masters", ",".join(masters)]
     command += _options(settings, {
         "NEOSTORE_ADVERTISE": "--advertise", "NEOSTORE_LABEL": "--label",
-        "NEOSTORE_LOG_LEVEL": "--log-level", **TLS_OPTIONS})
+        "NEOSTORE_LOG_LEVEL": "--log-level", "NEOSTORE_METRICS": "--metrics", **TLS_OPTIONS})
     return command + extra
 
 

@@ -222,7 +222,12 @@ class LmdbCommandLog(_AppliedLog):
             self._env.close()
             self._lock_file.close()
             raise
+        self.durable_writes = 0
         super().__init__(state, term)
+
+    def lmdb_metrics(self) -> tuple[lmdb.Environment, str, int]:
+        """The environment, its directory and its durable writes so far (:mod:`neostore.metrics`)."""
+        return self._env, str(self.path), self.durable_writes
 
     @property
     def last_index(self) -> int:
@@ -286,6 +291,7 @@ class LmdbCommandLog(_AppliedLog):
         except lmdb.Error as error:
             raise errors.Unavailable(f"command log {self.path}: {error}") from None
         self._last_index = index
+        self.durable_writes += 1
         if snapshot:
             self._snapshot_index = index
 

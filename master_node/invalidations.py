@@ -104,6 +104,7 @@ class InvalidationPublisher:
         #: client id -> its newest subscription (forgotten when it closes).
         self._by_client: dict[str, Subscription] = {}
         self._stopping = False
+        self.published = 0  # transactions published since this master started (metrics)
 
     @property
     def last_tid(self) -> bytes:
@@ -131,7 +132,14 @@ class InvalidationPublisher:
             if len(self._history) > self._history_size:
                 self._floor = self._history.popleft().tid
             self._last_tid = tid
+            self.published += 1
             self._condition.notify_all()
+
+    @property
+    def clients(self) -> int:
+        """Clients with an open invalidation stream here."""
+        with self._condition:
+            return len(self._by_client)
 
     def skip_to(self, tid: bytes) -> None:
         """Transactions up to ``tid`` were committed but cannot be listed

@@ -38,6 +38,7 @@ import lmdb
 
 from neostore import add_version_argument, errors
 from neostore.master_node.node import MasterConfig, MasterNode
+from neostore.metrics import split_address
 from neostore.rpc import RpcConfig, add_tls_arguments, tls_from_arguments
 
 
@@ -58,6 +59,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--join", action="store_true",
                         help="join the running masters named by --masters as the master at --bind "
                              "(after `neoctl add-master`)")
+    parser.add_argument("--metrics", default="", metavar="HOST:PORT",
+                        help="serve Prometheus metrics on HOST:PORT (port 0: any; off unless given)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_tls_arguments(parser)
     return parser.parse_args(argv)
@@ -87,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--join needs --bind HOST:PORT: this master's own address, as given to add-master")
         if not args.join and len(masters) > 1 and not 1 <= args.node_id <= len(masters):
             raise ValueError(f"--node-id must be between 1 and {len(masters)} with {len(masters)} --masters")
+        if args.metrics:
+            split_address(args.metrics)  # a ValueError naming it, before anything starts
         config = MasterConfig(
             rpc=RpcConfig(cluster_name=args.cluster, tls=tls_from_arguments(args)),
             data_dir=args.data,
@@ -97,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             masters=masters if len(masters) > 1 or args.join else (),
             node_id=args.node_id if len(masters) > 1 and not args.join else 0,
             join=args.join,
+            metrics=args.metrics,
         )
         node = MasterNode(config)
         starting.append(node)
@@ -105,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (errors.NeoError, OSError, ValueError, RuntimeError, lmdb.Error) as error:
         print(f"neo-master: error: {error}", file=sys.stderr, flush=True)
         return 1
-    print(f"neo-master ready address={node.address}", flush=True)
+    metrics = f" metrics={node.metrics_address}" if node.metrics_address else ""
+    print(f"neo-master ready address={node.address}{metrics}", flush=True)
     try:
         while not stop_requested.wait(0.1):  # a removed master stops soon: its clients move on
             if node.removed:

@@ -44,6 +44,7 @@ import logging
 import pathlib
 import threading
 import time
+from typing import Any
 
 import grpc
 
@@ -58,6 +59,8 @@ from neostore.master_node.raft_transport import RaftServicer
 from neostore.master_node.servicer import DEFAULT_STREAM_INTERVAL, AdminServicer, MasterInfo, MasterServicer
 from neostore.master_node.state import ClusterState, CreateCluster
 from neostore.master_node.storage_links import StorageLinks
+from neostore.metrics import NodeMetrics, counter, gauge, gauges, lmdb_families
+from neostore.partition_table import CellState, NodeState
 from neostore.protocol import common_pb2, master_pb2_grpc, raft_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -86,6 +89,7 @@ class MasterConfig:
     raft_tick_interval: float = DEFAULT_TICK_INTERVAL
     join: bool = False  # join the running group of ``masters`` as the master at ``bind``
     join_timeout: float = 0.0  # seconds to wait to be added (0: until stopped)
+    metrics: str = ""  # HOST:PORT to serve Prometheus metrics on ("": none)
 
     @property
     def replicated(self) -> bool:
@@ -114,6 +118,7 @@ class MasterNode:
         self._server: grpc.Server | None = None
         self._address = ""
         self._stopping = threading.Event()  # interrupts a join still waiting
+        self._metrics: NodeMetrics | None = None
 
     @property
     def address(self) -> str:
@@ -159,6 +164,7 @@ class MasterNode:
             storages = StorageLinks(config.rpc)
             leadership: Leadership | None = None
             server: grpc.Server | None = None
+            metrics = NodeMetrics() if config.metrics else None
             try:
                 if isinstance(command_log, RaftCommandLog):
                     state = self._check_cluster(command_log.state)
@@ -194,7 +200,8 @@ class MasterNode:
                         bind = command_log.address
                 else:
                     leadership = Leadership(command_log, build, lambda: errors.NotLeader("no leader"))
-                server, port = rpc.make_server(config.rpc, bind, max_workers=config.max_workers)
+                server, port = rpc.make_server(config.rpc, bind, max_workers=config.max_workers,
+                                               metrics=metrics.rpc if metrics is not None else None)
                 if isinstance(command_log, RaftCommandLog):
                     info = MasterInfo(address=lambda: self._address, masters=command_log.members,
                                       leader=self._leader, term=self._raft_term,
@@ -210,6 +217,9 @@ class MasterNode:
                     self._address = command_log.address
                 else:
                     self._address = f"{bind.rsplit(':', 1)[0]}:{port}"
+                if metrics is not None:
+                    metrics.collect_with(self._collect_metrics)
+                    metrics.serve(config.metrics)
                 server.start()
                 if isinstance(command_log, RaftCommandLog):
                     command_log.start()
@@ -221,13 +231,62 @@ class MasterNode:
                     server.stop(0)
                 if leadership is not None:
                     leadership.stop()
+                if metrics is not None:
+                    metrics.close()
                 storages.close()
                 command_log.close()
                 raise
             self._server = server
+            self._metrics = metrics
             self._parts = _Running(command_log, storages, publisher, leadership)
             log.info("master of cluster %r serving on %s (term %d, table version %d)",
                      config.rpc.cluster_name, self._address, command_log.term, state.table.version)
+
+    @property
+    def metrics_address(self) -> str:
+        """host:port of the metrics endpoint ("" when not serving metrics)."""
+        metrics = self._metrics
+        return metrics.address if metrics is not None else ""
+
+    def _collect_metrics(self) -> list[Any]:
+        """This master's series read on a scrape (see :mod:`neostore.metrics`)."""
+        parts = self._parts
+        if parts is None:
+            return []
+        command_log, publisher = parts.command_log, parts.publisher
+        state = command_log.state
+        cells = {cell_state.name: 0 for cell_state in CellState}
+        for row in state.table.rows:
+            for cell in row:
+                cells[cell.state.name] += 1
+        nodes = {node_state.name: 0 for node_state in NodeState}
+        for node in state.table.nodes:
+            nodes[node.state.name] += 1
+        families = [
+            gauge("neostore_master_leader", "1 while this master leads the cluster, else 0",
+                  1 if parts.leadership.is_leader else 0),
+            gauge("neostore_master_term", "The fencing term: the Raft term in which this master last led "
+                  "(storage nodes refuse orders of an older one)", command_log.term),
+            counter("neostore_transactions_committed", "Committed transactions this master published to its "
+                    "clients since it started (every master publishes every commit it learns)", publisher.published),
+            gauge("neostore_clients_connected", "Clients with an open invalidation stream on this master",
+                  publisher.clients),
+            gauges("neostore_cells", "Cells of the partition table, by state", "state", cells),
+            gauges("neostore_storage_nodes", "Storage nodes of the cluster, by state", "state", nodes),
+            gauge("neostore_partition_table_version", "Version of the partition table", state.table.version),
+        ]
+        if isinstance(command_log, RaftCommandLog):
+            indexes = command_log.raft_indexes()
+            families += [
+                gauge("neostore_raft_term", "The current Raft term as this master knows it", command_log.raft_term),
+                gauge("neostore_raft_last_index", "Index of the last entry of this master's Raft log",
+                      indexes["last"]),
+                gauge("neostore_raft_commit_index", "Index of the last entry known committed", indexes["committed"]),
+                gauge("neostore_raft_applied_index", "Index of the last entry applied to the cluster state",
+                      indexes["applied"]),
+            ]
+        files = {"raft-log" if isinstance(command_log, RaftCommandLog) else "command-log": command_log.lmdb_metrics()}
+        return families + lmdb_families(files)
 
     def campaign(self) -> None:
         """Start a Raft election now instead of after a timeout (tests, leadership tools)."""
@@ -375,4 +434,7 @@ class MasterNode:
             server.stop(grace).wait()
         parts.storages.close()
         parts.command_log.close()
+        metrics, self._metrics = self._metrics, None
+        if metrics is not None:
+            metrics.close()
         log.info("master stopped")

@@ -359,6 +359,16 @@ class RaftCommandLog:
     def address(self) -> str:
         return self._own_address
 
+    def raft_indexes(self) -> dict[str, int]:
+        """Last, committed and applied log index as this master knows them
+        (read without the driver's lock: for metrics, each value is current)."""
+        raft_log = self._node.raft.log
+        return {"last": raft_log.last_index(), "committed": raft_log.committed, "applied": raft_log.applied}
+
+    def lmdb_metrics(self) -> tuple[Any, str, int]:
+        """The Raft log's environment, directory and durable writes (:mod:`neostore.metrics`)."""
+        return self._store.lmdb_metrics()
+
     @property
     def removed(self) -> bool:
         """Whether this master applied its own removal from the group."""

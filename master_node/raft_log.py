@@ -88,6 +88,8 @@ class LmdbLogStore:
         self._entries = self._env.open_db(b"entries")
         self.save_calls = 0
         """How many write transactions ``save`` committed (one fsync each with ``sync``)."""
+        self._sync = sync
+        self.syncs = 0  # sync() calls
         with self._env.begin() as txn:
             raw_hard_state = txn.get(_HARD_STATE_KEY, db=self._meta)
             raw_snapshot = txn.get(_SNAPSHOT_KEY, db=self._meta)
@@ -123,6 +125,11 @@ class LmdbLogStore:
     def sync(self) -> None:
         """Flush committed transactions to disk (one fsync), for stores opened with ``sync=False``."""
         self._env.sync(True)
+        self.syncs += 1
+
+    def lmdb_metrics(self) -> tuple[lmdb.Environment, str, int]:
+        """The environment, its directory and its durable writes so far (:mod:`neostore.metrics`)."""
+        return self._env, self.path, self.syncs + (self.save_calls if self._sync else 0)
 
     # --- reads ----------------------------------------------------------------------
 

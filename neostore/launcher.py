@@ -52,6 +52,7 @@ class NodeProcess:
         self.process: subprocess.Popen[str] | None = None
         self.address = ""
         self.node_id = 0
+        self.metrics = ""  # host:port of its metrics endpoint, if it serves one
         self._log: IO[str] | None = None
 
     def start(self, timeout: float = READY_TIMEOUT) -> None:
@@ -85,6 +86,7 @@ class NodeProcess:
         fields = dict(part.split("=", 1) for part in ready[0].split() if "=" in part)
         self.address = fields.get("address", "")
         self.node_id = int(fields.get("node_id", "0"))
+        self.metrics = fields.get("metrics", "")
 
     def last_log_line(self) -> str:
         try:
@@ -134,6 +136,7 @@ class LocalCluster:
         host: str = "127.0.0.1",
         master_port: int = 0,
         num_masters: int = 1,
+        metrics: bool = False,
     ) -> None:
         if num_masters < 1:
             raise ValueError("a cluster needs at least one master")
@@ -145,6 +148,8 @@ class LocalCluster:
         self.host = host
         self.master_port = master_port
         self.num_masters = num_masters
+        #: Every node serves Prometheus metrics on a port of its own (NodeProcess.metrics).
+        self.metrics = metrics
         self.rpc = rpc.RpcConfig(cluster_name=name)
         self.log_dir = os.path.join(self.data_dir, "logs")
         self.master: NodeProcess | None = None
@@ -182,13 +187,18 @@ class LocalCluster:
             "--cluster", self.name, "--data", os.path.join(self.data_dir, f"master-{index}"),
             "--bind", f"{self.host}:{port}", "--partitions", str(self.num_partitions),
             "--replicas", str(self.num_replicas), "--autostart", str(self.num_storages), *raft,
+            *self._metrics_arguments(),
         ], os.path.join(self.log_dir, f"master-{index}.log"))
 
     def storage_process(self, index: int) -> NodeProcess:
         return NodeProcess("storage", [
             "--cluster", self.name, "--masters", ",".join(self.masters),
             "--data", os.path.join(self.data_dir, f"storage-{index}"), "--bind", f"{self.host}:0",
+            *self._metrics_arguments(),
         ], os.path.join(self.log_dir, f"storage-{index}.log"))
+
+    def _metrics_arguments(self) -> list[str]:
+        return ["--metrics", f"{self.host}:0"] if self.metrics else []
 
     def start(self, timeout: float = READY_TIMEOUT) -> LocalCluster:
         os.makedirs(self.log_dir, exist_ok=True)

@@ -23,13 +23,16 @@ import pathlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2_grpc
 
 from neostore import errors
+
+if TYPE_CHECKING:  # prometheus_client is imported by the nodes only, not by every client
+    from neostore.metrics import RpcMetrics, CallSeries
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +106,9 @@ def _options(config: RpcConfig) -> list[tuple[str, Any]]:
 class _ServerInterceptor(grpc.ServerInterceptor):
     """Checks the cluster name; maps NeoError to a status (one place)."""
 
-    def __init__(self, cluster_name: str) -> None:
+    def __init__(self, cluster_name: str, metrics: RpcMetrics | None = None) -> None:
         self._cluster_name = cluster_name
+        self._metrics = metrics
         # The wrapped handler of each registered one (built once, not per call).
         self._wrapped: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
@@ -126,10 +130,12 @@ class _ServerInterceptor(grpc.ServerInterceptor):
                 if theirs is not None
                 else f"no cluster name sent: this node belongs to cluster {self._cluster_name!r}"
             )
-            return _refusing_handler(handler, errors.WrongCluster(message))
+            series = self._metrics.series(handler_call_details.method) if self._metrics is not None else None
+            return _refusing_handler(handler, errors.WrongCluster(message), series)
         cached = self._wrapped.get(id(handler))
         if cached is None or cached[0] is not handler:
-            cached = self._wrapped[id(handler)] = (handler, _wrap_handler(handler))
+            series = self._metrics.series(handler_call_details.method) if self._metrics is not None else None
+            cached = self._wrapped[id(handler)] = (handler, _wrap_handler(handler, series))
         return cached[1]
 
 
@@ -141,7 +147,17 @@ def _abort(context: grpc.ServicerContext, error: Exception) -> None:
     context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
 
 
-def _wrap_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _code(error: Exception, context: grpc.ServicerContext) -> str:
+    """The outcome label of a call that raised ``error``."""
+    if isinstance(error, errors.NeoError):
+        return type(error).__name__
+    code = context.code()
+    return code.name if code is not None else "INTERNAL"
+
+
+def _wrap_handler(handler: grpc.RpcMethodHandler, series: CallSeries | None = None) -> grpc.RpcMethodHandler:
+    if series is not None:
+        return _measured_handler(handler, series)
     if handler.unary_unary is not None:
         inner_uu = handler.unary_unary
 
@@ -177,11 +193,70 @@ def _wrap_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     return handler
 
 
-def _refusing_handler(handler: grpc.RpcMethodHandler, error: errors.NeoError) -> grpc.RpcMethodHandler:
+def _measured_handler(handler: grpc.RpcMethodHandler, series: CallSeries) -> grpc.RpcMethodHandler:
+    """:func:`_wrap_handler`'s handlers, counting each call in ``series``
+    (a separate copy: a node without metrics pays nothing)."""
+    if handler.unary_unary is not None:
+        inner_uu = handler.unary_unary
+
+        def unary_unary(request, context):  # type: ignore[no-untyped-def]
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                return inner_uu(request, context)
+            except Exception as error:  # noqa: BLE001 - mapped to a status
+                code = _code(error, context)
+                if context.code() is not None:  # already aborted by the servicer
+                    raise
+                _abort(context, error)
+            finally:
+                series.done(code, started)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        inner_us = handler.unary_stream
+        messages = series.messages
+
+        def unary_stream(request, context):  # type: ignore[no-untyped-def]
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                for message in inner_us(request, context):
+                    messages.inc()
+                    yield message
+            except GeneratorExit:  # the caller went away (cancelled)
+                code = "CANCELLED"
+                raise
+            except Exception as error:  # noqa: BLE001 - mapped to a status
+                code = _code(error, context)
+                if context.code() is not None:  # already aborted by the servicer
+                    raise
+                _abort(context, error)
+            finally:
+                series.done(code, started)
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
+
+
+def _refusing_handler(handler: grpc.RpcMethodHandler, error: errors.NeoError,
+                      series: CallSeries | None = None) -> grpc.RpcMethodHandler:
     def refuse(request, context):  # type: ignore[no-untyped-def]
+        if series is not None:
+            series.done(type(error).__name__, time.perf_counter())
         _abort(context, error)
 
     def refuse_stream(request, context):  # type: ignore[no-untyped-def]
+        if series is not None:
+            series.done(type(error).__name__, time.perf_counter())
         _abort(context, error)
         yield  # pragma: no cover - never reached
 
@@ -241,18 +316,20 @@ class MalformedRequestLog(logging.Filter):
 malformed_request_log = MalformedRequestLog()
 
 
-def make_server(config: RpcConfig, address: str, max_workers: int = 64) -> tuple[grpc.Server, int]:
+def make_server(config: RpcConfig, address: str, max_workers: int = 64,
+                metrics: RpcMetrics | None = None) -> tuple[grpc.Server, int]:
     """A started-later server bound to ``address`` (``host:0`` picks a port).
 
     Returns the server and the port it is bound to.  Add servicers, then
-    call ``server.start()``.
+    call ``server.start()``.  With ``metrics``, every call served is counted
+    there (:mod:`neostore.metrics`).
     """
     grpc_log = logging.getLogger("grpc._common")
     if malformed_request_log not in grpc_log.filters:
         grpc_log.addFilter(malformed_request_log)
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-        interceptors=[_ServerInterceptor(config.cluster_name)],
+        interceptors=[_ServerInterceptor(config.cluster_name, metrics)],
         options=_options(config) + [("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=None,
     )

@@ -148,6 +148,7 @@ class Database:
         self._cluster_name = cluster_name
         self._write_mutex = threading.Lock()
         self._closed = False
+        self.durable_writes = 0  # write transactions committed (one fsync each)
         os.makedirs(self._path, exist_ok=True)
         self._lock_file: IO[bytes] | None = self._lock_directory()
         self._env: lmdb.Environment | None = None
@@ -216,6 +217,10 @@ class Database:
     def cluster_name(self) -> str:
         return self._cluster_name
 
+    def lmdb_metrics(self) -> tuple[lmdb.Environment, str, int]:
+        """The environment, its directory and its durable writes so far (:mod:`neostore.metrics`)."""
+        return self._environment(), self._path, self.durable_writes
+
     def _environment(self) -> lmdb.Environment:
         if self._env is None:
             raise errors.Unavailable(f"the database in {self._path} is closed")
@@ -229,6 +234,7 @@ class Database:
             try:
                 with env.begin(write=True) as txn:
                     yield txn
+                self.durable_writes += 1
             except lmdb.MapFullError as error:
                 raise errors.StorageFull(
                     f"storage node data directory {self._path} is full "

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from neostore import add_version_argument, errors, rpc
+from neostore.metrics import split_address
 from neostore.storage_node.database import DEFAULT_MAP_SIZE
 from neostore.storage_node.node import StorageConfig, StorageNode
 
@@ -48,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="LMDB map size in bytes (default %(default)s)")
     parser.add_argument("--register-timeout", type=float, default=60.0,
                         help="seconds to keep trying the masters at start (default %(default)s)")
+    parser.add_argument("--metrics", default="", metavar="HOST:PORT",
+                        help="serve Prometheus metrics on HOST:PORT (port 0: any; off unless given)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
     rpc.add_tls_arguments(parser)
@@ -59,6 +62,8 @@ def _config(arguments: argparse.Namespace) -> StorageConfig:
     masters = [address.strip() for address in arguments.masters.split(",") if address.strip()]
     if not masters:
         raise ValueError("--masters names no address")
+    if arguments.metrics:
+        split_address(arguments.metrics)  # a ValueError naming it, before anything starts
     return StorageConfig(
         rpc=rpc.RpcConfig(cluster_name=arguments.cluster, tls=tls),
         masters=masters,
@@ -68,6 +73,7 @@ def _config(arguments: argparse.Namespace) -> StorageConfig:
         label=arguments.label,
         map_size=arguments.map_size,
         register_timeout=arguments.register_timeout,
+        metrics=arguments.metrics,
     )
 
 
@@ -99,7 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         print(f"neo-storage: error: {error}", file=sys.stderr)
         return EXIT_FATAL
-    print(f"neo-storage ready node_id={node.node_id} address={node.address}", flush=True)
+    metrics = f" metrics={node.metrics_address}" if node.metrics_address else ""
+    print(f"neo-storage ready node_id={node.node_id} address={node.address}{metrics}", flush=True)
     while not stop_requested.wait(0.5):
         failure = node.failure
         if failure is not None:

@@ -42,7 +42,8 @@ import grpc
 
 from neostore import errors, leaders, rpc
 from neostore.ids import tid_repr
-from neostore.partition_table import PartitionTable
+from neostore.metrics import NodeMetrics, counter, gauge, gauges, lmdb_families
+from neostore.partition_table import CellState, PartitionTable
 from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc, storage_pb2_grpc
 from neostore.storage_node.database import DEFAULT_MAP_SIZE, Database
 from neostore.storage_node.locks import DEFAULT_LOCK_TIMEOUT, LockManager
@@ -93,6 +94,7 @@ class StorageConfig:
     replication_chunk_records: int = DEFAULT_CHUNK_RECORDS
     replication_chunk_bytes: int = DEFAULT_CHUNK_BYTES
     replication_report_interval: float = DEFAULT_REPORT_INTERVAL  # seconds between progress reports
+    metrics: str = ""  # HOST:PORT to serve Prometheus metrics on ("": none)
 
 
 class StorageNode:
@@ -119,6 +121,7 @@ class StorageNode:
         self._shutdown_reason = ""
         self._replicator: Replicator | None = None
         self._dropped = False  # its partition table no longer lists it (neoctl drop-node)
+        self._metrics = NodeMetrics() if config.metrics else None
 
     # -- life cycle ----------------------------------------------------------
 
@@ -131,7 +134,12 @@ class StorageNode:
             if self._config.masters:
                 self._manager.set_resolver(self._transaction_state)
                 self._manager.set_term_check(self._term_is_real)
-            server, self._port = rpc.make_server(self._config.rpc, self._config.bind, self._config.max_workers)
+            metrics = self._metrics
+            server, self._port = rpc.make_server(self._config.rpc, self._config.bind, self._config.max_workers,
+                                                 metrics=metrics.rpc if metrics is not None else None)
+            if metrics is not None:
+                metrics.collect_with(self._collect_metrics)
+                metrics.serve(self._config.metrics)
             storage_pb2_grpc.add_StorageServicer_to_server(
                 StorageServicer(self._database, self._manager, self._ownership), server
             )
@@ -181,8 +189,57 @@ class StorageNode:
             self._master_channels.clear()
         for channel in channels:
             channel.close()
+        if self._metrics is not None:
+            self._metrics.close()
         if self._database is not None:
             self._database.close()
+
+    @property
+    def metrics_address(self) -> str:
+        """host:port of the metrics endpoint ("" when not serving metrics)."""
+        return self._metrics.address if self._metrics is not None else ""
+
+    def _collect_metrics(self) -> list[Any]:
+        """This node's series read on a scrape (see :mod:`neostore.metrics`)."""
+        database, manager = self._database, self._manager
+        if database is None or manager is None:
+            return []
+        cells = {cell_state.name: 0 for cell_state in CellState}
+        table = self._ownership.table
+        if table is not None:
+            for row in table.rows:
+                for cell in row:
+                    if cell.node_id == self.node_id:
+                        cells[cell.state.name] += 1
+        families = [
+            gauge("neostore_storage_node_id", "The node id the masters gave this storage node (0: none yet)",
+                  self.node_id),
+            gauges("neostore_storage_cells", "This node's cells in its partition table, by state", "state", cells),
+            gauge("neostore_storage_transactions_in_progress", "Transactions that stored or voted here and "
+                  "are not committed or aborted yet", len(manager.active_ttids())),
+        ]
+        replicator = self._replicator
+        if replicator is not None:
+            totals = dict(replicator.totals)
+            families += [
+                counter("neostore_replication_records_copied", "Records copied from other nodes by catch-up "
+                        "replication", totals["records_copied"]),
+                counter("neostore_replication_chunks_copied", "Chunks copied by catch-up replication",
+                        totals["chunks_copied"]),
+                counter("neostore_replication_chunks_skipped", "Chunks found identical and skipped by "
+                        "catch-up replication", totals["chunks_skipped"]),
+                counter("neostore_replication_cells_done", "Cells brought up to date by catch-up replication",
+                        totals["cells_done"]),
+            ]
+            current = replicator.current
+            if current is not None:
+                families.append(gauge("neostore_replication_bytes_left", "Estimated bytes left to copy for "
+                                      "the cell being replicated", max(0, current.bytes_total - current.bytes_done)))
+        try:
+            families += lmdb_families({"storage": database.lmdb_metrics()})
+        except errors.Unavailable:  # closed meanwhile: the node is stopping
+            pass
+        return families
 
     # -- state ---------------------------------------------------------------
 

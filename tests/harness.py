@@ -34,6 +34,7 @@ class ThreadCluster:
         num_masters: int = 1,
         raft_tick_interval: float = 0.1,
         snapshot_every: int | None = None,
+        metrics: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.name = name
@@ -51,12 +52,14 @@ class ThreadCluster:
                 # election timeout (10 to 20 ticks) keeps a busy test from
                 # deposing a healthy leader.
                 raft_tick_interval=raft_tick_interval,
+                metrics="127.0.0.1:0" if metrics else "",
                 **({} if snapshot_every is None else {"snapshot_every": snapshot_every}),
             ))
             for index in range(num_masters)
         ]
         self.master = self.master_nodes[0]
         self.num_storages = num_storages
+        self.metrics = metrics
         self.storages: list[StorageNode] = []
         self._clients: list[NeoStorage] = []
 
@@ -90,6 +93,7 @@ class ThreadCluster:
             storage = StorageNode(StorageConfig(
                 rpc=self.rpc, masters=self.masters,
                 data_dir=os.path.join(self.data_dir, f"storage-{index}"),
+                metrics="127.0.0.1:0" if self.metrics else "",
             ))
             storage.start()
             self.storages.append(storage)

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +31,7 @@ import transaction
 import ZODB
 from neostore.client import NeoStorage
 from persistent.mapping import PersistentMapping
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
@@ -64,14 +66,20 @@ def _compose_command() -> list[str]:
 PORT_PREFIXES = ("47", "48", "49", "46", "45", "44", "43", "42")
 
 
+def _metrics_prefix(prefix: str) -> str:
+    """The first digits of the metrics ports that go with node ports PP51-PP60."""
+    return str(int(prefix) + 10)
+
+
 def _ports_free(prefix: str) -> bool:
-    """Whether the compose ports PP51-PP60 are all free on 127.0.0.1."""
+    """Whether the compose ports PP51-PP60 and their metrics ports are all free on 127.0.0.1."""
     sockets = []
     try:
-        for last in range(51, 61):
-            sock = socket.socket()
-            sockets.append(sock)
-            sock.bind(("127.0.0.1", int(f"{prefix}{last}")))
+        for first in (prefix, _metrics_prefix(prefix)):
+            for last in range(51, 61):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", int(f"{first}{last}")))
         return True
     except OSError:
         return False
@@ -112,7 +120,8 @@ class Compose:
     def use_ports(self, prefix: str) -> None:
         self.prefix = prefix
         self.env = {**os.environ, "NEOSTORE_IMAGE": RUN_IMAGE, "BASE_IMAGE": BASE_IMAGE,
-                    "NEOSTORE_PORT_PREFIX": prefix, "NEOSTORE_HOST": "127.0.0.1", "NEOSTORE_CLUSTER": CLUSTER}
+                    "NEOSTORE_PORT_PREFIX": prefix, "NEOSTORE_METRICS_PREFIX": _metrics_prefix(prefix),
+                    "NEOSTORE_HOST": "127.0.0.1", "NEOSTORE_CLUSTER": CLUSTER}
         self.masters = ",".join(f"127.0.0.1:{prefix}{last}" for last in (51, 52, 53))
 
     def up(self) -> None:
@@ -230,6 +239,24 @@ def _commit(db: ZODB.DB, key: str, value: int) -> None:
         root["docker"][key] = value
 
 
+def _check_metrics(compose: Compose) -> None:
+    """Each node's /metrics answers on its published port; one master leads and counted the commit."""
+    leaders = committed = 0.0
+    for last in range(51, 57):  # master1-3, storage1-3
+        url = f"http://127.0.0.1:{_metrics_prefix(compose.prefix)}{last}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+        samples = {sample.name: sample.value for family in text_string_to_metric_families(text)
+                   for sample in family.samples if not sample.labels}
+        if last <= 53:
+            leaders += samples["neostore_master_leader"]
+            committed = max(committed, samples["neostore_transactions_committed_total"])
+        else:
+            assert samples["neostore_storage_node_id"] >= 1, url
+    assert leaders == 1
+    assert committed >= 1
+
+
 def _read(db: ZODB.DB) -> dict[str, int]:
     conn = db.open()
     try:
@@ -271,6 +298,7 @@ def test_compose_cluster(compose: Compose, capsys: pytest.CaptureFixture[str]) -
         reader = _open(compose)
         assert steps.run("second host client: read back", _read, reader) == {"first": 1}
         reader.close()
+        steps.run("scrape every node's Prometheus metrics from the host", _check_metrics, compose)
 
         sys.path.insert(0, os.path.join(ROOT, "tools"))
         import docker_latency

@@ -1,0 +1,158 @@
+"""Every node's Prometheus endpoint, scraped over HTTP while a client works.
+
+A real cluster (3 Raft masters, 2 storage nodes, in this process), a real
+ZODB client, and ``urllib`` fetching ``/metrics``; the text is parsed with
+prometheus_client's own parser.  The series must move by what the client
+did: N commits are N Finish calls answered OK on the leader and N
+transactions published by every master; each storage node votes N times
+and writes them durably; a cold load is a LoadBefore on a storage node; a
+caller naming the wrong cluster shows up as a WrongCluster outcome.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+import transaction
+import ZODB
+from persistent.mapping import PersistentMapping
+from prometheus_client.parser import text_string_to_metric_families
+
+from harness import ThreadCluster
+from neostore import errors, rpc
+from neostore.protocol import common_pb2, master_pb2_grpc
+
+COMMITS = 5
+
+
+def scrape(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the endpoint: (name, sorted labels) → value."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as answer:
+        assert answer.status == 200
+        assert answer.headers["Content-Type"].startswith("text/plain")
+        text = answer.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def handled(samples: dict, method: str, code: str = "OK") -> float:
+    return value(samples, "neostore_rpc_server_handled_total", method=method, code=code)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    with ThreadCluster(str(tmp_path_factory.mktemp("metrics")), name="metrics", num_masters=3,
+                       num_storages=2, num_partitions=4, num_replicas=2, metrics=True) as running:
+        yield running
+
+
+def test_every_node_serves_its_metrics_and_commits_move_them(cluster: ThreadCluster) -> None:
+    leader = cluster.wait_for_leader()
+    db = ZODB.DB(cluster.client())
+    try:
+        with db.transaction() as connection:
+            connection.root()["counter"] = PersistentMapping(n=0)
+        masters_before = {master.address: scrape(master.metrics_address) for master in cluster.master_nodes}
+        storages_before = [scrape(storage.metrics_address) for storage in cluster.storages]
+        tm = transaction.TransactionManager()
+        connection = db.open(tm)
+        for n in range(COMMITS):
+            connection.root()["counter"]["n"] = n + 1
+            tm.commit()
+        connection.close()
+    finally:
+        db.close()
+
+    leaders = 0
+    for master in cluster.master_nodes:
+        after, before = scrape(master.metrics_address), masters_before[master.address]
+        leaders += int(value(after, "neostore_master_leader"))
+        assert value(after, "neostore_raft_term") >= 1
+        assert value(after, "neostore_raft_commit_index") > value(before, "neostore_raft_commit_index")
+        assert value(after, "neostore_cells", state="UP_TO_DATE") == 4 * 2
+        assert value(after, "neostore_storage_nodes", state="RUNNING") == 2
+        assert value(after, "neostore_lmdb_used_bytes", file="raft-log") > 0
+        assert value(after, "neostore_lmdb_file_bytes", file="raft-log") >= value(
+            after, "neostore_lmdb_used_bytes", file="raft-log")
+        assert value(after, "neostore_lmdb_durable_writes_total", file="raft-log") > value(
+            before, "neostore_lmdb_durable_writes_total", file="raft-log")
+        # Every master publishes every commit to the clients it serves (a
+        # follower once its log applies them): wait for nothing, the commit
+        # index above moved, but a follower may not have applied the last one.
+        published = (value(after, "neostore_transactions_committed_total")
+                     - value(before, "neostore_transactions_committed_total"))
+        if master is leader:
+            assert published == COMMITS
+            assert handled(after, "Master/Finish") - handled(before, "Master/Finish") == COMMITS
+            finishes = (value(after, "neostore_rpc_server_handling_seconds_count", method="Master/Finish")
+                        - value(before, "neostore_rpc_server_handling_seconds_count", method="Master/Finish"))
+            assert finishes == COMMITS
+            assert value(after, "neostore_master_term") >= 1
+        else:
+            assert 0 <= published <= COMMITS
+    assert leaders == 1
+
+    for storage, before in zip(cluster.storages, storages_before):
+        after = scrape(storage.metrics_address)
+        assert value(after, "neostore_storage_node_id") == storage.node_id
+        assert value(after, "neostore_storage_cells", state="UP_TO_DATE") == 4  # R=2 on 2 nodes: every cell
+        # Every written partition has a cell on each node: each votes each commit.
+        assert handled(after, "Storage/Vote") - handled(before, "Storage/Vote") >= COMMITS
+        writes = (value(after, "neostore_lmdb_durable_writes_total", file="storage")
+                  - value(before, "neostore_lmdb_durable_writes_total", file="storage"))
+        assert writes >= COMMITS
+        assert value(after, "neostore_lmdb_used_bytes", file="storage") > 0
+
+
+def test_a_cold_load_is_counted_with_its_latency(cluster: ThreadCluster) -> None:
+    db = ZODB.DB(cluster.client())
+    try:
+        with db.transaction() as connection:
+            connection.root()["loaded"] = PersistentMapping(x=1)
+        before = sum(value(scrape(s.metrics_address), "neostore_rpc_server_handling_seconds_count",
+                           method="Storage/LoadBefore") for s in cluster.storages)
+        fresh = ZODB.DB(cluster.client())  # an empty cache: every object is a load
+        try:
+            with fresh.transaction() as connection:
+                assert connection.root()["loaded"]["x"] == 1
+        finally:
+            fresh.close()
+        after = [scrape(s.metrics_address) for s in cluster.storages]
+    finally:
+        db.close()
+    loads = sum(value(a, "neostore_rpc_server_handling_seconds_count", method="Storage/LoadBefore")
+                for a in after)
+    assert loads >= before + 2  # the root and the mapping
+    slowest_bucket = sum(value(a, "neostore_rpc_server_handling_seconds_bucket", method="Storage/LoadBefore",
+                               le="+Inf") for a in after)
+    assert slowest_bucket == loads
+
+
+def test_a_caller_of_another_cluster_is_counted_as_wrong_cluster(cluster: ThreadCluster) -> None:
+    master = cluster.master_nodes[0]
+    before = handled(scrape(master.metrics_address), "Master/GetClusterInfo", "WrongCluster")
+    channel = rpc.make_channel(rpc.RpcConfig(cluster_name="another"), master.address)
+    try:
+        with pytest.raises(errors.WrongCluster):
+            rpc.call(master_pb2_grpc.MasterStub(channel).GetClusterInfo, common_pb2.Empty(), timeout=10)
+    finally:
+        channel.close()
+    after = handled(scrape(master.metrics_address), "Master/GetClusterInfo", "WrongCluster")
+    assert after == before + 1
+
+
+@pytest.mark.parametrize("command", ["neostore.master_node.main", "neostore.storage_node.main"])
+def test_a_bad_metrics_address_is_refused_before_anything_starts(command: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    done = subprocess.run(
+        [sys.executable, "-m", command, "--cluster", "c", "--masters", "127.0.0.1:1", "--data", str(tmp_path / "d"),
+         "--metrics", "no-port-here"], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "metrics address 'no-port-here' is not HOST:PORT" in done.stderr
+    assert not (tmp_path / "d").exists()
