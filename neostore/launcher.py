@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import os
 import signal
@@ -27,12 +28,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import IO
 
 from neostore import add_version_argument, rpc
 from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc
 
 READY_TIMEOUT = 60.0
+#: neo-cluster's supervision: a node dying this soon after its start, more
+#: than MAX_QUICK_RESTARTS times in a row, is not restarted again.
+QUICK_DEATH = 10.0
+MAX_QUICK_RESTARTS = 3
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -45,10 +51,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 class NodeProcess:
     """One node process; its first stdout line ``... ready ...`` says it serves."""
 
-    def __init__(self, role: str, args: list[str], log_path: str) -> None:
+    def __init__(self, role: str, args: list[str], log_path: str, die_with_parent: bool = False) -> None:
         self.role = role
         self.args = args
         self.log_path = log_path
+        #: The node gets SIGTERM when the thread that started it ends (the
+        #: whole process, for neo-cluster's main thread): never orphaned.
+        self.die_with_parent = die_with_parent
+        self.started_at = 0.0
         self.process: subprocess.Popen[str] | None = None
         self.address = ""
         self.node_id = 0
@@ -56,11 +66,11 @@ class NodeProcess:
         self._log: IO[str] | None = None
 
     def start(self, timeout: float = READY_TIMEOUT) -> None:
-        module = {"master": "neostore.master_node.main", "storage": "neostore.storage_node.main"}[self.role]
-        command = [sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())", *self.args]
         self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in wait()/stop()
         self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=self._log, text=True, start_new_session=True)
+            node_command(self.role, self.args), stdout=subprocess.PIPE, stderr=self._log, text=True,
+            start_new_session=True, preexec_fn=_die_with_parent if self.die_with_parent else None)
+        self.started_at = time.monotonic()
         ready: list[str] = []
 
         def read_ready() -> None:
@@ -123,6 +133,41 @@ class NodeProcess:
             self._log = None
 
 
+def node_command(role: str, args: list[str]) -> list[str]:
+    """How to start a ``master`` or ``storage`` node: its console script
+    (``neo-master``/``neo-storage`` beside this Python, so that ``ps`` says
+    what runs), or the module when the scripts are not installed."""
+    script = os.path.join(os.path.dirname(sys.executable), f"neo-{role}")
+    if os.access(script, os.X_OK):
+        return [sys.executable, script, *args]
+    module = {"master": "neostore.master_node.main", "storage": "neostore.storage_node.main"}[role]
+    return [sys.executable, "-m", module, *args]
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    """libc's prctl, looked up in the parent: the child between fork and exec
+    must not import or take locks that another thread may hold."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # not Linux: nodes stop with neo-cluster's own stop
+        return None
+
+
+_prctl = _load_prctl() if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent goes (Linux's
+    PR_SET_PDEATHSIG), however it goes — kill -9 included."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
 class LocalCluster:
     """Masters and storage nodes as processes on 127.0.0.1."""
 
@@ -137,6 +182,7 @@ class LocalCluster:
         master_port: int = 0,
         num_masters: int = 1,
         metrics: bool = False,
+        die_with_parent: bool = False,
     ) -> None:
         if num_masters < 1:
             raise ValueError("a cluster needs at least one master")
@@ -150,6 +196,9 @@ class LocalCluster:
         self.num_masters = num_masters
         #: Every node serves Prometheus metrics on a port of its own (NodeProcess.metrics).
         self.metrics = metrics
+        #: Nodes get SIGTERM when the thread that started them ends (neo-cluster:
+        #: its main thread, so the process); tests start nodes from many threads.
+        self.die_with_parent = die_with_parent
         self.rpc = rpc.RpcConfig(cluster_name=name)
         self.log_dir = os.path.join(self.data_dir, "logs")
         self.master: NodeProcess | None = None
@@ -158,6 +207,8 @@ class LocalCluster:
         self.joined: set[int] = set()  # indexes of masters added with add_master (--join)
         self.removed: set[int] = set()  # indexes of masters removed with remove_master
         self.storages: list[NodeProcess] = []
+        self._quick_deaths: dict[str, int] = {}  # supervise(): deaths soon after a start, in a row
+        self._given_up: set[str] = set()
 
     @property
     def masters(self) -> list[str]:
@@ -188,14 +239,14 @@ class LocalCluster:
             "--bind", f"{self.host}:{port}", "--partitions", str(self.num_partitions),
             "--replicas", str(self.num_replicas), "--autostart", str(self.num_storages), *raft,
             *self._metrics_arguments(),
-        ], os.path.join(self.log_dir, f"master-{index}.log"))
+        ], os.path.join(self.log_dir, f"master-{index}.log"), self.die_with_parent)
 
     def storage_process(self, index: int) -> NodeProcess:
         return NodeProcess("storage", [
             "--cluster", self.name, "--masters", ",".join(self.masters),
             "--data", os.path.join(self.data_dir, f"storage-{index}"), "--bind", f"{self.host}:0",
             *self._metrics_arguments(),
-        ], os.path.join(self.log_dir, f"storage-{index}.log"))
+        ], os.path.join(self.log_dir, f"storage-{index}.log"), self.die_with_parent)
 
     def _metrics_arguments(self) -> list[str]:
         return ["--metrics", f"{self.host}:0"] if self.metrics else []
@@ -278,6 +329,49 @@ class LocalCluster:
         self.storages[index] = self.storage_process(index)
         self.storages[index].start(timeout)
 
+    def _nodes(self) -> list[tuple[str, NodeProcess, Callable[[], None]]]:
+        """Every node process: its name (as its log's), itself, how to restart it."""
+        nodes: list[tuple[str, NodeProcess, Callable[[], None]]] = []
+        if self.master is not None:
+            nodes.append(("master-0", self.master, lambda: self.restart_master(index=0)))
+        for index, master in enumerate(self.other_masters, 1):
+            if master is not None:
+                nodes.append((f"master-{index}", master, functools.partial(self.restart_master, index=index)))
+        for index, storage in enumerate(self.storages):
+            nodes.append((f"storage-{index}", storage, functools.partial(self.restart_storage, index)))
+        return nodes
+
+    def supervise(self, report: Callable[[str], None]) -> None:
+        """Restart every node that died (reaping it: no ``<defunct>``), and
+        say so.  A node that exited with code 0 stopped on purpose (dropped,
+        removed, told to by ``neoctl kill``): it is reported, not restarted.
+        One that dies again within ``QUICK_DEATH`` seconds of its start, more
+        than ``MAX_QUICK_RESTARTS`` times in a row, is left down."""
+        for name, node, restart in self._nodes():
+            process = node.process
+            if process is None or name in self._given_up or process.poll() is None:
+                continue
+            code = process.returncode
+            node._close_log()
+            if code == 0:
+                report(f"{name} (pid {process.pid}) stopped by itself (exit code 0): not restarted; "
+                       f"log {node.log_path}")
+                self._given_up.add(name)
+                continue
+            quick = time.monotonic() - node.started_at < QUICK_DEATH
+            self._quick_deaths[name] = self._quick_deaths.get(name, 0) + 1 if quick else 0
+            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            if self._quick_deaths[name] > MAX_QUICK_RESTARTS:
+                report(f"{name} (pid {process.pid}) died again ({how}) within {QUICK_DEATH:.0f}s of its start: "
+                       f"left down; see {node.log_path}")
+                self._given_up.add(name)
+                continue
+            report(f"{name} (pid {process.pid}) died ({how}): restarting it; log {node.log_path}")
+            try:
+                restart()
+            except RuntimeError as error:
+                report(f"{name} did not restart: {error}")
+
     def stop(self) -> None:
         # The masters first, so that they do not mark storage nodes down.
         for master in self.other_masters:
@@ -323,36 +417,66 @@ def main(argv: list[str] | None = None) -> int:
     if args.replicas > args.storages:
         parser.error(f"--replicas {args.replicas} needs at least as many storage nodes (--storages {args.storages})")
     cluster = LocalCluster(args.data, args.name, args.storages, args.partitions, args.replicas,
-                           master_port=args.port, num_masters=args.masters)
+                           master_port=args.port, num_masters=args.masters, die_with_parent=True)
     stop = threading.Event()
-    # Handled explicitly: a shell may start us with SIGINT ignored.
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # Handled explicitly: a shell may start us with SIGINT ignored; a closed
+    # terminal (SIGHUP) must stop the cluster like Ctrl-C, not orphan it —
+    # unless SIGHUP is ignored on purpose (nohup neo-cluster &).
+    for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        if signal_number != signal.SIGHUP or signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+            signal.signal(signal_number, lambda *_: stop.set())
+    say = _Output()
     try:
-        cluster.start()
-    except (RuntimeError, OSError) as error:
-        cluster.stop()
-        print(f"neo-cluster: {error} (logs in {cluster.log_dir})", file=sys.stderr)
-        return 1
-    masters = ",".join(cluster.masters)
-    print(f"neostore cluster {args.name!r} running: {args.masters} master{'s' if args.masters > 1 else ''} at {masters}, "
-          f"{args.storages} storage nodes, {args.partitions} partitions x {args.replicas} replicas")
-    print(f"  data: {cluster.data_dir}   logs: {cluster.log_dir}")
-    print(f"  zodburi:  neostore://{args.name}@{masters}")
-    print(f"  ZConfig:  %import neostore / <neostore> master-nodes {masters} name {args.name} </neostore>")
-    sys.stdout.flush()
-    try:
+        try:
+            cluster.start()
+        except (RuntimeError, OSError) as error:
+            say.error(f"neo-cluster: {error} (logs in {cluster.log_dir})")
+            return 1
+        masters = ",".join(cluster.masters)
+        say(f"neostore cluster {args.name!r} running: {args.masters} master{'s' if args.masters > 1 else ''} "
+            f"at {masters}, {args.storages} storage nodes, {args.partitions} partitions x {args.replicas} replicas")
+        say(f"  data: {cluster.data_dir}   logs: {cluster.log_dir}")
+        say(f"  zodburi:  neostore://{args.name}@{masters}")
+        say(f"  ZConfig:  %import neostore / <neostore> master-nodes {masters} name {args.name} </neostore>")
+        report = functools.partial(say.error, prefix="neo-cluster: ")
         if command:
             env = dict(os.environ, NEOSTORE_MASTERS=masters, NEOSTORE_CLUSTER=args.name)
-            return subprocess.call(command, env=env)
-        print("Ctrl-C to stop.", flush=True)
+            child = subprocess.Popen(command, env=env)
+            while child.poll() is None:
+                if stop.wait(0.5):
+                    child.terminate()
+                    return child.wait()
+                cluster.supervise(report)
+            return child.returncode
+        say("Ctrl-C to stop.")
         while not stop.wait(0.5):
-            pass
+            cluster.supervise(report)
         return 0
     finally:
-        print("stopping the cluster...", flush=True)
+        # Stop first: a closed stdout (neo-cluster | head) must not skip it.
+        say("stopping the cluster...")
         cluster.stop()
-        print("stopped.", flush=True)
+        say("stopped.")
+
+
+class _Output:
+    """neo-cluster's messages: once stdout or stderr is gone (a closed pipe,
+    a closed terminal) they are dropped, never an error that skips the stop."""
+
+    def __call__(self, text: str) -> None:
+        self._write(sys.stdout, text)
+
+    def error(self, text: str, prefix: str = "") -> None:
+        self._write(sys.stderr, prefix + text)
+
+    @staticmethod
+    def _write(stream: IO[str], text: str) -> None:
+        try:
+            print(text, file=stream, flush=True)
+        except (OSError, ValueError):  # BrokenPipeError, EIO from a gone terminal, a closed file
+            with contextlib.suppress(OSError, ValueError):
+                # No flush error at exit either: the stream goes to /dev/null.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 if __name__ == "__main__":
