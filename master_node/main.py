@@ -4,7 +4,11 @@
                [--partitions 12] [--replicas 2] [--autostart N] [--log-level INFO]
                [--masters HOST:PORT,HOST:PORT,... --node-id N]
                [--join --masters HOST:PORT,... --bind HOST:PORT]
-               [--ca FILE --cert FILE --key FILE]
+               [--ca FILE --cert FILE --key FILE] [--metrics HOST:PORT]
+               [--config FILE] [--log-file PATH] [--log-format text|json]
+
+Every option can come from ``--config FILE`` (TOML, one key per option:
+:mod:`neostore.node_options`), the command line winning.
 
 With ``--masters`` (every master's address, the same list in the same order
 on each master) and ``--node-id`` (this master's position in it, from 1),
@@ -27,7 +31,6 @@ SIGINT stop it cleanly (exit status 0).  A fatal error prints one line,
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
@@ -39,14 +42,15 @@ import lmdb
 from neostore import add_version_argument, errors
 from neostore.master_node.node import MasterConfig, MasterNode
 from neostore.metrics import split_address
+from neostore.node_options import add_common_arguments, parse_arguments, setup_logging
 from neostore.rpc import RpcConfig, add_tls_arguments, tls_from_arguments
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="neo-master", description="Run a neostore master node.")
     add_version_argument(parser)
-    parser.add_argument("--cluster", required=True, help="cluster name (every node checks it)")
-    parser.add_argument("--data", required=True, help="data directory (command log)")
+    parser.add_argument("--cluster", help="cluster name (every node checks it; required)")
+    parser.add_argument("--data", help="data directory (command log; required)")
     parser.add_argument("--bind", default="127.0.0.1:0", help="host:port to serve on (port 0: any)")
     parser.add_argument("--partitions", type=int, default=12, help="partitions, when creating the cluster")
     parser.add_argument("--replicas", type=int, default=2, help="replicas per partition, when creating the cluster")
@@ -61,17 +65,39 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "(after `neoctl add-master`)")
     parser.add_argument("--metrics", default="", metavar="HOST:PORT",
                         help="serve Prometheus metrics on HOST:PORT (port 0: any; off unless given)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_common_arguments(parser)
     add_tls_arguments(parser)
-    return parser.parse_args(argv)
+    return parse_arguments(parser, argv, required=("cluster", "data"))
+
+
+def master_config(args: argparse.Namespace) -> MasterConfig:
+    """The node's configuration from its parsed options (a ValueError naming a wrong one)."""
+    masters = tuple(address.strip() for address in args.masters.split(",") if address.strip())
+    if args.join and not masters:
+        raise ValueError("--join needs --masters: the address of at least one running master")
+    if args.join and args.bind.rsplit(":", 1)[-1] in ("", "0"):
+        raise ValueError("--join needs --bind HOST:PORT: this master's own address, as given to add-master")
+    if not args.join and len(masters) > 1 and not 1 <= args.node_id <= len(masters):
+        raise ValueError(f"--node-id must be between 1 and {len(masters)} with {len(masters)} --masters")
+    if args.metrics:
+        split_address(args.metrics)  # a ValueError naming it, before anything starts
+    return MasterConfig(
+        rpc=RpcConfig(cluster_name=args.cluster, tls=tls_from_arguments(args)),
+        data_dir=args.data,
+        bind=args.bind,
+        num_partitions=args.partitions,
+        num_replicas=args.replicas,
+        autostart=args.autostart,
+        masters=masters if len(masters) > 1 or args.join else (),
+        node_id=args.node_id if len(masters) > 1 and not args.join else 0,
+        join=args.join,
+        metrics=args.metrics,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(args)
     stop_requested = threading.Event()
     starting: list[MasterNode] = []  # the node being started (a join may wait long)
 
@@ -83,28 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        masters = tuple(address.strip() for address in args.masters.split(",") if address.strip())
-        if args.join and not masters:
-            raise ValueError("--join needs --masters: the address of at least one running master")
-        if args.join and args.bind.rsplit(":", 1)[-1] in ("", "0"):
-            raise ValueError("--join needs --bind HOST:PORT: this master's own address, as given to add-master")
-        if not args.join and len(masters) > 1 and not 1 <= args.node_id <= len(masters):
-            raise ValueError(f"--node-id must be between 1 and {len(masters)} with {len(masters)} --masters")
-        if args.metrics:
-            split_address(args.metrics)  # a ValueError naming it, before anything starts
-        config = MasterConfig(
-            rpc=RpcConfig(cluster_name=args.cluster, tls=tls_from_arguments(args)),
-            data_dir=args.data,
-            bind=args.bind,
-            num_partitions=args.partitions,
-            num_replicas=args.replicas,
-            autostart=args.autostart,
-            masters=masters if len(masters) > 1 or args.join else (),
-            node_id=args.node_id if len(masters) > 1 and not args.join else 0,
-            join=args.join,
-            metrics=args.metrics,
-        )
-        node = MasterNode(config)
+        node = MasterNode(master_config(args))
         starting.append(node)
         node.start()
         starting.clear()

@@ -3,9 +3,12 @@
     neo-storage --cluster NAME --masters HOST:PORT[,HOST:PORT...] --data DIR
                 [--bind 127.0.0.1:PORT] [--advertise HOST] [--label L]
                 [--map-size BYTES] [--register-timeout SECONDS] [--log-level INFO]
-                [--ca FILE --cert FILE --key FILE]
+                [--ca FILE --cert FILE --key FILE] [--metrics HOST:PORT]
+                [--config FILE] [--log-file PATH] [--log-format text|json]
 
-Logs go to stderr.  Once the node is registered and serving, one line goes
+Every option can come from ``--config FILE`` (TOML, one key per option:
+:mod:`neostore.node_options`), the command line winning.  Logs go to
+stderr, or ``--log-file``.  Once the node is registered and serving, one line goes
 to stdout (flushed), for launchers and tests to wait on::
 
     neo-storage ready node_id=N address=HOST:PORT
@@ -27,6 +30,7 @@ from types import FrameType
 
 from neostore import add_version_argument, errors, rpc
 from neostore.metrics import split_address
+from neostore.node_options import add_common_arguments, parse_arguments, setup_logging
 from neostore.storage_node.database import DEFAULT_MAP_SIZE
 from neostore.storage_node.node import StorageConfig, StorageNode
 
@@ -39,9 +43,9 @@ EXIT_USAGE = 2
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neo-storage", description="Run a neostore storage node.")
     add_version_argument(parser)
-    parser.add_argument("--cluster", required=True, help="cluster name")
-    parser.add_argument("--masters", required=True, help="master addresses, HOST:PORT[,HOST:PORT...]")
-    parser.add_argument("--data", required=True, help="data directory (one LMDB environment)")
+    parser.add_argument("--cluster", help="cluster name (required)")
+    parser.add_argument("--masters", help="master addresses, HOST:PORT[,HOST:PORT...] (required)")
+    parser.add_argument("--data", help="data directory (one LMDB environment; required)")
     parser.add_argument("--bind", default="127.0.0.1:0", help="listen address (default %(default)s)")
     parser.add_argument("--advertise", default="", help="host (or host:port) peers reach this node at")
     parser.add_argument("--label", default="", help="failure domain label (host, rack)")
@@ -51,13 +55,16 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds to keep trying the masters at start (default %(default)s)")
     parser.add_argument("--metrics", default="", metavar="HOST:PORT",
                         help="serve Prometheus metrics on HOST:PORT (port 0: any; off unless given)")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+    add_common_arguments(parser)
     rpc.add_tls_arguments(parser)
     return parser
 
 
-def _config(arguments: argparse.Namespace) -> StorageConfig:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return parse_arguments(_parser(), argv, required=("cluster", "masters", "data"))
+
+
+def storage_config(arguments: argparse.Namespace) -> StorageConfig:
     tls = rpc.tls_from_arguments(arguments)
     masters = [address.strip() for address in arguments.masters.split(",") if address.strip()]
     if not masters:
@@ -78,14 +85,10 @@ def _config(arguments: argparse.Namespace) -> StorageConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    arguments = _parser().parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, arguments.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    arguments = parse_args(argv)
+    setup_logging(arguments)
     try:
-        config = _config(arguments)
+        config = storage_config(arguments)
     except ValueError as error:
         print(f"neo-storage: error: {error}", file=sys.stderr)
         return EXIT_USAGE
