@@ -61,6 +61,7 @@ class ClusterConnection:
         client_id: str,
         listener: StreamListener,
         connect_timeout: float = 30.0,
+        wait_timeout: float = MASTER_RETRY_SECONDS,
     ) -> None:
         if not masters:
             raise ValueError("at least one master address is needed")
@@ -69,6 +70,9 @@ class ClusterConnection:
         self._client_id = client_id
         self._listener = listener
         self._connect_timeout = connect_timeout
+        #: How long a call keeps trying the masters (and a read the replicas
+        #: and masters) before it fails: the ``wait-timeout`` option.
+        self.wait_timeout = wait_timeout
         self._lock = threading.Lock()
         self._master_stubs: dict[str, master_pb2_grpc.MasterStub] = {}
         self._preferred_master = 0
@@ -83,6 +87,7 @@ class ClusterConnection:
             target=self._run_stream, name=f"neostore-invalidations-{client_id[:8]}", daemon=True
         )
         self._last_stream_tid: bytes = b""
+        self._stream_broken_since: float | None = None  # time.monotonic() of the break, None while it works
         #: Whether the cluster is STOPPING, as the stream last said.
         self.stopping = False
         #: Called (on the stream's thread) when the cluster becomes STOPPING.
@@ -165,13 +170,14 @@ class ClusterConnection:
                 self._masters.append(address)
 
     def master_call(self, method: str, request: Any, timeout: float = RPC_TIMEOUT,
-                    retry_seconds: float = MASTER_RETRY_SECONDS, idempotent: bool = True) -> Any:
-        """Call ``method`` on a master, trying every master until one answers.
+                    retry_seconds: float | None = None, idempotent: bool = True) -> Any:
+        """Call ``method`` on a master, trying every master until one answers
+        or ``retry_seconds`` (default: :attr:`wait_timeout`) have passed.
 
         ``idempotent`` False: a call that may have been served must not be
         sent again to the same master (Finish: what became of it is asked
         with GetTransactionOutcome instead)."""
-        deadline = time.monotonic() + retry_seconds
+        deadline = time.monotonic() + (self.wait_timeout if retry_seconds is None else retry_seconds)
         tried: list[str] = []
         while True:
             for shift in range(len(self._masters)):
@@ -222,8 +228,9 @@ class ClusterConnection:
 
     # -- partition table and storage nodes -------------------------------------
 
-    def refresh_table(self) -> PartitionTable:
-        table = PartitionTable.from_proto(self.master_call("GetPartitionTable", common_pb2.Empty()))
+    def refresh_table(self, retry_seconds: float | None = None) -> PartitionTable:
+        table = PartitionTable.from_proto(self.master_call("GetPartitionTable", common_pb2.Empty(),
+                                                           retry_seconds=retry_seconds))
         self._set_table(table)
         return table
 
@@ -284,6 +291,7 @@ class ClusterConnection:
         """Call a read rpc on a readable cell of ``partition``, failing over."""
         self.name_unfinished(request)
         failures: list[str] = []
+        deadline = time.monotonic() + self.wait_timeout
         for attempt in range(3):
             table = self.table
             nodes = table.readable_nodes(partition)
@@ -291,11 +299,15 @@ class ClusterConnection:
             for node_id in nodes:
                 stub, peer = self.storage_stub(node_id)
                 try:
-                    return rpc.call(getattr(stub, method), request, timeout=timeout, peer=peer)
+                    return rpc.call(getattr(stub, method), request,
+                                    timeout=max(0.001, min(timeout, deadline - time.monotonic())), peer=peer)
                 except (errors.Unavailable, errors.NotOwner) as error:
                     failures.append(str(error))
                     continue
-            self.refresh_table()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self.refresh_table(retry_seconds=remaining)
             time.sleep(0.05 * attempt)
         raise errors.Unavailable(
             f"no readable replica of partition {partition} answered"
@@ -322,7 +334,13 @@ class ClusterConnection:
                     return
                 except errors.NeoError as error:
                     if not self._closed.is_set():
-                        log.warning("invalidation stream from master %s broke: %s", address, error)
+                        # Once per outage, not once per retry (a second each).
+                        if self._stream_broken_since is None:
+                            self._stream_broken_since = time.monotonic()
+                            log.warning("invalidation stream from master %s broke: %s (retrying every "
+                                        "master; logged again once it is back)", address, error)
+                        else:
+                            log.debug("invalidation stream from master %s: %s", address, error)
                     if self._masters[self._preferred_master % len(self._masters)] != address:
                         break  # the leader is known to be another master: go there first
             self._closed.wait(backoff)
@@ -362,6 +380,10 @@ class ClusterConnection:
                         self._last_stream_tid = tid
                     self._listener.on_stream_start(tid)
                     self._stream_started.set()
+                    if self._stream_broken_since is not None:
+                        log.warning("invalidation stream from master %s back after %.1fs",
+                                    address, time.monotonic() - self._stream_broken_since)
+                        self._stream_broken_since = None
                 elif kind == "partition_table":
                     self._set_table(PartitionTable.from_proto(event.partition_table))
                 elif kind == "stopping":

@@ -70,7 +70,7 @@ from typing import Any
 from ZODB import POSException
 
 from neostore import errors, rpc
-from neostore.client.cluster import MASTER_RETRY_SECONDS, ClusterConnection
+from neostore.client.cluster import ClusterConnection
 from neostore.client.exceptions import ClusterUnavailableError, TransactionNotCommittedError, to_zodb_error
 from neostore.client.invalidations import InvalidationDispatcher
 from neostore.ids import partition_of, tid_repr
@@ -859,7 +859,7 @@ def transaction_outcome(
 
 
 def abort(cluster: ClusterConnection, client_id: str, context: TransactionContext,
-          retry_seconds: float = MASTER_RETRY_SECONDS) -> None:
+          retry_seconds: float | None = None) -> None:
     if context.phase in (Phase.FINISHED, Phase.ABORTED):
         return
     try:
@@ -868,7 +868,8 @@ def abort(cluster: ClusterConnection, client_id: str, context: TransactionContex
         cluster.unfinished(context.ttid, finished=True)
 
 
-def _abort(cluster: ClusterConnection, client_id: str, context: TransactionContext, retry_seconds: float) -> None:
+def _abort(cluster: ClusterConnection, client_id: str, context: TransactionContext,
+           retry_seconds: float | None) -> None:
     nodes = context.contacted | set(context.stored_on) | set(context.votes) | set(context.failed)
     context.phase = Phase.ABORTED
     cluster.master_call("Abort", master_pb2.AbortRequest(

@@ -67,6 +67,12 @@ class InvalidationDispatcher:
     def register_db(self, db: Any) -> None:
         self._db = db
 
+    def detach_db(self) -> None:
+        """Deliver nothing more to ZODB: waits for a delivery in progress
+        (the storage is closing, the DB goes next)."""
+        with self._order_lock:
+            self._db = None
+
     # -- StreamListener -------------------------------------------------------
 
     def on_stream_start(self, tid: bytes) -> None:

@@ -28,7 +28,7 @@ from ZODB.ConflictResolution import ConflictResolvingStorage
 from neostore import errors, rpc
 from neostore.client import commit, history, prefetch, undo
 from neostore.client.cache import ObjectCache
-from neostore.client.cluster import ClusterConnection
+from neostore.client.cluster import MASTER_RETRY_SECONDS, ClusterConnection
 from neostore.client.exceptions import ClusterUnavailableError, to_zodb_error
 from neostore.client.invalidations import InvalidationDispatcher, catch_up
 from neostore.client.record_iteration import RecordLister
@@ -44,6 +44,8 @@ from neostore.records import Record
 OID_BATCH = 100
 MAX_OID_BATCH = 1000
 DEFAULT_CACHE_SIZE = 20 * 1024 * 1024
+#: Seconds a call keeps trying an unreachable cluster (ZConfig wait-timeout).
+DEFAULT_WAIT_TIMEOUT = MASTER_RETRY_SECONDS
 SYNC_TIMEOUT = 60.0
 
 
@@ -76,6 +78,7 @@ class NeoStorage(ConflictResolvingStorage):
         connect_timeout: float = 30.0,
         max_message_bytes: int = rpc.DEFAULT_MAX_MESSAGE_BYTES,
         server_sync: bool = False,
+        wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
     ) -> None:
         if isinstance(master_nodes, str):
             master_nodes = master_nodes.replace(",", " ").split()
@@ -90,7 +93,7 @@ class NeoStorage(ConflictResolvingStorage):
         self._dispatcher = InvalidationDispatcher(self._cache)
         self._config = rpc.RpcConfig(cluster_name=name, tls=tls, max_message_bytes=max_message_bytes)
         self._cluster = ClusterConnection(
-            self._config, self._masters, self._client_id, self._dispatcher, connect_timeout)
+            self._config, self._masters, self._client_id, self._dispatcher, connect_timeout, wait_timeout)
         self._cluster.on_stopping = self._release_spare
         self._transactions: dict[Any, commit.TransactionContext] = {}
         self._transactions_lock = threading.Lock()
@@ -133,6 +136,9 @@ class NeoStorage(ConflictResolvingStorage):
             return
         self._closed = True
         self._cluster.close()
+        # ZODB's DB drops its connections' bookkeeping right after this
+        # returns: no invalidation may reach it from the stream afterwards.
+        self._dispatcher.detach_db()
 
     def new_client(self, **options: Any) -> NeoStorage:
         """Another, independent client of the same cluster."""

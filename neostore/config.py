@@ -13,7 +13,7 @@
 
 * zodburi: ``neostore://mycluster@127.0.0.1:5551,127.0.0.1:5552?cache_size=50MB``
   (query keys: ``read_only``, ``cache_size``, ``compress``, ``server_sync``,
-  ``connect_timeout``, ``ca``, ``cert``, ``key``, plus ZODB.DB's own keys).
+  ``connect_timeout``, ``wait_timeout``, ``ca``, ``cert``, ``key``, plus ZODB.DB's own keys).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class NeoStorageConfig(BaseConfig):
             cache_size=config.cache_size,
             compress=config.compress,
             connect_timeout=config.connect_timeout,
+            wait_timeout=config.wait_timeout,
             server_sync=config.server_sync,
             tls=_tls(config.ca, config.cert, config.key),
         )
@@ -62,7 +63,7 @@ class NeoStorageURIResolver(Resolver):
     _int_args = ("read_only", "compress", "server_sync")
     _string_args = ("ca", "cert", "key")
     _bytesize_args = ("cache_size",)
-    _float_args = ("connect_timeout",)
+    _float_args = ("connect_timeout", "wait_timeout")
 
     def __call__(self, uri: str) -> tuple[Any, dict[str, Any]]:
         scheme, _, rest = uri.partition("://")
@@ -77,7 +78,7 @@ class NeoStorageURIResolver(Resolver):
             raise ValueError(f"invalid neostore URI {uri!r}: cluster name and a master are needed")
         kw, unused = self.interpret_kwargs(dict(parse_qsl(query)))
         tls = _tls(kw.pop("ca", None), kw.pop("cert", None), kw.pop("key", None))
-        options = {key: kw[key] for key in ("cache_size", "connect_timeout") if key in kw}
+        options = {key: kw[key] for key in ("cache_size", "connect_timeout", "wait_timeout") if key in kw}
         for flag in ("read_only", "compress", "server_sync"):
             if flag in kw:
                 options[flag] = bool(kw[flag])
