@@ -239,8 +239,17 @@ class MasterNode:
             self._server = server
             self._metrics = metrics
             self._parts = _Running(command_log, storages, publisher, leadership)
-            log.info("master of cluster %r serving on %s (term %d, table version %d)",
-                     config.rpc.cluster_name, self._address, command_log.term, state.table.version)
+            if isinstance(command_log, RaftCommandLog):
+                indexes = command_log.raft_indexes()
+                # At start the state is the snapshot's: the entries after it apply
+                # once a leader confirms they are committed (nothing is lost).
+                log.info("master %d of cluster %r serving on %s: Raft log up to entry %d (term %d), state from "
+                         "the snapshot at entry %d (partition table version %d) until the entries after it apply",
+                         command_log.node_id, config.rpc.cluster_name, self._address, indexes["last"],
+                         command_log.raft_term, indexes["snapshot"], state.table.version)
+            else:
+                log.info("master of cluster %r serving on %s (term %d, partition table version %d)",
+                         config.rpc.cluster_name, self._address, command_log.term, state.table.version)
 
     @property
     def metrics_address(self) -> str:

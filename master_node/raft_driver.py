@@ -363,7 +363,8 @@ class RaftCommandLog:
         """Last, committed and applied log index as this master knows them
         (read without the driver's lock: for metrics, each value is current)."""
         raft_log = self._node.raft.log
-        return {"last": raft_log.last_index(), "committed": raft_log.committed, "applied": raft_log.applied}
+        return {"last": raft_log.last_index(), "committed": raft_log.committed, "applied": raft_log.applied,
+                "snapshot": self._snapshot_index}
 
     def lmdb_metrics(self) -> tuple[Any, str, int]:
         """The Raft log's environment, directory and durable writes (:mod:`neostore.metrics`)."""
