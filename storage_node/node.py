@@ -232,9 +232,9 @@ class StorageNode:
                         totals["cells_done"]),
             ]
             current = replicator.current
-            if current is not None:
-                families.append(gauge("neostore_replication_bytes_left", "Estimated bytes left to copy for "
-                                      "the cell being replicated", max(0, current.bytes_total - current.bytes_done)))
+            families.append(gauge("neostore_replication_bytes_left", "Estimated bytes left to copy for the cell "
+                                  "being replicated (0: none)",
+                                  max(0, current.bytes_total - current.bytes_done) if current is not None else 0))
         try:
             families += lmdb_families({"storage": database.lmdb_metrics()})
         except errors.Unavailable:  # closed meanwhile: the node is stopping
