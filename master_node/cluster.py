@@ -186,6 +186,7 @@ class ClusterManager:
         label: str,
         pending_ttids: Sequence[bytes],
         partition_last_tids: Sequence[PartitionTid],
+        cluster_id: str = "",
     ) -> Registration:
         """Steps 1-5 of the module docstring."""
         state = self._log.state
@@ -194,6 +195,14 @@ class ClusterManager:
                 f"the storage node belongs to cluster {cluster_name!r}; "
                 f"this master serves cluster {state.cluster_name!r}"
             )
+        if cluster_id and state.cluster_id and cluster_id != state.cluster_id:
+            # Same name, another cluster: its data would pass for this one's
+            # (a copied or leftover data directory), its node id with them.
+            log.warning("refused storage node at %s: its data directory belongs to another cluster named "
+                        "%r (id %s; this one's is %s)", address, cluster_name, cluster_id, state.cluster_id)
+            raise errors.WrongCluster(
+                f"the data directory of the storage node at {address} belongs to another cluster with the "
+                f"same name (cluster id {cluster_id}, this cluster's is {state.cluster_id})")
         if not address:
             raise errors.BadRequest("a storage node must give the address of its Storage service")
         for ttid in pending_ttids:

@@ -57,7 +57,7 @@ from neostore.master_node.leadership import Leadership, ReplicaFeed
 from neostore.master_node.raft_driver import DEFAULT_TICK_INTERVAL, RaftCommandLog, stored_node_id
 from neostore.master_node.raft_transport import RaftServicer
 from neostore.master_node.servicer import DEFAULT_STREAM_INTERVAL, AdminServicer, MasterInfo, MasterServicer
-from neostore.master_node.state import ClusterState, CreateCluster
+from neostore.master_node.state import ClusterState, CreateCluster, new_cluster_id
 from neostore.master_node.storage_links import StorageLinks
 from neostore.metrics import NodeMetrics, counter, gauge, gauges, lmdb_families
 from neostore.partition_table import CellState, NodeState
@@ -193,7 +193,7 @@ class MasterNode:
                     leadership = Leadership(
                         command_log, build, command_log.not_leader, feed=feed,
                         create_cluster=CreateCluster(config.rpc.cluster_name, config.num_partitions,
-                                                     config.num_replicas))
+                                                     config.num_replicas, new_cluster_id()))
                     command_log.on_leader(leadership.become_leader)
                     command_log.on_follower(leadership.become_follower)
                     if bind.rsplit(":", 1)[1] == "0":
@@ -417,7 +417,7 @@ class MasterNode:
         name = config.rpc.cluster_name
         state = command_log.state
         if not state.created:
-            submit_one(command_log, CreateCluster(name, config.num_partitions, config.num_replicas))
+            submit_one(command_log, CreateCluster(name, config.num_partitions, config.num_replicas, new_cluster_id()))
             log.info("created cluster %r: %d partitions, %d replicas",
                      name, config.num_partitions, config.num_replicas)
             return command_log.state

@@ -93,6 +93,7 @@ def cluster_info(leadership: Leadership, publisher: InvalidationPublisher,
         leader=info.leader(),
         term=info.term(),
         members=members,
+        cluster_id=state.cluster_id,
     )
 
 
@@ -277,8 +278,10 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
             label=request.label,
             pending_ttids=list(request.pending_ttids),
             partition_last_tids=[PartitionTid(held.partition, held.tid) for held in request.partition_last_tids],
+            cluster_id=request.cluster_id,
         )
         return master_pb2.RegisterStorageReply(
+            cluster_id=self._leadership.state.cluster_id,
             node_id=registration.node_id,
             partition_table=registration.table.to_proto(),
             last_tid=registration.last_tid,

@@ -46,6 +46,7 @@ import enum
 import json
 import types
 import typing
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar, Union
 
@@ -207,6 +208,7 @@ class ClusterState:
     """
 
     cluster_name: str = ""
+    cluster_id: str = ""  # fixed by CreateCluster ("" for clusters older than ids)
     status: ClusterStatus = ClusterStatus.EMPTY
     num_partitions: int = 0
     num_replicas: int = 0
@@ -315,6 +317,9 @@ class CreateCluster:
     name: str
     num_partitions: int
     num_replicas: int
+    #: 32 hex digits (a UUID), chosen by the master that proposes it; "" in
+    #: logs written before cluster ids existed.
+    cluster_id: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -559,6 +564,15 @@ def apply(state: ClusterState, command: Command) -> tuple[ClusterState, Any]:
     return handler(state, command)
 
 
+def is_cluster_id(text: str) -> bool:
+    """Whether ``text`` has the form of a cluster id: 32 lowercase hex digits."""
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
+
+
+def new_cluster_id() -> str:
+    return uuid.uuid4().hex
+
+
 def _require_node(state: ClusterState, node_id: int) -> StorageNodeInfo:
     info = state.known_node(node_id)
     if info is None:
@@ -601,10 +615,13 @@ def _create_cluster(state: ClusterState, command: CreateCluster) -> tuple[Cluste
         raise errors.BadRequest(f"num_partitions must be in 1..{MAX_PARTITIONS}, got {command.num_partitions}")
     if not 1 <= command.num_replicas <= MAX_REPLICAS:
         raise errors.BadRequest(f"num_replicas must be in 1..{MAX_REPLICAS}, got {command.num_replicas}")
+    if command.cluster_id and not is_cluster_id(command.cluster_id):
+        raise errors.BadRequest(f"invalid cluster id {command.cluster_id!r}: 32 lowercase hex digits expected")
     table = PartitionTable(version=1, num_partitions=command.num_partitions, num_replicas=command.num_replicas)
     return dataclasses.replace(
         state,
         cluster_name=command.name,
+        cluster_id=command.cluster_id,
         num_partitions=command.num_partitions,
         num_replicas=command.num_replicas,
         table=table,

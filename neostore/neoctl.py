@@ -115,6 +115,7 @@ class Admin:
 def _cluster_dict(info: master_pb2.ClusterInfo) -> dict[str, Any]:
     return {
         "cluster_name": info.cluster_name,
+        "cluster_id": info.cluster_id or None,  # None: a cluster created before ids existed
         "state": master_pb2.ClusterInfo.State.Name(info.state),
         "num_partitions": info.num_partitions,
         "num_replicas": info.num_replicas,
@@ -163,7 +164,8 @@ def command_print(admin: Admin, args: argparse.Namespace) -> int:
             print(json.dumps(info, indent=2))
         else:
             for key, value in info.items():
-                print(f"{key:15} {', '.join(value) if isinstance(value, list) else value}")
+                shown = ", ".join(value) if isinstance(value, list) else "-" if value is None else value
+                print(f"{key:15} {shown}")
         return EXIT_OK
     table = PartitionTable.from_proto(admin.call("GetPartitionTable", common_pb2.Empty()))
     if args.what == "node":

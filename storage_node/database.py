@@ -262,6 +262,23 @@ class Database:
         with self._write() as txn:
             txn.put(layout.META_NODE_ID, layout.encode_u64(node_id), db=self._meta)
 
+    def cluster_id(self) -> str:
+        """The id of the cluster this data belongs to, "" until the first registration."""
+        with self._read() as txn:
+            value = _get(txn, layout.META_CLUSTER_ID, self._meta)
+        return value.decode("ascii") if value is not None else ""
+
+    def claim_cluster_id(self, cluster_id: str) -> None:
+        """Keep ``cluster_id`` as this data's cluster; WrongCluster if it holds another's."""
+        with self._write() as txn:
+            theirs = _get(txn, layout.META_CLUSTER_ID, self._meta)
+            if theirs is None:
+                txn.put(layout.META_CLUSTER_ID, cluster_id.encode("ascii"), db=self._meta)
+            elif theirs.decode("ascii") != cluster_id:
+                raise errors.WrongCluster(
+                    f"data directory {self._path} belongs to another cluster named {self._cluster_name!r} "
+                    f"(cluster id {theirs.decode('ascii')}, the masters' is {cluster_id})")
+
     def term(self) -> int:
         """The highest master term this node has seen (0: none)."""
         with self._read() as txn:

@@ -349,6 +349,9 @@ def applied_key(ttid: bytes) -> bytes:
 
 
 META_CLUSTER_NAME = b"cluster_name"
+#: The id (32 hex digits) of the cluster the data belongs to, from the
+#: first registration; absent in a new directory or one older than ids.
+META_CLUSTER_ID = b"cluster_id"
 META_NODE_ID = b"node_id"
 META_TERM = b"master_term"
 META_LAST_TID = b"last_tid"

@@ -378,6 +378,7 @@ class StorageNode:
             node_id=database.node_id(),
             address=self.address,
             label=self._config.label,
+            cluster_id=database.cluster_id(),
             pending_ttids=database.pending_ttids(),
             partition_last_tids=[
                 common_pb2.PartitionLastTid(partition=partition, tid=tid)
@@ -427,6 +428,8 @@ class StorageNode:
                             listed: Sequence[bytes]) -> None:
         if reply.node_id <= 0:
             raise errors.BadRequest(f"master {master} answered the registration without a node id")
+        if reply.cluster_id:  # before anything else is kept: the data may be another cluster's
+            self.database.claim_cluster_id(reply.cluster_id)
         self.adopt_node_id(reply.node_id)
         manager = self.manager
         manager.observe_term(reply.term, "registration", trusted=True)

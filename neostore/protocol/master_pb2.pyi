@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ClusterInfo(_message.Message):
-    __slots__ = ("cluster_name", "state", "num_partitions", "num_replicas", "table_version", "last_oid", "last_tid", "masters", "leader", "term", "members")
+    __slots__ = ("cluster_name", "state", "num_partitions", "num_replicas", "table_version", "last_oid", "last_tid", "masters", "leader", "term", "members", "cluster_id")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[ClusterInfo.State]
@@ -31,6 +31,7 @@ class ClusterInfo(_message.Message):
     LEADER_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     cluster_name: str
     state: ClusterInfo.State
     num_partitions: int
@@ -42,7 +43,8 @@ class ClusterInfo(_message.Message):
     leader: str
     term: int
     members: _containers.RepeatedCompositeFieldContainer[MasterMember]
-    def __init__(self, cluster_name: _Optional[str] = ..., state: _Optional[_Union[ClusterInfo.State, str]] = ..., num_partitions: _Optional[int] = ..., num_replicas: _Optional[int] = ..., table_version: _Optional[int] = ..., last_oid: _Optional[bytes] = ..., last_tid: _Optional[bytes] = ..., masters: _Optional[_Iterable[str]] = ..., leader: _Optional[str] = ..., term: _Optional[int] = ..., members: _Optional[_Iterable[_Union[MasterMember, _Mapping]]] = ...) -> None: ...
+    cluster_id: str
+    def __init__(self, cluster_name: _Optional[str] = ..., state: _Optional[_Union[ClusterInfo.State, str]] = ..., num_partitions: _Optional[int] = ..., num_replicas: _Optional[int] = ..., table_version: _Optional[int] = ..., last_oid: _Optional[bytes] = ..., last_tid: _Optional[bytes] = ..., masters: _Optional[_Iterable[str]] = ..., leader: _Optional[str] = ..., term: _Optional[int] = ..., members: _Optional[_Iterable[_Union[MasterMember, _Mapping]]] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class MasterMember(_message.Message):
     __slots__ = ("node_id", "address")
@@ -245,36 +247,40 @@ class ClientEvent(_message.Message):
     def __init__(self, start_tid: _Optional[bytes] = ..., invalidations: _Optional[_Union[Invalidations, _Mapping]] = ..., partition_table: _Optional[_Union[_common_pb2.PartitionTable, _Mapping]] = ..., reset_cache_at: _Optional[bytes] = ..., heartbeat: _Optional[bool] = ..., stopping: _Optional[bool] = ...) -> None: ...
 
 class RegisterStorageRequest(_message.Message):
-    __slots__ = ("cluster_name", "node_id", "address", "label", "pending_ttids", "partition_last_tids")
+    __slots__ = ("cluster_name", "node_id", "address", "label", "pending_ttids", "partition_last_tids", "cluster_id")
     CLUSTER_NAME_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     PENDING_TTIDS_FIELD_NUMBER: _ClassVar[int]
     PARTITION_LAST_TIDS_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     cluster_name: str
     node_id: int
     address: str
     label: str
     pending_ttids: _containers.RepeatedScalarFieldContainer[bytes]
     partition_last_tids: _containers.RepeatedCompositeFieldContainer[_common_pb2.PartitionLastTid]
-    def __init__(self, cluster_name: _Optional[str] = ..., node_id: _Optional[int] = ..., address: _Optional[str] = ..., label: _Optional[str] = ..., pending_ttids: _Optional[_Iterable[bytes]] = ..., partition_last_tids: _Optional[_Iterable[_Union[_common_pb2.PartitionLastTid, _Mapping]]] = ...) -> None: ...
+    cluster_id: str
+    def __init__(self, cluster_name: _Optional[str] = ..., node_id: _Optional[int] = ..., address: _Optional[str] = ..., label: _Optional[str] = ..., pending_ttids: _Optional[_Iterable[bytes]] = ..., partition_last_tids: _Optional[_Iterable[_Union[_common_pb2.PartitionLastTid, _Mapping]]] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class RegisterStorageReply(_message.Message):
-    __slots__ = ("node_id", "partition_table", "last_tid", "term", "decided", "truncations")
+    __slots__ = ("node_id", "partition_table", "last_tid", "term", "decided", "truncations", "cluster_id")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PARTITION_TABLE_FIELD_NUMBER: _ClassVar[int]
     LAST_TID_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
     DECIDED_FIELD_NUMBER: _ClassVar[int]
     TRUNCATIONS_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     partition_table: _common_pb2.PartitionTable
     last_tid: bytes
     term: int
     decided: _containers.RepeatedCompositeFieldContainer[_common_pb2.Decision]
     truncations: _containers.RepeatedCompositeFieldContainer[_common_pb2.Truncation]
-    def __init__(self, node_id: _Optional[int] = ..., partition_table: _Optional[_Union[_common_pb2.PartitionTable, _Mapping]] = ..., last_tid: _Optional[bytes] = ..., term: _Optional[int] = ..., decided: _Optional[_Iterable[_Union[_common_pb2.Decision, _Mapping]]] = ..., truncations: _Optional[_Iterable[_Union[_common_pb2.Truncation, _Mapping]]] = ...) -> None: ...
+    cluster_id: str
+    def __init__(self, node_id: _Optional[int] = ..., partition_table: _Optional[_Union[_common_pb2.PartitionTable, _Mapping]] = ..., last_tid: _Optional[bytes] = ..., term: _Optional[int] = ..., decided: _Optional[_Iterable[_Union[_common_pb2.Decision, _Mapping]]] = ..., truncations: _Optional[_Iterable[_Union[_common_pb2.Truncation, _Mapping]]] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class StorageSessionRequest(_message.Message):
     __slots__ = ("node_id",)

@@ -43,6 +43,8 @@ from neostore.master_node.state import (
     encode_command,
     encode_state,
     initial_state,
+    is_cluster_id,
+    new_cluster_id,
     plan_decision,
 )
 from neostore.partition_table import READABLE_STATES, Cell, CellState, NodeState
@@ -91,6 +93,15 @@ def test_create_cluster_names_the_cluster_and_fixes_partitions_and_replicas() ->
 def test_create_cluster_refuses_bad_parameters(command: CreateCluster, error: type) -> None:
     with pytest.raises(error):
         apply(initial_state(), command)
+
+
+def test_create_cluster_keeps_the_cluster_id_and_refuses_a_malformed_one() -> None:
+    cluster_id = new_cluster_id()
+    state = applied(initial_state(), CreateCluster("prod", 4, 1, cluster_id))
+    assert state.cluster_id == cluster_id and is_cluster_id(cluster_id)
+    assert applied(initial_state(), CreateCluster("old", 4, 1)).cluster_id == ""  # a log older than ids
+    with pytest.raises(errors.BadRequest, match="invalid cluster id"):
+        apply(initial_state(), CreateCluster("prod", 4, 1, "not-an-id"))
 
 
 def test_a_created_cluster_cannot_be_created_again() -> None:
