@@ -192,8 +192,7 @@ class ClusterManager:
         state = self._log.state
         if cluster_name != state.cluster_name:
             raise errors.WrongCluster(
-                f"the storage node belongs to cluster {cluster_name!r}; "
-                f"this master serves cluster {state.cluster_name!r}"
+                f"the storage node belongs to cluster {cluster_name!r}; this master serves another cluster"
             )
         if cluster_id and state.cluster_id and cluster_id != state.cluster_id:
             # Same name, another cluster: its data would pass for this one's

@@ -124,11 +124,12 @@ class _ServerInterceptor(grpc.ServerInterceptor):
                 theirs = value
                 break
         if theirs != self._cluster_name:
+            # The answer does not name this node's cluster: a stranger learns
+            # nothing it could use to pass the check.
             message = (
-                f"wrong cluster name {theirs!r}: this node belongs to cluster "
-                f"{self._cluster_name!r}"
+                f"wrong cluster name {theirs!r}: this node belongs to another cluster"
                 if theirs is not None
-                else f"no cluster name sent: this node belongs to cluster {self._cluster_name!r}"
+                else "no cluster name sent: this node belongs to a named cluster"
             )
             series = self._metrics.series(handler_call_details.method) if self._metrics is not None else None
             return _refusing_handler(handler, errors.WrongCluster(message), series)
