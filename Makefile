@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast test-slow test-docker docker-base docker-image protos check-protos bench bench-postgresql clean
+.PHONY: install demo test lint test-fast test-slow test-docker docker-base docker-image protos check-protos bench bench-postgresql clean
 
 install: $(STAMP)
 
@@ -20,7 +20,10 @@ $(STAMP): pyproject.toml
 demo: install
 	$(VENV)/bin/neo-cluster --data .demo-data --name demo --port 0 -- $(PY) examples/demo.py
 
-test: install check-protos test-fast test-slow test-docker
+test: install check-protos lint test-fast test-slow test-docker
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 check-protos: install
 	$(PY) tools/gen_protos.py --check

@@ -35,10 +35,10 @@ from typing import Any
 
 import transaction
 import ZODB
-from neostore.client import NeoStorage
 from persistent.mapping import PersistentMapping
 
 from neostore import rpc
+from neostore.client import NeoStorage
 from neostore.launcher import LocalCluster
 from neostore.partition_table import CellState, PartitionTable
 from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc

@@ -710,7 +710,8 @@ def measure_small(system: System, procs: int, args: argparse.Namespace, log: Any
     if counts_before is not None and counts_after is not None:
         # Counted from t0 to t1, like the CPU: commits in flight at either end make it approximate.
         where["per_commit"] = {key: (counts_after[key] - counts_before[key]) / commits for key in counts_after}
-    return {"procs": procs, **where, "commits": commits, "seconds": args.seconds, "commits_per_s": commits / args.seconds,
+    return {"procs": procs, **where, "commits": commits, "seconds": args.seconds,
+            "commits_per_s": commits / args.seconds,
             **percentiles(latencies), "cpu_ms_per_commit": cpu,
             "cpu_busy": sum(used.values()) / args.seconds}
 

@@ -60,7 +60,7 @@ def measure(open_storage: Callable[[], Any], rounds: int) -> dict[str, dict[str,
         started = time.perf_counter()
         transaction.commit()
         one.append(time.perf_counter() - started)
-    for r in range(max(rounds // 4, 10)):
+    for _ in range(max(rounds // 4, 10)):
         for i in range(100):
             root[i]["value"] += 1
         started = time.perf_counter()

@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-
 from neostore import errors, leaders, rpc
 from neostore.ids import ZERO_TID
 from neostore.partition_table import PartitionTable

@@ -409,7 +409,8 @@ def _store_on(cluster: ClusterConnection, context: TransactionContext, table: An
         request = storage_pb2.StoreRequest(
             ttid=context.ttid, table_version=table.version, objects=[_encode_write(w) for w in chunk])
         context.contacted.add(node_id)
-        reply = _request(context, node_id, lambda: rpc.call(stub.Store, request, timeout=STORE_TIMEOUT, peer=peer))
+        reply = _request(context, node_id,
+                         lambda request=request: rpc.call(stub.Store, request, timeout=STORE_TIMEOUT, peer=peer))
         if reply is None:
             return
         _took(context, table, node_id, chunk, reply.conflicts)
@@ -436,7 +437,8 @@ def _vote_on(cluster: ClusterConnection, context: TransactionContext, table: Any
     for chunk in chunks[:-1]:
         request = storage_pb2.StoreRequest(
             ttid=context.ttid, table_version=table.version, objects=[_encode_write(w) for w in chunk])
-        stored = _request(context, node_id, lambda: rpc.call(stub.Store, request, timeout=STORE_TIMEOUT, peer=peer))
+        stored = _request(context, node_id,
+                          lambda request=request: rpc.call(stub.Store, request, timeout=STORE_TIMEOUT, peer=peer))
         if stored is None:
             return
         _took(context, table, node_id, chunk, stored.conflicts)
@@ -510,7 +512,8 @@ def _vote_at_once(cluster: ClusterConnection, context: TransactionContext, resol
             calls.append((node_id, writes, with_meta, (stub.Vote, request, VOTE_TIMEOUT, peer)))
         conflicts: list[storage_pb2.Conflict] = []
         waited_too_long = False
-        for (node_id, writes, with_meta, _), reply in zip(calls, rpc.call_all([call for *_, call in calls])):
+        replies = rpc.call_all([call for *_, call in calls])
+        for (node_id, writes, with_meta, _), reply in zip(calls, replies, strict=True):
             if isinstance(reply, errors.LockTimeout):
                 waited_too_long = True
                 continue
@@ -607,7 +610,7 @@ def _vote_everywhere(cluster: ClusterConnection, context: TransactionContext) ->
             request.transaction.CopyFrom(_transaction_info(context))
         context.contacted.add(node_id)
         calls.append((node_id, with_meta, (stub.Vote, request, VOTE_TIMEOUT, peer)))
-    for (node_id, with_meta, _), reply in zip(calls, rpc.call_all([call for *_, call in calls])):
+    for (node_id, with_meta, _), reply in zip(calls, rpc.call_all([call for *_, call in calls]), strict=True):
         if isinstance(reply, errors.NeoError):
             _request(context, node_id, lambda reply=reply: _raise(reply))
             continue
@@ -744,7 +747,8 @@ def finish(
         partitions=sorted(context.touched), table_version=cluster.table.version,
         metadata_partition=context.metadata_partition, last_tid=dispatcher.last_transaction(),
         want_spare=spare is not None and context.requested_tid is None,
-        votes=[master_pb2.Vote(node_id=n, partitions=sorted(p), unchecked_partitions=sorted(context.unchecked.get(n, ())))
+        votes=[master_pb2.Vote(node_id=n, partitions=sorted(p),
+                               unchecked_partitions=sorted(context.unchecked.get(n, ())))
                for n, p in sorted(context.votes.items())],
     )
     dispatcher.expect_own(context.ttid)
@@ -760,7 +764,7 @@ def finish(
             cluster.learn_table(reply.catch_up.partition_table)
         if reply.catch_up.complete:
             since_last = [(i.tid, i.ttid, list(i.oids)) for i in reply.catch_up.invalidations]
-    except (errors.Unavailable, errors.NotLeader, errors.UnknownTransaction) as error:
+    except (errors.Unavailable, errors.NotLeader, errors.UnknownTransaction) as error:  # noqa: F841 - used below, where the outcome is known (ruff misreads the rebinding)
         # The master died or leadership changed mid-finish: committed or not?
         # (Not when this client is closing: its stream is gone, nobody waits.)
         tid = None

@@ -33,7 +33,7 @@ from neostore.client.exceptions import ClusterUnavailableError, to_zodb_error
 from neostore.client.invalidations import InvalidationDispatcher, catch_up
 from neostore.client.record_iteration import RecordLister
 from neostore.ids import MAX_TID, ZERO_TID, oid_repr, partition_of, tid_repr
-from neostore.protocol import common_pb2, master_pb2, storage_pb2
+from neostore.protocol import master_pb2, storage_pb2
 from neostore.records import Record
 
 #: oids asked from the master at first, as NEO does; each further request
@@ -154,7 +154,7 @@ class NeoStorage(ConflictResolvingStorage):
         table = self._cluster.table
         count = size = 0
         for partition in range(table.num_partitions):
-            reply = self._call(lambda: self._cluster.read_call(
+            reply = self._call(lambda partition=partition: self._cluster.read_call(
                 partition, "GetStats", storage_pb2.StatsRequest(partitions=[partition])))
             count += reply.object_count
             size += reply.size

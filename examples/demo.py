@@ -11,8 +11,8 @@ import os
 import time
 
 import transaction
-import zodburi
 import ZODB
+import zodburi
 from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 

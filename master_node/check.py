@@ -27,15 +27,14 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
+from neostore import errors, rpc
+from neostore.ids import tid_repr
 from neostore.master_node.command_log import CommandLog, submit_one
 from neostore.master_node.state import MarkCorrupted, RebuildCells
 from neostore.master_node.storage_links import StorageLinks
-from neostore.storage_node.ranges import KIND_NAMES, walk_chunks
-
-from neostore import errors, rpc
-from neostore.ids import tid_repr
 from neostore.partition_table import READABLE_STATES, CellState, NodeState
 from neostore.protocol import master_pb2, storage_pb2
+from neostore.storage_node.ranges import KIND_NAMES, walk_chunks
 
 log = logging.getLogger(__name__)
 

@@ -39,12 +39,11 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Union
 
 from neostore import errors, rpc
 from neostore.ids import ZERO_TID, tid_repr
-from neostore.master_node.command_log import CommandLog, submit_one
 from neostore.master_node.check import ConsistencyCheck
+from neostore.master_node.command_log import CommandLog, submit_one
 from neostore.master_node.commit import CommitCoordinator
 from neostore.master_node.rebalance import describe_moves, plan_rows
 from neostore.master_node.replication import ReplicationTracker
@@ -104,7 +103,7 @@ class Registration:
     truncations: tuple[Truncation, ...] = ()
 
 
-SessionEvent = Union[PartitionTable, Heartbeat, Shutdown]
+SessionEvent = PartitionTable | Heartbeat | Shutdown
 
 
 class ClusterManager:

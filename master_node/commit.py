@@ -604,7 +604,7 @@ class CommitCoordinator:
         outcomes = [outcome] * len(planned) if isinstance(outcome, errors.NeoError) else list(outcome)
         if len(planned) > 1:
             log.debug("decided %d transactions in one entry", len(planned))
-        for (finish, decision), error in zip(planned, outcomes):
+        for (finish, decision), error in zip(planned, outcomes, strict=True):
             if error is not None:
                 self._undecided(finish, error)
             else:

@@ -127,7 +127,7 @@ class _NodeQueue:
             for order in batch:
                 owner.failed(order, self.node_id, error, False)
             return
-        for order, error in zip(batch, results):
+        for order, error in zip(batch, results, strict=True):
             if error is None:
                 owner.applied(order, self.node_id)
             else:

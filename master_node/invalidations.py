@@ -34,7 +34,6 @@ import collections
 import dataclasses
 import threading
 from collections.abc import Iterator
-from typing import Union
 
 from neostore.ids import ZERO_TID, tid_repr
 from neostore.partition_table import PartitionTable
@@ -80,7 +79,7 @@ class StoppingChanged:
     stopping: bool
 
 
-Event = Union[StartTid, Invalidation, ResetCache, TableChanged, StoppingChanged]
+Event = StartTid | Invalidation | ResetCache | TableChanged | StoppingChanged
 
 
 class InvalidationPublisher:

@@ -85,7 +85,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from neostore import errors, rpc
-from neostore.protocol import common_pb2, master_pb2_grpc
 from neostore.master_node.command_log import StateListener, lock_directory
 from neostore.master_node.raft_log import LmdbLogStore
 from neostore.master_node.raft_transport import REPLY_WAIT, RaftTransport, ReplyBox
@@ -101,6 +100,7 @@ from neostore.master_node.state import (
     encode_state,
     initial_state,
 )
+from neostore.protocol import common_pb2, master_pb2_grpc
 from neostore.raft import (
     NO_NODE,
     ConfChange,

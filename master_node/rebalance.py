@@ -92,7 +92,7 @@ def plan_rows(
         targets = [frozenset()] * len(rows)
     else:
         targets = _choose_targets(rows, eligible, min(num_replicas, len(eligible)), labels)
-    return tuple(_transition(row, target) for row, target in zip(rows, targets))
+    return tuple(_transition(row, target) for row, target in zip(rows, targets, strict=True))
 
 
 def describe_moves(old_rows: Sequence[Sequence[Cell]], new_rows: Sequence[Sequence[Cell]]) -> list[str]:

@@ -19,11 +19,10 @@ from __future__ import annotations
 import threading
 import time
 
-from neostore.master_node.command_log import CommandLog, submit_one
-from neostore.master_node.state import MarkUpToDate, PartitionTid
-
 from neostore import errors
 from neostore.ids import ZERO_TID
+from neostore.master_node.command_log import CommandLog, submit_one
+from neostore.master_node.state import MarkUpToDate, PartitionTid
 from neostore.partition_table import READABLE_STATES, CellState, NodeState
 from neostore.protocol import master_pb2
 

@@ -509,25 +509,25 @@ class Truncate:
     marker: bytes
 
 
-Command = Union[
-    CreateCluster,
-    RegisterNode,
-    SetNodeState,
-    CreatePartitionTable,
-    AdmitNodes,
-    AllocateOids,
-    CommitDecisions,
-    MarkApplied,
-    DropParticipants,
-    MarkUpToDate,
-    AddMaster,
-    RemoveMaster,
-    MarkCorrupted,
-    ChangeTable,
-    RebuildCells,
-    SetClusterState,
-    Truncate,
-]
+Command = (
+    CreateCluster
+    | RegisterNode
+    | SetNodeState
+    | CreatePartitionTable
+    | AdmitNodes
+    | AllocateOids
+    | CommitDecisions
+    | MarkApplied
+    | DropParticipants
+    | MarkUpToDate
+    | AddMaster
+    | RemoveMaster
+    | MarkCorrupted
+    | ChangeTable
+    | RebuildCells
+    | SetClusterState
+    | Truncate
+)
 
 COMMAND_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Command)}
 
@@ -990,7 +990,7 @@ def _change_table(state: ClusterState, command: ChangeTable) -> tuple[ClusterSta
     for node_id in dropping:
         _require_node(state, node_id)
     misses: list[MissedTid] = []
-    for partition, (old_row, new_row) in enumerate(zip(state.table.rows, command.rows)):
+    for partition, (old_row, new_row) in enumerate(zip(state.table.rows, command.rows, strict=True)):
         old_cells = {cell.node_id: cell for cell in old_row}
         node_ids = [cell.node_id for cell in new_row]
         if len(node_ids) != len(set(node_ids)):
@@ -1179,7 +1179,7 @@ def _from_json(kind: Any, data: Any) -> Any:
             return tuple(_from_json(args[0], item) for item in data)
         if len(args) != len(data):
             raise ValueError(f"expected {len(args)} items for {kind}")
-        return tuple(_from_json(arg, item) for arg, item in zip(args, data))
+        return tuple(_from_json(arg, item) for arg, item in zip(args, data, strict=True))
     if kind is bytes:
         if not isinstance(data, str):
             raise ValueError("expected hex bytes")

@@ -41,7 +41,7 @@ def tid_repr(tid: bytes | None) -> str:
     """A TID as people read it: hex, as ``neoctl`` and ZODB print them."""
     if not tid:
         return "-"
-    return "0x%016x" % u64(tid)
+    return f"0x{u64(tid):016x}"
 
 
 oid_repr = tid_repr

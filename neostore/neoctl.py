@@ -150,9 +150,9 @@ def _table_dict(table: PartitionTable) -> dict[str, Any]:
 
 def _print_rows(rows: list[dict[str, Any]], columns: list[str]) -> None:
     widths = [max(len(col), *(len(str(r[col])) for r in rows)) if rows else len(col) for col in columns]
-    print("  ".join(col.upper().ljust(w) for col, w in zip(columns, widths)))
+    print("  ".join(col.upper().ljust(w) for col, w in zip(columns, widths, strict=True)))
     for row in rows:
-        print("  ".join(str(row[col]).ljust(w) for col, w in zip(columns, widths)))
+        print("  ".join(str(row[col]).ljust(w) for col, w in zip(columns, widths, strict=True)))
 
 
 def command_print(admin: Admin, args: argparse.Namespace) -> int:
@@ -287,7 +287,7 @@ def _parse_tid(text: str) -> bytes:
 
 
 def _tid_label(tid: bytes) -> str:
-    when = datetime.datetime.fromtimestamp(tid_time(tid), datetime.timezone.utc)
+    when = datetime.datetime.fromtimestamp(tid_time(tid), datetime.UTC)
     return f"{tid_repr(tid)} ({when:%Y-%m-%d %H:%M:%S} UTC)"
 
 
@@ -367,8 +367,8 @@ def command_membership(admin: Admin, args: argparse.Namespace) -> int:
         return EXIT_OK
     if adding:
         print(f"master {args.address} added as node {reply.node_id}; start it with:")
-        print(f"  neo-master --cluster {args.cluster} --join --masters {','.join(m['address'] for m in members if m['address'] != args.address)} "
-              f"--bind {args.address} --data DIR")
+        others = ",".join(m["address"] for m in members if m["address"] != args.address)
+        print(f"  neo-master --cluster {args.cluster} --join --masters {others} --bind {args.address} --data DIR")
     else:
         print(f"master {args.address} (node {reply.node_id}) removed")
     _print_rows(members, ["node_id", "address"])
@@ -681,8 +681,9 @@ def build_parser() -> argparse.ArgumentParser:
     remove_master = _subcommand(commands, "remove-master", command_membership,
         help="remove a master from the masters' Raft group",
         description="Remove the master at ADDRESS (it stops taking part; the leader first hands "
-                    "leadership over to the most up-to-date other master, which removes it).  Refused (exit 1) for an unknown address, the last master, a "
-                    "pending change, or when the remaining masters would have no reachable majority.")
+                    "leadership over to the most up-to-date other master, which removes it).  Refused (exit 1) "
+                    "for an unknown address, the last master, a pending change, or when the remaining masters "
+                    "would have no reachable majority.")
     remove_master.add_argument("address", metavar="HOST:PORT")
     check = _subcommand(commands, "check", command_check,
         help="compare the replicas of partitions by checksums (exit 4 if any differ, "

@@ -32,7 +32,7 @@ from grpc_health.v1 import health_pb2_grpc
 from neostore import errors
 
 if TYPE_CHECKING:  # prometheus_client is imported by the nodes only, not by every client
-    from neostore.metrics import RpcMetrics, CallSeries
+    from neostore.metrics import CallSeries, RpcMetrics
 
 log = logging.getLogger(__name__)
 
@@ -157,51 +157,13 @@ def _code(error: Exception, context: grpc.ServicerContext) -> str:
 
 
 def _wrap_handler(handler: grpc.RpcMethodHandler, series: CallSeries | None = None) -> grpc.RpcMethodHandler:
-    if series is not None:
-        return _measured_handler(handler, series)
+    """``handler`` with errors mapped to statuses (:func:`_abort`), and each
+    call counted in ``series`` when the node serves metrics."""
     if handler.unary_unary is not None:
         inner_uu = handler.unary_unary
 
         def unary_unary(request, context):  # type: ignore[no-untyped-def]
-            try:
-                return inner_uu(request, context)
-            except Exception as error:  # noqa: BLE001 - mapped to a status
-                if context.code() is not None:  # already aborted by the servicer
-                    raise
-                _abort(context, error)
-
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream is not None:
-        inner_us = handler.unary_stream
-
-        def unary_stream(request, context):  # type: ignore[no-untyped-def]
-            try:
-                yield from inner_us(request, context)
-            except Exception as error:  # noqa: BLE001 - mapped to a status
-                if context.code() is not None:  # already aborted by the servicer
-                    raise
-                _abort(context, error)
-
-        return grpc.unary_stream_rpc_method_handler(
-            unary_stream,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    return handler
-
-
-def _measured_handler(handler: grpc.RpcMethodHandler, series: CallSeries) -> grpc.RpcMethodHandler:
-    """:func:`_wrap_handler`'s handlers, counting each call in ``series``
-    (a separate copy: a node without metrics pays nothing)."""
-    if handler.unary_unary is not None:
-        inner_uu = handler.unary_unary
-
-        def unary_unary(request, context):  # type: ignore[no-untyped-def]
-            started = time.perf_counter()
+            started = time.perf_counter() if series is not None else 0.0
             code = "OK"
             try:
                 return inner_uu(request, context)
@@ -211,7 +173,8 @@ def _measured_handler(handler: grpc.RpcMethodHandler, series: CallSeries) -> grp
                     raise
                 _abort(context, error)
             finally:
-                series.done(code, started)
+                if series is not None:
+                    series.done(code, started)
 
         return grpc.unary_unary_rpc_method_handler(
             unary_unary,
@@ -220,15 +183,17 @@ def _measured_handler(handler: grpc.RpcMethodHandler, series: CallSeries) -> grp
         )
     if handler.unary_stream is not None:
         inner_us = handler.unary_stream
-        messages = series.messages
 
         def unary_stream(request, context):  # type: ignore[no-untyped-def]
-            started = time.perf_counter()
+            started = time.perf_counter() if series is not None else 0.0
             code = "OK"
             try:
-                for message in inner_us(request, context):
-                    messages.inc()
-                    yield message
+                if series is None:
+                    yield from inner_us(request, context)
+                else:
+                    for message in inner_us(request, context):
+                        series.messages.inc()
+                        yield message
             except GeneratorExit:  # the caller went away (cancelled)
                 code = "CANCELLED"
                 raise
@@ -238,7 +203,8 @@ def _measured_handler(handler: grpc.RpcMethodHandler, series: CallSeries) -> grp
                     raise
                 _abort(context, error)
             finally:
-                series.done(code, started)
+                if series is not None:
+                    series.done(code, started)
 
         return grpc.unary_stream_rpc_method_handler(
             unary_stream,

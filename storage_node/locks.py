@@ -172,9 +172,9 @@ class LockManager:
         deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
         #: (holder, epoch) found unwoundable: wait instead of asking again.
         spared: tuple[bytes, int] | None = None
-        #: The holder waited for, since when, when it was last checked.
+        #: The holder waited for, and when it was last checked.
         waited_on: bytes | None = None
-        since = checked = 0.0
+        checked = 0.0
         with self._mutex:
             while True:
                 if self._closed:
@@ -206,7 +206,7 @@ class LockManager:
                         f"locked by transaction {tid_repr(owner)} (wound-wait)"
                     )
                 if owner != waited_on:
-                    waited_on, since, checked = owner, now, now
+                    waited_on, checked = owner, now
                 if self._suspect is not None:
                     if now - checked >= self._suspect_after:
                         checked = now

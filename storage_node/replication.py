@@ -41,15 +41,15 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from neostore.storage_node import layout
-from neostore.storage_node.database import Database
-from neostore.storage_node.ownership import Ownership
-from neostore.storage_node.ranges import range_digest, walk_chunks
 
 from neostore import errors, rpc
 from neostore.ids import ZERO_TID, tid_repr
 from neostore.partition_table import CellState
 from neostore.protocol import master_pb2, storage_pb2, storage_pb2_grpc
+from neostore.storage_node import layout
+from neostore.storage_node.database import Database
+from neostore.storage_node.ownership import Ownership
+from neostore.storage_node.ranges import range_digest, walk_chunks
 
 log = logging.getLogger(__name__)
 

@@ -446,7 +446,7 @@ class TransactionManager:
                 except errors.NeoError as error:
                     outcomes[index] = error
             applied = self._database.commit_many([(ttid, tid) for _, ttid, tid, _ in todo]) if todo else []
-            for (index, ttid, tid, buffer), done in zip(todo, applied):
+            for (index, ttid, tid, buffer), done in zip(todo, applied, strict=True):
                 if buffer is None and not done:
                     # No buffer (pending data from before a restart) and nothing pending.
                     outcomes[index] = self._nothing_to_commit(ttid, tid)

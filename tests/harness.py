@@ -13,8 +13,8 @@ import time
 from typing import Any
 
 from neostore import rpc
-from neostore.launcher import free_port
 from neostore.client import NeoStorage
+from neostore.launcher import free_port
 from neostore.master_node.node import MasterConfig, MasterNode
 from neostore.storage_node.node import StorageConfig, StorageNode
 

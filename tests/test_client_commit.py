@@ -8,7 +8,6 @@ transaction there; a node that took only part of it must not vote for it
 from __future__ import annotations
 
 from neostore.client.commit import ObjectWrite, TransactionContext, _whole_partitions
-
 from neostore.ids import ZERO_TID, p64
 from neostore.partition_table import (
     Cell,

@@ -19,8 +19,9 @@ import ZODB
 from persistent.mapping import PersistentMapping
 from ZODB.config import storageFromString
 
-from harness import ThreadCluster
 from neostore.client.exceptions import ClusterUnavailableError
+
+from harness import ThreadCluster
 
 WAIT_TIMEOUT = 1.0
 #: Generous: the point is "seconds, not the 30 s default nor minutes", on a busy machine.

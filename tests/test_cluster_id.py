@@ -9,11 +9,12 @@ import pathlib
 
 import pytest
 
-from harness import ThreadCluster
 from neostore import errors, rpc
 from neostore.master_node.state import is_cluster_id
 from neostore.protocol import common_pb2, master_pb2_grpc
 from neostore.storage_node.node import StorageConfig, StorageNode
+
+from harness import ThreadCluster
 
 
 def cluster_id(cluster: ThreadCluster) -> str:

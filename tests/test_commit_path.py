@@ -20,9 +20,10 @@ import transaction
 import ZODB
 from persistent.mapping import PersistentMapping
 
-from harness import ThreadCluster
 from neostore.client import NeoStorage
 from neostore.storage_node.node import StorageNode
+
+from harness import ThreadCluster
 
 
 @pytest.fixture

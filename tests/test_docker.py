@@ -29,9 +29,10 @@ from typing import Any
 import pytest
 import transaction
 import ZODB
-from neostore.client import NeoStorage
 from persistent.mapping import PersistentMapping
 from prometheus_client.parser import text_string_to_metric_families
+
+from neostore.client import NeoStorage
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
@@ -142,8 +143,8 @@ class Compose:
                 self.use_ports(free[0])
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 300) -> str:
-        done = subprocess.run([*self.command, *args], check=False, env=self.env, cwd=ROOT, capture_output=True, text=True,
-                              timeout=timeout)
+        done = subprocess.run([*self.command, *args], check=False, env=self.env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=timeout)
         if check and done.returncode != 0:
             raise AssertionError(f"{' '.join(self.command[-2:])} {' '.join(args)} failed ({done.returncode}):\n"
                                  f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")

@@ -21,12 +21,14 @@ from typing import Any
 import pytest
 import transaction
 import ZODB
-from harness import ThreadCluster
+from persistent.mapping import PersistentMapping
+
 from neostore.client import NeoStorage
 from neostore.client import invalidations as client_invalidations
 from neostore.master_node import node as master_node_module
 from neostore.master_node.raft_driver import RaftCommandLog
-from persistent.mapping import PersistentMapping
+
+from harness import ThreadCluster
 
 # Instead of 60 s: the bug shows as tpc_finish failing after this.  Not
 # tight: the scenario's own commits and catch-up must fit in it on a loaded

@@ -12,10 +12,11 @@ import pytest
 import ZODB
 from persistent.mapping import PersistentMapping
 
-from harness import ThreadCluster
 from neostore import errors, rpc
 from neostore.protocol import raft_pb2, raft_pb2_grpc, storage_pb2, storage_pb2_grpc
 from neostore.raft import Message, MessageType, encode_message
+
+from harness import ThreadCluster
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from persistent.TimeStamp import TimeStamp
 
-from neostore.ids import TidGenerator, ZERO_TID, p64, partition_of, tid_time, timestamp_tid, u64
+from neostore.ids import ZERO_TID, TidGenerator, p64, partition_of, tid_time, timestamp_tid, u64
 
 NOW = 1_790_000_000.0
 

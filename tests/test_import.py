@@ -33,8 +33,9 @@ from ZODB.Connection import TransactionMetaData
 from ZODB.serialize import referencesf
 from ZODB.utils import get_pickle_metadata, p64, u64
 
-from harness import ThreadCluster
 from neostore.ids import ZERO_TID
+
+from harness import ThreadCluster
 
 NUM_TRANSACTIONS = 300
 
@@ -130,7 +131,7 @@ def test_copy_transactions_from_a_filestorage_keeps_every_transaction_and_record
         copied = _transactions(destination)
         assert len(copied) == len(expected)
         record_count = 0
-        for (want, want_records), (got, got_records) in zip(expected, copied):
+        for (want, want_records), (got, got_records) in zip(expected, copied, strict=True):
             assert got.tid == want.tid
             assert got.status == want.status, f"status of {want.tid.hex()}"
             assert got.user == want.user
@@ -224,13 +225,13 @@ def test_delete_object_as_an_external_garbage_collector_does(cluster: ThreadClus
 
     txn = TransactionMetaData()
     storage.tpc_begin(txn)
-    for oid, (_, serial) in zip(oids, before):
+    for oid, (_, serial) in zip(oids, before, strict=True):
         storage.deleteObject(oid, serial, txn)
     storage.tpc_vote(txn)
     tid = storage.tpc_finish(txn)
     assert tid == storage.lastTransaction()
 
-    for oid, (data, serial) in zip(oids, before):
+    for oid, (data, serial) in zip(oids, before, strict=True):
         with pytest.raises(POSException.POSKeyError):
             storage.load(oid)
         assert storage.loadBefore(oid, root._p_serial) == (data, serial, tid)

@@ -26,9 +26,9 @@ from collections.abc import Callable
 import pytest
 import transaction
 import ZODB
-from neostore.client import NeoStorage
 from test_master_failover import Writer, _value_at
 
+from neostore.client import NeoStorage
 from neostore.launcher import LocalCluster, NodeProcess
 from neostore.protocol import master_pb2
 

@@ -25,9 +25,10 @@ import ZODB
 from persistent.mapping import PersistentMapping
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness import ThreadCluster
 from neostore import errors, rpc
 from neostore.protocol import common_pb2, master_pb2_grpc
+
+from harness import ThreadCluster
 
 COMMITS = 5
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -118,7 +119,7 @@ def test_every_node_serves_its_metrics_and_commits_move_them(cluster: ThreadClus
     assert finished_ok == COMMITS
     assert finishes >= COMMITS  # with any refused (NotLeader) on the way
 
-    for storage, before in zip(cluster.storages, storages_before):
+    for storage, before in zip(cluster.storages, storages_before, strict=True):
         after = scrape(storage.metrics_address)
         assert value(after, "neostore_storage_node_id") == storage.node_id
         assert value(after, "neostore_storage_cells", state="UP_TO_DATE") == 4  # R=2 on 2 nodes: every cell

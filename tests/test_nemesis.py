@@ -55,11 +55,11 @@ import pytest
 import transaction
 import ZODB
 from BTrees.OOBTree import OOBTree
-from neostore.client import NeoStorage
 from persistent.mapping import PersistentMapping
 from ZODB.POSException import ConflictError
 
 from neostore import rpc
+from neostore.client import NeoStorage
 from neostore.launcher import LocalCluster, NodeProcess
 from neostore.partition_table import CellState, NodeState, PartitionTable
 from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc

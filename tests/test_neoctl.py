@@ -103,8 +103,9 @@ def test_kill_takes_a_node_down_and_refuses_to_orphan_a_partition(
     import ZODB
     from persistent.mapping import PersistentMapping
 
-    from harness import ThreadCluster
     from neostore.partition_table import CellState, NodeState
+
+    from harness import ThreadCluster
 
     with ThreadCluster(str(tmp_path), num_storages=3, num_partitions=6, num_replicas=2) as cluster:
         base = ["--masters", ",".join(cluster.masters), "--cluster", cluster.name]
@@ -150,10 +151,11 @@ def test_check_repair_rebuilds_a_corrupted_replica_and_print_node_shows_sizes(
     import ZODB
     from persistent.mapping import PersistentMapping
 
-    from harness import ThreadCluster
     from neostore.partition_table import CellState
     from neostore.storage_node import layout
     from neostore.storage_node.ranges import range_digest
+
+    from harness import ThreadCluster
 
     with ThreadCluster(str(tmp_path), num_storages=3, num_partitions=3, num_replicas=3) as cluster:
         base = ["--masters", ",".join(cluster.masters), "--cluster", cluster.name]
@@ -201,9 +203,10 @@ def test_truncate_rolls_the_database_back_everywhere_even_on_a_node_that_was_dow
     import ZODB
     from persistent.mapping import PersistentMapping
 
-    from harness import ThreadCluster
     from neostore.partition_table import NodeState
     from neostore.storage_node import layout
+
+    from harness import ThreadCluster
 
     with ThreadCluster(str(tmp_path), num_storages=3, num_partitions=6, num_replicas=2) as cluster:
         base = ["--masters", ",".join(cluster.masters), "--cluster", cluster.name]
@@ -276,8 +279,9 @@ def test_truncate_is_refused_while_a_transaction_stays_in_flight_and_loses_nothi
     import ZODB
     from persistent.mapping import PersistentMapping
 
-    from harness import ThreadCluster
     from neostore.master_node import cluster as master_cluster
+
+    from harness import ThreadCluster
 
     monkeypatch.setattr(master_cluster, "TRUNCATE_WAIT_SECONDS", 1.0)  # instead of 30 s
     with ThreadCluster(str(tmp_path), num_storages=2, num_partitions=2, num_replicas=2) as cluster:
@@ -323,8 +327,9 @@ def test_health_and_check_tell_the_truth_about_a_degraded_cluster(
     import ZODB
     from persistent.mapping import PersistentMapping
 
-    from harness import ThreadCluster
     from neostore.partition_table import NodeState
+
+    from harness import ThreadCluster
 
     with ThreadCluster(str(tmp_path), num_storages=3, num_partitions=6, num_replicas=2, num_masters=3) as cluster:
         base = ["--masters", ",".join(cluster.masters), "--cluster", cluster.name]

@@ -15,9 +15,10 @@ import ZODB
 from persistent.list import PersistentList
 from persistent.mapping import PersistentMapping
 
-from harness import ThreadCluster
 from neostore import rpc
 from neostore.client import NeoStorage
+
+from harness import ThreadCluster
 
 OBJECTS = 300
 

@@ -18,7 +18,6 @@ import pytest
 import transaction
 import ZODB
 from persistent.mapping import PersistentMapping
-
 from ZODB.Connection import TransactionMetaData
 from ZODB.tests.MinPO import MinPO
 from ZODB.tests.StorageTestBase import zodb_pickle
@@ -31,6 +30,7 @@ from neostore.storage_node import layout
 from neostore.storage_node.database import Database
 from neostore.storage_node.node import StorageConfig, StorageNode
 from neostore.storage_node.ranges import range_digest
+
 from harness import ThreadCluster
 
 
@@ -332,7 +332,8 @@ def test_replication_survives_the_loss_of_its_source(tmp_path: pathlib.Path, mon
         source = next(s for s in cluster.storages if s.node_id == current.source_node_id)
         source.stop()  # the source dies in the middle of the walk
         hold.release()
-        wait_until(lambda: not node_cells(cluster, node_id, CellState.OUT_OF_DATE), what="catch-up from the other source")
+        wait_until(lambda: not node_cells(cluster, node_id, CellState.OUT_OF_DATE),
+                   what="catch-up from the other source")
         wait_until(lambda: not cluster.master.state.pending_decisions, timeout=30, what="every decision applied")
         survivors = [s for s in cluster.storages if s is not source]
         state = cluster.master.state

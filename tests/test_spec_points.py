@@ -17,11 +17,12 @@ from ZODB import POSException
 from ZODB.Connection import TransactionMetaData
 from ZODB.utils import maxtid, p64, u64, z64
 
-from harness import ThreadCluster
 from neostore import errors, rpc
 from neostore.client import NeoStorage
 from neostore.partition_table import CellState, PartitionTable
 from neostore.protocol import common_pb2, master_pb2_grpc, storage_pb2, storage_pb2_grpc
+
+from harness import ThreadCluster
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,10 @@ from ZODB import POSException
 from ZODB.Connection import TransactionMetaData
 from ZODB.utils import maxtid, z64
 
-from harness import ThreadCluster
 from neostore.client import NeoStorage
 from neostore.rpc import TlsConfig
+
+from harness import ThreadCluster
 
 
 def _openssl(*args: str, cwd: pathlib.Path) -> None:

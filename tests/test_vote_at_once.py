@@ -23,9 +23,10 @@ from persistent.mapping import PersistentMapping
 from ZODB.Connection import TransactionMetaData
 from ZODB.POSException import ConflictError
 
-from harness import ThreadCluster
 from neostore.client import NeoStorage
 from neostore.client import commit as client_commit
+
+from harness import ThreadCluster
 
 
 @pytest.fixture

@@ -32,8 +32,8 @@ from ZODB.tests import (
     StorageTestBase,
     Synchronization,
     TransactionalUndoStorage,
+    testZODB,
 )
-from ZODB.tests import testZODB
 
 from harness import ProcessCluster, ThreadCluster
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import os
 
-from harness import ProcessCluster, ThreadCluster
 import test_zodb_conformance  # not its classes by name: pytest would run them here too
+
+from harness import ProcessCluster, ThreadCluster
 
 
 class RaftNeoStorageTests(test_zodb_conformance.NeoStorageTests):

@@ -23,9 +23,8 @@ HEADER = '"""Generated from proto/ by tools/gen_protos.py: do not edit."""\n'
 
 
 def generate(out_dir: pathlib.Path) -> None:
-    from grpc_tools import protoc
-
     import grpc_tools
+    from grpc_tools import protoc
 
     protos = sorted(str(p.name) for p in PROTO_DIR.glob("*.proto"))
     include = pathlib.Path(grpc_tools.__file__).parent / "_proto"

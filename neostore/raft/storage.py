@@ -30,7 +30,6 @@ a snapshot not newer than the one held.
 from __future__ import annotations
 
 import dataclasses
-
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 

@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator
 import lmdb
 import pytest
 
-from master_fakes import CLUSTER
 from neostore import errors
 from neostore.ids import p64, u64
 from neostore.master_node.command_log import CommandLog, LmdbCommandLog, MemoryCommandLog, submit_one
@@ -21,6 +20,8 @@ from neostore.master_node.state import (
     SetNodeState,
 )
 from neostore.partition_table import NodeState
+
+from master_fakes import CLUSTER
 
 
 @pytest.fixture(params=["memory", "lmdb"])

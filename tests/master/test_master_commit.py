@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from master_fakes import CLUSTER, RPC_CONFIG, FakeStorage, in_background, running_log, wait_until
 from neostore import errors
 from neostore.ids import p64, u64
 from neostore.master_node.cluster import ClusterManager
@@ -32,6 +31,8 @@ from neostore.master_node.state import (
 )
 from neostore.master_node.storage_links import StorageLinks
 from neostore.partition_table import CellState, NodeState
+
+from master_fakes import CLUSTER, RPC_CONFIG, FakeStorage, in_background, running_log, wait_until
 
 # A participant that fails fails at once, so the deadline only bounds how
 # long the tests of unreachable nodes wait; it is not tight, so that a healthy
@@ -191,7 +192,7 @@ def test_concurrent_finishes_share_log_entries_and_publish_in_tid_order(storages
             futures = [pool.submit(harness.commit, f"client-{n}", None, ttid) for n, ttid in enumerate(ttids)]
             tids = [future.result(timeout=20) for future in futures]
         assert len(set(tids)) == 12
-        for ttid, tid in zip(ttids, tids):
+        for ttid, tid in zip(ttids, tids, strict=True):
             assert u64(tid) % 4 == u64(ttid) % 4
         assert harness.published() == sorted(tids)
         decided = sum(entry.count(b'"ttid"') for entry in command_log.decision_entries())

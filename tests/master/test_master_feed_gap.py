@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from neostore.ids import p64
 from neostore.master_node.invalidations import (
     Invalidation,
     InvalidationPublisher,
@@ -19,8 +20,6 @@ from neostore.master_node.invalidations import (
 )
 from neostore.master_node.leadership import ReplicaFeed
 from neostore.master_node.state import ClusterState, Outcome, PendingDecision
-
-from neostore.ids import p64
 
 
 class RecordingPublisher(InvalidationPublisher):

@@ -26,11 +26,12 @@ from typing import Any
 import pytest
 import transaction
 import ZODB
-from harness import ThreadCluster
 
 from neostore import errors
 from neostore.master_node.commit import CommitCoordinator
 from neostore.master_node.node import MasterNode
+
+from harness import ThreadCluster
 
 
 def _wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:

@@ -8,13 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from master_fakes import CLUSTER, RPC_CONFIG, FakeStorage, in_background, wait_until
 from neostore import errors, rpc
 from neostore.ids import p64, u64
 from neostore.master_node.commit import CommitConfig
 from neostore.master_node.node import MasterConfig, MasterNode
 from neostore.partition_table import CellState, NodeState, PartitionTable
 from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc
+
+from master_fakes import CLUSTER, RPC_CONFIG, FakeStorage, in_background, wait_until
 
 # Not tight: a healthy Commit on a loaded machine must never count as a failure.
 FAST = CommitConfig(commit_timeout=2.0, commit_deadline=2.0, abort_timeout=1.0, mark_applied_delay=0.01,

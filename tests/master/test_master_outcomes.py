@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 
-from master_fakes import running_state
 from neostore.ids import p64, u64
 from neostore.master_node import state as state_module
 from neostore.master_node.state import (
@@ -22,6 +21,8 @@ from neostore.master_node.state import (
     encode_state,
     plan_decision,
 )
+
+from master_fakes import running_state
 
 ADDRESSES = ["127.0.0.1:7001", "127.0.0.1:7002"]
 

@@ -19,7 +19,6 @@ import grpc
 import pytest
 import transaction
 import ZODB
-from harness import ThreadCluster
 
 from neostore import errors, rpc
 from neostore.client import NeoStorage
@@ -30,6 +29,8 @@ from neostore.master_node.raft_driver import RaftCommandLog, decode_batch, encod
 from neostore.master_node.raft_transport import RaftServicer
 from neostore.master_node.state import AllocateOids, CreateCluster, RegisterNode
 from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc, raft_pb2_grpc
+
+from harness import ThreadCluster
 
 RPC = rpc.RpcConfig("raft-test")
 TICK = 0.05  # an election timeout of 0.5-1 s: a loaded machine does not miss that many heartbeats

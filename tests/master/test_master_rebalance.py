@@ -15,11 +15,11 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from neostore.master_node.rebalance import describe_moves, plan_rows
 
+from neostore.master_node.rebalance import describe_moves, plan_rows
 from neostore.partition_table import READABLE_STATES, Cell, CellState, initial_rows
 
-U, O, F = CellState.UP_TO_DATE, CellState.OUT_OF_DATE, CellState.FEEDING
+U, O, F = CellState.UP_TO_DATE, CellState.OUT_OF_DATE, CellState.FEEDING  # noqa: E741 - the letters of the table notation
 LETTER = {"U": U, "O": O, "F": F, "D": CellState.DISCARDED, "C": CellState.CORRUPTED}
 NAME = {state: letter for letter, state in LETTER.items()}
 
@@ -75,7 +75,7 @@ def check_plan(old, new, members, num_replicas, labels, down):
     eligible = set(members) - set(down)
     width = min(num_replicas, len(eligible))
     assert len(new) == len(old)
-    for old_row, new_row in zip(old, new):
+    for old_row, new_row in zip(old, new, strict=True):
         before = {c.node_id: c.state for c in old_row}
         after = {c.node_id: c.state for c in new_row}
         assert len(after) == len(new_row), "two cells of one partition on one node"
@@ -293,7 +293,7 @@ def test_events_keep_the_table_safe_and_converge(data, rows, replicas, labels, d
     readable_before = [bool(live_readable(row, down)) for row in rows]
     rows = converge(rows, members, replicas, labels, down)
     width = min(replicas, len(members))
-    for readable, row in zip(readable_before, rows):
+    for readable, row in zip(readable_before, rows, strict=True):
         states = {c.node_id: c.state for c in row}
         if readable:  # a live source: converged to R' UP_TO_DATE cells on members
             assert set(states.values()) == {U} and len(states) == width and set(states) <= set(members)

@@ -8,16 +8,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from master_fakes import CLUSTER, running_state
 from neostore import errors
 from neostore.ids import ZERO_TID, p64, u64
 from neostore.master_node.state import (
     COMMAND_TYPES,
     AddMaster,
-    RemoveMaster,
     AdmitNodes,
     AllocateOids,
     CellRef,
+    ChangeTable,
     ClusterState,
     ClusterStatus,
     CommitDecisions,
@@ -25,18 +24,18 @@ from neostore.master_node.state import (
     CreatePartitionTable,
     Decision,
     DropParticipants,
-    ChangeTable,
     MarkApplied,
     MarkCorrupted,
-    RebuildCells,
-    SetClusterState,
-    Truncate,
-    Truncation,
     MarkUpToDate,
     NodeVote,
     PartitionTid,
+    RebuildCells,
     RegisterNode,
+    RemoveMaster,
+    SetClusterState,
     SetNodeState,
+    Truncate,
+    Truncation,
     apply,
     decode_command,
     decode_state,
@@ -48,6 +47,8 @@ from neostore.master_node.state import (
     plan_decision,
 )
 from neostore.partition_table import READABLE_STATES, Cell, CellState, NodeState
+
+from master_fakes import CLUSTER, running_state
 
 ADDRESSES = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]
 
@@ -537,7 +538,8 @@ COMMANDS = {
     CommitDecisions: st.builds(CommitDecisions, st.lists(_decisions, max_size=3).map(tuple)),
     MarkApplied: st.builds(MarkApplied, _eight, st.lists(_ids, max_size=3).map(tuple)),
     DropParticipants: st.builds(DropParticipants, _eight, st.lists(_ids, max_size=3).map(tuple)),
-    MarkUpToDate: st.builds(MarkUpToDate, _ids, st.lists(st.builds(PartitionTid, _small, _eight), max_size=3).map(tuple)),
+    MarkUpToDate: st.builds(MarkUpToDate, _ids,
+                            st.lists(st.builds(PartitionTid, _small, _eight), max_size=3).map(tuple)),
     MarkCorrupted: st.builds(MarkCorrupted, _small, st.lists(_ids, max_size=3).map(tuple)),
     ChangeTable: st.builds(
         ChangeTable, _ids,
@@ -660,7 +662,8 @@ def _check_invariants(before: ClusterState, after: ClusterState) -> None:
         assert after.table.version == before.table.version
     if after.table.created:
         for partition, row in enumerate(after.table.rows):
-            assert any(cell.state in READABLE_STATES for cell in row), f"partition {partition} lost its last readable cell"
+            assert any(cell.state in READABLE_STATES for cell in row), \
+                f"partition {partition} lost its last readable cell"
     tids = [decision.tid for decision in after.pending_decisions]
     assert tids == sorted(set(tids))
     assert all(decision.participants for decision in after.pending_decisions)

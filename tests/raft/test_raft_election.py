@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from neostore.raft import NO_NODE, Message, MessageType, StateRole
+
 from raft_network import ELECTION_TICKS, Network, of_type
 
 

@@ -20,6 +20,7 @@ from neostore.raft import (
 )
 from neostore.raft.membership import MembershipLog
 from neostore.raft.types import ConfChangeRecord
+
 from raft_network import ELECTION_TICKS, Network, of_type
 
 ADD = ConfChangeType.ADD_VOTER

@@ -17,6 +17,7 @@ from neostore.raft import (
     RawNode,
     bootstrap,
 )
+
 from raft_network import Network
 
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from neostore.raft import Entry, HardState, Message, MessageType, StateRole
+
 from raft_network import Network, of_type
 
 

@@ -40,6 +40,7 @@ from neostore.raft import (
     RaftError,
     decode_conf_change_record,
 )
+
 from raft_network import Network
 
 SCENARIOS = sorted((Path(__file__).parent / "scenarios").glob("*.txt"))

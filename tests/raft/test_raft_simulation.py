@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from neostore.raft import log as raft_log
 from neostore.raft import raft as raft_rules
+
 from simulation import (
     FAULT_KINDS,
     Fault,

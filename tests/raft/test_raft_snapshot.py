@@ -10,6 +10,7 @@ from neostore.raft import (
     SnapshotMetadata,
     StateRole,
 )
+
 from raft_network import ELECTION_TICKS, Network, of_type
 
 

@@ -8,11 +8,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from neostore.storage_node import layout
-from neostore.storage_node.database import Database, PendingObject
-from neostore.storage_node.layout import StoredObject
-from neostore.storage_node.ownership import Ownership
-from neostore.storage_node.replication import Replicator
 
 from neostore import rpc
 from neostore.ids import p64
@@ -24,6 +19,11 @@ from neostore.partition_table import (
     StorageNodeInfo,
 )
 from neostore.records import Record
+from neostore.storage_node import layout
+from neostore.storage_node.database import Database, PendingObject
+from neostore.storage_node.layout import StoredObject
+from neostore.storage_node.ownership import Ownership
+from neostore.storage_node.replication import Replicator
 
 CLUSTER = "drop-cluster"
 NODE, OTHER = 1, 2

@@ -283,7 +283,7 @@ def test_a_read_during_which_the_cell_moved_away_is_not_trusted(
             held, rows=((Cell(2, CellState.UP_TO_DATE),),) + held.rows[1:]))
 
     for name in ("load_before", "scan_range"):
-        def read_as_the_cell_moves_away(*args: Any, _real: Any = getattr(database, name)) -> Any:
+        def read_as_the_cell_moves_away(*args: Any, _real: Any = getattr(database, name)) -> Any:  # noqa: B008 - bound now, on purpose
             result = _real(*args)
             move_cell_away()
             return result
