@@ -77,7 +77,11 @@ class MasterConfig:
     num_partitions: int = 12
     num_replicas: int = 2
     autostart: int = 1  # storage nodes to wait for before creating the table (0: admin only)
-    max_workers: int = 256
+    # Every client's invalidation stream holds a server thread for as long
+    # as it is connected (grpcio's sync server): with 256, the 250th client
+    # left no thread for the calls of the others (connects timed out).
+    # Threads wait idle; a client costs one, whatever the commit rate.
+    max_workers: int = 4096
     history_size: int = DEFAULT_HISTORY_SIZE
     # A busy invalidation stream sends at most one message this often (seconds).
     invalidation_interval: float = DEFAULT_STREAM_INTERVAL
