@@ -305,16 +305,19 @@ class RaftCommandLog:
 
     def _watch_removal(self, interval: float = 0.1, timeout: float = 2.0) -> None:
         """A follower whose log removes it may never hear that the removal
-        committed (the leader stops talking to it at once): while its latest
-        membership excludes it, ask the other masters; once the leader names
-        a membership without it (applied, so committed), it is removed.  It
-        looks every ``interval`` (it asks only in that state): until it knows,
-        the invalidation streams of its clients wait for commits it no longer
+        committed (the leader stops talking to it at once), nor even receive
+        the entry that removes it (the leader may commit it with the others
+        first): while its latest membership excludes it, or while it knows no
+        leader, ask the other masters; once the leader names a membership
+        without it (applied, so committed), it is removed.  It looks every
+        ``interval`` (it asks only in those states): until it knows, the
+        invalidation streams of its clients wait for commits it no longer
         receives."""
         while not self._stopping.wait(interval):
             if self._removed.is_set():
                 return
-            if self.node_id in self._node.conf_state.voters or self.is_leader:
+            if self.is_leader or (self.node_id in self._node.conf_state.voters
+                                  and self._leader_id != NO_NODE):
                 continue
             for peer, address in list(self.addresses.items()):
                 if peer == self.node_id:
