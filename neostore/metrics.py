@@ -148,10 +148,8 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def gauge(name: str, documentation: str, value: float, labels: dict[str, str] | None = None) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, documentation, labels=list(labels or {}))
-    family.add_metric(list((labels or {}).values()), value)
-    return family
+def gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
 
 
 def gauges(name: str, documentation: str, label: str, values: dict[str, float]) -> GaugeMetricFamily:

@@ -24,11 +24,12 @@ import logging
 import logging.handlers
 import signal
 import sys
-import threading
 import time
 import tomllib
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from neostore.throttle import Throttle
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: A repeated warning is written at most this often (seconds).
@@ -131,26 +132,17 @@ class RepeatFilter(logging.Filter):
 
     def __init__(self, interval: float = REPEAT_INTERVAL, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
-        self._interval = interval
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}  # → (last written, left out since)
+        self._throttle = Throttle(interval, clock)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
-        key = (record.name, record.levelno, str(record.msg))
-        now = self._clock()
-        with self._lock:
-            last, left_out = self._seen.get(key, (float("-inf"), 0))
-            if now - last < self._interval:
-                self._seen[key] = (last, left_out + 1)
-                return False
-            self._seen[key] = (now, 0)
-            if len(self._seen) > 10_000:  # templates are few; bound it anyway
-                self._seen.clear()
+        left_out = self._throttle.admit((record.name, record.levelno, str(record.msg)))
+        if left_out is None:
+            return False
         if left_out:
-            record.msg = f"{record.msg} ({left_out} more like this in the last {self._interval:.0f}s not logged)"
+            record.msg = (f"{record.msg} ({left_out} more like this in the last "
+                          f"{self._throttle.interval:.0f}s not logged)")
         return True
 
 

@@ -30,6 +30,7 @@ from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2_grpc
 
 from neostore import errors
+from neostore.throttle import Throttle
 
 if TYPE_CHECKING:  # prometheus_client is imported by the nodes only, not by every client
     from neostore.metrics import CallSeries, RpcMetrics
@@ -250,27 +251,18 @@ class MalformedRequestLog(logging.Filter):
 
     def __init__(self, interval: float = 60.0) -> None:
         super().__init__()
-        self._interval = interval
-        self._lock = threading.Lock()
-        self._last = float("-inf")
-        self._suppressed = 0
+        self._throttle = Throttle(interval)
 
     def reset(self) -> None:
         """Report the next one at once (as if none came before)."""
-        with self._lock:
-            self._last = float("-inf")
-            self._suppressed = 0
+        self._throttle.reset()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not str(record.msg).startswith(self.PREFIX):
             return True
-        with self._lock:
-            now = time.monotonic()
-            if now - self._last < self._interval:
-                self._suppressed += 1
-                return False
-            self._last = now
-            earlier, self._suppressed = self._suppressed, 0
+        earlier = self._throttle.admit()
+        if earlier is None:
+            return False
         error = record.exc_info[1] if record.exc_info else None
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         record.msg = "refused a request that does not decode (%s)%s"
