@@ -1,6 +1,6 @@
 """Bringing a database in: neostore's import next to ZODB's copy into FileStorage and ZEO.
 
-    python benchmarks/import_speed.py [--transactions 3000] [--window 8] [--json]
+    python benchmarks/import_speed.py [--transactions 3000] [--batch-records 2000] [--json]
 
 Builds a FileStorage with a history like an application's (each transaction
 adds 3 entries to one OOBTree, whose buckets split and change, and replaces
@@ -12,7 +12,7 @@ copies it, in turn and on this machine:
   ``copyTransactionsFrom``);
 * into neostore, 3 masters + 3 storage nodes, 12 partitions, 2 replicas
   (neostore.launcher.LocalCluster): with ``neoctl import`` (the Importer,
-  ``--window`` transactions at once), then ``--verify``; and, into a second
+  restore batches of ``--batch-records`` records), then ``--verify``; and, into a second
   cluster, with ``copyTransactionsFrom`` (what zodbconvert does).
 
 Prints seconds, transactions/s, records/s and MB/s for each.  A benchmark,
@@ -132,7 +132,7 @@ def neostore_cluster(workdir: str) -> Any:
     return cluster
 
 
-def into_neostore_import(workdir: str, source_path: str, window: int) -> tuple[float, float, int]:
+def into_neostore_import(workdir: str, source_path: str, batch_records: int) -> tuple[float, float, int]:
     """(import seconds, verify seconds, differences found)."""
     from neostore import importer
     from neostore.client import NeoStorage
@@ -144,7 +144,7 @@ def into_neostore_import(workdir: str, source_path: str, window: int) -> tuple[f
 
         source = open_source(source_path)
         try:
-            seconds = timed(lambda: importer.Importer(source, new_client, window=window).run())
+            seconds = timed(lambda: importer.Importer(source, new_client, batch_records=batch_records).run())
             destination = new_client()
             try:
                 verification = importer.verify(source, destination)
@@ -170,7 +170,7 @@ def into_neostore_copy(workdir: str, source_path: str) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transactions", type=int, default=3000)
-    parser.add_argument("--window", type=int, default=8, help="neoctl import's --window")
+    parser.add_argument("--batch-records", type=int, default=2000, help="neoctl import's --batch-records")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="neostore-import-bench-")
@@ -194,8 +194,8 @@ def main() -> int:
         os.makedirs(zeo_dir)
         row("ZEO 6 + FileStorage (copyTransactionsFrom)", into_zeo(zeo_dir, source_path))
         seconds, verify_seconds, differences = into_neostore_import(
-            os.path.join(workdir, "neo-import"), source_path, args.window)
-        row(f"neostore (neoctl import, window {args.window})", seconds,
+            os.path.join(workdir, "neo-import"), source_path, args.batch_records)
+        row(f"neostore (neoctl import, batches of {args.batch_records} records)", seconds,
             verify_seconds=round(verify_seconds, 2), differences=differences)
         row("neostore (copyTransactionsFrom, as zodbconvert)",
             into_neostore_copy(os.path.join(workdir, "neo-copy"), source_path))

@@ -17,21 +17,21 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-import ZODB.BaseStorage
 import zope.interface
 from ZODB import POSException, interfaces
 from ZODB.ConflictResolution import ConflictResolvingStorage
 
 from neostore import errors, rpc
-from neostore.client import commit, history, prefetch, undo
+from neostore.client import commit, history, prefetch, restore_batch, undo
 from neostore.client.cache import ObjectCache
 from neostore.client.cluster import MASTER_RETRY_SECONDS, ClusterConnection
 from neostore.client.exceptions import ClusterUnavailableError, to_zodb_error
 from neostore.client.invalidations import InvalidationDispatcher, catch_up
 from neostore.client.record_iteration import RecordLister
+from neostore.client.restore_batch import RestoredTransaction
 from neostore.ids import MAX_TID, ZERO_TID, oid_repr, partition_of, tid_repr
 from neostore.protocol import master_pb2, storage_pb2
 from neostore.records import Record
@@ -336,10 +336,32 @@ class NeoStorage(ConflictResolvingStorage):
         self._call(lambda: commit.store(self._cluster, context, write), oid)
 
     def copyTransactionsFrom(self, other: Any, verbose: bool = False) -> None:
-        """Copy every transaction of storage ``other``, in TID order, with its
-        TID, metadata and records (ZODB's ``BaseStorage.copy``, through
-        :meth:`restore`)."""
-        ZODB.BaseStorage.copy(other, self, verbose)
+        """Copy every transaction of storage ``other`` (what ``other.iterator()``
+        lists: zodbconvert's --incremental gives an iterator from where to
+        continue), in TID order, with its TID, metadata and records, in
+        restore batches (as ``neoctl import``); the TIDs must be in order
+        (unlike ZODB's ``BaseStorage.copy``, which renumbers those that are
+        not: neostore keeps every TID)."""
+        from neostore import importer
+
+        try:
+            importer.restore_all(self, importer.read_transactions(other, None))
+        except errors.NeoError as error:
+            raise to_zodb_error(error) from None
+
+    @property
+    def compress(self) -> bool:
+        """Whether this client compresses the records it writes."""
+        return self._compress
+
+    def restore_batch(self, transactions: Sequence[RestoredTransaction]) -> bytes:
+        """Commit the source transactions ``transactions`` (TID order, all
+        above the last TID) as one: each under its TID, with its metadata
+        and records, all or none (:mod:`neostore.client.restore_batch`:
+        what ``neoctl import`` uses).  Returns the last TID."""
+        self._check_writable()
+        return restore_batch.restore_batch(
+            self._cluster, self._dispatcher, self._client_id, transactions, self._compress)
 
     def checkCurrentSerialInTransaction(self, oid: bytes, serial: bytes, transaction: Any) -> None:
         context = self._context(transaction)

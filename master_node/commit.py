@@ -131,7 +131,7 @@ class _Transaction:
 
     def __init__(
         self, client_id: str, ttid: bytes, registrations_seen: int, requested_tid: bytes | None = None,
-        spare: bool = False,
+        spare: bool = False, restore_from: bytes | None = None,
     ) -> None:
         self.client_id = client_id
         self.ttid = ttid
@@ -140,6 +140,9 @@ class _Transaction:
         self.spare = spare
         # The TID the client asked to commit under (restore), if any.
         self.requested_tid = requested_tid
+        # The lowest TID it writes: that of the first transaction of a
+        # restore batch (it carries the ones before its own), else requested_tid.
+        self.lowest_tid = restore_from or requested_tid
         self.phase = Phase.BEGUN
         # Storage-node registrations counted when it began: a node that
         # registered again since then dropped its pending data (votes void).
@@ -336,12 +339,16 @@ class CommitCoordinator:
 
     # -- step 1: begin ------------------------------------------------------------
 
-    def begin(self, client_id: str, requested_tid: bytes | None = None, spare: bool = False) -> bytes:
+    def begin(self, client_id: str, requested_tid: bytes | None = None, spare: bool = False,
+              restore_from: bytes | None = None) -> bytes:
         """A fresh TTID for ``client_id``.
 
         With ``requested_tid`` (restore), the transaction will commit under
         that TID, which must stay above every committed one; its TTID falls
-        in the same partition, as every final TID does.
+        in the same partition, as every final TID does.  With
+        ``restore_from`` too (a restore batch), it carries the source's
+        transactions from that TID up to its own: that TID too must stay
+        above every committed one.
         """
         if not client_id:
             raise errors.BadRequest("client_id is required")
@@ -354,6 +361,11 @@ class CommitCoordinator:
             if len(requested_tid) != 8:
                 raise errors.BadRequest(f"requested TID must be 8 bytes, got {len(requested_tid)}")
             _check_requested_tid(requested_tid, state.last_tid)
+        if restore_from is not None:
+            if requested_tid is None or len(restore_from) != 8 or restore_from > requested_tid:
+                raise errors.BadRequest("a restore batch needs a TID to commit under, and 8 bytes of restore_from "
+                                        "not above it")
+            _check_requested_tid(restore_from, state.last_tid)
         with self._tid_lock:
             if requested_tid is None:
                 ttid = self._generator.next()
@@ -363,7 +375,8 @@ class CommitCoordinator:
             self._check_not_stopping()
             if self._log.state.stopping:  # again, atomically with quiesce()
                 raise errors.ReadOnly(f"cluster {state.cluster_name!r} is STOPPING")
-            self._transactions[ttid] = _Transaction(client_id, ttid, self._registrations, requested_tid, spare)
+            self._transactions[ttid] = _Transaction(
+                client_id, ttid, self._registrations, requested_tid, spare, restore_from)
             self._heard_from(client_id)
         return ttid
 
@@ -563,7 +576,7 @@ class CommitCoordinator:
             if requested is not None:
                 last = max([state.last_tid] + [d.tid for _, d in planned])
                 try:
-                    _check_requested_tid(requested, last)
+                    _check_requested_tid(finish.transaction.lowest_tid or requested, last)
                 except errors.NeoError as error:
                     self._undecided(finish, error)
                     continue
@@ -1036,6 +1049,7 @@ class CommitCoordinator:
 
 
 def _check_requested_tid(requested: bytes, last_tid: bytes) -> None:
+    """A restore writes under ``requested`` (the lowest TID it writes)."""
     if requested <= last_tid:
         raise errors.BadRequest(
             f"cannot commit under TID {tid_repr(requested)}: it must be above the last "

@@ -171,7 +171,8 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
         coordinator = self._leadership.coordinator()
         if request.release_spare:
             coordinator.release_spare(request.client_id, request.release_spare)
-        return master_pb2.BeginReply(ttid=coordinator.begin(request.client_id, request.tid or None))
+        return master_pb2.BeginReply(ttid=coordinator.begin(
+            request.client_id, request.tid or None, restore_from=request.restore_from or None))
 
     def Finish(self, request: master_pb2.FinishRequest, context: grpc.ServicerContext) -> master_pb2.FinishReply:
         self._leadership.cluster().require_running()

@@ -4,21 +4,17 @@ The source is any ZODB storage a ZConfig file describes (``<filestorage>``,
 ``<zeoclient>``, ``<relstorage>``, ...: what ``zodbconvert`` reads); the
 destination is the cluster, through :class:`~neostore.client.NeoStorage`.
 Every source transaction is copied with its TID, status, user, description,
-extension and records (IStorageRestoreable: ``tpc_begin(txn, tid, status)``
-and ``restore``), in TID order, one destination transaction each: an
-interrupted import leaves the cluster with a prefix of the source's
-history, which ``--incremental`` continues after its last TID (as
-zodbconvert does), never copying a transaction twice.
+extension and records, in TID order: an interrupted import leaves the
+cluster with a prefix of the source's history, which ``--incremental``
+continues after its last TID (as zodbconvert does), never copying a
+transaction twice.
 
-Copying is pipelined: up to ``window`` transactions are restored and voted
-at once (each on its own NeoStorage connection: the storage nodes take
-their records while earlier ones are being decided), and they are
-finished strictly in TID order, since the masters refuse a TID that is not
-above the last one.  A transaction that writes an oid an earlier one in
-flight writes starts once that one voted: it then waits on the storage
-nodes for its locks, which the earlier one releases when it is applied.
-Started sooner, it could take a lock the earlier one still needs, and wait
-for a finish that waits for it.
+Transactions are copied in restore batches
+(:mod:`neostore.client.restore_batch`): up to ``batch_records`` records
+(or ``batch_bytes`` of data) of consecutive source transactions committed
+as one, each under its own TID, all or none.  A transaction larger than
+that is a batch of its own.  While one batch is being committed, a reader
+thread reads the next ones from the source and packs their records.
 
 :func:`verify` walks both histories side by side and compares every
 transaction's metadata and every record's data.
@@ -26,21 +22,32 @@ transaction's metadata and every record's data.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
+import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ZODB import POSException
 from ZODB.Connection import TransactionMetaData
 
 from neostore import errors
+from neostore.client.exceptions import ClusterUnavailableError
+from neostore.client.restore_batch import RestoredTransaction
 from neostore.ids import ZERO_TID, p64, tid_repr, tid_time, u64
 
-#: Transactions restored and voted ahead of the one being finished.
-DEFAULT_WINDOW = 8
+log = logging.getLogger(__name__)
+
+#: A restore batch closes once it holds this many records...
+BATCH_RECORDS = 2_000
+#: ... or this many bytes of data.
+BATCH_BYTES = 8 * 2**20
+#: Batches read ahead of the one being committed.
+READ_AHEAD = 2
+#: How many times a batch is tried before the import gives up.
+BATCH_ATTEMPTS = 5
 
 
 def open_source(path: str) -> Any:
@@ -78,6 +85,17 @@ class Progress:
     def rate(self) -> float:
         """Records per second so far."""
         return self.records / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, batch: list[RestoredTransaction], fraction: float) -> None:
+        """``batch`` was copied; ``fraction``: of the source's history, so far."""
+        if not self.transactions:
+            self.first_tid = batch[0].tid
+        self.transactions += len(batch)
+        for restored in batch:
+            self.records += len(restored.records)
+            self.bytes += sum(len(data) for _, data in restored.records if data is not None)
+        self.last_tid = batch[-1].tid
+        self.fraction = fraction
 
     def eta(self) -> float | None:
         if self.fraction <= 0.0 or self.fraction >= 1.0:
@@ -128,24 +146,9 @@ def import_start(source: Any, destination: Any, incremental: bool) -> bytes | No
     return _first_tid(source, p64(u64(last) + 1))
 
 
-@dataclasses.dataclass
-class _Copy:
-    """One source transaction on its way into the cluster."""
-
-    tid: bytes
-    status: str
-    meta: TransactionMetaData
-    records: list[tuple[bytes, bytes | None]]  # (oid, data)
-    voted: threading.Event = dataclasses.field(default_factory=threading.Event)
-    storage: Any = None
-    error: BaseException | None = None
-    oids: frozenset[bytes] = frozenset()
-
-    def __post_init__(self) -> None:
-        self.oids = frozenset(oid for oid, _ in self.records)
-
-
-def _read(source: Any, start: bytes) -> Iterator[_Copy]:
+def read_transactions(source: Any, start: bytes | None) -> Iterator[RestoredTransaction]:
+    """The source's transactions from ``start`` (None: its first), refusing
+    TIDs out of order."""
     previous = ZERO_TID
     for transaction in source.iterator(start):
         tid = bytes(transaction.tid)
@@ -159,107 +162,157 @@ def _read(source: Any, start: bytes) -> Iterator[_Copy]:
         previous = tid
         meta = TransactionMetaData(transaction.user, transaction.description, transaction.extension_bytes)
         records = [(bytes(record.oid), record.data) for record in transaction]
-        yield _Copy(tid, transaction.status, meta, records)
+        yield RestoredTransaction(tid, transaction.status, meta, records)
+
+
+def _batches(transactions: Iterator[RestoredTransaction], max_records: int,
+             max_bytes: int) -> Iterator[list[RestoredTransaction]]:
+    """Consecutive transactions, grouped up to ``max_records`` records or
+    ``max_bytes`` of data (a larger transaction alone)."""
+    batch: list[RestoredTransaction] = []
+    records = size = 0
+    for restored in transactions:
+        count = len(restored.records)
+        length = sum(len(data) for _, data in restored.records if data is not None)
+        if batch and (records + count > max_records or size + length > max_bytes):
+            yield batch
+            batch, records, size = [], 0, 0
+        batch.append(restored)
+        records += count
+        size += length
+    if batch:
+        yield batch
+
+
+class _ReadAhead:
+    """Batches read from the source on a thread of their own, up to
+    ``depth`` ahead of the consumer; an error of the source is raised to
+    the consumer when it reaches it."""
+
+    _END = object()
+
+    def __init__(self, batches: Iterator[list[RestoredTransaction]], depth: int) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(batches,), name="neostore-import-read", daemon=True)
+        self._thread.start()
+
+    def _run(self, batches: Iterator[list[RestoredTransaction]]) -> None:
+        try:
+            for batch in batches:
+                if not self._put(batch):
+                    return
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            self._put(error)
+            return
+        self._put(self._END)
+
+    def _put(self, item: Any) -> bool:
+        while not self._stopped.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[list[RestoredTransaction]]:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._thread.join()
 
 
 class Importer:
-    """Copies a source storage into the cluster that ``new_client()`` reaches
-    (one NeoStorage per transaction in flight)."""
+    """Copies a source storage into the cluster that ``new_client()`` reaches."""
 
-    def __init__(self, source: Any, new_client: Callable[[], Any], window: int = DEFAULT_WINDOW,
-                 report: Callable[[Progress], None] | None = None, report_every: float = 1.0) -> None:
+    def __init__(self, source: Any, new_client: Callable[[], Any], batch_records: int = BATCH_RECORDS,
+                 batch_bytes: int = BATCH_BYTES, report: Callable[[Progress], None] | None = None,
+                 report_every: float = 1.0) -> None:
         self._source = source
         self._new_client = new_client
-        self._window = max(1, window)
+        self._batch_records = max(1, batch_records)
+        self._batch_bytes = max(1, batch_bytes)
         self._report = report
         self._report_every = report_every
 
     def run(self, incremental: bool = False) -> Progress:
         progress = Progress()
-        clients: list[Any] = []
+        client = self._new_client()
         try:
-            clients.extend(self._new_client() for _ in range(self._window))
-            start = import_start(self._source, clients[0], incremental)
+            start = import_start(self._source, client, incremental)
             if start is None:
                 return progress
             span = _Span(start, self._source.lastTransaction())
-            self._copy(_read(self._source, start), clients, progress, span)
+            reported = time.monotonic()
+
+            def done(batch: list[RestoredTransaction]) -> None:
+                nonlocal reported
+                progress.add(batch, span.fraction(batch[-1].tid))
+                if self._report is not None and time.monotonic() - reported >= self._report_every:
+                    reported = time.monotonic()
+                    self._report(progress)
+
+            restore_all(client, read_transactions(self._source, start), self._batch_records, self._batch_bytes, done)
         finally:
-            for client in clients:
-                client.close()
+            client.close()
         if self._report is not None:
             self._report(progress)
         return progress
 
-    def _copy(self, copies: Iterator[_Copy], clients: list[Any], progress: Progress, span: _Span) -> None:
-        """Restore and vote up to ``window`` transactions at once (one voter
-        thread per client), finish them in TID order on this thread."""
-        idle: queue.Queue[Any] = queue.Queue()
-        for client in clients:
-            idle.put(client)
-        in_flight: collections.deque[_Copy] = collections.deque()
-        waiting: _Copy | None = None  # read, not started: an earlier one writing some of its oids still votes
-        exhausted = False
 
-        def launch() -> None:
-            nonlocal waiting, exhausted
-            while len(in_flight) < self._window and not idle.empty():
-                copy = waiting if waiting is not None else next(copies, None)
-                waiting = None
-                if copy is None:
-                    exhausted = True
-                    return
-                if any(not other.voted.is_set() and not copy.oids.isdisjoint(other.oids) for other in in_flight):
-                    waiting = copy
-                    return
-                copy.storage = idle.get()
-                in_flight.append(copy)
-                threading.Thread(target=self._vote, args=(copy,), name="neostore-import-vote", daemon=True).start()
+def restore_all(storage: Any, transactions: Iterator[RestoredTransaction], batch_records: int = BATCH_RECORDS,
+                batch_bytes: int = BATCH_BYTES, done: Callable[[list[RestoredTransaction]], None] | None = None,
+                attempts: int = BATCH_ATTEMPTS) -> None:
+    """Commit ``transactions`` into ``storage`` (a NeoStorage) in restore
+    batches, read ahead on a thread of their own; ``done(batch)`` after
+    each batch committed.  A batch that failed in a way that may pass (the
+    master leader lost, the cluster unavailable for a while) is tried
+    again, up to ``attempts`` times in all: a batch commits whole or not
+    at all, and one that did commit after all is found in the cluster
+    (:func:`_committed`) instead of being copied twice."""
+    compress = getattr(storage, "compress", True)
 
-        reported = time.monotonic()
-        try:
-            while in_flight or waiting is not None or not exhausted:
-                launch()
-                if not in_flight:
-                    continue
-                head = in_flight[0]
-                head.voted.wait()
-                if head.error is not None:
-                    raise head.error
-                launch()  # those that waited for its vote queue on its locks while it finishes
-                in_flight.popleft()
-                head.storage.tpc_finish(head.meta)
-                idle.put(head.storage)
-                if not progress.transactions:
-                    progress.first_tid = head.tid
-                progress.transactions += 1
-                progress.records += len(head.records)
-                progress.bytes += sum(len(data) for _, data in head.records if data is not None)
-                progress.last_tid = head.tid
-                progress.fraction = span.fraction(head.tid)
-                if self._report is not None and time.monotonic() - reported >= self._report_every:
-                    reported = time.monotonic()
-                    self._report(progress)
-        finally:
-            for copy in in_flight:  # a failure: the ones voted or voting are dropped
-                copy.voted.wait()
+    def packed(batch: list[RestoredTransaction]) -> list[RestoredTransaction]:
+        for restored in batch:
+            restored.stores(compress)
+        return batch
+
+    batches = _ReadAhead(
+        (packed(batch) for batch in _batches(transactions, max(1, batch_records), max(1, batch_bytes))), READ_AHEAD)
+    try:
+        for batch in batches:
+            for attempt in range(1, attempts + 1):
                 try:
-                    copy.storage.tpc_abort(copy.meta)
-                except Exception:  # noqa: BLE001 - the first error is the one to report
-                    pass
+                    storage.restore_batch(batch)
+                    break
+                except (POSException.ConflictError, ClusterUnavailableError) as error:
+                    # ConflictError: TransactionNotCommittedError (its TTID
+                    # was lost with a leader) or a lock lost.
+                    if _committed(storage, batch[-1].tid):
+                        break
+                    if attempt == attempts:
+                        raise
+                    log.warning("restore batch %s..%s failed (%s): trying again (%d of %d)",
+                                tid_repr(batch[0].tid), tid_repr(batch[-1].tid), error, attempt + 1, attempts)
+            if done is not None:
+                done(batch)
+    finally:
+        batches.close()
 
-    @staticmethod
-    def _vote(copy: _Copy) -> None:
-        storage, meta = copy.storage, copy.meta
-        try:
-            storage.tpc_begin(meta, copy.tid, copy.status)
-            for oid, data in copy.records:
-                storage.restore(oid, copy.tid, data, "", None, meta)
-            storage.tpc_vote(meta)
-        except BaseException as error:  # noqa: BLE001 - handed to the finishing thread
-            copy.error = error
-        finally:
-            copy.voted.set()
+
+def _committed(storage: Any, tid: bytes) -> bool:
+    """Whether the cluster holds transaction ``tid`` (a batch's last: its
+    own, committed with the rest or not at all)."""
+    storage.sync()
+    return any(True for _ in storage.iterator(tid, tid))
 
 
 @dataclasses.dataclass

@@ -564,7 +564,8 @@ def command_import(admin: Admin, args: argparse.Namespace) -> int:
             print(f"\r{line}\x1b[K" if terminal else line, end="" if terminal else "\n", file=sys.stderr, flush=True)
 
         if not args.verify_only:
-            progress = importer.Importer(source, new_client, window=args.window,
+            progress = importer.Importer(source, new_client,
+                                         batch_records=args.batch_records or importer.BATCH_RECORDS,
                                          report=None if quiet else report,
                                          report_every=1.0 if terminal else 10.0).run(args.incremental)
             if terminal and not quiet:
@@ -721,8 +722,8 @@ def build_parser() -> argparse.ArgumentParser:
     imports.add_argument("--incremental", action="store_true", help="continue after the cluster's last TID")
     imports.add_argument("--verify", action="store_true", help="then compare every transaction and record")
     imports.add_argument("--verify-only", action="store_true", help="only compare (no copy)")
-    imports.add_argument("--window", type=int, default=8,
-                         help="transactions copied at once (default %(default)s)")
+    imports.add_argument("--batch-records", type=int, metavar="N",
+                         help="records of consecutive source transactions committed as one (default 2000)")
     imports.add_argument("--quiet", action="store_true", help="no progress on stderr")
     wait = _subcommand(commands, "wait", command_wait,
         help="wait until every cell is UP_TO_DATE (exit 5 on timeout)",

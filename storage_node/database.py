@@ -13,7 +13,8 @@ transaction, fsynced before it returns (the environment is opened with
    metadata go to ``pending`` under its TTID.  Once it returns, a crash
    loses nothing the node voted for.
 2. :meth:`Database.commit` (at the master's decision): moves the TTID's
-   pending entries to ``objects`` and ``transactions`` under the final TID,
+   pending entries to ``objects`` and ``transactions`` under the final TID
+   (what a restore batch carries, under the TIDs it carries them with),
    updates the per-partition last TID and statistics in ``meta``, and
    records ``ttid → tid`` in ``applied``.  Idempotent: with nothing pending
    it changes nothing and returns False.
@@ -99,17 +100,23 @@ class LoadResult:
 
 @dataclasses.dataclass(frozen=True)
 class PendingObject:
+    """A revision voted; ``tid``: that of the carried transaction of a
+    restore batch it belongs to (None: the transaction's own)."""
+
     partition: int
     oid: bytes
     stored: StoredObject
+    tid: bytes | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class PendingMetadata:
-    """A transaction's metadata, voted on the cells of ``partition``."""
+    """A transaction's metadata, voted on the cells of ``partition``;
+    ``tid`` as for :class:`PendingObject`."""
 
     partition: int
     metadata: TransactionMetadata
+    tid: bytes | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -547,21 +554,23 @@ class Database:
         ttid: bytes,
         objects: Sequence[PendingObject],
         metadata: PendingMetadata | None = None,
+        carried: Sequence[PendingMetadata] = (),
     ) -> None:
-        """Make a vote durable: ``ttid``'s objects and metadata, replacing
+        """Make a vote durable: ``ttid``'s objects and metadata (with the
+        metadata of the transactions a restore batch carries), replacing
         whatever was pending for it, in one fsynced write."""
         with self._write() as txn:
             self._delete_pending(txn, ttid)
             for entry in objects:
                 txn.put(
-                    layout.pending_object_key(ttid, entry.partition, entry.oid),
+                    layout.pending_object_key(ttid, entry.partition, entry.oid, entry.tid),
                     layout.encode_object(entry.stored),
                     db=self._pending,
                 )
-            if metadata is not None:
+            for entry in (metadata, *carried) if metadata is not None else carried:
                 txn.put(
-                    layout.pending_metadata_key(ttid, metadata.partition),
-                    layout.encode_transaction(metadata.metadata),
+                    layout.pending_metadata_key(ttid, entry.partition, entry.tid),
+                    layout.encode_transaction(entry.metadata),
                     db=self._pending,
                 )
 
@@ -616,10 +625,11 @@ class Database:
             pending = layout.decode_pending_key(key)
             partition = pending.partition
             objects_delta, size_delta = deltas.get(partition, (0, 0))
+            when = tid if pending.tid is None else pending.tid  # a restore batch's carried transaction
             if pending.oid is None:
-                txn.put(layout.transaction_key(partition, tid), value, db=self._transactions)
+                txn.put(layout.transaction_key(partition, when), value, db=self._transactions)
             else:
-                key_committed = layout.object_key(partition, pending.oid, tid)
+                key_committed = layout.object_key(partition, pending.oid, when)
                 if _get(txn, key_committed, self._objects) is None:  # not already replicated
                     stored = layout.decode_object(value)
                     objects_delta += self._liveness_change(txn, partition, pending.oid, stored)

@@ -22,7 +22,12 @@ Named databases of the environment:
     voted, not yet committed data, keyed by TTID first so that one
     transaction is one key range:
     ``ttid (8) | b"o" | >I partition | oid (8)`` → :class:`StoredObject`, and
-    ``ttid (8) | b"t" | >I partition`` → :class:`TransactionMetadata`.
+    ``ttid (8) | b"t" | >I partition`` → :class:`TransactionMetadata`.  A
+    restore batch (an import) also carries earlier transactions, each
+    committed under its own TID: ``ttid (8) | b"c" | >I partition | oid (8) |
+    tid (8)`` → :class:`StoredObject` and ``ttid (8) | b"m" | >I partition |
+    tid (8)`` → :class:`TransactionMetadata`.  ``b"c"`` sorts before
+    ``b"o"``, so that a commit meets an object's revisions in TID order.
 
 ``applied``
     key ``ttid (8)`` → ``tid (8)``: the transactions this node committed,
@@ -85,6 +90,8 @@ TRANSACTION_FLAG_PACKED = 0x01
 
 PENDING_OBJECT = b"o"
 PENDING_METADATA = b"t"
+PENDING_CARRIED_OBJECT = b"c"
+PENDING_CARRIED_METADATA = b"m"
 
 MAX_PARTITION = 2**32 - 1
 
@@ -297,24 +304,34 @@ def pending_prefix(ttid: bytes) -> bytes:
     return ttid
 
 
-def pending_object_key(ttid: bytes, partition: int, oid: bytes) -> bytes:
+def pending_object_key(ttid: bytes, partition: int, oid: bytes, tid: bytes | None = None) -> bytes:
+    """``tid``: the carried transaction of a restore batch the revision belongs to."""
     _check_partition(partition)
     _check_id(oid, "oid")
-    return pending_prefix(ttid) + PENDING_OBJECT + _PARTITION.pack(partition) + oid
+    if tid is None:
+        return pending_prefix(ttid) + PENDING_OBJECT + _PARTITION.pack(partition) + oid
+    _check_id(tid, "carried tid")
+    return pending_prefix(ttid) + PENDING_CARRIED_OBJECT + _PARTITION.pack(partition) + oid + tid
 
 
-def pending_metadata_key(ttid: bytes, partition: int) -> bytes:
+def pending_metadata_key(ttid: bytes, partition: int, tid: bytes | None = None) -> bytes:
+    """``tid``: that of a carried transaction of a restore batch."""
     _check_partition(partition)
-    return pending_prefix(ttid) + PENDING_METADATA + _PARTITION.pack(partition)
+    if tid is None:
+        return pending_prefix(ttid) + PENDING_METADATA + _PARTITION.pack(partition)
+    _check_id(tid, "carried tid")
+    return pending_prefix(ttid) + PENDING_CARRIED_METADATA + _PARTITION.pack(partition) + tid
 
 
 @dataclasses.dataclass(frozen=True)
 class PendingKey:
-    """A decoded ``pending`` key; ``oid`` is None for metadata."""
+    """A decoded ``pending`` key; ``oid`` is None for metadata, ``tid`` is
+    None but for what a restore batch carries (committed under ``tid``)."""
 
     ttid: bytes
     partition: int
     oid: bytes | None
+    tid: bytes | None = None
 
 
 def decode_pending_key(key: bytes) -> PendingKey:
@@ -326,6 +343,10 @@ def decode_pending_key(key: bytes) -> PendingKey:
         return PendingKey(ttid, partition, key[13:21])
     if kind == PENDING_METADATA and len(key) == 13:
         return PendingKey(ttid, partition, None)
+    if kind == PENDING_CARRIED_OBJECT and len(key) == 29:
+        return PendingKey(ttid, partition, key[13:21], key[21:29])
+    if kind == PENDING_CARRIED_METADATA and len(key) == 21:
+        return PendingKey(ttid, partition, None, key[13:21])
     raise LayoutError(f"malformed pending key {key.hex()}")
 
 

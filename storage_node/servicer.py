@@ -65,6 +65,11 @@ def _optional_identifier(value: bytes, what: str) -> bytes | None:
     return _identifier(value, what) if value else None
 
 
+def _metadata(info: common_pb2.TransactionInfo, what: str) -> TransactionMetadata:
+    oids = tuple(_identifier(oid, f"{what}.oids[{i}]") for i, oid in enumerate(info.oids))
+    return TransactionMetadata(info.user, info.description, info.extension, oids, packed=info.packed)
+
+
 class StorageServicer(storage_pb2_grpc.StorageServicer):
     """Serves one storage node's cells."""
 
@@ -212,6 +217,9 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         oid = _identifier(item.oid, f"objects[{index}].oid")
         if item.restore and item.check_only:
             raise errors.BadRequest(f"store of object {oid_repr(oid)}: both restore and check_only set")
+        carried = _optional_identifier(item.tid, f"objects[{index}].tid")
+        if carried is not None and not item.restore:
+            raise errors.BadRequest(f"store of object {oid_repr(oid)}: a tid is for restores only")
         serial = _identifier(item.serial, f"objects[{index}].serial")
         data_serial = _optional_identifier(item.data_serial, f"objects[{index}].data_serial")
         partition = self._ownership.partition_of(oid)
@@ -237,7 +245,8 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
                     "fails its checksum: not stored"
                 ) from None
             stored = StoredObject.from_record(record, previous_tid=serial)
-        return ObjectWrite(partition, oid, serial, stored, locking=state in READABLE_STATES, restore=item.restore)
+        return ObjectWrite(partition, oid, serial, stored, locking=state in READABLE_STATES, restore=item.restore,
+                           tid=carried)
 
     def Vote(self, request: storage_pb2.VoteRequest, context: Any) -> storage_pb2.VoteReply:
         ttid = _identifier(request.ttid, "ttid")
@@ -246,19 +255,20 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
             partition = (request.metadata_partition if request.HasField("metadata_partition")
                          else self._ownership.partition_of(ttid))
             self._ownership.writable(partition, request.table_version)
-            info = request.transaction
-            oids = tuple(_identifier(oid, f"transaction.oids[{i}]") for i, oid in enumerate(info.oids))
-            metadata = PendingMetadata(
-                partition,
-                TransactionMetadata(info.user, info.description, info.extension, oids, packed=info.packed),
-            )
+            metadata = PendingMetadata(partition, _metadata(request.transaction, "transaction"))
+        carried = []
+        for index, info in enumerate(request.carried):
+            tid = _identifier(info.tid, f"carried[{index}].tid")
+            partition = self._ownership.partition_of(tid)
+            self._ownership.writable(partition, request.table_version)
+            carried.append(PendingMetadata(partition, _metadata(info, f"carried[{index}]"), tid))
         lock_timeout = _lock_timeout(request.lock_timeout)
         writes = self._object_writes(ttid, request.objects, request.table_version)
         if writes:
             conflicts = self._manager.store(ttid, writes, lock_timeout)
             if conflicts:
                 return storage_pb2.VoteReply(conflicts=[_conflict(c) for c in conflicts])
-        unchecked = self._manager.vote(ttid, metadata)
+        unchecked = self._manager.vote(ttid, metadata, carried)
         return storage_pb2.VoteReply(unchecked_partitions=unchecked)
 
     def Commit(self, request: storage_pb2.CommitRequest, context: Any) -> storage_pb2.CommitReply:

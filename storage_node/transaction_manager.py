@@ -71,7 +71,8 @@ class ObjectWrite:
     ``stored`` is None for a check-only store.  ``locking`` is False on a
     cell being replicated: no lock, no conflict check.  ``restore``
     (IStorageRestoreable, an import): locked, but no conflict check — the
-    revision is written as given.
+    revision is written as given; ``tid`` (restore only): the revision
+    belongs to that carried transaction of a restore batch.
     """
 
     partition: int
@@ -80,6 +81,7 @@ class ObjectWrite:
     stored: StoredObject | None
     locking: bool = True
     restore: bool = False
+    tid: bytes | None = None
 
     @property
     def check_only(self) -> bool:
@@ -226,7 +228,7 @@ class TransactionManager:
             if write.stored is None:
                 buffer.checked(write.oid)
             else:
-                buffer.buffer(write.partition, write.oid, write.stored)
+                buffer.buffer(write.partition, write.oid, write.stored, write.tid)
         return None
 
     def _check_back_pointer(self, ttid: bytes, write: ObjectWrite) -> None:
@@ -293,15 +295,17 @@ class TransactionManager:
 
     # -- vote ----------------------------------------------------------------
 
-    def vote(self, ttid: bytes, metadata: PendingMetadata | None = None) -> tuple[int, ...]:
-        """Make ``ttid``'s stores (and metadata) durable as pending; the
+    def vote(self, ttid: bytes, metadata: PendingMetadata | None = None,
+             carried: Sequence[PendingMetadata] = ()) -> tuple[int, ...]:
+        """Make ``ttid``'s stores (and metadata, and that of the
+        transactions a restore batch carries) durable as pending; the
         partitions some store of which was not checked for conflicts (its
         cell was not readable then)."""
         with self._mutex:
             buffer = self._buffers.get(ttid)
             if buffer is None:
                 self._refuse_finished(ttid, "vote")
-                if metadata is None:
+                if metadata is None and not carried:
                     return ()
                 buffer = self._buffers[ttid] = TransactionBuffer(ttid)
         with buffer.vote_mutex:
@@ -321,9 +325,12 @@ class TransactionManager:
                 # From now on it cannot be wounded: older transactions wait.
                 buffer.phase = Phase.VOTING
                 objects = buffer.pending_objects()
+                for entry in carried:
+                    if entry.tid is not None:
+                        buffer.carried(entry.tid)
             try:
-                if objects or metadata is not None:
-                    self._database.write_pending(ttid, objects, metadata)
+                if objects or metadata is not None or carried:
+                    self._database.write_pending(ttid, objects, metadata, carried)
             except BaseException:
                 with self._mutex:
                     buffer.phase = Phase.STORING
@@ -332,7 +339,7 @@ class TransactionManager:
                 raise
             with self._mutex:
                 buffer.phase = Phase.VOTED
-                buffer.has_pending = bool(objects) or metadata is not None
+                buffer.has_pending = bool(objects) or metadata is not None or bool(carried)
                 return tuple(sorted(buffer.unchecked))
 
     # -- reads wait for what may be decided ------------------------------------
@@ -474,6 +481,10 @@ class TransactionManager:
         if phase is not Phase.VOTED:
             raise errors.BadRequest(
                 f"commit of transaction {tid_repr(ttid)}, which this node has not voted ({phase.value})")
+        if buffer.newest_carried is not None and buffer.newest_carried >= tid:
+            raise errors.BadRequest(
+                f"commit of restore batch {tid_repr(ttid)} under {tid_repr(tid)}: it carries transaction "
+                f"{tid_repr(buffer.newest_carried)}, which is not below it")
 
     def _nothing_to_commit(self, ttid: bytes, tid: bytes) -> bool | errors.NeoError:
         """A commit that found neither buffer nor pending data: False if it

@@ -46,6 +46,7 @@ class BufferedObject:
     partition: int
     oid: bytes
     stored: StoredObject
+    tid: bytes | None = None  # a restore batch's carried transaction
 
 
 class TransactionBuffer:
@@ -54,8 +55,12 @@ class TransactionBuffer:
     def __init__(self, ttid: bytes) -> None:
         self.ttid = ttid
         self.phase = Phase.STORING
-        #: oid -> the last store of it (a re-store replaces).
+        #: oid -> the last store of it (a re-store replaces); a restore
+        #: batch's carried revisions under oid + their tid.
         self.objects: dict[bytes, BufferedObject] = {}
+        #: The newest TID of a transaction a restore batch carries, if any:
+        #: it must be below the TID the batch commits under.
+        self.newest_carried: bytes | None = None
         #: oids whose last store conflicted and was not stored again since.
         self.conflicts: set[bytes] = set()
         #: Whether the vote wrote anything to ``pending``.
@@ -69,9 +74,18 @@ class TransactionBuffer:
         #: does not count such a vote as the conflict check of the partition.
         self.unchecked: set[int] = set()
 
-    def buffer(self, partition: int, oid: bytes, stored: StoredObject) -> None:
-        self.objects[oid] = BufferedObject(partition, oid, stored)
-        self.conflicts.discard(oid)
+    def buffer(self, partition: int, oid: bytes, stored: StoredObject, tid: bytes | None = None) -> None:
+        if tid is None:
+            self.objects[oid] = BufferedObject(partition, oid, stored)
+            self.conflicts.discard(oid)
+        else:
+            self.objects[oid + tid] = BufferedObject(partition, oid, stored, tid)
+            self.carried(tid)
+
+    def carried(self, tid: bytes) -> None:
+        """A restore batch carries transaction ``tid``."""
+        if self.newest_carried is None or tid > self.newest_carried:
+            self.newest_carried = tid
 
     def checked(self, oid: bytes) -> None:
         """A check-only store of ``oid`` found its serial current."""
@@ -89,4 +103,4 @@ class TransactionBuffer:
         self.conflicts.clear()
 
     def pending_objects(self) -> list[PendingObject]:
-        return [PendingObject(entry.partition, entry.oid, entry.stored) for entry in self.objects.values()]
+        return [PendingObject(entry.partition, entry.oid, entry.stored, entry.tid) for entry in self.objects.values()]

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import transaction
 import ZODB
+import ZODB.BaseStorage
 import ZODB.FileStorage
 from BTrees.OOBTree import OOBTree
 from persistent import Persistent
@@ -116,8 +117,30 @@ def _transactions(storage: Any) -> list[tuple[Any, list[Any]]]:
     return [(txn, list(txn)) for txn in storage.iterator()]
 
 
+def _copy_in_small_batches(source: Any, destination: Any) -> None:
+    """Restore batches of at most 7 records: many batches, most carrying
+    several transactions that write the same objects."""
+    from neostore import importer
+
+    batches = []
+    importer.restore_all(destination, importer.read_transactions(source, None), batch_records=7,
+                         done=batches.append)
+    assert len(batches) > NUM_TRANSACTIONS // 10
+    assert sum(len(batch) > 1 for batch in batches) > NUM_TRANSACTIONS // 10, "few batches carry transactions"
+
+
+COPIES = {
+    # What zodbconvert calls: restore batches of the default size.
+    "copyTransactionsFrom": lambda source, destination: destination.copyTransactionsFrom(source),
+    # IStorageRestoreable one transaction at a time (tpc_begin(txn, tid, status), restore).
+    "restore": lambda source, destination: ZODB.BaseStorage.copy(source, destination),
+    "small restore batches": _copy_in_small_batches,
+}
+
+
+@pytest.mark.parametrize("copy", sorted(COPIES))
 def test_copy_transactions_from_a_filestorage_keeps_every_transaction_and_record(
-    cluster: ThreadCluster, tmp_path: pathlib.Path
+    cluster: ThreadCluster, tmp_path: pathlib.Path, copy: str
 ) -> None:
     source = _build_source(str(tmp_path / "source.fs"))
     destination = cluster.client()
@@ -126,7 +149,7 @@ def test_copy_transactions_from_a_filestorage_keeps_every_transaction_and_record
         assert {txn.status for txn, _ in expected} == {" ", "p"}, "the source should hold packed transactions"
         assert any(r.data is None for _, records in expected for r in records), "no deletion in the source"
 
-        destination.copyTransactionsFrom(source)
+        COPIES[copy](source, destination)
 
         copied = _transactions(destination)
         assert len(copied) == len(expected)
@@ -140,13 +163,18 @@ def test_copy_transactions_from_a_filestorage_keeps_every_transaction_and_record
             assert sorted((r.oid, r.data) for r in got_records) == sorted((r.oid, r.data) for r in want_records)
             for record in want_records:
                 record_count += 1
+                after = p64(u64(want.tid) + 1)
                 if record.data is None:
-                    after = p64(u64(want.tid) + 1)
                     assert destination.loadBefore(record.oid, after) is None, "a deletion came back"
                 else:
                     assert destination.loadSerial(record.oid, want.tid) == record.data
+                    assert destination.loadBefore(record.oid, after)[:2] == (record.data, want.tid)
         assert record_count > NUM_TRANSACTIONS  # the checks above ran on every record
         assert destination.lastTransaction() == source.lastTransaction()
+        last_records: dict[bytes, Any] = {}
+        for _, records in expected:
+            last_records.update((r.oid, r.data) for r in records)
+        assert len(destination) == sum(data is not None for data in last_records.values())  # live objects
 
         # The imported database is usable: the current state reads as in
         # the source, and new objects get oids nobody holds.
@@ -420,7 +448,7 @@ def test_an_interrupted_import_resumes_without_copying_a_transaction_twice(
     source = importer.open_source(config)
     try:
         with pytest.raises(Interrupted):
-            importer.Importer(source, cluster.client, report=interrupt, report_every=0.0).run()
+            importer.Importer(source, cluster.client, batch_records=50, report=interrupt, report_every=0.0).run()
     finally:
         source.close()
     partial = cluster.client()
@@ -505,3 +533,143 @@ def test_an_import_refuses_a_source_whose_timestamps_go_back(cluster: ThreadClus
     check = cluster.client()
     assert check.lastTransaction() in (ZERO_TID, p64(5 << 32))  # at most the prefix before it
     check.close()
+
+
+def test_a_restore_batch_must_lie_above_the_last_tid_whole(cluster: ThreadCluster) -> None:
+    """The masters refuse a batch whose first transaction is not above the
+    cluster's last TID, even when its own (last) TID is: it would write
+    history under snapshots clients may already read.  Nothing of it is
+    written; a batch above commits whole."""
+    from neostore.client.restore_batch import RestoredTransaction
+
+    storage = cluster.client()
+    oid = p64(1)
+
+    def restored(tid: int, data: bytes) -> RestoredTransaction:
+        return RestoredTransaction(p64(tid << 32), " ", TransactionMetaData("u", f"t{tid}"), [(oid, data)])
+
+    assert storage.restore_batch([restored(10, b"a"), restored(11, b"b")]) == p64(11 << 32)
+    with pytest.raises(POSException.StorageError, match="above the last"):
+        storage.restore_batch([restored(11, b"again"), restored(12, b"c")])
+    with pytest.raises(POSException.StorageError, match="TID order"):
+        storage.restore_batch([restored(13, b"c"), restored(12, b"d")])
+    assert storage.lastTransaction() == p64(11 << 32)
+    assert [revision["tid"] for revision in storage.history(oid, 10)] == [p64(11 << 32), p64(10 << 32)]
+    assert storage.restore_batch([restored(12, b"c"), restored(13, b"d"), restored(14, b"e")]) == p64(14 << 32)
+    assert storage.loadBefore(oid, p64(13 << 32)) == (b"c", p64(12 << 32), p64(13 << 32))
+    assert [txn.description for txn in storage.iterator()] == [f"t{n}".encode() for n in range(10, 15)]
+    storage.close()
+
+
+def test_a_batch_that_failed_is_tried_again_and_one_that_committed_is_not_copied_twice(
+    cluster: ThreadCluster, tmp_path: pathlib.Path
+) -> None:
+    """restore_all tries a failed batch again: one that did not commit (its
+    TTID lost with a leader) is committed by the next try; one whose answer
+    was lost after it committed is found in the cluster and not sent again
+    (the masters would refuse it: its TIDs are no longer above the last)."""
+    from neostore import importer
+    from neostore.client.exceptions import ClusterUnavailableError, TransactionNotCommittedError
+
+    source = _build_source(str(tmp_path / "source.fs"))
+    storage = cluster.client()
+    failures = iter(["before", None, "after", None, "before", "after"])
+    calls = []
+
+    class Flaky:
+        """The real client, whose answers are lost now and then."""
+
+        def restore_batch(self, batch: Any) -> bytes:
+            failure = next(failures, None)
+            calls.append(failure)
+            if failure == "before":
+                raise TransactionNotCommittedError("lost with its leader")
+            tid = storage.restore_batch(batch)
+            if failure == "after":
+                raise ClusterUnavailableError("the answer was lost")
+            return tid
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(storage, name)
+
+    try:
+        importer.restore_all(Flaky(), importer.read_transactions(source, None), batch_records=50)
+        assert calls[:6] == ["before", None, "after", None, "before", "after"]
+        result = importer.verify(source, storage)
+        assert result.differences == [] and result.transactions > NUM_TRANSACTIONS
+    finally:
+        source.close()
+        storage.close()
+
+
+def _load_before(storage: Any, oid: bytes, tid: bytes) -> Any:
+    """loadBefore, None for an object that does not exist yet (with no
+    revision at all, some storages raise POSKeyError)."""
+    try:
+        return storage.loadBefore(oid, tid)
+    except POSException.POSKeyError:
+        return None
+
+
+def test_the_cluster_serves_consistent_reads_while_an_import_runs(
+    cluster: ThreadCluster, tmp_path: pathlib.Path
+) -> None:
+    """A reader polls the cluster during an import in small batches: every
+    snapshot it gets is one of the source's TIDs (the end of a batch), and
+    what it reads there is what the source held at that TID, never a batch
+    half in."""
+    import threading
+
+    from neostore import importer
+
+    source = _build_source(str(tmp_path / "source.fs"))
+    oids = sorted({bytes(r.oid) for txn in source.iterator() for r in txn})[:20]
+    source_tids = {bytes(txn.tid) for txn in source.iterator()}
+    done = threading.Event()
+    reads: list[tuple[bytes, bytes, Any]] = []
+    failures: list[BaseException] = []
+    read_up_to = threading.Condition()  # notified after each round of reads
+
+    def read() -> None:
+        reader = cluster.client()
+        try:
+            while not done.is_set():
+                reader.sync()
+                snapshot = reader.lastTransaction()
+                if snapshot == ZERO_TID:
+                    continue
+                after = p64(u64(snapshot) + 1)
+                for oid in oids:
+                    reads.append((snapshot, oid, _load_before(reader, oid, after)))
+                with read_up_to:
+                    read_up_to.notify_all()
+        except BaseException as error:  # noqa: BLE001 - reported below
+            failures.append(error)
+        finally:
+            reader.close()
+
+    def after_batch(progress: importer.Progress) -> None:
+        """The first batches wait until the reader read them."""
+        if progress.transactions <= 30:
+            with read_up_to:
+                assert read_up_to.wait_for(
+                    lambda: failures or any(snapshot >= progress.last_tid for snapshot, _, _ in reads[-1:]), 60)
+
+    reader_thread = threading.Thread(target=read, daemon=True)
+    reader_thread.start()
+    try:
+        importer.Importer(source, cluster.client, batch_records=20, report=after_batch, report_every=0.0).run()
+    finally:
+        done.set()
+        reader_thread.join(60)
+    try:
+        assert not failures, failures
+        snapshots = {snapshot for snapshot, _, _ in reads}
+        assert len(snapshots) > 5, "the reader saw too few snapshots during the import"
+        assert snapshots <= source_tids
+        for snapshot, oid, got in reads:
+            want = _load_before(source, oid, p64(u64(snapshot) + 1))
+            assert (got[:2] if got else None) == (want[:2] if want else None), \
+                f"object {oid.hex()} at {snapshot.hex()}"
+    finally:
+        source.close()

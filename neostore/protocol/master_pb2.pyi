@@ -83,14 +83,16 @@ class NewOidsReply(_message.Message):
     def __init__(self, first_oid: _Optional[bytes] = ..., count: _Optional[int] = ...) -> None: ...
 
 class BeginRequest(_message.Message):
-    __slots__ = ("client_id", "tid", "release_spare")
+    __slots__ = ("client_id", "tid", "release_spare", "restore_from")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     TID_FIELD_NUMBER: _ClassVar[int]
     RELEASE_SPARE_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_FROM_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     tid: bytes
     release_spare: bytes
-    def __init__(self, client_id: _Optional[str] = ..., tid: _Optional[bytes] = ..., release_spare: _Optional[bytes] = ...) -> None: ...
+    restore_from: bytes
+    def __init__(self, client_id: _Optional[str] = ..., tid: _Optional[bytes] = ..., release_spare: _Optional[bytes] = ..., restore_from: _Optional[bytes] = ...) -> None: ...
 
 class BeginReply(_message.Message):
     __slots__ = ("ttid",)

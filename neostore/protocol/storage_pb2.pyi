@@ -82,7 +82,7 @@ class LoadReply(_message.Message):
     def __init__(self, status: _Optional[_Union[LoadReply.Status, str]] = ..., record: _Optional[_Union[_common_pb2.DataRecord, _Mapping]] = ..., serial: _Optional[bytes] = ..., next_serial: _Optional[bytes] = ..., data_serial: _Optional[bytes] = ...) -> None: ...
 
 class ObjectStore(_message.Message):
-    __slots__ = ("oid", "serial", "record", "data_serial", "undone_creation", "check_only", "restore")
+    __slots__ = ("oid", "serial", "record", "data_serial", "undone_creation", "check_only", "restore", "tid")
     OID_FIELD_NUMBER: _ClassVar[int]
     SERIAL_FIELD_NUMBER: _ClassVar[int]
     RECORD_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,7 @@ class ObjectStore(_message.Message):
     UNDONE_CREATION_FIELD_NUMBER: _ClassVar[int]
     CHECK_ONLY_FIELD_NUMBER: _ClassVar[int]
     RESTORE_FIELD_NUMBER: _ClassVar[int]
+    TID_FIELD_NUMBER: _ClassVar[int]
     oid: bytes
     serial: bytes
     record: _common_pb2.DataRecord
@@ -97,7 +98,8 @@ class ObjectStore(_message.Message):
     undone_creation: bool
     check_only: bool
     restore: bool
-    def __init__(self, oid: _Optional[bytes] = ..., serial: _Optional[bytes] = ..., record: _Optional[_Union[_common_pb2.DataRecord, _Mapping]] = ..., data_serial: _Optional[bytes] = ..., undone_creation: _Optional[bool] = ..., check_only: _Optional[bool] = ..., restore: _Optional[bool] = ...) -> None: ...
+    tid: bytes
+    def __init__(self, oid: _Optional[bytes] = ..., serial: _Optional[bytes] = ..., record: _Optional[_Union[_common_pb2.DataRecord, _Mapping]] = ..., data_serial: _Optional[bytes] = ..., undone_creation: _Optional[bool] = ..., check_only: _Optional[bool] = ..., restore: _Optional[bool] = ..., tid: _Optional[bytes] = ...) -> None: ...
 
 class StoreRequest(_message.Message):
     __slots__ = ("ttid", "objects", "table_version")
@@ -128,7 +130,7 @@ class StoreReply(_message.Message):
     def __init__(self, conflicts: _Optional[_Iterable[_Union[Conflict, _Mapping]]] = ...) -> None: ...
 
 class VoteRequest(_message.Message):
-    __slots__ = ("ttid", "transaction", "has_transaction", "metadata_partition", "objects", "table_version", "lock_timeout")
+    __slots__ = ("ttid", "transaction", "has_transaction", "metadata_partition", "objects", "table_version", "lock_timeout", "carried")
     TTID_FIELD_NUMBER: _ClassVar[int]
     TRANSACTION_FIELD_NUMBER: _ClassVar[int]
     HAS_TRANSACTION_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +138,7 @@ class VoteRequest(_message.Message):
     OBJECTS_FIELD_NUMBER: _ClassVar[int]
     TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     LOCK_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    CARRIED_FIELD_NUMBER: _ClassVar[int]
     ttid: bytes
     transaction: _common_pb2.TransactionInfo
     has_transaction: bool
@@ -143,7 +146,8 @@ class VoteRequest(_message.Message):
     objects: _containers.RepeatedCompositeFieldContainer[ObjectStore]
     table_version: int
     lock_timeout: float
-    def __init__(self, ttid: _Optional[bytes] = ..., transaction: _Optional[_Union[_common_pb2.TransactionInfo, _Mapping]] = ..., has_transaction: _Optional[bool] = ..., metadata_partition: _Optional[int] = ..., objects: _Optional[_Iterable[_Union[ObjectStore, _Mapping]]] = ..., table_version: _Optional[int] = ..., lock_timeout: _Optional[float] = ...) -> None: ...
+    carried: _containers.RepeatedCompositeFieldContainer[_common_pb2.TransactionInfo]
+    def __init__(self, ttid: _Optional[bytes] = ..., transaction: _Optional[_Union[_common_pb2.TransactionInfo, _Mapping]] = ..., has_transaction: _Optional[bool] = ..., metadata_partition: _Optional[int] = ..., objects: _Optional[_Iterable[_Union[ObjectStore, _Mapping]]] = ..., table_version: _Optional[int] = ..., lock_timeout: _Optional[float] = ..., carried: _Optional[_Iterable[_Union[_common_pb2.TransactionInfo, _Mapping]]] = ...) -> None: ...
 
 class AbortTransactionRequest(_message.Message):
     __slots__ = ("ttid", "term")

@@ -204,6 +204,31 @@ def test_commit_moves_pending_under_the_final_tid(database: Database) -> None:
     assert database.partition_last_tids() == {PARTITION: tid}
 
 
+def test_a_restore_batch_commits_what_it_carries_under_each_tid(database: Database) -> None:
+    """A restore batch (an import): revisions and metadata of earlier
+    transactions ride with the vote and land under their own TIDs, in the
+    one write of the commit; the object counts follow every revision."""
+    ttid, first, second, tid = p64(500), p64(610), p64(620), p64(630)
+    database.write_pending(
+        ttid,
+        [PendingObject(PARTITION, OID, data(b"one"), first), PendingObject(PARTITION, OID, data(b"two"), second),
+         PendingObject(PARTITION, OTHER_OID, StoredObject.deletion(), second),
+         PendingObject(PARTITION, OTHER_OID, data(b"back"), first), PendingObject(PARTITION, OID, data(b"three"))],
+        PendingMetadata(PARTITION, TransactionMetadata(b"u", b"own", oids=(OID,))),
+        [PendingMetadata(PARTITION, TransactionMetadata(b"u", b"first", oids=(OID, OTHER_OID)), first),
+         PendingMetadata(PARTITION, TransactionMetadata(b"u", b"second", oids=(OID, OTHER_OID)), second)])
+    assert database.commit(ttid, tid) is True
+    assert [revision.tid for revision in database.history(PARTITION, OID)] == [tid, second, first]
+    assert unpacked(database.load_serial(PARTITION, OID, second).record) == b"two"
+    assert database.load_before(PARTITION, OTHER_OID, tid).status is LoadStatus.NO_REVISION  # deleted at second
+    assert unpacked(database.load_before(PARTITION, OTHER_OID, second).record) == b"back"
+    assert [(r.tid, r.metadata.description) for r in database.list_transactions([PARTITION])] == [
+        (first, b"first"), (second, b"second"), (tid, b"own")]
+    assert database.stats([PARTITION]).object_count == 1  # OTHER_OID deleted
+    assert database.partition_last_tids() == {PARTITION: tid} and database.last_tid() == tid
+    assert database.pending_ttids() == []
+
+
 def test_commit_is_idempotent(database: Database) -> None:
     ttid, tid = p64(500), p64(600)
     database.write_pending(ttid, [PendingObject(PARTITION, OID, data(b"one"))])

@@ -87,6 +87,18 @@ def test_pending_metadata_key_round_trips(ttid: bytes, partition: int) -> None:
     assert decoded == layout.PendingKey(ttid, partition, None)
 
 
+@given(identifiers, partitions, identifiers, identifiers)
+def test_carried_pending_keys_round_trip_and_sort_before_the_own_revision(
+    ttid: bytes, partition: int, oid: bytes, tid: bytes
+) -> None:
+    """A restore batch's carried revisions come first in a commit's scan."""
+    carried = layout.pending_object_key(ttid, partition, oid, tid)
+    assert layout.decode_pending_key(carried) == layout.PendingKey(ttid, partition, oid, tid)
+    assert carried < layout.pending_object_key(ttid, partition, oid)
+    metadata = layout.pending_metadata_key(ttid, partition, tid)
+    assert layout.decode_pending_key(metadata) == layout.PendingKey(ttid, partition, None, tid)
+
+
 @given(identifiers, partitions, identifiers)
 def test_pending_keys_of_a_transaction_share_its_prefix(ttid: bytes, partition: int, oid: bytes) -> None:
     prefix = layout.pending_prefix(ttid)

@@ -159,6 +159,30 @@ def test_restore_of_the_same_oid_replaces_the_buffered_one(manager: TransactionM
     assert len(database.history(PARTITION, OID)) == 1
 
 
+def test_a_restore_batch_keeps_each_carried_revision_and_refuses_a_tid_not_above_them(
+    manager: TransactionManager, database: Database
+) -> None:
+    """Restores tagged with a carried transaction's TID do not replace one
+    another (the same oid in several source transactions of a batch); a
+    commit under a TID not above the newest carried one is refused and
+    leaves the vote in place, and the right TID then applies it."""
+    first, second = p64(110), p64(120)
+
+    def restore(text: bytes, tid: bytes | None = None) -> ObjectWrite:
+        stored = StoredObject.from_record(Record.pack(text))
+        return ObjectWrite(PARTITION, OID, ZERO_TID, stored, restore=True, tid=tid)
+
+    assert manager.store(OLD, [restore(b"one", first), restore(b"two", second), restore(b"own")]) == []
+    manager.vote(OLD, PendingMetadata(PARTITION, TransactionMetadata(b"user", oids=(OID,))),
+                 [PendingMetadata(PARTITION, TransactionMetadata(b"user", oids=(OID,)), first)])
+    with pytest.raises(errors.BadRequest, match="carries transaction"):
+        manager.commit(OLD, second)
+    assert manager.phase(OLD) is Phase.VOTED
+    assert manager.commit(OLD, p64(130)) is True
+    assert [revision.tid for revision in database.history(PARTITION, OID)] == [p64(130), second, first]
+    assert committed_data(database) == b"own"
+
+
 def test_out_of_date_cells_take_writes_without_lock_or_conflict_check(
     manager: TransactionManager, database: Database
 ) -> None:
