@@ -150,9 +150,9 @@ def _vote(cluster: ClusterConnection, context: commit.TransactionContext,
             context.writes[oid] = commit.ObjectWrite(oid, ZERO_TID, restore=True)  # Finish lists every oid
             for share in share_of(table.partition_of(oid)):
                 share.stores.append(message)
-        info = _transaction_info(restored, carried)
+        info = _transaction_info(restored, carried) if carried else None
         for share in share_of(table.partition_of(restored.tid)):
-            if carried:
+            if info is not None:
                 share.carried.append(info)
             else:
                 share.own_metadata = True

@@ -63,6 +63,17 @@ def _fault(writers: list[Writer], what: str, kill: object) -> float:
     return moment
 
 
+def check_replicas(cluster: LocalCluster) -> None:
+    """Every cell caught up (``neoctl wait``) and every partition compared
+    equal on its two replicas (``neoctl check``)."""
+    cluster._neoctl("wait", "--timeout", str(CATCH_UP_SECONDS), "--quiet")
+    partitions = json.loads(cluster._neoctl("check"))  # raises unless every partition is consistent
+    assert len(partitions) == cluster.num_partitions
+    for row in partitions:
+        assert row["result"] == "ok", row
+        assert len(row["replicas"]) == 2, f"partition {row['partition']}: not compared on 2 replicas"
+
+
 def test_kill_9_of_leader_follower_and_storage_node_under_batched_commits(tmp_path: pathlib.Path) -> None:
     cluster = LocalCluster(str(tmp_path / "cluster"), name="commit-faults", num_masters=3,
                            num_storages=3, num_replicas=2)
@@ -95,11 +106,6 @@ def test_kill_9_of_leader_follower_and_storage_node_under_batched_commits(tmp_pa
             assert not writer.thread.is_alive(), f"{writer.name} is stuck"
 
         _check_everything(cluster, writers, faults)
-        cluster._neoctl("wait", "--timeout", str(CATCH_UP_SECONDS), "--quiet")
-        partitions = json.loads(cluster._neoctl("check"))  # raises unless every partition is consistent
-        assert len(partitions) == cluster.num_partitions
-        for row in partitions:
-            assert row["result"] == "ok", row
-            assert len(row["replicas"]) == 2, f"partition {row['partition']}: not compared on 2 replicas"
+        check_replicas(cluster)
     finally:
         _close(writers, cluster)
