@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import pickle
+import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,6 +22,10 @@ from neostore.client.cluster import ClusterConnection
 from neostore.ids import MAX_TID, ZERO_TID, p64, partition_of, tid_time, u64
 from neostore.protocol import common_pb2, storage_pb2
 from neostore.records import Record
+
+#: At most this many oids in one LoadBeforeMany (the nodes take 1000).
+LOAD_MANY_BATCH = 500
+RECORDS_TIMEOUT = 30.0
 
 PAGE_SIZE = 256
 
@@ -127,7 +132,12 @@ class NeoTransactionRecord(TransactionRecord):
         self._oids = list(info.oids)
 
     def __iter__(self) -> Iterator[DataRecord]:
+        answered = _records_at(self._cluster, self._oids, self.tid) if len(self._oids) > 1 else {}
         for oid in self._oids:
+            answer = answered.get(oid)
+            if answer is not None:
+                yield _data_record(oid, self.tid, answer)
+                continue
             partition = partition_of(oid, self._cluster.table.num_partitions)
             try:
                 reply = self._cluster.read_call(partition, "LoadSerial", storage_pb2.LoadSerialRequest(
@@ -135,11 +145,50 @@ class NeoTransactionRecord(TransactionRecord):
             except errors.NotFound:
                 yield DataRecord(oid, self.tid, None, None)
                 continue
-            if reply.status != storage_pb2.LoadReply.FOUND:
-                yield DataRecord(oid, self.tid, None, None)
-                continue
-            data = Record.from_proto(reply.record).unpack(f"object {oid.hex()}@{self.tid.hex()}")
-            yield DataRecord(oid, self.tid, data, reply.data_serial or None)
+            yield _data_record(oid, self.tid, reply)
+
+
+def _data_record(oid: bytes, tid: bytes, reply: storage_pb2.LoadReply) -> DataRecord:
+    """The record of ``oid`` in transaction ``tid`` from a load's answer."""
+    if reply.status != storage_pb2.LoadReply.FOUND:
+        return DataRecord(oid, tid, None, None)  # a deletion (undone creation)
+    data = Record.from_proto(reply.record).unpack(f"object {oid.hex()}@{tid.hex()}")
+    return DataRecord(oid, tid, data, reply.data_serial or None)
+
+
+def _records_at(cluster: ClusterConnection, oids: list[bytes], tid: bytes) -> dict[bytes, storage_pb2.LoadReply]:
+    """The revisions transaction ``tid`` wrote of ``oids``, one
+    ``LoadBeforeMany`` per storage node (before ``tid`` + 1: each oid's
+    revision there is the one ``tid`` wrote), all in parallel.  Best
+    effort: what does not come (a node failed, an answer was cut) is left
+    out, for the caller to load one by one."""
+    table = cluster.table
+    by_node: dict[int, list[bytes]] = {}
+    for oid in oids:
+        nodes = table.readable_nodes(table.partition_of(oid))
+        if nodes:
+            by_node.setdefault(random.choice(nodes), []).append(oid)
+    asked: list[list[bytes]] = []
+    calls = []
+    for node_id, node_oids in sorted(by_node.items()):
+        try:
+            stub, peer = cluster.storage_stub(node_id, table)
+        except errors.NotOwner:
+            continue
+        for start in range(0, len(node_oids), LOAD_MANY_BATCH):
+            batch = node_oids[start:start + LOAD_MANY_BATCH]
+            asked.append(batch)
+            calls.append((stub.LoadBeforeMany, cluster.name_unfinished(storage_pb2.LoadBeforeManyRequest(
+                oids=batch, before_tid=p64(u64(tid) + 1), table_version=table.version)), RECORDS_TIMEOUT, peer))
+    found = {}
+    for batch, outcome in zip(asked, rpc.call_all(calls), strict=True):
+        if not isinstance(outcome, storage_pb2.LoadManyReply):
+            continue
+        for oid, answer in zip(batch, outcome.replies, strict=False):
+            if answer.serial == tid and answer.status in (storage_pb2.LoadReply.FOUND,
+                                                          storage_pb2.LoadReply.NO_REVISION):
+                found[oid] = answer
+    return found
 
 
 class TransactionIterator:
