@@ -33,7 +33,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 from neostore.ids import ZERO_TID, tid_repr
 from neostore.partition_table import PartitionTable
@@ -55,6 +56,8 @@ class Invalidation:
     tid: bytes
     ttid: bytes
     oids: tuple[bytes, ...]
+    #: time.monotonic() when it was published (for the fan-out lag).
+    published_at: float = dataclasses.field(default=0.0, compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +107,9 @@ class InvalidationPublisher:
         self._by_client: dict[str, Subscription] = {}
         self._stopping = False
         self.published = 0  # transactions published since this master started (metrics)
+        #: Told, for each batch of events a stream takes, how many seconds ago
+        #: the oldest invalidation in it was published (metrics: fan-out lag).
+        self.observe_lag: Callable[[float], None] | None = None
 
     @property
     def last_tid(self) -> bytes:
@@ -127,7 +133,7 @@ class InvalidationPublisher:
                 raise ValueError(
                     f"invalidation {tid_repr(tid)} is not after the last one {tid_repr(self._last_tid)}"
                 )
-            self._history.append(Invalidation(tid, ttid, tuple(oids)))
+            self._history.append(Invalidation(tid, ttid, tuple(oids), time.monotonic()))
             if len(self._history) > self._history_size:
                 self._floor = self._history.popleft().tid
             self._last_tid = tid
@@ -313,7 +319,12 @@ class Subscription(Iterator[Event]):
             self._buffer.extend(publisher._events_after(self))
             events = list(self._buffer)
             self._buffer.clear()
-            return events
+        observe = publisher.observe_lag
+        if observe is not None:
+            oldest = next((e.published_at for e in events if isinstance(e, Invalidation) and e.published_at), None)
+            if oldest is not None:
+                observe(time.monotonic() - oldest)
+        return events
 
     def _fill(self, timeout: float | None) -> bool:
         """Wait until the buffer holds an event (condition held); False if

@@ -175,6 +175,11 @@ class MasterNode:
                 else:
                     state = self._open_cluster(command_log)
                 publisher = InvalidationPublisher(last_published_tid(state), state.table, config.history_size)
+                if metrics is not None:
+                    publisher.observe_lag = metrics.histogram(
+                        "neostore_invalidation_lag_seconds",
+                        "Fan-out lag: time from a transaction's publication on this master to a client stream "
+                        "taking it (the oldest in each message sent)").observe
                 command_log.add_listener(
                     lambda old, new: publisher.publish_table(new.table) if new.table is not old.table else None)
                 publisher.publish_stopping(state.stopping)

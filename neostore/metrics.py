@@ -114,6 +114,10 @@ class NodeMetrics:
         self._thread: threading.Thread | None = None
         self.address = ""
 
+    def histogram(self, name: str, documentation: str) -> Histogram:
+        """A latency histogram (``LATENCY_BUCKETS``) in this node's registry."""
+        return Histogram(name, documentation, buckets=LATENCY_BUCKETS, registry=self.registry)
+
     def collect_with(self, collect: Callable[[], Iterable[Metric]]) -> None:
         """Call ``collect()`` on every scrape; it returns metric families."""
         self.registry.register(_FunctionCollector(collect))

@@ -155,6 +155,32 @@ def test_a_cold_load_is_counted_with_its_latency(cluster: ThreadCluster) -> None
     assert slowest_bucket == loads
 
 
+def test_the_invalidation_fan_out_lag_is_measured(cluster: ThreadCluster) -> None:
+    """A client with its stream open hears of another's commits: the master
+    serving its stream records how long each took to reach the stream."""
+    def lag_count() -> float:
+        return sum(value(scrape(m.metrics_address), "neostore_invalidation_lag_seconds_count")
+                   for m in cluster.master_nodes)
+
+    listener = cluster.client()  # its invalidation stream stays open
+    writer = ZODB.DB(cluster.client())
+    try:
+        before = lag_count()
+        with writer.transaction() as connection:
+            connection.root()["lag"] = PersistentMapping(n=1)
+        deadline = time.monotonic() + 60
+        while lag_count() <= before:  # the stream takes the commit within milliseconds; 60 s bounds a broken one
+            assert time.monotonic() < deadline, "no stream message counted in the fan-out lag"
+            time.sleep(0.05)
+        masters = [scrape(m.metrics_address) for m in cluster.master_nodes]
+        count = sum(value(a, "neostore_invalidation_lag_seconds_count") for a in masters)
+        assert sum(value(a, "neostore_invalidation_lag_seconds_bucket", le="+Inf") for a in masters) == count
+        assert sum(value(a, "neostore_invalidation_lag_seconds_sum") for a in masters) >= 0.0
+    finally:
+        writer.close()
+        listener.close()
+
+
 def test_a_caller_of_another_cluster_is_counted_as_wrong_cluster(cluster: ThreadCluster) -> None:
     master = cluster.master_nodes[0]
     before = handled(scrape(master.metrics_address), "Master/GetClusterInfo", "WrongCluster")
