@@ -38,6 +38,10 @@ _ADDRESS = re.compile(r"[\w.\-\[\]:]+:\d+")
 #: another master leads.
 LEADER_CHECK_AFTER = 5.0
 LEADER_CHECK_INTERVAL = 1.0
+#: An idempotent master call waits at most until its retry deadline (the
+#: wait-timeout), but never less than this: a master that hangs (SIGSTOP,
+#: a full disk) fails such a call in about the wait-timeout, not RPC_TIMEOUT.
+MIN_CALL_SECONDS = 5.0
 #: Masters send a heartbeat on an idle invalidation stream every second: a
 #: stream silent this long comes from a master that hangs; the client
 #: follows another master's stream.
@@ -175,7 +179,9 @@ class ClusterConnection:
 
         ``idempotent`` False: a call that may have been served must not be
         sent again to the same master (Finish: what became of it is asked
-        with GetTransactionOutcome instead)."""
+        with GetTransactionOutcome instead), and it waits its whole
+        ``timeout``; an idempotent one waits at most until the deadline
+        (``MIN_CALL_SECONDS`` at least)."""
         deadline = time.monotonic() + (self.wait_timeout if retry_seconds is None else retry_seconds)
         tried: list[str] = []
         while True:
@@ -183,8 +189,11 @@ class ClusterConnection:
                 index = (self._preferred_master + shift) % len(self._masters)
                 address = self._masters[index]
                 stub = self._master_stub(address)
+                call_timeout = timeout
+                if idempotent:
+                    call_timeout = min(timeout, max(deadline - time.monotonic(), MIN_CALL_SECONDS))
                 try:
-                    reply = self._call_watching_leader(stub, method, request, timeout, address, idempotent)
+                    reply = self._call_watching_leader(stub, method, request, call_timeout, address, idempotent)
                 except (errors.Unavailable, errors.NotLeader) as error:
                     tried.append(f"{address} ({error})")
                     if isinstance(error, errors.NotLeader):  # the leader may be a master added since

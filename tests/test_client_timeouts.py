@@ -3,8 +3,10 @@
 ``wait-timeout`` (ZConfig; ``wait_timeout`` for NeoStorage and zodburi)
 bounds how long a load, a tpc_begin or a vote keeps trying masters and
 replicas that do not answer; before it, a load waited 30 s per master
-round and a read could ask the masters three times.  The invalidation
-stream logs its break once, not once per retry.
+round and a read could ask the masters three times; a master that hangs
+(SIGSTOP) fails an idempotent call at the wait-timeout instead of its 60 s
+RPC timeout.  The invalidation stream logs its break once, not once per
+retry.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from persistent.mapping import PersistentMapping
 from ZODB.config import storageFromString
 
 from neostore.client.exceptions import ClusterUnavailableError
+from neostore.ids import p64
 
 from harness import ThreadCluster
 
@@ -92,3 +95,42 @@ def test_wait_timeout_is_a_zconfig_key(tmp_path: pathlib.Path) -> None:
             assert storage._cluster.wait_timeout == 2.5
         finally:
             storage.close()
+
+
+@pytest.mark.slow
+@pytest.mark.process
+def test_a_hung_master_fails_idempotent_calls_in_about_the_wait_timeout(tmp_path: pathlib.Path) -> None:
+    """A master that stops answering (SIGSTOP: paused, not gone, so no
+    connection error comes) used to hold each call for its 60 s RPC
+    timeout; an idempotent call (Begin, NewOids) now gives up at the
+    wait-timeout, MIN_CALL_SECONDS at least."""
+    import os
+    import signal
+
+    from ZODB.Connection import TransactionMetaData
+
+    from neostore.client import NeoStorage
+    from neostore.client.cluster import MIN_CALL_SECONDS, RPC_TIMEOUT
+    from neostore.launcher import LocalCluster
+
+    cluster = LocalCluster(str(tmp_path / "cluster"), name="hung", num_masters=1, num_storages=1, num_replicas=1)
+    cluster.start()
+    storage = None
+    assert cluster.master is not None and cluster.master.process is not None
+    pid = cluster.master.process.pid
+    try:
+        storage = NeoStorage(cluster.masters, cluster.name, wait_timeout=WAIT_TIMEOUT)
+        os.kill(pid, signal.SIGSTOP)
+        bound = MIN_CALL_SECONDS + 15.0  # generous on a busy machine, and far below RPC_TIMEOUT
+        assert bound < RPC_TIMEOUT
+        for what, call in (("new_oid", storage.new_oid),
+                           ("tpc_begin", lambda: storage.tpc_begin(TransactionMetaData(), p64(1 << 60)))):
+            started = time.monotonic()
+            with pytest.raises(ClusterUnavailableError):
+                call()
+            assert time.monotonic() - started < bound, f"{what} waited for the RPC timeout"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        if storage is not None:
+            storage.close()
+        cluster.stop()
