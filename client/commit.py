@@ -93,8 +93,9 @@ AT_ONCE_LOCK_WAIT = 0.3
 #: (doubling while it keeps giving up, up to AT_ONCE_MAX_PAUSE).
 AT_ONCE_FIRST_PAUSE = 4
 AT_ONCE_MAX_PAUSE = 256
-#: How long tpc_finish keeps asking what became of a transaction whose Finish failed.
-OUTCOME_TIMEOUT = 120.0
+#: How long tpc_finish keeps asking what became of a transaction whose
+#: Finish failed, at least (else the client's wait-timeout, if longer).
+OUTCOME_TIMEOUT = 10.0
 #: A spare TTID (SpareTtid) is used only this long after it arrived.
 SPARE_LIFETIME = 1.0
 
@@ -771,7 +772,8 @@ def finish(
         known = False  # that it did not commit
         if not cluster.closed:
             try:
-                tid = transaction_outcome(cluster, client_id, context.ttid)
+                tid = transaction_outcome(cluster, client_id, context.ttid,
+                                          timeout=max(OUTCOME_TIMEOUT, cluster.wait_timeout))
                 known = True
             except errors.NeoError as failure:
                 error = failure
@@ -779,7 +781,9 @@ def finish(
             dispatcher.forget_own(context.ttid)
             _release_votes(cluster, client_id, context)
             if not known:
-                raise to_zodb_error(error) from None
+                raise ClusterUnavailableError(
+                    f"the outcome of transaction {tid_repr(context.ttid)} is unknown: it may have committed or "
+                    f"not, and the masters could not tell ({error}); a new client will see it if it did") from None
             if again and not cluster.closed:
                 return _commit_again(cluster, dispatcher, client_id, context, callback, spare, error)
             raise TransactionNotCommittedError(

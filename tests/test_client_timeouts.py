@@ -81,6 +81,34 @@ def test_loads_and_commits_fail_within_the_wait_timeout_once_the_cluster_is_gone
         cluster.stop()
 
 
+def test_a_finish_whose_outcome_nobody_can_tell_fails_in_bounded_time_saying_so(tmp_path: pathlib.Path) -> None:
+    """The masters go away between vote and finish: the Finish fails, and
+    so does every question about the outcome.  tpc_finish then gives up
+    after max(OUTCOME_TIMEOUT, wait-timeout), not minutes, and its error
+    says the outcome is unknown (not that the transaction failed)."""
+    from ZODB.Connection import TransactionMetaData
+
+    from neostore.client.commit import OUTCOME_TIMEOUT
+
+    cluster = ThreadCluster(str(tmp_path), name="no-outcome", num_storages=2, num_partitions=4).start()
+    try:
+        storage = cluster.client(wait_timeout=WAIT_TIMEOUT)
+        oid = storage.new_oid()
+        txn = TransactionMetaData()
+        storage.tpc_begin(txn)
+        storage.store(oid, None, b"data", "", txn)
+        storage.tpc_vote(txn)
+        for master in cluster.master_nodes:
+            master.stop()
+        started = time.monotonic()
+        with pytest.raises(ClusterUnavailableError, match="outcome .* is unknown: it may have committed"):
+            storage.tpc_finish(txn)
+        assert time.monotonic() - started < OUTCOME_TIMEOUT + BOUND
+        storage.close()
+    finally:
+        cluster.stop()
+
+
 def test_wait_timeout_is_a_zconfig_key(tmp_path: pathlib.Path) -> None:
     with ThreadCluster(str(tmp_path), name="keyed", num_storages=1, num_partitions=2, num_replicas=1) as cluster:
         storage = storageFromString(f"""
