@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import heapq
 import pickle
-import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,13 +17,12 @@ from ZODB.BaseStorage import DataRecord, TransactionRecord
 from ZODB.POSException import POSKeyError
 
 from neostore import errors, rpc
+from neostore.client import prefetch
 from neostore.client.cluster import ClusterConnection
 from neostore.ids import MAX_TID, ZERO_TID, p64, partition_of, tid_time, u64
 from neostore.protocol import common_pb2, storage_pb2
 from neostore.records import Record
 
-#: At most this many oids in one LoadBeforeMany (the nodes take 1000).
-LOAD_MANY_BATCH = 500
 RECORDS_TIMEOUT = 30.0
 
 PAGE_SIZE = 256
@@ -162,24 +160,7 @@ def _records_at(cluster: ClusterConnection, oids: list[bytes], tid: bytes) -> di
     revision there is the one ``tid`` wrote), all in parallel.  Best
     effort: what does not come (a node failed, an answer was cut) is left
     out, for the caller to load one by one."""
-    table = cluster.table
-    by_node: dict[int, list[bytes]] = {}
-    for oid in oids:
-        nodes = table.readable_nodes(table.partition_of(oid))
-        if nodes:
-            by_node.setdefault(random.choice(nodes), []).append(oid)
-    asked: list[list[bytes]] = []
-    calls = []
-    for node_id, node_oids in sorted(by_node.items()):
-        try:
-            stub, peer = cluster.storage_stub(node_id, table)
-        except errors.NotOwner:
-            continue
-        for start in range(0, len(node_oids), LOAD_MANY_BATCH):
-            batch = node_oids[start:start + LOAD_MANY_BATCH]
-            asked.append(batch)
-            calls.append((stub.LoadBeforeMany, cluster.name_unfinished(storage_pb2.LoadBeforeManyRequest(
-                oids=batch, before_tid=p64(u64(tid) + 1), table_version=table.version)), RECORDS_TIMEOUT, peer))
+    asked, calls = prefetch.load_many_calls(cluster, oids, p64(u64(tid) + 1), RECORDS_TIMEOUT)
     found = {}
     for batch, outcome in zip(asked, rpc.call_all(calls), strict=True):
         if not isinstance(outcome, storage_pb2.LoadManyReply):

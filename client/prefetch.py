@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from neostore import errors, rpc
 from neostore.client.cache import ObjectCache
@@ -40,27 +41,9 @@ def prefetch(cluster: ClusterConnection, cache: ObjectCache, last_seen: Callable
     """Load the revisions of ``oids`` current just before ``before_tid``
     into ``cache``; how many came.  ``last_seen()``: the last TID whose
     invalidations the cache has processed."""
-    table = cluster.table
-    by_node: dict[int, list[bytes]] = {}
-    for oid in dict.fromkeys(oids):
-        if len(oid) != 8 or cache.load_before(oid, before_tid, last_seen()) is not None:
-            continue
-        nodes = table.readable_nodes(table.partition_of(oid))
-        if nodes:
-            by_node.setdefault(random.choice(nodes), []).append(oid)
-    batches: list[list[bytes]] = []
-    calls = []
-    for node_id, node_oids in sorted(by_node.items()):
-        try:
-            stub, peer = cluster.storage_stub(node_id, table)
-        except errors.NotOwner:
-            continue
-        for start in range(0, len(node_oids), BATCH):
-            batch = node_oids[start:start + BATCH]
-            request = cluster.name_unfinished(storage_pb2.LoadBeforeManyRequest(
-                oids=batch, before_tid=before_tid, table_version=table.version))
-            batches.append(batch)
-            calls.append((stub.LoadBeforeMany, request, PREFETCH_TIMEOUT, peer))
+    wanted = [oid for oid in dict.fromkeys(oids)
+              if len(oid) == 8 and cache.load_before(oid, before_tid, last_seen()) is None]
+    batches, calls = load_many_calls(cluster, wanted, before_tid, PREFETCH_TIMEOUT)
     for batch in batches:
         for oid in batch:
             cache.begin_load(oid)
@@ -79,6 +62,35 @@ def prefetch(cluster: ClusterConnection, cache: ObjectCache, last_seen: Callable
                 cache.end_load(oid, data, start, end)
                 loaded += data is not None
     return loaded
+
+
+def load_many_calls(cluster: ClusterConnection, oids: Iterable[bytes], before_tid: bytes, timeout: float,
+                    ) -> tuple[list[list[bytes]], list[tuple[Any, ...]]]:
+    """``LoadBeforeMany`` calls for ``oids`` as of ``before_tid``: each oid
+    asked of a readable replica of its partition (one at random), grouped
+    per node, at most ``BATCH`` per call; (the oids of each call, the calls
+    for :func:`neostore.rpc.call_all`).  A node the table no longer lists
+    is left out."""
+    table = cluster.table
+    by_node: dict[int, list[bytes]] = {}
+    for oid in oids:
+        nodes = table.readable_nodes(table.partition_of(oid))
+        if nodes:
+            by_node.setdefault(random.choice(nodes), []).append(oid)
+    batches: list[list[bytes]] = []
+    calls: list[tuple[Any, ...]] = []
+    for node_id, node_oids in sorted(by_node.items()):
+        try:
+            stub, peer = cluster.storage_stub(node_id, table)
+        except errors.NotOwner:
+            continue
+        for start in range(0, len(node_oids), BATCH):
+            batch = node_oids[start:start + BATCH]
+            request = cluster.name_unfinished(storage_pb2.LoadBeforeManyRequest(
+                oids=batch, before_tid=before_tid, table_version=table.version))
+            batches.append(batch)
+            calls.append((stub.LoadBeforeMany, request, timeout, peer))
+    return batches, calls
 
 
 def _revision(oid: bytes, answer: storage_pb2.LoadReply | None) -> tuple[bytes | None, bytes | None, bytes | None]:
