@@ -8,6 +8,7 @@ partition (grouping partitions by node) and merges the pages by TID.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import pickle
 from collections.abc import Callable, Iterator
@@ -52,21 +53,63 @@ def _paged(
     cluster: ClusterConnection, node_id: int, partitions: list[int],
     low: bytes, high: bytes, descending: bool,
 ) -> Iterator[common_pb2.TransactionInfo]:
-    while low <= high:
+    """The transactions of ``partitions`` in [low, high] from ``node_id``
+    while it serves them.  Once it fails (it went down, or its cell went
+    OUT_OF_DATE since the table was read), the rest comes from any readable
+    replica of each partition, failing over as reads do."""
+
+    def from_node(request: storage_pb2.ListTransactionsRequest) -> storage_pb2.ListTransactionsReply:
         stub, peer = cluster.storage_stub(node_id)
+        return rpc.call(stub.ListTransactions, request, timeout=60, peer=peer)
+
+    position = [low, high]  # what is left to read, narrowed as transactions are yielded
+    try:
+        for info in _pages(cluster, from_node, partitions, low, high, descending):
+            yield info
+            _narrow(position, info.tid, descending)
+    except (errors.Unavailable, errors.NotOwner):
+        pass
+    else:
+        return
+    low, high = position
+    if low > high:
+        return
+    yield from heapq.merge(*(
+        _pages(cluster, functools.partial(cluster.read_call, partition, "ListTransactions"),
+               [partition], low, high, descending)
+        for partition in partitions
+    ), key=lambda t: t.tid, reverse=descending)
+
+
+def _pages(
+    cluster: ClusterConnection, ask: Callable[[storage_pb2.ListTransactionsRequest], Any],
+    partitions: list[int], low: bytes, high: bytes, descending: bool,
+) -> Iterator[common_pb2.TransactionInfo]:
+    """The transactions of ``partitions`` in [low, high], a page per
+    ``ask(request)``."""
+    position = [low, high]
+    while position[0] <= position[1]:
         request = cluster.name_unfinished(storage_pb2.ListTransactionsRequest(
-            partitions=partitions, min_tid=low, max_tid=high, limit=PAGE_SIZE, descending=descending))
-        reply = rpc.call(stub.ListTransactions, request, timeout=60, peer=peer)
+            partitions=partitions, min_tid=position[0], max_tid=position[1], limit=PAGE_SIZE,
+            descending=descending))
+        reply = ask(request)
         yield from reply.transactions
         if len(reply.transactions) < PAGE_SIZE:
             return
-        last = u64(reply.transactions[-1].tid)
-        if descending:
-            if last == 0:
-                return
-            high = p64(last - 1)
+        _narrow(position, reply.transactions[-1].tid, descending)
+
+
+def _narrow(position: list[bytes], tid: bytes, descending: bool) -> None:
+    """Leave out of [low, high] (``position``) ``tid`` and what came before it."""
+    if descending:
+        if tid == ZERO_TID:
+            position[:] = [MAX_TID, ZERO_TID]  # empty
         else:
-            low = p64(last + 1)
+            position[1] = p64(u64(tid) - 1)
+    elif tid == MAX_TID:
+        position[:] = [MAX_TID, ZERO_TID]
+    else:
+        position[0] = p64(u64(tid) + 1)
 
 
 def transaction_info(cluster: ClusterConnection, tid: bytes) -> common_pb2.TransactionInfo | None:

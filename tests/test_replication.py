@@ -8,6 +8,7 @@ by chunk, skipping chunks whose checksums match, and becomes UP_TO_DATE.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import pathlib
 import threading
@@ -345,3 +346,22 @@ def test_replication_survives_the_loss_of_its_source(tmp_path: pathlib.Path, mon
         with database.transaction() as conn:
             assert [conn.root()["accounts"][i]["value"][0] for i in range(50)] == [250 + i for i in range(50)]
         database.close()
+
+
+def test_iterating_the_history_goes_on_when_a_replica_it_reads_from_goes_away(
+        cluster: ThreadCluster, db: ZODB.DB, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The transaction iterator (verify, zodbconvert from neostore) reads
+    each partition's transactions a page at a time from one replica; when
+    that replica stops serving them mid-way, the rest comes from the others."""
+    from neostore.client import history
+
+    commit_values(db, "accounts", 60)
+    storage = db.storage
+    everything = [(record.tid, sorted(r.oid for r in record)) for record in storage.iterator()]
+    assert len(everything) == 62  # the root, the accounts, 60 changes
+    monkeypatch.setattr(history, "PAGE_SIZE", 4)  # many pages: the node goes away between two of them
+    iterator = storage.iterator()
+    seen = [(record.tid, sorted(r.oid for r in record)) for record in itertools.islice(iterator, 5)]
+    cluster.storages[0].stop()  # every node serves some partitions' pages (6 partitions over 3 nodes)
+    seen += [(record.tid, sorted(r.oid for r in record)) for record in iterator]
+    assert seen == everything
