@@ -1,4 +1,4 @@
-"""Smoke runs of benchmarks/raft_commit.py and benchmarks/commit.py: each runs
+"""Smoke runs of benchmarks/raft_commit.py, commit.py and transport_floor.py: each runs
 and reports every figure.
 
 No timing bound: only that the script finishes, prints JSON with the
@@ -102,3 +102,21 @@ def test_commit_benchmark_quick_run_reports_every_figure() -> None:
         assert set(results["ratios"][workload]) == {"1", "2"}, workload
         for procs, ratios in results["ratios"][workload].items():
             assert set(ratios) == {"neostore/zeo"} and _positive(ratios["neostore/zeo"]), (workload, procs, ratios)
+
+
+@pytest.mark.timeout(120)
+def test_transport_floor_benchmark_quick_run_reports_every_shape() -> None:
+    script = SCRIPT.parent / "transport_floor.py"
+    completed = subprocess.run([sys.executable, str(script), "--quick", "--json"],
+                               check=False, capture_output=True, text=True, timeout=110)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads(completed.stdout)
+    assert set(results["shapes"]) == {"grpc-unary", "grpc-stream", "framed-socket"}
+    for shape, figures in results["shapes"].items():
+        assert figures["calls"] == 300
+        for key in ("round_trip_p50_us", "round_trip_p99_us"):
+            assert _positive(figures[key]), (shape, key, figures[key])
+        assert figures["round_trip_p99_us"] >= figures["round_trip_p50_us"]
+        # CPU time ticks by 1/SC_CLK_TCK: 300 cheap calls may not fill one tick.
+        for key in ("server_cpu_us_per_call", "client_cpu_us_per_call"):
+            assert figures[key] >= 0, (shape, key, figures[key])
