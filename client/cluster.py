@@ -19,10 +19,10 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-from neostore import errors, leaders, rpc
+from neostore import errors, frames, leaders, rpc
 from neostore.ids import ZERO_TID
 from neostore.partition_table import PartitionTable
-from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc, storage_pb2_grpc
+from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc, storage_pb2, storage_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,10 @@ Reply = TypeVar("Reply")
 
 #: How long a call keeps trying other masters before giving up.
 MASTER_RETRY_SECONDS = 30.0
+#: The storage node calls a client makes as frames (neostore/frames.py) to
+#: a node that serves them: the loads and the votes, its most frequent.
+FRAMED_METHODS = frames.reply_classes(storage_pb2.DESCRIPTOR.services_by_name["Storage"], (
+    "LoadBefore", "LoadSerial", "LoadBeforeMany", "History", "ListTransactions", "Store", "Vote"))
 RPC_TIMEOUT = 60.0
 _ADDRESS = re.compile(r"[\w.\-\[\]:]+:\d+")
 #: A master call slower than this makes the client ask the other masters
@@ -79,7 +83,8 @@ class ClusterConnection:
         self._lock = threading.Lock()
         self._master_stubs: dict[str, master_pb2_grpc.MasterStub] = {}
         self._preferred_master = 0
-        self._storage_stubs: dict[str, storage_pb2_grpc.StorageStub] = {}
+        #: By (address, frames address): a gRPC stub, or a FramesStub over it.
+        self._storage_stubs: dict[tuple[str, str], Any] = {}
         self._table: PartitionTable | None = None
         self._unfinished: set[bytes] = set()
         self._closed = threading.Event()
@@ -139,11 +144,14 @@ class ClusterConnection:
         if self._stream_thread.is_alive() and threading.current_thread() is not self._stream_thread:
             self._stream_thread.join(5)
         with self._lock:
-            addresses = list(self._master_stubs) + list(self._storage_stubs)
+            addresses = list(self._master_stubs) + [address for address, _ in self._storage_stubs]
+            frames_addresses = [framed for _, framed in self._storage_stubs if framed]
             self._master_stubs.clear()
             self._storage_stubs.clear()
         for address in addresses:
             rpc.shared_channels.release(self._config, address)
+        for address in frames_addresses:
+            frames.shared_channels.release(self._config, address)
 
     @property
     def client_id(self) -> str:
@@ -268,13 +276,18 @@ class ClusterConnection:
         except KeyError:  # dropped from the cluster (neoctl drop-node) since the client routed to it
             raise errors.NotOwner(f"storage node {node_id} is no longer in the partition table "
                                   f"(version {table.version})") from None
+        frames_address = table.node(node_id).frames_address
+        key = (address, frames_address)
         with self._lock:
-            stub = self._storage_stubs.get(address)
+            stub = self._storage_stubs.get(key)
             if stub is None:
                 if self._closed.is_set():
                     raise errors.Unavailable("the client is closed")
                 stub = rpc.shared_channels.acquire(self._config, address, storage_pb2_grpc.StorageStub)
-                self._storage_stubs[address] = stub
+                if frames_address:
+                    stub = frames.FramesStub(frames.shared_channels.acquire(self._config, frames_address), stub,
+                                             FRAMED_METHODS, f"storage node {node_id} at {frames_address}")
+                self._storage_stubs[key] = stub
         return stub, f"storage node {node_id} at {address}"
 
     def unfinished(self, ttid: bytes, finished: bool = False) -> None:

@@ -116,7 +116,7 @@ def storage_command(settings: dict[str, str], extra: list[str]) -> list[str]:
     if masters:
         command += ["--masters", ",".join(masters)]
     command += _options(settings, {
-        "NEOSTORE_ADVERTISE": "--advertise", "NEOSTORE_LABEL": "--label",
+        "NEOSTORE_ADVERTISE": "--advertise", "NEOSTORE_LABEL": "--label", "NEOSTORE_FRAMES_PORT": "--frames-port",
         "NEOSTORE_LOG_LEVEL": "--log-level", "NEOSTORE_METRICS": "--metrics", **TLS_OPTIONS})
     return command + extra
 

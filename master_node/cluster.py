@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -67,6 +68,8 @@ from neostore.partition_table import READABLE_STATES, CellState, NodeState, Part
 from neostore.protocol import common_pb2, master_pb2, storage_pb2
 
 log = logging.getLogger(__name__)
+
+_HOST_PORT = re.compile(r"[^\s:]+(:[^\s:]+)*:[0-9]{1,5}|\[[0-9a-fA-F:.]+\]:[0-9]{1,5}")
 
 #: The most oids one NewOids call hands out (clients ask 100 at a time).
 MAX_OIDS_PER_REQUEST = 1000
@@ -186,6 +189,7 @@ class ClusterManager:
         pending_ttids: Sequence[bytes],
         partition_last_tids: Sequence[PartitionTid],
         cluster_id: str = "",
+        frames_address: str = "",
     ) -> Registration:
         """Steps 1-5 of the module docstring."""
         state = self._log.state
@@ -203,6 +207,8 @@ class ClusterManager:
                 f"same name (cluster id {cluster_id}, this cluster's is {state.cluster_id})")
         if not address:
             raise errors.BadRequest("a storage node must give the address of its Storage service")
+        if frames_address and not _HOST_PORT.fullmatch(frames_address):
+            raise errors.BadRequest(f"frames address {frames_address!r} is not host:port")
         for ttid in pending_ttids:
             if len(ttid) != 8:
                 raise errors.BadRequest(f"pending ttid must be 8 bytes, got {len(ttid)}")
@@ -213,7 +219,7 @@ class ClusterManager:
                     f"(of {state.num_partitions}), tid of {len(held.tid)} bytes"
                 )
         with self._admin_lock, self._coordinator.registering() as registered:
-            node_id = submit_one(self._log, RegisterNode(node_id, address, label))
+            node_id = submit_one(self._log, RegisterNode(node_id, address, label, frames_address))
             registered(node_id)
             with self._condition:
                 stale = self._sessions.pop(node_id, None)  # its end must not mark the node DOWN

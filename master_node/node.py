@@ -165,7 +165,11 @@ class MasterNode:
                     snapshot_every=config.snapshot_every, tick_interval=config.raft_tick_interval)
             else:
                 command_log = LmdbCommandLog(pathlib.Path(config.data_dir), snapshot_every=config.snapshot_every)
-            storages = StorageLinks(config.rpc)
+            def frames_address_of(address: str) -> str:
+                return next((node.frames_address for node in command_log.state.table.nodes
+                             if node.address == address), "")
+
+            storages = StorageLinks(config.rpc, frames_address_of)
             leadership: Leadership | None = None
             server: grpc.Server | None = None
             metrics = NodeMetrics() if config.metrics else None

@@ -280,6 +280,7 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
             pending_ttids=list(request.pending_ttids),
             partition_last_tids=[PartitionTid(held.partition, held.tid) for held in request.partition_last_tids],
             cluster_id=request.cluster_id,
+            frames_address=request.frames_address,
         )
         return master_pb2.RegisterStorageReply(
             cluster_id=self._leadership.state.cluster_id,

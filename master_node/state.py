@@ -336,6 +336,7 @@ class RegisterNode:
     node_id: int
     address: str
     label: str = ""
+    frames_address: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -636,7 +637,7 @@ def _register_node(state: ClusterState, command: RegisterNode) -> tuple[ClusterS
     if command.node_id == 0:
         node_id = state.next_node_id
         initial = NodeState.RUNNING if state.status == ClusterStatus.EMPTY else NodeState.PENDING
-        info = StorageNodeInfo(node_id, command.address, initial, command.label)
+        info = StorageNodeInfo(node_id, command.address, initial, command.label, command.frames_address)
         return dataclasses.replace(
             state, table=state.table.with_node(info), next_node_id=node_id + 1
         ), node_id
@@ -644,7 +645,7 @@ def _register_node(state: ClusterState, command: RegisterNode) -> tuple[ClusterS
     if known is None:
         raise errors.WrongCluster(f"node {command.node_id} is not known to this cluster ({state.cluster_name!r})")
     new_state = NodeState.PENDING if known.state == NodeState.PENDING else NodeState.RUNNING
-    info = StorageNodeInfo(command.node_id, command.address, new_state, command.label)
+    info = StorageNodeInfo(command.node_id, command.address, new_state, command.label, command.frames_address)
     if info == known:
         return state, command.node_id
     return dataclasses.replace(state, table=state.table.with_node(info)), command.node_id

@@ -52,6 +52,8 @@ class StorageNodeInfo:
     address: str
     state: NodeState
     label: str = ""
+    #: host:port of its framed calls (:mod:`neostore.frames`); "" if none.
+    frames_address: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +142,8 @@ class PartitionTable:
                 common_pb2.Cell(node_id=c.node_id, state=int(c.state)) for c in row
             ]) for row in self.rows],
             nodes=[common_pb2.StorageNode(
-                node_id=n.node_id, address=n.address, state=int(n.state), label=n.label
+                node_id=n.node_id, address=n.address, state=int(n.state), label=n.label,
+                frames_address=n.frames_address,
             ) for n in self.nodes],
         )
 
@@ -155,7 +158,7 @@ class PartitionTable:
                 for row in message.rows
             ),
             nodes=tuple(
-                StorageNodeInfo(n.node_id, n.address, NodeState(n.state), n.label)
+                StorageNodeInfo(n.node_id, n.address, NodeState(n.state), n.label, n.frames_address)
                 for n in message.nodes
             ),
         )

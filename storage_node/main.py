@@ -3,7 +3,7 @@
     neo-storage --cluster NAME --masters HOST:PORT[,HOST:PORT...] --data DIR
                 [--bind 127.0.0.1:PORT] [--advertise HOST] [--label L]
                 [--map-size BYTES] [--register-timeout SECONDS] [--log-level INFO]
-                [--ca FILE --cert FILE --key FILE] [--metrics HOST:PORT]
+                [--ca FILE --cert FILE --key FILE] [--metrics HOST:PORT] [--frames-port PORT]
                 [--config FILE] [--log-file PATH] [--log-format text|json]
 
 Every option can come from ``--config FILE`` (TOML, one key per option:
@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds to keep trying the masters at start (default %(default)s)")
     parser.add_argument("--metrics", default="", metavar="HOST:PORT",
                         help="serve Prometheus metrics on HOST:PORT (port 0: any; off unless given)")
+    parser.add_argument("--frames-port", type=int, default=0, metavar="PORT",
+                        help="port (on the --bind host) of the framed calls clients make for loads and "
+                             "votes, a fifth of a gRPC call's cost (0: any free port; -1: none, gRPC only)")
     add_common_arguments(parser)
     rpc.add_tls_arguments(parser)
     return parser
@@ -71,6 +74,8 @@ def storage_config(arguments: argparse.Namespace) -> StorageConfig:
         raise ValueError("--masters names no address")
     if arguments.metrics:
         split_address(arguments.metrics)  # a ValueError naming it, before anything starts
+    if not -1 <= arguments.frames_port <= 65535:
+        raise ValueError(f"--frames-port {arguments.frames_port} is not a port (0: any, -1: none)")
     return StorageConfig(
         rpc=rpc.RpcConfig(cluster_name=arguments.cluster, tls=tls),
         masters=masters,
@@ -81,6 +86,7 @@ def storage_config(arguments: argparse.Namespace) -> StorageConfig:
         map_size=arguments.map_size,
         register_timeout=arguments.register_timeout,
         metrics=arguments.metrics,
+        frames_port=arguments.frames_port,
     )
 
 

@@ -41,10 +41,11 @@ from typing import Any
 import grpc
 
 from neostore import errors, leaders, rpc
+from neostore.frames import FramesServer
 from neostore.ids import tid_repr
 from neostore.metrics import NodeMetrics, counter, gauge, gauges, lmdb_families
 from neostore.partition_table import CellState, PartitionTable
-from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc, storage_pb2_grpc
+from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc, storage_pb2, storage_pb2_grpc
 from neostore.storage_node.database import DEFAULT_MAP_SIZE, Database
 from neostore.storage_node.locks import DEFAULT_LOCK_TIMEOUT, LockManager
 from neostore.storage_node.ownership import Ownership
@@ -95,6 +96,9 @@ class StorageConfig:
     replication_chunk_bytes: int = DEFAULT_CHUNK_BYTES
     replication_report_interval: float = DEFAULT_REPORT_INTERVAL  # seconds between progress reports
     metrics: str = ""  # HOST:PORT to serve Prometheus metrics on ("": none)
+    #: Port of the framed calls (neostore/frames.py: clients' loads and
+    #: votes), on the host of ``bind``: 0 picks a free one, -1 serves none.
+    frames_port: int = 0
 
 
 class StorageNode:
@@ -108,6 +112,7 @@ class StorageNode:
         self._manager: TransactionManager | None = None
         self._server: grpc.Server | None = None
         self._port = 0
+        self._frames: FramesServer | None = None
         self._stopping = threading.Event()
         self._registered = threading.Event()
         self._master_mutex = threading.Lock()
@@ -140,11 +145,17 @@ class StorageNode:
             if metrics is not None:
                 metrics.collect_with(self._collect_metrics)
                 metrics.serve(self._config.metrics)
-            storage_pb2_grpc.add_StorageServicer_to_server(
-                StorageServicer(self._database, self._manager, self._ownership), server
-            )
+            servicer = StorageServicer(self._database, self._manager, self._ownership)
+            storage_pb2_grpc.add_StorageServicer_to_server(servicer, server)
             self._server = server
             server.start()
+            if self._config.frames_port >= 0:
+                bind_host = self._config.bind.rsplit(":", 1)[0]
+                self._frames = FramesServer(
+                    self._config.rpc, f"{bind_host or '0.0.0.0'}:{self._config.frames_port}",
+                    storage_pb2.DESCRIPTOR.services_by_name["Storage"], servicer,
+                    metrics=metrics.rpc if metrics is not None else None)
+                self._frames.start()
             log.info("storage node serving on %s (data in %s)", self.address, self._database.path)
             if self._config.masters:
                 self._register(self._config.register_timeout)
@@ -177,6 +188,9 @@ class StorageNode:
             self._session_thread.join(timeout=10)
         if self._manager is not None:
             self._manager.close()
+        if self._frames is not None:
+            self._frames.stop()
+            self._frames = None
         if self._server is not None:
             self._server.stop(grace).wait()
             self._server = None
@@ -252,6 +266,18 @@ class StorageNode:
             return advertise if _ADDRESS_PATTERN.fullmatch(advertise) else f"{advertise}:{self._port}"
         host = "127.0.0.1" if bind_host in _WILDCARD_HOSTS else bind_host
         return f"{host}:{self._port}"
+
+    def frames_served(self, method: str) -> int:
+        """Calls of ``method`` this node answered as frames."""
+        return self._frames.served[method] if self._frames is not None else 0
+
+    @property
+    def frames_address(self) -> str:
+        """host:port that clients make their framed calls to ("" if none):
+        the host peers reach this node at, the frames port."""
+        if self._frames is None:
+            return ""
+        return f"{self.address.rsplit(':', 1)[0]}:{self._frames.port}"
 
     @property
     def port(self) -> int:
@@ -377,6 +403,7 @@ class StorageNode:
             cluster_name=self._config.rpc.cluster_name,
             node_id=database.node_id(),
             address=self.address,
+            frames_address=self.frames_address,
             label=self._config.label,
             cluster_id=database.cluster_id(),
             pending_ttids=database.pending_ttids(),

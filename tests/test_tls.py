@@ -12,8 +12,10 @@ from ZODB import POSException
 from ZODB.Connection import TransactionMetaData
 from ZODB.utils import maxtid, z64
 
+from neostore import frames
 from neostore.client import NeoStorage
-from neostore.rpc import TlsConfig
+from neostore.protocol import storage_pb2
+from neostore.rpc import RpcConfig, TlsConfig
 
 from harness import ThreadCluster
 
@@ -53,7 +55,25 @@ def test_a_client_with_a_cluster_certificate_commits_and_reads(tls_cluster: Any)
     storage.tpc_vote(txn)
     tid = storage.tpc_finish(txn)
     assert storage.loadBefore(oid, maxtid) == (b"over tls", tid, None)
+    # The vote and the load went as frames over TLS, not through the fallback to gRPC.
+    framed = {node.frames_address for node in cluster.storages}
+    assert sum(channel.calls for channel in frames.shared_channels.channels() if channel.address in framed) >= 2
+    assert sum(node.frames_served("Vote") for node in cluster.storages) >= 2
     storage.close()
+
+
+def test_the_frames_port_refuses_plaintext_and_foreign_certificates(tls_cluster: Any) -> None:
+    cluster, base = tls_cluster
+    address = cluster.storages[0].frames_address
+    request = storage_pb2.LoadBeforeRequest(oid=b"\0" * 8, before_tid=maxtid)
+    foreign = _authority(base / "frames-foreign-ca", "foreign")
+    for config in (RpcConfig(cluster_name="secure"), RpcConfig(cluster_name="secure", tls=foreign)):
+        channel = frames.FramesChannel(config, address)
+        try:
+            with pytest.raises(frames.NoFrames):
+                channel.call("LoadBefore", request, storage_pb2.LoadReply, 5, "node")
+        finally:
+            channel.close()
 
 
 def test_a_plaintext_client_is_refused(tls_cluster: Any) -> None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0c\x63ommon.proto\x12\x08neostore\"\xa8\x01\n\x04\x43\x65ll\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.neostore.Cell.State\"j\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0e\n\nUP_TO_DATE\x10\x01\x12\x0f\n\x0bOUT_OF_DATE\x10\x02\x12\x0b\n\x07\x46\x45\x45\x44ING\x10\x03\x12\r\n\tDISCARDED\x10\x04\x12\r\n\tCORRUPTED\x10\x05\"-\n\x0cPartitionRow\x12\x1d\n\x05\x63\x65lls\x18\x01 \x03(\x0b\x32\x0e.neostore.Cell\"\xae\x01\n\x0bStorageNode\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.neostore.StorageNode.State\x12\r\n\x05label\x18\x04 \x01(\t\"B\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\x08\n\x04\x44OWN\x10\x03\"\x9b\x01\n\x0ePartitionTable\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x16\n\x0enum_partitions\x18\x02 \x01(\r\x12\x14\n\x0cnum_replicas\x18\x03 \x01(\r\x12$\n\x04rows\x18\x04 \x03(\x0b\x32\x16.neostore.PartitionRow\x12$\n\x05nodes\x18\x05 \x03(\x0b\x32\x15.neostore.StorageNode\"@\n\nDataRecord\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\ncompressed\x18\x02 \x01(\x08\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\x07\"r\n\x0fTransactionInfo\x12\x0b\n\x03tid\x18\x01 \x01(\x0c\x12\x0c\n\x04user\x18\x02 \x01(\x0c\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\x0c\x12\x11\n\textension\x18\x04 \x01(\x0c\x12\x0c\n\x04oids\x18\x05 \x03(\x0c\x12\x0e\n\x06packed\x18\x06 \x01(\x08\"%\n\x08\x44\x65\x63ision\x12\x0c\n\x04ttid\x18\x01 \x01(\x0c\x12\x0b\n\x03tid\x18\x02 \x01(\x0c\"2\n\x10PartitionLastTid\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x0b\n\x03tid\x18\x02 \x01(\x0c\")\n\nTruncation\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\x0c\x12\x0c\n\x04upto\x18\x02 \x01(\x0c\"\x07\n\x05\x45mptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0c\x63ommon.proto\x12\x08neostore\"\xa8\x01\n\x04\x43\x65ll\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.neostore.Cell.State\"j\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0e\n\nUP_TO_DATE\x10\x01\x12\x0f\n\x0bOUT_OF_DATE\x10\x02\x12\x0b\n\x07\x46\x45\x45\x44ING\x10\x03\x12\r\n\tDISCARDED\x10\x04\x12\r\n\tCORRUPTED\x10\x05\"-\n\x0cPartitionRow\x12\x1d\n\x05\x63\x65lls\x18\x01 \x03(\x0b\x32\x0e.neostore.Cell\"\xc6\x01\n\x0bStorageNode\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.neostore.StorageNode.State\x12\r\n\x05label\x18\x04 \x01(\t\x12\x16\n\x0e\x66rames_address\x18\x05 \x01(\t\"B\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\x08\n\x04\x44OWN\x10\x03\"\x9b\x01\n\x0ePartitionTable\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x16\n\x0enum_partitions\x18\x02 \x01(\r\x12\x14\n\x0cnum_replicas\x18\x03 \x01(\r\x12$\n\x04rows\x18\x04 \x03(\x0b\x32\x16.neostore.PartitionRow\x12$\n\x05nodes\x18\x05 \x03(\x0b\x32\x15.neostore.StorageNode\"@\n\nDataRecord\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\ncompressed\x18\x02 \x01(\x08\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\x07\"r\n\x0fTransactionInfo\x12\x0b\n\x03tid\x18\x01 \x01(\x0c\x12\x0c\n\x04user\x18\x02 \x01(\x0c\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\x0c\x12\x11\n\textension\x18\x04 \x01(\x0c\x12\x0c\n\x04oids\x18\x05 \x03(\x0c\x12\x0e\n\x06packed\x18\x06 \x01(\x08\"%\n\x08\x44\x65\x63ision\x12\x0c\n\x04ttid\x18\x01 \x01(\x0c\x12\x0b\n\x03tid\x18\x02 \x01(\x0c\"2\n\x10PartitionLastTid\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x0b\n\x03tid\x18\x02 \x01(\x0c\")\n\nTruncation\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\x0c\x12\x0c\n\x04upto\x18\x02 \x01(\x0c\"\x07\n\x05\x45mptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,21 +38,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PARTITIONROW']._serialized_start=197
   _globals['_PARTITIONROW']._serialized_end=242
   _globals['_STORAGENODE']._serialized_start=245
-  _globals['_STORAGENODE']._serialized_end=419
-  _globals['_STORAGENODE_STATE']._serialized_start=353
-  _globals['_STORAGENODE_STATE']._serialized_end=419
-  _globals['_PARTITIONTABLE']._serialized_start=422
-  _globals['_PARTITIONTABLE']._serialized_end=577
-  _globals['_DATARECORD']._serialized_start=579
-  _globals['_DATARECORD']._serialized_end=643
-  _globals['_TRANSACTIONINFO']._serialized_start=645
-  _globals['_TRANSACTIONINFO']._serialized_end=759
-  _globals['_DECISION']._serialized_start=761
-  _globals['_DECISION']._serialized_end=798
-  _globals['_PARTITIONLASTTID']._serialized_start=800
-  _globals['_PARTITIONLASTTID']._serialized_end=850
-  _globals['_TRUNCATION']._serialized_start=852
-  _globals['_TRUNCATION']._serialized_end=893
-  _globals['_EMPTY']._serialized_start=895
-  _globals['_EMPTY']._serialized_end=902
+  _globals['_STORAGENODE']._serialized_end=443
+  _globals['_STORAGENODE_STATE']._serialized_start=377
+  _globals['_STORAGENODE_STATE']._serialized_end=443
+  _globals['_PARTITIONTABLE']._serialized_start=446
+  _globals['_PARTITIONTABLE']._serialized_end=601
+  _globals['_DATARECORD']._serialized_start=603
+  _globals['_DATARECORD']._serialized_end=667
+  _globals['_TRANSACTIONINFO']._serialized_start=669
+  _globals['_TRANSACTIONINFO']._serialized_end=783
+  _globals['_DECISION']._serialized_start=785
+  _globals['_DECISION']._serialized_end=822
+  _globals['_PARTITIONLASTTID']._serialized_start=824
+  _globals['_PARTITIONLASTTID']._serialized_end=874
+  _globals['_TRUNCATION']._serialized_start=876
+  _globals['_TRUNCATION']._serialized_end=917
+  _globals['_EMPTY']._serialized_start=919
+  _globals['_EMPTY']._serialized_end=926
 # @@protoc_insertion_point(module_scope)

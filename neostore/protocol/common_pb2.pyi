@@ -36,7 +36,7 @@ class PartitionRow(_message.Message):
     def __init__(self, cells: _Optional[_Iterable[_Union[Cell, _Mapping]]] = ...) -> None: ...
 
 class StorageNode(_message.Message):
-    __slots__ = ("node_id", "address", "state", "label")
+    __slots__ = ("node_id", "address", "state", "label", "frames_address")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[StorageNode.State]
@@ -51,11 +51,13 @@ class StorageNode(_message.Message):
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     address: str
     state: StorageNode.State
     label: str
-    def __init__(self, node_id: _Optional[int] = ..., address: _Optional[str] = ..., state: _Optional[_Union[StorageNode.State, str]] = ..., label: _Optional[str] = ...) -> None: ...
+    frames_address: str
+    def __init__(self, node_id: _Optional[int] = ..., address: _Optional[str] = ..., state: _Optional[_Union[StorageNode.State, str]] = ..., label: _Optional[str] = ..., frames_address: _Optional[str] = ...) -> None: ...
 
 class PartitionTable(_message.Message):
     __slots__ = ("version", "num_partitions", "num_replicas", "rows", "nodes")

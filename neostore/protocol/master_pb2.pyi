@@ -249,7 +249,7 @@ class ClientEvent(_message.Message):
     def __init__(self, start_tid: _Optional[bytes] = ..., invalidations: _Optional[_Union[Invalidations, _Mapping]] = ..., partition_table: _Optional[_Union[_common_pb2.PartitionTable, _Mapping]] = ..., reset_cache_at: _Optional[bytes] = ..., heartbeat: _Optional[bool] = ..., stopping: _Optional[bool] = ...) -> None: ...
 
 class RegisterStorageRequest(_message.Message):
-    __slots__ = ("cluster_name", "node_id", "address", "label", "pending_ttids", "partition_last_tids", "cluster_id")
+    __slots__ = ("cluster_name", "node_id", "address", "label", "pending_ttids", "partition_last_tids", "cluster_id", "frames_address")
     CLUSTER_NAME_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -257,6 +257,7 @@ class RegisterStorageRequest(_message.Message):
     PENDING_TTIDS_FIELD_NUMBER: _ClassVar[int]
     PARTITION_LAST_TIDS_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     cluster_name: str
     node_id: int
     address: str
@@ -264,7 +265,8 @@ class RegisterStorageRequest(_message.Message):
     pending_ttids: _containers.RepeatedScalarFieldContainer[bytes]
     partition_last_tids: _containers.RepeatedCompositeFieldContainer[_common_pb2.PartitionLastTid]
     cluster_id: str
-    def __init__(self, cluster_name: _Optional[str] = ..., node_id: _Optional[int] = ..., address: _Optional[str] = ..., label: _Optional[str] = ..., pending_ttids: _Optional[_Iterable[bytes]] = ..., partition_last_tids: _Optional[_Iterable[_Union[_common_pb2.PartitionLastTid, _Mapping]]] = ..., cluster_id: _Optional[str] = ...) -> None: ...
+    frames_address: str
+    def __init__(self, cluster_name: _Optional[str] = ..., node_id: _Optional[int] = ..., address: _Optional[str] = ..., label: _Optional[str] = ..., pending_ttids: _Optional[_Iterable[bytes]] = ..., partition_last_tids: _Optional[_Iterable[_Union[_common_pb2.PartitionLastTid, _Mapping]]] = ..., cluster_id: _Optional[str] = ..., frames_address: _Optional[str] = ...) -> None: ...
 
 class RegisterStorageReply(_message.Message):
     __slots__ = ("node_id", "partition_table", "last_tid", "term", "decided", "truncations", "cluster_id")

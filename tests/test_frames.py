@@ -1,0 +1,223 @@
+"""Framed calls (neostore/frames.py): clients' loads and votes, and the
+masters' Commit orders, over plain sockets next to gRPC.
+
+Real storage nodes and masters (ThreadCluster) for what the cluster does
+with them; a FramesServer around a small servicer for what the transport
+alone must survive (hostile bytes, a node restarting under a pooled
+connection).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import ZODB
+from persistent.mapping import PersistentMapping
+from ZODB.utils import maxtid
+
+from neostore import errors, frames, rpc
+from neostore.client.cluster import FRAMED_METHODS
+from neostore.protocol import storage_pb2, storage_pb2_grpc
+
+from harness import ThreadCluster
+
+STORAGE = storage_pb2.DESCRIPTOR.services_by_name["Storage"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadCluster]:
+    with ThreadCluster(str(tmp_path_factory.mktemp("frames")), name="framed") as running:
+        yield running
+
+
+def _framed_calls(node_frames_addresses: set[str]) -> int:
+    return sum(channel.calls for channel in frames.shared_channels.channels()
+               if channel.address in node_frames_addresses)
+
+
+def test_loads_and_votes_go_as_frames_and_commit_orders_too(cluster: ThreadCluster) -> None:
+    addresses = {node.frames_address for node in cluster.storages}
+    assert all(addresses) and len(addresses) == len(cluster.storages)
+    table = cluster.master.state.table
+    assert {node.frames_address for node in table.nodes} == addresses  # advertised to every client
+    db = ZODB.DB(cluster.client())
+    try:
+        before = _framed_calls(addresses)
+        served_before = sum(node.frames_served("Vote") + node.frames_served("Commit") for node in cluster.storages)
+        with db.transaction() as conn:
+            conn.root()["framed"] = PersistentMapping(value=1)
+        with db.transaction() as conn:
+            conn.root()["framed"]["value"] = 2
+        fresh = cluster.client()
+        root = fresh.load(b"\0" * 8)[0]
+        assert root
+        assert fresh.loadBefore(b"\0" * 8, maxtid)[0] == root
+        assert _framed_calls(addresses) > before  # the votes and loads: no fallback to gRPC
+        # Votes from the client and Commit orders from the master came as frames.
+        served = sum(node.frames_served("Vote") + node.frames_served("Commit") for node in cluster.storages)
+        assert served >= served_before + 2 * 2 * 2  # 2 transactions, 2 replicas, a vote and a commit each
+    finally:
+        db.close()
+
+
+def test_a_wrong_cluster_name_is_refused_on_the_frames_port_without_naming_the_cluster(
+        cluster: ThreadCluster) -> None:
+    channel = frames.FramesChannel(rpc.RpcConfig(cluster_name="other"), cluster.storages[0].frames_address)
+    try:
+        with pytest.raises(errors.WrongCluster) as refused:
+            channel.call("LoadBefore", storage_pb2.LoadBeforeRequest(oid=b"\0" * 8, before_tid=maxtid),
+                          storage_pb2.LoadReply, 5, "node")
+        assert "framed" not in str(refused.value)
+    finally:
+        channel.close()
+
+
+class _Servicer:
+    """Answers LoadBefore with the oid it was asked; blocks on ``hold``."""
+
+    def __init__(self) -> None:
+        self.hold = threading.Event()
+        self.hold.set()
+
+    def LoadBefore(self, request: storage_pb2.LoadBeforeRequest, context: Any) -> storage_pb2.LoadReply:
+        self.hold.wait(10)
+        if request.oid == b"bad":
+            raise errors.NotFound("no such object")
+        return storage_pb2.LoadReply(serial=request.oid)
+
+    def __getattr__(self, name: str) -> Any:
+        def refuse(request: Any, context: Any) -> Any:
+            raise errors.BadRequest(f"{name} is not served by this test servicer")
+        return refuse
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[frames.FramesServer, _Servicer]]:
+    servicer = _Servicer()
+    serving = frames.FramesServer(rpc.RpcConfig(cluster_name="t", max_message_bytes=1 << 16), "127.0.0.1:0",
+                                  STORAGE, servicer)
+    serving.start()
+    yield serving, servicer
+    serving.stop()
+
+
+def _load(channel: frames.FramesChannel, oid: bytes, timeout: float = 5) -> Any:
+    return channel.call("LoadBefore", storage_pb2.LoadBeforeRequest(oid=oid, before_tid=maxtid),
+                        storage_pb2.LoadReply, timeout, "test node")
+
+
+def _raw(port: int, data: bytes) -> bytes:
+    """What the server answers to ``data`` on a new connection, until it closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(data)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+        return answer
+
+
+def _hello(name: str = "t") -> bytes:
+    return struct.pack("!IB", len(name) + 1, frames.HELLO) + name.encode()
+
+
+def test_hostile_bytes_get_an_error_or_a_closed_connection_and_the_server_goes_on(server: Any) -> None:
+    serving, _ = server
+    port = serving.port
+    assert _raw(port, b"\xff" * 64)[4:5] in (bytes([frames.ERROR]), b"")  # a giant length: refused
+    assert _raw(port, b"GET / HTTP/1.1\r\n\r\n")[4:5] in (bytes([frames.ERROR]), b"")
+    assert _raw(port, struct.pack("!IB", 1, frames.CALL))[4:5] == bytes([frames.ERROR])  # a call before HELLO
+    assert _raw(port, _hello() + struct.pack("!IB", 1 << 30, frames.CALL))[5 + 4:5 + 5] == bytes([frames.ERROR])
+    garbled = _hello() + struct.pack("!IBB", 2 + len(b"LoadBefore") + 3, frames.CALL, len(b"LoadBefore")) \
+        + b"LoadBefore" + b"\xff\xff\xff"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(garbled)
+        time.sleep(0.2)
+        answer = connection.recv(65536)
+    assert bytes([frames.ERROR]) in answer and b"BadRequest" in answer  # a request that does not decode
+    channel = frames.FramesChannel(rpc.RpcConfig(cluster_name="t"), f"127.0.0.1:{port}")
+    try:
+        assert _load(channel, b"oid-1").serial == b"oid-1"  # still serving
+        with pytest.raises(errors.NotFound, match="no such object .from test node."):
+            _load(channel, b"bad")  # an error crosses as its own class
+        with pytest.raises(errors.BadRequest, match="not served"):
+            channel.call("Vote", storage_pb2.VoteRequest(), storage_pb2.VoteReply, 5, "test node")
+        assert _load(channel, b"oid-2").serial == b"oid-2"  # an error leaves the connection usable
+    finally:
+        channel.close()
+
+
+def test_a_call_that_times_out_fails_as_deadline_exceeded_and_the_next_one_works(server: Any) -> None:
+    serving, servicer = server
+    channel = frames.FramesChannel(rpc.RpcConfig(cluster_name="t"), f"127.0.0.1:{serving.port}")
+    try:
+        servicer.hold.clear()
+        with pytest.raises(errors.DeadlineExceeded):
+            _load(channel, b"slow", timeout=0.2)
+        servicer.hold.set()
+        assert _load(channel, b"after").serial == b"after"
+    finally:
+        channel.close()
+
+
+def test_a_pooled_connection_to_a_node_that_restarted_is_replaced(server: Any) -> None:
+    serving, servicer = server
+    port = serving.port
+    channel = frames.FramesChannel(rpc.RpcConfig(cluster_name="t"), f"127.0.0.1:{port}")
+    try:
+        assert _load(channel, b"one").serial == b"one"  # leaves an idle connection in the pool
+        serving.stop()
+        again = frames.FramesServer(rpc.RpcConfig(cluster_name="t"), f"127.0.0.1:{port}", STORAGE, servicer)
+        again.start()
+        try:
+            assert _load(channel, b"two").serial == b"two"
+        finally:
+            again.stop()
+    finally:
+        channel.close()
+
+
+def test_concurrent_callers_each_get_their_own_answer(server: Any) -> None:
+    serving, _ = server
+    channel = frames.FramesChannel(rpc.RpcConfig(cluster_name="t"), f"127.0.0.1:{serving.port}")
+    wrong: list[tuple[bytes, bytes]] = []
+
+    def caller(index: int) -> None:
+        for call in range(50):
+            oid = f"{index}-{call}".encode()
+            answer = _load(channel, oid).serial
+            if answer != oid:
+                wrong.append((oid, answer))
+
+    threads = [threading.Thread(target=caller, args=(index,)) for index in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not wrong
+        assert channel.calls == 8 * 50
+    finally:
+        channel.close()
+
+
+def test_a_frames_port_out_of_reach_falls_back_to_grpc(cluster: ThreadCluster) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        closed_port = unused.getsockname()[1]
+    node = cluster.storages[0]
+    channel = frames.FramesChannel(cluster.rpc, f"127.0.0.1:{closed_port}")  # nothing listens there
+    grpc_stub = storage_pb2_grpc.StorageStub(rpc.make_channel(cluster.rpc, node.address))
+    stub = frames.FramesStub(channel, grpc_stub, FRAMED_METHODS, "node 1")
+    try:
+        reply = rpc.call(stub.LoadBefore, storage_pb2.LoadBeforeRequest(oid=b"\0" * 8, before_tid=maxtid),
+                         timeout=10, peer="node 1")
+        assert reply.status == storage_pb2.LoadReply.FOUND  # the root, over gRPC
+        assert channel.calls == 0
+    finally:
+        channel.close()
