@@ -34,6 +34,12 @@ MASTER_RETRY_SECONDS = 30.0
 #: a node that serves them: the loads and the votes, its most frequent.
 FRAMED_METHODS = frames.reply_classes(storage_pb2.DESCRIPTOR.services_by_name["Storage"], (
     "LoadBefore", "LoadSerial", "LoadBeforeMany", "History", "ListTransactions", "Store", "Vote"))
+#: The master calls a client makes as frames to a master that serves them.
+FRAMED_MASTER_METHODS = frames.reply_classes(master_pb2.DESCRIPTOR.services_by_name["Master"], (
+    "Begin", "Finish", "Sync", "NewOids"))
+#: How long a master found to serve no frames (or not answering whether it
+#: does) is called over gRPC only before it is asked again.
+FRAMES_ASK_AGAIN = 60.0
 RPC_TIMEOUT = 60.0
 _ADDRESS = re.compile(r"[\w.\-\[\]:]+:\d+")
 #: A master call slower than this makes the client ask the other masters
@@ -82,6 +88,8 @@ class ClusterConnection:
         self.wait_timeout = wait_timeout
         self._lock = threading.Lock()
         self._master_stubs: dict[str, master_pb2_grpc.MasterStub] = {}
+        #: By master address: its FramesStub, or when to ask again whether it serves frames.
+        self._master_frames: dict[str, frames.FramesStub | float] = {}
         self._preferred_master = 0
         #: By (address, frames address): a gRPC stub, or a FramesStub over it.
         self._storage_stubs: dict[tuple[str, str], Any] = {}
@@ -145,7 +153,9 @@ class ClusterConnection:
             self._stream_thread.join(5)
         with self._lock:
             addresses = list(self._master_stubs) + [address for address, _ in self._storage_stubs]
-            frames_addresses = [framed for _, framed in self._storage_stubs if framed]
+            frames_addresses = [framed for _, framed in self._storage_stubs if framed] + [
+                stub.channel.address for stub in self._master_frames.values() if isinstance(stub, frames.FramesStub)]
+            self._master_frames.clear()
             self._master_stubs.clear()
             self._storage_stubs.clear()
         for address in addresses:
@@ -173,6 +183,34 @@ class ClusterConnection:
                 self._master_stubs[address] = stub
         return stub
 
+    def _framed_master_stub(self, address: str) -> Any:
+        """The master's stub for :data:`FRAMED_MASTER_METHODS`: frames where
+        it serves them (its ClusterInfo names its frames address: asked
+        once), else its gRPC stub."""
+        stub = self._master_stub(address)
+        with self._lock:
+            known = self._master_frames.get(address)
+        if isinstance(known, frames.FramesStub):
+            return known
+        if known is not None and time.monotonic() < known:
+            return stub
+        try:
+            frames_address = rpc.call(stub.GetClusterInfo, common_pb2.Empty(), timeout=2.0,
+                                      peer=f"master {address}").frames_address
+        except errors.NeoError:
+            frames_address = ""
+        with self._lock:
+            known = self._master_frames.get(address)
+            if isinstance(known, frames.FramesStub):
+                return known
+            if not frames_address or self._closed.is_set():
+                self._master_frames[address] = time.monotonic() + FRAMES_ASK_AGAIN
+                return stub
+            framed = self._master_frames[address] = frames.FramesStub(
+                frames.shared_channels.acquire(self._config, frames_address), stub, FRAMED_MASTER_METHODS,
+                f"master {address}")
+            return framed
+
     def learn_masters(self, addresses: Any) -> None:
         """Add masters this client was not given (masters added to the cluster since)."""
         for address in addresses:
@@ -196,7 +234,8 @@ class ClusterConnection:
             for shift in range(len(self._masters)):
                 index = (self._preferred_master + shift) % len(self._masters)
                 address = self._masters[index]
-                stub = self._master_stub(address)
+                stub = (self._framed_master_stub(address) if method in FRAMED_MASTER_METHODS
+                        else self._master_stub(address))
                 call_timeout = timeout
                 if idempotent:
                     call_timeout = min(timeout, max(deadline - time.monotonic(), MIN_CALL_SECONDS))

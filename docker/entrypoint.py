@@ -102,7 +102,8 @@ def master_command(settings: dict[str, str], extra: list[str]) -> list[str]:
     command += _options(settings, {
         "NEOSTORE_NODE_ID": "--node-id", "NEOSTORE_PARTITIONS": "--partitions",
         "NEOSTORE_REPLICAS": "--replicas", "NEOSTORE_AUTOSTART": "--autostart",
-        "NEOSTORE_LOG_LEVEL": "--log-level", "NEOSTORE_METRICS": "--metrics", **TLS_OPTIONS})
+        "NEOSTORE_LOG_LEVEL": "--log-level", "NEOSTORE_METRICS": "--metrics",
+        "NEOSTORE_FRAMES_PORT": "--frames-port", **TLS_OPTIONS})
     return command + extra
 
 

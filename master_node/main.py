@@ -4,7 +4,7 @@
                [--partitions 12] [--replicas 2] [--autostart N] [--log-level INFO]
                [--masters HOST:PORT,HOST:PORT,... --node-id N]
                [--join --masters HOST:PORT,... --bind HOST:PORT]
-               [--ca FILE --cert FILE --key FILE] [--metrics HOST:PORT]
+               [--ca FILE --cert FILE --key FILE] [--metrics HOST:PORT] [--frames-port PORT]
                [--config FILE] [--log-file PATH] [--log-format text|json]
 
 Every option can come from ``--config FILE`` (TOML, one key per option:
@@ -65,6 +65,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "(after `neoctl add-master`)")
     parser.add_argument("--metrics", default="", metavar="HOST:PORT",
                         help="serve Prometheus metrics on HOST:PORT (port 0: any; off unless given)")
+    parser.add_argument("--frames-port", type=int, default=0, metavar="PORT",
+                        help="port (on the --bind host) of the framed calls clients make to begin and finish "
+                             "transactions, a fifth of a gRPC call's cost (0: any free port; -1: none, gRPC only)")
     add_common_arguments(parser)
     add_tls_arguments(parser)
     return parse_arguments(parser, argv, required=("cluster", "data"))
@@ -81,6 +84,8 @@ def master_config(args: argparse.Namespace) -> MasterConfig:
         raise ValueError(f"--node-id must be between 1 and {len(masters)} with {len(masters)} --masters")
     if args.metrics:
         split_address(args.metrics)  # a ValueError naming it, before anything starts
+    if not -1 <= args.frames_port <= 65535:
+        raise ValueError(f"--frames-port {args.frames_port} is not a port (0: any, -1: none)")
     return MasterConfig(
         rpc=RpcConfig(cluster_name=args.cluster, tls=tls_from_arguments(args)),
         data_dir=args.data,
@@ -92,6 +97,7 @@ def master_config(args: argparse.Namespace) -> MasterConfig:
         node_id=args.node_id if len(masters) > 1 and not args.join else 0,
         join=args.join,
         metrics=args.metrics,
+        frames_port=args.frames_port,
     )
 
 

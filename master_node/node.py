@@ -49,6 +49,7 @@ from typing import Any
 import grpc
 
 from neostore import errors, rpc
+from neostore.frames import FramesServer
 from neostore.master_node.cluster import DEFAULT_HEARTBEAT_INTERVAL, ClusterManager
 from neostore.master_node.command_log import DEFAULT_SNAPSHOT_EVERY, LmdbCommandLog, submit_one
 from neostore.master_node.commit import CommitConfig, CommitCoordinator, last_published_tid
@@ -61,7 +62,7 @@ from neostore.master_node.state import ClusterState, CreateCluster, new_cluster_
 from neostore.master_node.storage_links import StorageLinks
 from neostore.metrics import NodeMetrics, counter, gauge, gauges, lmdb_families
 from neostore.partition_table import CellState, NodeState
-from neostore.protocol import common_pb2, master_pb2_grpc, raft_pb2_grpc
+from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc, raft_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,9 @@ class MasterConfig:
     join: bool = False  # join the running group of ``masters`` as the master at ``bind``
     join_timeout: float = 0.0  # seconds to wait to be added (0: until stopped)
     metrics: str = ""  # HOST:PORT to serve Prometheus metrics on ("": none)
+    #: Port of the framed calls (neostore/frames.py: clients' Begin, Finish,
+    #: Sync, NewOids), on the host of ``bind``: 0 picks a free one, -1 none.
+    frames_port: int = 0
 
     @property
     def replicated(self) -> bool:
@@ -120,6 +124,7 @@ class MasterNode:
         self._lock = threading.Lock()
         self._parts: _Running | None = None
         self._server: grpc.Server | None = None
+        self._frames: FramesServer | None = None
         self._address = ""
         self._stopping = threading.Event()  # interrupts a join still waiting
         self._metrics: NodeMetrics | None = None
@@ -172,6 +177,7 @@ class MasterNode:
             storages = StorageLinks(config.rpc, frames_address_of)
             leadership: Leadership | None = None
             server: grpc.Server | None = None
+            frames_server: FramesServer | None = None
             metrics = NodeMetrics() if config.metrics else None
             try:
                 if isinstance(command_log, RaftCommandLog):
@@ -218,12 +224,14 @@ class MasterNode:
                 if isinstance(command_log, RaftCommandLog):
                     info = MasterInfo(address=lambda: self._address, masters=command_log.members,
                                       leader=self._leader, term=self._raft_term,
-                                      add_master=self.add_master, remove_master=self.remove_master)
+                                      add_master=self.add_master, remove_master=self.remove_master,
+                                      frames_address=lambda: self.frames_address)
                 else:
                     info = MasterInfo(address=lambda: self._address, masters=lambda: [(0, self._address)],
-                                      leader=self._leader, term=self._raft_term)
-                master_pb2_grpc.add_MasterServicer_to_server(
-                    MasterServicer(leadership, publisher, info, config.invalidation_interval), server)
+                                      leader=self._leader, term=self._raft_term,
+                                      frames_address=lambda: self.frames_address)
+                master_servicer = MasterServicer(leadership, publisher, info, config.invalidation_interval)
+                master_pb2_grpc.add_MasterServicer_to_server(master_servicer, server)
                 master_pb2_grpc.add_AdminServicer_to_server(AdminServicer(leadership, publisher, info), server)
                 if isinstance(command_log, RaftCommandLog):
                     raft_pb2_grpc.add_RaftServicer_to_server(RaftServicer(command_log.exchange), server)
@@ -234,12 +242,22 @@ class MasterNode:
                     metrics.collect_with(self._collect_metrics)
                     metrics.serve(config.metrics)
                 server.start()
+                if config.frames_port >= 0:
+                    frames_server = FramesServer(
+                        config.rpc, f"{bind.rsplit(':', 1)[0] or '0.0.0.0'}:{config.frames_port}",
+                        [(master_pb2.DESCRIPTOR.services_by_name["Master"], master_servicer)],
+                        metrics=metrics.rpc if metrics is not None else None)
+                    frames_server.start()
+                    self._frames = frames_server
                 if isinstance(command_log, RaftCommandLog):
                     command_log.start()
                 else:
                     leadership.become_leader()
             except BaseException:
                 self._address = ""
+                if frames_server is not None:
+                    frames_server.stop()
+                    self._frames = None
                 if server is not None:
                     server.stop(0)
                 if leadership is not None:
@@ -263,6 +281,15 @@ class MasterNode:
             else:
                 log.info("master of cluster %r serving on %s (term %d, partition table version %d)",
                          config.rpc.cluster_name, self._address, command_log.term, state.table.version)
+
+    @property
+    def frames_address(self) -> str:
+        """host:port of this master's framed calls ("" if none): the host
+        it serves at, the frames port."""
+        frames_server = self._frames
+        if frames_server is None or not self._address:
+            return ""
+        return f"{self._address.rsplit(':', 1)[0]}:{frames_server.port}"
 
     @property
     def metrics_address(self) -> str:
@@ -446,12 +473,14 @@ class MasterNode:
     def stop(self, grace: float = 1.0) -> None:
         self._stopping.set()
         with self._lock:
-            parts, server = self._parts, self._server
-            self._parts = self._server = None
+            parts, server, frames_server = self._parts, self._server, self._frames
+            self._parts = self._server = self._frames = None
         if parts is None:
             return
         parts.leadership.stop()
         parts.publisher.close()
+        if frames_server is not None:
+            frames_server.stop()
         if server is not None:
             server.stop(grace).wait()
         parts.storages.close()

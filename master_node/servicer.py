@@ -64,8 +64,10 @@ class MasterInfo:
     def __init__(self, address: Callable[[], str], masters: Callable[[], list[tuple[int, str]]],
                  leader: Callable[[], str], term: Callable[[], int],
                  add_master: Callable[[str], int] = _no_membership,
-                 remove_master: Callable[[str], int] = _no_membership) -> None:
+                 remove_master: Callable[[str], int] = _no_membership,
+                 frames_address: Callable[[], str] = lambda: "") -> None:
         self.address = address
+        self.frames_address = frames_address
         self.masters = masters
         self.leader = leader
         self.term = term
@@ -94,6 +96,7 @@ def cluster_info(leadership: Leadership, publisher: InvalidationPublisher,
         term=info.term(),
         members=members,
         cluster_id=state.cluster_id,
+        frames_address=info.frames_address(),
     )
 
 

@@ -47,7 +47,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from google.protobuf import message as protobuf_message
@@ -136,21 +136,25 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 class FramesServer:
-    """Serves the unary methods of ``service`` (a protobuf service
-    descriptor) from ``servicer`` on ``address`` (``host:0``: any port);
-    a thread per connection.  :meth:`start`, then :meth:`stop`."""
+    """Serves the unary methods of each ``(service, servicer)`` of
+    ``services`` (a protobuf service descriptor, the object whose methods
+    serve it; method names must not repeat) on ``address`` (``host:0``:
+    any port); a thread per connection.  :meth:`start`, then :meth:`stop`."""
 
-    def __init__(self, config: RpcConfig, address: str, service: ServiceDescriptor, servicer: Any,
+    def __init__(self, config: RpcConfig, address: str, services: Sequence[tuple[ServiceDescriptor, Any]],
                  metrics: RpcMetrics | None = None) -> None:
         self._config = config
         self._tls = _server_context(config)
         self._methods: dict[str, tuple[Callable[[Any, Any], Any], type[protobuf_message.Message], Any]] = {}
-        for method in service.methods:
-            if method.client_streaming or method.server_streaming:
-                continue
-            series = metrics.series(f"/{service.full_name}/{method.name}") if metrics is not None else None
-            self._methods[method.name] = (getattr(servicer, method.name),
-                                          message_factory.GetMessageClass(method.input_type), series)
+        for service, servicer in services:
+            for method in service.methods:
+                if method.client_streaming or method.server_streaming:
+                    continue
+                if method.name in self._methods:
+                    raise ValueError(f"method {method.name} of {service.full_name} is served twice")
+                series = metrics.series(f"/{service.full_name}/{method.name}") if metrics is not None else None
+                self._methods[method.name] = (getattr(servicer, method.name),
+                                              message_factory.GetMessageClass(method.input_type), series)
         host, port = split_address(address)
         self._listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
                                               backlog=1024)
@@ -407,6 +411,7 @@ class FramesStub:
 
     def __init__(self, channel: FramesChannel, stub: Any, framed: dict[str, type[protobuf_message.Message]],
                  peer: str) -> None:
+        self.channel = channel
         self._channel = channel
         self._stub = stub
         self._framed = framed

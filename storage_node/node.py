@@ -153,7 +153,7 @@ class StorageNode:
                 bind_host = self._config.bind.rsplit(":", 1)[0]
                 self._frames = FramesServer(
                     self._config.rpc, f"{bind_host or '0.0.0.0'}:{self._config.frames_port}",
-                    storage_pb2.DESCRIPTOR.services_by_name["Storage"], servicer,
+                    [(storage_pb2.DESCRIPTOR.services_by_name["Storage"], servicer)],
                     metrics=metrics.rpc if metrics is not None else None)
                 self._frames.start()
             log.info("storage node serving on %s (data in %s)", self.address, self._database.path)

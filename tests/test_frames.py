@@ -66,6 +66,21 @@ def test_loads_and_votes_go_as_frames_and_commit_orders_too(cluster: ThreadClust
         db.close()
 
 
+def test_begin_and_finish_go_as_frames_to_the_leader(tmp_path: Any) -> None:
+    with ThreadCluster(str(tmp_path), name="framed-raft", num_masters=3) as raft:
+        framed = {master.frames_address for master in raft.master_nodes}
+        assert all(framed) and len(framed) == 3
+        db = ZODB.DB(raft.client())
+        try:
+            before = _framed_calls(framed)
+            for value in range(3):
+                with db.transaction() as conn:
+                    conn.root()["value"] = value
+            assert _framed_calls(framed) >= before + 3  # the Finishes, at least
+        finally:
+            db.close()
+
+
 def test_a_wrong_cluster_name_is_refused_on_the_frames_port_without_naming_the_cluster(
         cluster: ThreadCluster) -> None:
     channel = frames.FramesChannel(rpc.RpcConfig(cluster_name="other"), cluster.storages[0].frames_address)
@@ -101,7 +116,7 @@ class _Servicer:
 def server() -> Iterator[tuple[frames.FramesServer, _Servicer]]:
     servicer = _Servicer()
     serving = frames.FramesServer(rpc.RpcConfig(cluster_name="t", max_message_bytes=1 << 16), "127.0.0.1:0",
-                                  STORAGE, servicer)
+                                  [(STORAGE, servicer)])
     serving.start()
     yield serving, servicer
     serving.stop()
@@ -172,7 +187,7 @@ def test_a_pooled_connection_to_a_node_that_restarted_is_replaced(server: Any) -
     try:
         assert _load(channel, b"one").serial == b"one"  # leaves an idle connection in the pool
         serving.stop()
-        again = frames.FramesServer(rpc.RpcConfig(cluster_name="t"), f"127.0.0.1:{port}", STORAGE, servicer)
+        again = frames.FramesServer(rpc.RpcConfig(cluster_name="t"), f"127.0.0.1:{port}", [(STORAGE, servicer)])
         again.start()
         try:
             assert _load(channel, b"two").serial == b"two"

@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ClusterInfo(_message.Message):
-    __slots__ = ("cluster_name", "state", "num_partitions", "num_replicas", "table_version", "last_oid", "last_tid", "masters", "leader", "term", "members", "cluster_id")
+    __slots__ = ("cluster_name", "state", "num_partitions", "num_replicas", "table_version", "last_oid", "last_tid", "masters", "leader", "term", "members", "cluster_id", "frames_address")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[ClusterInfo.State]
@@ -32,6 +32,7 @@ class ClusterInfo(_message.Message):
     TERM_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     cluster_name: str
     state: ClusterInfo.State
     num_partitions: int
@@ -44,7 +45,8 @@ class ClusterInfo(_message.Message):
     term: int
     members: _containers.RepeatedCompositeFieldContainer[MasterMember]
     cluster_id: str
-    def __init__(self, cluster_name: _Optional[str] = ..., state: _Optional[_Union[ClusterInfo.State, str]] = ..., num_partitions: _Optional[int] = ..., num_replicas: _Optional[int] = ..., table_version: _Optional[int] = ..., last_oid: _Optional[bytes] = ..., last_tid: _Optional[bytes] = ..., masters: _Optional[_Iterable[str]] = ..., leader: _Optional[str] = ..., term: _Optional[int] = ..., members: _Optional[_Iterable[_Union[MasterMember, _Mapping]]] = ..., cluster_id: _Optional[str] = ...) -> None: ...
+    frames_address: str
+    def __init__(self, cluster_name: _Optional[str] = ..., state: _Optional[_Union[ClusterInfo.State, str]] = ..., num_partitions: _Optional[int] = ..., num_replicas: _Optional[int] = ..., table_version: _Optional[int] = ..., last_oid: _Optional[bytes] = ..., last_tid: _Optional[bytes] = ..., masters: _Optional[_Iterable[str]] = ..., leader: _Optional[str] = ..., term: _Optional[int] = ..., members: _Optional[_Iterable[_Union[MasterMember, _Mapping]]] = ..., cluster_id: _Optional[str] = ..., frames_address: _Optional[str] = ...) -> None: ...
 
 class MasterMember(_message.Message):
     __slots__ = ("node_id", "address")
