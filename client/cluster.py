@@ -90,6 +90,7 @@ class ClusterConnection:
         self._master_stubs: dict[str, master_pb2_grpc.MasterStub] = {}
         #: By master address: its FramesStub, or when to ask again whether it serves frames.
         self._master_frames: dict[str, frames.FramesStub | float] = {}
+        self._master_frames_asked: dict[str, float] = {}  # when a failing FramesStub may be replaced
         self._preferred_master = 0
         #: By (address, frames address): a gRPC stub, or a FramesStub over it.
         self._storage_stubs: dict[tuple[str, str], Any] = {}
@@ -190,10 +191,15 @@ class ClusterConnection:
         stub = self._master_stub(address)
         with self._lock:
             known = self._master_frames.get(address)
-        if isinstance(known, frames.FramesStub):
-            return known
-        if known is not None and time.monotonic() < known:
-            return stub
+            if isinstance(known, frames.FramesStub):
+                if known.channel.reachable or time.monotonic() < self._master_frames_asked.get(address, 0.0):
+                    return known
+                # Its frames port failed: the master may have restarted on another one.
+                self._master_frames_asked[address] = time.monotonic() + FRAMES_ASK_AGAIN
+                del self._master_frames[address]
+                frames.shared_channels.release(self._config, known.channel.address)
+            elif known is not None and time.monotonic() < known:
+                return stub
         try:
             frames_address = rpc.call(stub.GetClusterInfo, common_pb2.Empty(), timeout=2.0,
                                       peer=f"master {address}").frames_address

@@ -62,7 +62,7 @@ from neostore.master_node.state import ClusterState, CreateCluster, new_cluster_
 from neostore.master_node.storage_links import StorageLinks
 from neostore.metrics import NodeMetrics, counter, gauge, gauges, lmdb_families
 from neostore.partition_table import CellState, NodeState
-from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc, raft_pb2_grpc
+from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc, raft_pb2, raft_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,7 @@ class MasterNode:
             leadership: Leadership | None = None
             server: grpc.Server | None = None
             frames_server: FramesServer | None = None
+            raft_servicer: RaftServicer | None = None
             metrics = NodeMetrics() if config.metrics else None
             try:
                 if isinstance(command_log, RaftCommandLog):
@@ -234,7 +235,8 @@ class MasterNode:
                 master_pb2_grpc.add_MasterServicer_to_server(master_servicer, server)
                 master_pb2_grpc.add_AdminServicer_to_server(AdminServicer(leadership, publisher, info), server)
                 if isinstance(command_log, RaftCommandLog):
-                    raft_pb2_grpc.add_RaftServicer_to_server(RaftServicer(command_log.exchange), server)
+                    raft_servicer = RaftServicer(command_log.exchange)
+                    raft_pb2_grpc.add_RaftServicer_to_server(raft_servicer, server)
                     self._address = command_log.address
                 else:
                     self._address = f"{bind.rsplit(':', 1)[0]}:{port}"
@@ -245,7 +247,9 @@ class MasterNode:
                 if config.frames_port >= 0:
                     frames_server = FramesServer(
                         config.rpc, f"{bind.rsplit(':', 1)[0] or '0.0.0.0'}:{config.frames_port}",
-                        [(master_pb2.DESCRIPTOR.services_by_name["Master"], master_servicer)],
+                        [(master_pb2.DESCRIPTOR.services_by_name["Master"], master_servicer)]
+                        + ([(raft_pb2.DESCRIPTOR.services_by_name["Raft"], raft_servicer)]
+                           if raft_servicer is not None else []),
                         metrics=metrics.rpc if metrics is not None else None)
                     frames_server.start()
                     self._frames = frames_server
@@ -281,6 +285,11 @@ class MasterNode:
             else:
                 log.info("master of cluster %r serving on %s (term %d, partition table version %d)",
                          config.rpc.cluster_name, self._address, command_log.term, state.table.version)
+
+    def frames_served(self, method: str) -> int:
+        """Calls of ``method`` this master answered as frames."""
+        frames_server = self._frames
+        return frames_server.served[method] if frames_server is not None else 0
 
     @property
     def frames_address(self) -> str:

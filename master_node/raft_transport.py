@@ -7,7 +7,12 @@ takes everything queued for that peer and sends it in ONE ``Raft.Step`` rpc
 back (its answers to these, once persisted): they go to the driver's inbox
 like any received message, so that a round trip (an append and its
 answer) costs one rpc, not two.  A slow or dead peer delays only its own
-queue, never the driver's loop nor the other peers.  A failed send is
+queue, never the driver's loop nor the other peers.  Once a peer has
+answered, the sender asks it (``GetClusterInfo``) for its frames address
+and sends the Steps as frames (:mod:`neostore.frames`) from then on, over
+gRPC again while the frames port cannot be reached (asked again every
+``FRAMES_ASK_AGAIN`` seconds: a restarted peer may serve them on another
+port).  A failed send is
 reported to the driver (``report_unreachable``: the core then probes that
 follower instead of pipelining) and the messages are dropped — Raft
 tolerates lost messages, the leader resends what a follower lacks.  A
@@ -29,11 +34,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 
-from neostore import errors, rpc
-from neostore.protocol import raft_pb2, raft_pb2_grpc
+from neostore import errors, frames, rpc
+from neostore.protocol import common_pb2, master_pb2_grpc, raft_pb2, raft_pb2_grpc
 from neostore.raft import DecodeError, Message, decode_message, encode_message
 
 log = logging.getLogger(__name__)
@@ -44,6 +50,10 @@ RECONNECT_BACKOFF = 0.5
 #: How long a Step waits for the driver's answer messages (below the
 #: sender's timeout: an answer that misses it is sent on its own).
 REPLY_WAIT = 1.0
+#: Seconds between two questions to a peer about its frames address, while
+#: it has none or its frames port cannot be reached.
+FRAMES_ASK_AGAIN = 30.0
+_FRAMED_STEP = frames.reply_classes(raft_pb2.DESCRIPTOR.services_by_name["Raft"], ("Step",))
 
 
 class ReplyBox:
@@ -91,8 +101,11 @@ class _PeerSender:
         self._timeout = timeout
         self._max_queued = max_queued
         # A peer back from a crash must hear from the leader within an election timeout or so.
+        self._config = config
         self._channel = rpc.make_channel(config, address, max_reconnect_backoff=RECONNECT_BACKOFF)
         self._stub = raft_pb2_grpc.RaftStub(self._channel)
+        self._framed: frames.FramesStub | None = None
+        self._ask_frames_at = 0.0
         self._queue: collections.deque[bytes] = collections.deque()
         self._condition = threading.Condition()
         self._closed = False
@@ -120,7 +133,7 @@ class _PeerSender:
                 batch = list(self._queue)
                 self._queue.clear()
             try:
-                reply = rpc.call(self._stub.Step, raft_pb2.RaftMessages(messages=batch),
+                reply = rpc.call(self._step_stub().Step, raft_pb2.RaftMessages(messages=batch),
                                  timeout=self._timeout, peer=self.address)
                 answers = [decode_message(data) for data in reply.messages]
             except DecodeError as error:
@@ -138,12 +151,39 @@ class _PeerSender:
                 if answers:
                     self._receive(answers)
 
+    def _step_stub(self) -> Any:
+        """The stub to send with: frames once the peer named its frames
+        address (and while they can be reached), else gRPC."""
+        framed = self._framed
+        if framed is not None and framed.channel.reachable:
+            return framed
+        now = time.monotonic()
+        if not self.last_success or now < self._ask_frames_at:
+            return self._stub  # never heard from it yet, or asked lately
+        self._ask_frames_at = now + FRAMES_ASK_AGAIN
+        try:
+            info = rpc.call(master_pb2_grpc.MasterStub(self._channel).GetClusterInfo, common_pb2.Empty(),
+                            timeout=min(1.0, self._timeout), peer=self.address)
+        except errors.NeoError:
+            return framed or self._stub
+        if framed is not None and framed.channel.address == info.frames_address:
+            return framed  # the same port: FramesStub itself tries it again, falling back to gRPC meanwhile
+        if framed is not None:
+            framed.channel.close()
+        self._framed = None
+        if info.frames_address:
+            self._framed = frames.FramesStub(frames.FramesChannel(self._config, info.frames_address), self._stub,
+                                             _FRAMED_STEP, f"master {self.address}")
+        return self._framed or self._stub
+
     def close(self) -> None:
         with self._condition:
             self._closed = True
             self._condition.notify()
         self._thread.join(self._timeout + 1.0)
         self._channel.close()
+        if self._framed is not None:
+            self._framed.channel.close()
 
 
 class RaftTransport:

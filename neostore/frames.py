@@ -315,6 +315,11 @@ class FramesChannel:
         #: Calls answered over this channel (a REPLY or an ERROR frame).
         self.calls = 0
 
+    @property
+    def reachable(self) -> bool:
+        """False while calls go to gRPC because a connection attempt failed."""
+        return time.monotonic() >= self._unreachable_until
+
     def call(self, method: str, request: Any, reply_class: type[protobuf_message.Message],
              timeout: float | None, peer: str) -> Any:
         """The reply of ``method``; a failure raises the NeoError it is."""

@@ -66,7 +66,7 @@ def test_loads_and_votes_go_as_frames_and_commit_orders_too(cluster: ThreadClust
         db.close()
 
 
-def test_begin_and_finish_go_as_frames_to_the_leader(tmp_path: Any) -> None:
+def test_begin_finish_and_raft_steps_go_as_frames(tmp_path: Any) -> None:
     with ThreadCluster(str(tmp_path), name="framed-raft", num_masters=3) as raft:
         framed = {master.frames_address for master in raft.master_nodes}
         assert all(framed) and len(framed) == 3
@@ -77,6 +77,13 @@ def test_begin_and_finish_go_as_frames_to_the_leader(tmp_path: Any) -> None:
                 with db.transaction() as conn:
                     conn.root()["value"] = value
             assert _framed_calls(framed) >= before + 3  # the Finishes, at least
+            assert sum(master.frames_served("Finish") for master in raft.master_nodes) >= 3
+            # Once a follower answered, the leader sends it its Steps as frames.
+            steps = sum(master.frames_served("Step") for master in raft.master_nodes)
+            for value in range(3, 8):
+                with db.transaction() as conn:
+                    conn.root()["value"] = value
+            assert sum(master.frames_served("Step") for master in raft.master_nodes) > steps
         finally:
             db.close()
 
