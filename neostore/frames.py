@@ -249,7 +249,8 @@ class FramesServer:
         if found is None:
             return _error_frame(errors.BadRequest(f"no method {name!r} on this port"))
         handler, request_class, series = found
-        self.served[name] += 1
+        with self._lock:
+            self.served[name] += 1
         started = time.perf_counter() if series is not None else 0.0
         code = "OK"
         try:
@@ -326,6 +327,9 @@ class FramesChannel:
         name = method.encode("ascii")
         frame = _frame(CALL, bytes([len(name)]), name, request.SerializeToString())
         where = f" (from {peer})" if peer else ""
+        if len(frame) - _HEADER.size > self._config.max_message_bytes:
+            raise errors.TooLarge(f"a {method} request of {len(frame) - _HEADER.size} bytes exceeds the "
+                                  f"{self._config.max_message_bytes}-byte message limit")
         deadline = None if timeout is None else time.monotonic() + timeout
         for attempt in range(2):
             connection, reused = self._connection(deadline, peer)
@@ -346,7 +350,6 @@ class FramesChannel:
                 _shut(connection)
                 raise errors.TooLarge(f"{error}{where}") from None
             self._give_back(connection)
-            self.calls += 1
             if kind == REPLY:
                 return reply_class.FromString(body)
             if kind == ERROR:
@@ -388,7 +391,9 @@ class FramesChannel:
         return connection, False
 
     def _give_back(self, connection: socket.socket) -> None:
+        """An answered call's connection, back to the pool (counted)."""
         with self._lock:
+            self.calls += 1
             if not self._closed and len(self._idle) < MAX_IDLE:
                 self._idle.append(connection)
                 return

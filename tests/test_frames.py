@@ -243,3 +243,14 @@ def test_a_frames_port_out_of_reach_falls_back_to_grpc(cluster: ThreadCluster) -
         assert channel.calls == 0
     finally:
         channel.close()
+
+
+def test_a_request_beyond_the_message_limit_is_refused_before_it_is_sent(server: Any) -> None:
+    serving, _ = server
+    channel = frames.FramesChannel(rpc.RpcConfig(cluster_name="t", max_message_bytes=1000), f"127.0.0.1:{serving.port}")
+    try:
+        with pytest.raises(errors.TooLarge, match="exceeds the 1000-byte message limit"):
+            _load(channel, b"x" * 2000)
+        assert _load(channel, b"small").serial == b"small"
+    finally:
+        channel.close()
