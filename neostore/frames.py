@@ -108,22 +108,16 @@ def _parse_error(body: bytes, where: str) -> errors.NeoError:
     return errors.from_name(name, f"{message}{where}")
 
 
-def _server_context(config: RpcConfig) -> ssl.SSLContext | None:
+def _tls_context(config: RpcConfig, server: bool) -> ssl.SSLContext | None:
+    """Mutual TLS with the cluster's CA and this party's certificate (None
+    without TLS): the server requires the caller's certificate, the caller
+    checks the server's name against its certificate, as gRPC does."""
     if config.tls is None:
         return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
     context.load_cert_chain(config.tls.cert_file, config.tls.key_file)
     context.load_verify_locations(config.tls.ca_file)
     context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
-def _client_context(config: RpcConfig) -> ssl.SSLContext | None:
-    if config.tls is None:
-        return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_cert_chain(config.tls.cert_file, config.tls.key_file)
-    context.load_verify_locations(config.tls.ca_file)
     return context
 
 
@@ -144,7 +138,7 @@ class FramesServer:
     def __init__(self, config: RpcConfig, address: str, services: Sequence[tuple[ServiceDescriptor, Any]],
                  metrics: RpcMetrics | None = None) -> None:
         self._config = config
-        self._tls = _server_context(config)
+        self._tls = _tls_context(config, server=True)
         self._methods: dict[str, tuple[Callable[[Any, Any], Any], type[protobuf_message.Message], Any]] = {}
         for service, servicer in services:
             for method in service.methods:
@@ -308,7 +302,7 @@ class FramesChannel:
         self._config = config
         self.address = address
         self._host, self._port = split_address(address)
-        self._tls = _client_context(config)
+        self._tls = _tls_context(config, server=False)
         self._lock = threading.Lock()
         self._idle: list[socket.socket] = []
         self._closed = False
