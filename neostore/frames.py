@@ -187,8 +187,14 @@ class FramesServer:
                     _shut(connection)
                     return
                 self._connections.add(connection)
-            threading.Thread(target=self._serve, args=(connection, peer), name="frames-connection",
-                             daemon=True).start()
+            try:
+                threading.Thread(target=self._serve, args=(connection, peer), name="frames-connection",
+                                 daemon=True).start()
+            except RuntimeError as error:  # no thread to be had: this caller uses gRPC (NoFrames)
+                self._refused(peer, errors.Unavailable(f"cannot start a thread for the connection: {error}"))
+                with self._lock:
+                    self._connections.discard(connection)
+                _shut(connection)
 
     def _serve(self, connection: socket.socket, peer: Any) -> None:
         try:
