@@ -105,8 +105,8 @@ class Progress:
     def as_dict(self) -> dict[str, Any]:
         return {
             "transactions": self.transactions, "records": self.records, "bytes": self.bytes,
-            "first_tid": self.first_tid.hex() if self.transactions else None,
-            "last_tid": self.last_tid.hex() if self.transactions else None,
+            "first_tid": tid_repr(self.first_tid) if self.transactions else None,
+            "last_tid": tid_repr(self.last_tid) if self.transactions else None,
             "seconds": round(self.seconds, 3), "records_per_s": round(self.rate(), 1),
         }
 

@@ -228,7 +228,11 @@ def command_add_node(admin: Admin, args: argparse.Namespace) -> int:
 def command_start(admin: Admin, args: argparse.Namespace) -> int:
     info = admin.call("GetClusterInfo", common_pb2.Empty())
     if info.state in (master_pb2.ClusterInfo.RUNNING, master_pb2.ClusterInfo.STOPPING):
-        print(f"cluster {info.cluster_name!r} is already running")
+        if not args.json:
+            print(f"cluster {info.cluster_name!r} is already running")
+            return EXIT_OK
+        table = PartitionTable.from_proto(admin.call("GetPartitionTable", common_pb2.Empty()))
+        print(json.dumps(_table_dict(table), indent=2))  # the table it runs with, as a start prints it
         return EXIT_OK
     table = PartitionTable.from_proto(admin.call("AddNodes", master_pb2.AddNodesRequest()))
     if args.json:
@@ -531,8 +535,7 @@ def command_wait(admin: Admin, args: argparse.Namespace) -> int:
     while True:
         rows, moving = _status_rows(admin)
         if not moving:
-            if not args.json:
-                print("every cell is UP_TO_DATE")
+            print("[]" if args.json else "every cell is UP_TO_DATE")  # JSON: no cell left waiting
             return EXIT_OK
         if time.monotonic() > deadline:
             if args.json:
