@@ -8,8 +8,10 @@ starts each node as its own process, exactly as ``neo-cluster`` does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from neostore import rpc
@@ -137,6 +139,30 @@ class ThreadCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def unstarted_cluster(data_dir: str, name: str, num_partitions: int, num_storages: int = 2,
+                      ) -> Iterator[tuple[MasterNode, list[StorageNode]]]:
+    """A master created with ``autostart`` 0 (the cluster stays EMPTY until
+    ``neoctl start``) and ``num_storages`` storage nodes registered with it
+    (2 replicas)."""
+    config = rpc.RpcConfig(cluster_name=name)
+    master = MasterNode(MasterConfig(rpc=config, data_dir=os.path.join(data_dir, "master"),
+                                     num_partitions=num_partitions, num_replicas=2, autostart=0))
+    master.start()
+    storages: list[StorageNode] = []
+    try:
+        for index in range(num_storages):
+            storage = StorageNode(StorageConfig(rpc=config, masters=[master.address],
+                                                data_dir=os.path.join(data_dir, f"storage-{index}")))
+            storage.start()  # returns once registered
+            storages.append(storage)
+        yield master, storages
+    finally:
+        for storage in storages:
+            storage.stop()
+        master.stop()
 
 
 class ProcessCluster:

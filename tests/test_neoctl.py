@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
 
 import pytest
 
-from neostore import neoctl, rpc
-from neostore.master_node.node import MasterConfig, MasterNode
+from neostore import neoctl
 from neostore.protocol import master_pb2
-from neostore.storage_node.node import StorageConfig, StorageNode
+from neostore.storage_node.node import StorageNode
+
+from harness import unstarted_cluster
 
 
 def test_start_creates_the_table_of_a_cluster_created_empty(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = rpc.RpcConfig(cluster_name="empty")
-    master = MasterNode(MasterConfig(rpc=config, data_dir=str(tmp_path / "master"), num_partitions=4,
-                                     num_replicas=2, autostart=0))
-    master.start()
-    storages: list[StorageNode] = []
-    try:
-        for index in range(2):
-            storage = StorageNode(StorageConfig(rpc=config, masters=[master.address],
-                                                data_dir=os.path.join(tmp_path, f"storage-{index}")))
-            storage.start()
-            storages.append(storage)
+    with unstarted_cluster(str(tmp_path), "empty", num_partitions=4) as (master, _):
         base = ["--masters", master.address, "--cluster", "empty"]
         assert neoctl.main([*base, "print", "cluster"]) == 0
         assert "EMPTY" in capsys.readouterr().out
@@ -35,10 +25,6 @@ def test_start_creates_the_table_of_a_cluster_created_empty(
         assert master.state.status == master_pb2.ClusterInfo.RUNNING
         assert neoctl.main([*base, "start"]) == 0
         assert "already running" in capsys.readouterr().out
-    finally:
-        for storage in storages:
-            storage.stop()
-        master.stop()
 
 
 # -- maintenance: set cluster, kill, check --repair, print node -------------------------

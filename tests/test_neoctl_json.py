@@ -33,13 +33,12 @@ import ZODB
 import ZODB.FileStorage
 from persistent.mapping import PersistentMapping
 
-from neostore import neoctl, rpc
+from neostore import neoctl
 from neostore.launcher import free_port
-from neostore.master_node.node import MasterConfig, MasterNode
 from neostore.partition_table import NodeState
 from neostore.storage_node.node import StorageConfig, StorageNode
 
-from harness import ThreadCluster
+from harness import ThreadCluster, unstarted_cluster
 
 DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "neoctl-json.md"
 
@@ -446,17 +445,7 @@ def test_nothing_on_stdout_when_no_master_answers_except_health(capsys: pytest.C
 
 
 def test_start(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = rpc.RpcConfig(cluster_name="fresh")
-    master = MasterNode(MasterConfig(rpc=config, data_dir=str(tmp_path / "master"), num_partitions=3,
-                                     num_replicas=2, autostart=0))
-    master.start()
-    storages: list[StorageNode] = []
-    try:
-        for index in range(2):
-            storage = StorageNode(StorageConfig(rpc=config, masters=[master.address],
-                                                data_dir=str(tmp_path / f"storage-{index}")))
-            storage.start()
-            storages.append(storage)
+    with unstarted_cluster(str(tmp_path), "fresh", num_partitions=3) as (master, _):
         _wait_for(lambda: len(master.state.table.nodes) == 2, "both storage nodes registered")
         run = Neoctl([master.address], "fresh", capsys)
         assert run.check("print cluster")["state"] == "EMPTY"
@@ -469,10 +458,6 @@ def test_start(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> No
         assert len(table["rows"]) == 3 and all(len(row) == 2 for row in table["rows"])
         # On a running cluster, start prints the table it runs with.
         assert run.check("start") == table
-    finally:
-        for storage in storages:
-            storage.stop()
-        master.stop()
 
 
 def test_truncate_kill_drop_node_add_node_tweak_set_replicas(tmp_path: pathlib.Path,
