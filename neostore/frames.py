@@ -55,7 +55,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
 from neostore import errors
-from neostore.metrics import RpcMetrics
+from neostore.metrics import RpcMetrics, split_address
 from neostore.rpc import RpcConfig
 from neostore.throttle import Throttle
 
@@ -121,11 +121,6 @@ def _tls_context(config: RpcConfig, server: bool) -> ssl.SSLContext | None:
     return context
 
 
-def split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 # -- server ------------------------------------------------------------------
 
 
@@ -149,7 +144,7 @@ class FramesServer:
                 series = metrics.series(f"/{service.full_name}/{method.name}") if metrics is not None else None
                 self._methods[method.name] = (getattr(servicer, method.name),
                                               message_factory.GetMessageClass(method.input_type), series)
-        host, port = split_address(address)
+        host, port = split_address(address, "frames address")
         self._listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
                                               backlog=1024)
         self.port: int = self._listener.getsockname()[1]
@@ -307,7 +302,7 @@ class FramesChannel:
     def __init__(self, config: RpcConfig, address: str) -> None:
         self._config = config
         self.address = address
-        self._host, self._port = split_address(address)
+        self._host, self._port = split_address(address, "frames address")
         self._tls = _tls_context(config, server=False)
         self._lock = threading.Lock()
         self._idle: list[socket.socket] = []

@@ -144,11 +144,12 @@ class NodeMetrics:
             self._thread = None
 
 
-def split_address(address: str) -> tuple[str, int]:
-    """``HOST:PORT`` → (host, port); a ValueError naming what is wrong."""
+def split_address(address: str, what: str = "metrics address") -> tuple[str, int]:
+    """``HOST:PORT`` → (host, port: an empty host is every interface); a
+    ValueError naming ``what`` is wrong."""
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"metrics address {address!r} is not HOST:PORT")
+        raise ValueError(f"{what} {address!r} is not HOST:PORT")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
