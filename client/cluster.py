@@ -162,7 +162,7 @@ class ClusterConnection:
         for address in addresses:
             rpc.shared_channels.release(self._config, address)
         for address in frames_addresses:
-            frames.shared_channels.release(self._config, address)
+            frames.shared_channels.release((self._config, address))
 
     @property
     def client_id(self) -> str:
@@ -197,7 +197,7 @@ class ClusterConnection:
                 # Its frames port failed: the master may have restarted on another one.
                 self._master_frames_asked[address] = time.monotonic() + FRAMES_ASK_AGAIN
                 del self._master_frames[address]
-                frames.shared_channels.release(self._config, known.channel.address)
+                frames.shared_channels.release((self._config, known.channel.address))
             elif known is not None and time.monotonic() < known:
                 return stub
         try:
@@ -213,7 +213,7 @@ class ClusterConnection:
                 self._master_frames[address] = time.monotonic() + FRAMES_ASK_AGAIN
                 return stub
             framed = self._master_frames[address] = frames.FramesStub(
-                frames.shared_channels.acquire(self._config, frames_address), stub, FRAMED_MASTER_METHODS,
+                frames.shared_channels.acquire((self._config, frames_address)), stub, FRAMED_MASTER_METHODS,
                 f"master {address}")
             return framed
 
@@ -317,11 +317,11 @@ class ClusterConnection:
         default the latest) and a name for messages."""
         table = table or self.table
         try:
-            address = table.node(node_id).address
+            node = table.node(node_id)
         except KeyError:  # dropped from the cluster (neoctl drop-node) since the client routed to it
             raise errors.NotOwner(f"storage node {node_id} is no longer in the partition table "
                                   f"(version {table.version})") from None
-        frames_address = table.node(node_id).frames_address
+        address, frames_address = node.address, node.frames_address
         key = (address, frames_address)
         with self._lock:
             stub = self._storage_stubs.get(key)
@@ -330,7 +330,7 @@ class ClusterConnection:
                     raise errors.Unavailable("the client is closed")
                 stub = rpc.shared_channels.acquire(self._config, address, storage_pb2_grpc.StorageStub)
                 if frames_address:
-                    stub = frames.FramesStub(frames.shared_channels.acquire(self._config, frames_address), stub,
+                    stub = frames.FramesStub(frames.shared_channels.acquire((self._config, frames_address)), stub,
                                              FRAMED_METHODS, f"storage node {node_id} at {frames_address}")
                 self._storage_stubs[key] = stub
         return stub, f"storage node {node_id} at {address}"

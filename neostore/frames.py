@@ -56,7 +56,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from neostore import errors
 from neostore.metrics import RpcMetrics, split_address
-from neostore.rpc import RpcConfig
+from neostore.rpc import Counted, RpcConfig
 from neostore.throttle import Throttle
 
 log = logging.getLogger(__name__)
@@ -417,7 +417,6 @@ class FramesStub:
     def __init__(self, channel: FramesChannel, stub: Any, framed: dict[str, type[protobuf_message.Message]],
                  peer: str) -> None:
         self.channel = channel
-        self._channel = channel
         self._stub = stub
         self._framed = framed
         self._peer = peer
@@ -426,7 +425,7 @@ class FramesStub:
         reply_class = self._framed.get(name)
         if reply_class is None:
             return getattr(self._stub, name)
-        channel, peer = self._channel, self._peer
+        channel, peer = self.channel, self._peer
 
         grpc_method = getattr(self._stub, name)
 
@@ -443,39 +442,11 @@ class FramesStub:
         return method
 
 
-class SharedFramesChannels:
-    """The frames channels of every client of this process, one per
-    (configuration, address), counted: the last :meth:`release` closes it
-    (as :class:`neostore.rpc.SharedChannels` does for gRPC)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._channels: dict[tuple[RpcConfig, str], tuple[FramesChannel, int]] = {}
-
-    def acquire(self, config: RpcConfig, address: str) -> FramesChannel:
-        with self._lock:
-            channel, users = self._channels.get((config, address), (None, 0))
-            if channel is None:
-                channel = FramesChannel(config, address)
-            self._channels[config, address] = (channel, users + 1)
-            return channel
-
-    def release(self, config: RpcConfig, address: str) -> None:
-        with self._lock:
-            channel, users = self._channels[config, address]
-            if users > 1:
-                self._channels[config, address] = (channel, users - 1)
-                return
-            del self._channels[config, address]
-        channel.close()
-
-    def channels(self) -> list[FramesChannel]:
-        """Every channel in use now."""
-        with self._lock:
-            return [channel for channel, _ in self._channels.values()]
-
-
-shared_channels = SharedFramesChannels()
+#: The frames channels of every client of this process, one per
+#: (configuration, address), counted as gRPC channels are
+#: (:data:`neostore.rpc.shared_channels`): the last release closes it.
+shared_channels: Counted[tuple[RpcConfig, str], FramesChannel] = Counted(
+    lambda key: FramesChannel(*key), FramesChannel.close)
 
 
 def reply_classes(service: ServiceDescriptor, names: tuple[str, ...]) -> dict[str, type[protobuf_message.Message]]:

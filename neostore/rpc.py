@@ -22,8 +22,8 @@ import logging
 import pathlib
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Hashable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
 from grpc_health.v1 import health as grpc_health
@@ -408,6 +408,46 @@ def make_channel(config: RpcConfig, address: str, max_reconnect_backoff: float |
 Stub = TypeVar("Stub")
 
 
+Key = TypeVar("Key", bound=Hashable)
+Shared = TypeVar("Shared")
+
+
+class Counted(Generic[Key, Shared]):
+    """Objects shared by key and counted: :meth:`acquire` makes one
+    (``make(key)``, under the lock: never two for a key) or counts one more
+    user; the last :meth:`release` removes it and calls ``close`` on it,
+    after the lock."""
+
+    def __init__(self, make: Callable[[Key], Shared], close: Callable[[Shared], None]) -> None:
+        self._make = make
+        self._close = close
+        self._lock = threading.Lock()
+        self._shared: dict[Key, tuple[Shared, int]] = {}
+
+    def acquire(self, key: Key) -> Shared:
+        """The object for ``key``; pair each call with a :meth:`release`."""
+        with self._lock:
+            shared, users = self._shared.get(key, (None, 0))
+            if shared is None:
+                shared = self._make(key)
+            self._shared[key] = (shared, users + 1)
+            return shared
+
+    def release(self, key: Key) -> None:
+        with self._lock:
+            shared, users = self._shared[key]
+            if users > 1:
+                self._shared[key] = (shared, users - 1)
+                return
+            del self._shared[key]
+        self._close(shared)
+
+    def values(self) -> list[Shared]:
+        """Every object in use now."""
+        with self._lock:
+            return [shared for shared, _ in self._shared.values()]
+
+
 class SharedChannels:
     """Channels and stubs shared by the clients of one process.
 
@@ -415,38 +455,25 @@ class SharedChannels:
     tests open hundreds): gRPC already shares TCP connections between
     channels of the same target and options, and sharing the channel and
     stub objects too spares each new client the cost of building them.
-    One channel per (configuration, address), counted: the last
-    :meth:`release` closes it.
+    One channel per (configuration, address), with its stubs, counted
+    (:class:`Counted`): the last :meth:`release` closes it.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._channels: dict[tuple[RpcConfig, str], tuple[grpc.Channel, int]] = {}
-        self._stubs: dict[tuple[RpcConfig, str, type], Any] = {}
+        self._channels: Counted[tuple[RpcConfig, str], tuple[grpc.Channel, dict[type, Any]]] = Counted(
+            lambda key: (make_channel(*key), {}), lambda shared: shared[0].close())
 
     def acquire(self, config: RpcConfig, address: str, stub_class: Callable[[grpc.Channel], Stub]) -> Stub:
         """A ``stub_class`` stub on the shared channel to ``address``; pair
         each call with a :meth:`release`."""
-        with self._lock:
-            channel, users = self._channels.get((config, address), (None, 0))
-            if channel is None:
-                channel = make_channel(config, address)
-            self._channels[config, address] = (channel, users + 1)
-            stub = self._stubs.get((config, address, stub_class))
-            if stub is None:
-                stub = self._stubs[config, address, stub_class] = stub_class(channel)
-            return stub  # type: ignore[no-any-return]
+        channel, stubs = self._channels.acquire((config, address))
+        stub = stubs.get(stub_class)
+        if stub is None:  # two threads may build one each: the first one kept serves both
+            stub = stubs.setdefault(stub_class, stub_class(channel))
+        return stub  # type: ignore[no-any-return]
 
     def release(self, config: RpcConfig, address: str) -> None:
-        with self._lock:
-            channel, users = self._channels[config, address]
-            if users > 1:
-                self._channels[config, address] = (channel, users - 1)
-                return
-            del self._channels[config, address]
-            for key in [key for key in self._stubs if key[:2] == (config, address)]:
-                del self._stubs[key]
-        channel.close()
+        self._channels.release((config, address))
 
 
 #: The channels of every client of this process.

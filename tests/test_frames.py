@@ -37,7 +37,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadCluster]
 
 
 def _framed_calls(node_frames_addresses: set[str]) -> int:
-    return sum(channel.calls for channel in frames.shared_channels.channels()
+    return sum(channel.calls for channel in frames.shared_channels.values()
                if channel.address in node_frames_addresses)
 
 

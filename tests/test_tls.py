@@ -57,7 +57,7 @@ def test_a_client_with_a_cluster_certificate_commits_and_reads(tls_cluster: Any)
     assert storage.loadBefore(oid, maxtid) == (b"over tls", tid, None)
     # The vote and the load went as frames over TLS, not through the fallback to gRPC.
     framed = {node.frames_address for node in cluster.storages}
-    assert sum(channel.calls for channel in frames.shared_channels.channels() if channel.address in framed) >= 2
+    assert sum(channel.calls for channel in frames.shared_channels.values() if channel.address in framed) >= 2
     assert sum(node.frames_served("Vote") for node in cluster.storages) >= 2
     storage.close()
 
