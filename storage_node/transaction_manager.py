@@ -198,6 +198,9 @@ class TransactionManager:
             newly_locked = self._locks.acquire(write.oid, ttid, lock_timeout)
         committed = None
         if write.locking:
+            # A transaction that wrote this oid while the cell was not
+            # readable took no lock: once voted, wait for its decision too.
+            self.settle(write.oid, lock_timeout, ignore=(ttid,))
             # Stable while we hold the lock: a commit of this oid releases
             # the lock only after its LMDB write.
             committed = self._database.last_serial(write.partition, write.oid) or ZERO_TID
@@ -395,7 +398,13 @@ class TransactionManager:
         if oid is None:
             return {ttid for ttid, buffer in self._buffers.items() if buffer.phase is Phase.VOTED}
         holder = self._locks.owner(oid)
-        return {holder} if holder is not None and self._is_voted(holder) else set()
+        waiting = {holder} if holder is not None and self._is_voted(holder) else set()
+        # A write to a cell that was not readable then took no lock; the cell
+        # may have become readable since (caught up) while that transaction
+        # is voted, and a read or a conflict check must not see past it.
+        waiting.update(ttid for ttid, buffer in self._buffers.items()
+                       if buffer.unchecked and buffer.phase is Phase.VOTED and oid in buffer.objects)
+        return waiting
 
     def _is_voted(self, ttid: bytes) -> bool:
         buffer = self._buffers.get(ttid)

@@ -583,3 +583,25 @@ def test_a_voted_transaction_left_undecided_is_checked_then_the_read_gives_up(da
     with pytest.raises(errors.LockTimeout, match="still undecided"):
         manager.settle(OTHER_OID, timeout=0.3)
     assert time.monotonic() - started >= 0.3
+
+
+def test_a_voted_write_made_without_lock_holds_reads_and_conflict_checks_until_it_is_decided(
+        manager: TransactionManager, database: Database) -> None:
+    """A cell OUT_OF_DATE takes a write without lock; it may become readable
+    (caught up) before that transaction's commit order arrives.  Until then,
+    a read and a conflict check of the object wait: the previous revision is
+    no longer the current one."""
+    run_transaction(manager, p64(10), p64(20), write(OID, ZERO_TID, b"first"))
+    assert manager.store(OLD, [write(OID, p64(20), b"second", locking=False)]) == []
+    assert manager.vote(OLD) == (PARTITION,)
+    reading = Background(lambda: manager.settle(OID))
+    stale = Background(lambda: manager.store(YOUNG, [write(OID, p64(20), b"stale")]))
+    assert reading.running_after(0.2), "the read waits for the voted write"
+    assert stale.running_after(0.0), "the conflict check waits for it too"
+    manager.settle(OTHER_OID)  # another object's read does not wait
+    manager.commit(OLD, p64(150))
+    reading.join()
+    stale.join()
+    assert reading.error is None
+    [conflict] = stale.result
+    assert conflict.committed_serial == p64(150)  # not the revision the write replaced
