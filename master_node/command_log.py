@@ -44,14 +44,11 @@ import lmdb
 from neostore import errors
 from neostore.ids import p64, u64
 from neostore.lmdb_files import check_data_file
+from neostore.master_node.codec import decode_command, decode_state, encode_command, encode_state
 from neostore.master_node.state import (
     ClusterState,
     Command,
     apply,
-    decode_command,
-    decode_state,
-    encode_command,
-    encode_state,
     initial_state,
 )
 

@@ -85,6 +85,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from neostore import errors, rpc
+from neostore.master_node.codec import decode_command, decode_state, encode_command, encode_state
 from neostore.master_node.command_log import StateListener, lock_directory
 from neostore.master_node.raft_log import LmdbLogStore
 from neostore.master_node.raft_transport import REPLY_WAIT, RaftTransport, ReplyBox
@@ -94,10 +95,6 @@ from neostore.master_node.state import (
     Command,
     RemoveMaster,
     apply,
-    decode_command,
-    decode_state,
-    encode_command,
-    encode_state,
     initial_state,
 )
 from neostore.protocol import common_pb2, master_pb2_grpc

@@ -21,10 +21,9 @@ can skip it.  This is what the command log persists today and what Raft
 replicates later: every master that applies the same commands in the same
 order holds the same state.
 
-Commands and state encode to deterministic JSON (:func:`encode_command`,
-:func:`encode_state`): sorted keys, bytes as hex, enums by name, no pickle.
-The codec is driven by the dataclasses' type hints, so a new command needs
-no codec code of its own.
+Commands and state encode to deterministic JSON in
+:mod:`neostore.master_node.codec`, driven by these dataclasses' type hints:
+a new command needs no codec code of its own.
 
 Invariants that every command keeps (tests check them on random command
 sequences):
@@ -43,12 +42,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
-import types
 import typing
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 from neostore import errors
 from neostore.ids import MAX_TID, ZERO_TID, p64, tid_repr, u64
@@ -1127,124 +1124,3 @@ def _truncate(state: ClusterState, command: Truncate) -> tuple[ClusterState, Tru
         recent_outcomes=tuple(o for o in state.recent_outcomes if o.tid <= command.tid),
         truncations=(*state.truncations, truncation),
     ), truncation
-
-
-# -- encoding ---------------------------------------------------------------------
-
-STATE_FORMAT = 1
-
-
-def _to_json(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return value.name
-    if isinstance(value, (bool, int, str)) or value is None:
-        return value
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, (tuple, list)):
-        if value and type(value[0]) is bytes and all(type(item) is bytes for item in value):
-            return [item.hex() for item in value]  # oids of a decision: the common long list
-        return [_to_json(item) for item in value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {field.name: _to_json(getattr(value, field.name)) for field in dataclasses.fields(value)}
-    raise TypeError(f"cannot encode {type(value).__name__}")
-
-
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = _HINTS[cls] = typing.get_type_hints(cls)
-    return hints
-
-
-def _from_json(kind: Any, data: Any) -> Any:
-    origin = typing.get_origin(kind)
-    if origin is Union or origin is types.UnionType:
-        options = typing.get_args(kind)
-        if data is None and type(None) in options:
-            return None
-        (option,) = [o for o in options if o is not type(None)]
-        return _from_json(option, data)
-    if origin is tuple:
-        args = typing.get_args(kind)
-        if not isinstance(data, list):
-            raise ValueError(f"expected a list for {kind}, got {type(data).__name__}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            if args[0] is bytes:  # oids of a decision: the common long list
-                if not all(type(item) is str for item in data):
-                    raise ValueError("expected hex bytes")
-                return tuple(bytes.fromhex(item) for item in data)
-            return tuple(_from_json(args[0], item) for item in data)
-        if len(args) != len(data):
-            raise ValueError(f"expected {len(args)} items for {kind}")
-        return tuple(_from_json(arg, item) for arg, item in zip(args, data, strict=True))
-    if kind is bytes:
-        if not isinstance(data, str):
-            raise ValueError("expected hex bytes")
-        return bytes.fromhex(data)
-    if kind is bool:
-        if not isinstance(data, bool):
-            raise ValueError("expected a boolean")
-        return data
-    if kind is int:
-        if not isinstance(data, int) or isinstance(data, bool):
-            raise ValueError("expected an integer")
-        return data
-    if kind is str:
-        if not isinstance(data, str):
-            raise ValueError("expected a string")
-        return data
-    if isinstance(kind, type) and issubclass(kind, enum.Enum):
-        return kind[data]
-    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
-        if not isinstance(data, dict):
-            raise ValueError(f"expected an object for {kind.__name__}")
-        hints = _hints(kind)
-        names = {field.name for field in dataclasses.fields(kind)}
-        if set(data) - names:
-            raise ValueError(f"unknown fields {sorted(set(data) - names)} for {kind.__name__}")
-        return kind(**{name: _from_json(hints[name], value) for name, value in data.items()})
-    raise TypeError(f"cannot decode {kind}")
-
-
-def _dumps(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-
-
-def encode_command(command: Command) -> bytes:
-    """Deterministic bytes for a command (what the log stores and Raft ships)."""
-    name = type(command).__name__
-    if COMMAND_TYPES.get(name) is not type(command):
-        raise TypeError(f"not a command: {command!r}")
-    return _dumps({"command": name, "fields": _to_json(command)})
-
-
-def decode_command(data: bytes) -> Command:
-    """The command :func:`encode_command` encoded; ValueError if malformed."""
-    try:
-        document = json.loads(data)
-        cls = COMMAND_TYPES[document["command"]]
-        command: Command = _from_json(cls, document["fields"])
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as error:
-        raise ValueError(f"undecodable command: {error}") from None
-    return command
-
-
-def encode_state(state: ClusterState) -> bytes:
-    """Deterministic bytes for a snapshot of the state."""
-    return _dumps({"format": STATE_FORMAT, "state": _to_json(state)})
-
-
-def decode_state(data: bytes) -> ClusterState:
-    """The state :func:`encode_state` encoded; ValueError if malformed."""
-    try:
-        document = json.loads(data)
-        if document.get("format") != STATE_FORMAT:
-            raise ValueError(f"unsupported snapshot format {document.get('format')!r}")
-        state: ClusterState = _from_json(ClusterState, document["state"])
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as error:
-        raise ValueError(f"undecodable state snapshot: {error}") from None
-    return state

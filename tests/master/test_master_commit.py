@@ -14,6 +14,7 @@ import pytest
 from neostore import errors
 from neostore.ids import p64, u64
 from neostore.master_node.cluster import ClusterManager
+from neostore.master_node.codec import decode_command
 from neostore.master_node.command_log import MemoryCommandLog, submit_one
 from neostore.master_node.commit import CommitConfig, CommitCoordinator, Phase, last_published_tid
 from neostore.master_node.invalidations import Invalidation, InvalidationPublisher
@@ -26,7 +27,6 @@ from neostore.master_node.state import (
     NodeVote,
     RegisterNode,
     SetNodeState,
-    decode_command,
     plan_decision,
 )
 from neostore.master_node.storage_links import StorageLinks

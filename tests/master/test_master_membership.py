@@ -24,6 +24,7 @@ import ZODB
 from neostore import errors, neoctl, rpc
 from neostore.client import NeoStorage
 from neostore.launcher import LocalCluster
+from neostore.master_node.codec import decode_command, decode_state, encode_command, encode_state
 from neostore.master_node.command_log import submit_one
 from neostore.master_node.raft_driver import RaftCommandLog
 from neostore.master_node.raft_transport import RaftServicer
@@ -34,10 +35,6 @@ from neostore.master_node.state import (
     MasterMember,
     RemoveMaster,
     apply,
-    decode_command,
-    decode_state,
-    encode_command,
-    encode_state,
     initial_state,
 )
 from neostore.protocol import raft_pb2_grpc

@@ -8,6 +8,7 @@ import pytest
 
 from neostore.ids import p64, u64
 from neostore.master_node import state as state_module
+from neostore.master_node.codec import decode_command, decode_state, encode_command, encode_state
 from neostore.master_node.state import (
     ClusterState,
     CommitDecisions,
@@ -15,10 +16,6 @@ from neostore.master_node.state import (
     NodeVote,
     Outcome,
     apply,
-    decode_command,
-    decode_state,
-    encode_command,
-    encode_state,
     plan_decision,
 )
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from neostore import errors
 from neostore.ids import ZERO_TID, p64, u64
+from neostore.master_node.codec import decode_command, decode_state, encode_command, encode_state
 from neostore.master_node.state import (
     COMMAND_TYPES,
     AddMaster,
@@ -37,10 +38,6 @@ from neostore.master_node.state import (
     Truncate,
     Truncation,
     apply,
-    decode_command,
-    decode_state,
-    encode_command,
-    encode_state,
     initial_state,
     is_cluster_id,
     new_cluster_id,
@@ -576,6 +573,11 @@ def test_encoding_a_command_round_trips_deterministically(command_type: type, da
         pytest.param(b'{"command":"AllocateOids","fields":{"count":"3"}}', id="wrong-type"),
         pytest.param(b'{"command":"AllocateOids","fields":{"count":3,"extra":1}}', id="unknown-field"),
         pytest.param(b'{"command":"MarkApplied","fields":{"tid":"zz","node_ids":[]}}', id="bad-hex"),
+        pytest.param(b'{"command":"MarkApplied","fields":{"tid":"00","node_ids":["1"]}}', id="wrong-item-type"),
+        pytest.param(b'{"command":"MarkApplied","fields":[]}', id="fields-not-an-object"),
+        pytest.param(b'{"command":"SetNodeState","fields":{"node_id":1,"state":"NOPE"}}', id="unknown-enum-name"),
+        pytest.param(b'{"command":"CommitDecisions","fields":{"decisions":[{"oids":[1]}]}}', id="oid-not-hex"),
+        pytest.param(b'{"command":"AllocateOids","fields":{"count":true}}', id="boolean-for-integer"),
     ],
 )
 def test_decoding_garbage_raises_value_error(payload: bytes) -> None:
