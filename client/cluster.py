@@ -412,12 +412,24 @@ class ClusterConnection:
             self._closed.wait(backoff)
             backoff = min(backoff * 2, 1.0)
 
+    def _subscribe(self, address: str, request: master_pb2.SubscribeRequest) -> Any:
+        """The master's invalidation stream: over frames where it serves
+        them (a message costs a tenth of a gRPC stream's), else gRPC."""
+        stub = self._framed_master_stub(address)
+        if isinstance(stub, frames.FramesStub):
+            try:
+                return stub.channel.stream("Subscribe", request, master_pb2.ClientEvent, f"master {address}")
+            except frames.NoFrames:
+                pass
+        return self._master_stub(address).Subscribe(request)
+
     def _follow_stream(self, address: str) -> None:
-        stub = self._master_stub(address)
         request = master_pb2.SubscribeRequest(client_id=self._client_id, since_tid=self._last_stream_tid)
-        call = stub.Subscribe(request)
+        call = self._subscribe(address, request)
         with self._lock:
             self._stream_call = call
+        if self._closed.is_set():  # closed meanwhile: close() found no call to cancel
+            call.cancel()
 
         def another_leads() -> bool:
             if self._closed.is_set():

@@ -21,7 +21,12 @@ it, with the same mutual certificates as gRPC):
   REPLY (the serialized reply) or ERROR (body: the error class name's
   length, 1 byte, the name, then the message, UTF-8), which the caller
   raises as the same :class:`~neostore.errors.NeoError` class
-  (:func:`neostore.errors.from_name`), as it would from gRPC.
+  (:func:`neostore.errors.from_name`), as it would from gRPC;
+* a server-streaming method (the invalidation stream) is called the same
+  way and answered by any number of ITEM frames (a serialized message
+  each), then END, or ERROR; the caller ends it by closing the
+  connection, which the server notices at its next message (streams send
+  heartbeats), and the connection serves nothing else.
 
 One call at a time per connection keeps both ends simple (no call ids, no
 hand-off: the connection's thread runs the servicer method itself); a
@@ -41,13 +46,14 @@ RPC metrics under the same ``Service/Method`` names as gRPC's.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import socket
 import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from google.protobuf import message as protobuf_message
@@ -61,7 +67,7 @@ from neostore.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
-HELLO, WELCOME, CALL, REPLY, ERROR = 1, 2, 3, 4, 5
+HELLO, WELCOME, CALL, REPLY, ERROR, ITEM, END = 1, 2, 3, 4, 5, 6, 7
 _HEADER = struct.Struct("!IB")
 #: How long a new connection may take to say HELLO (and a caller to connect).
 HANDSHAKE_TIMEOUT = 10.0
@@ -135,15 +141,18 @@ class FramesServer:
         self._config = config
         self._tls = _tls_context(config, server=True)
         self._methods: dict[str, tuple[Callable[[Any, Any], Any], type[protobuf_message.Message], Any]] = {}
+        self._streams: set[str] = set()  # the server-streaming ones among them
         for service, servicer in services:
             for method in service.methods:
-                if method.client_streaming or method.server_streaming:
+                if method.client_streaming:
                     continue
                 if method.name in self._methods:
                     raise ValueError(f"method {method.name} of {service.full_name} is served twice")
                 series = metrics.series(f"/{service.full_name}/{method.name}") if metrics is not None else None
                 self._methods[method.name] = (getattr(servicer, method.name),
                                               message_factory.GetMessageClass(method.input_type), series)
+                if method.server_streaming:
+                    self._streams.add(method.name)
         host, port = split_address(address, "frames address")
         self._listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
                                               backlog=1024)
@@ -209,6 +218,9 @@ class FramesServer:
                 kind, body = _receive_frame(connection, max_bytes)
                 if kind != CALL or not body:
                     raise errors.BadRequest(f"expected a call, got a frame of kind {kind}")
+                if body[1:1 + body[0]].decode("ascii", "replace") in self._streams:
+                    self._stream(connection, body)
+                    return  # a stream's connection serves nothing else
                 connection.sendall(self._call(body))
         except errors.NeoError as error:  # a malformed frame: say why, then hang up
             self._refused(peer, error)
@@ -265,11 +277,80 @@ class FramesServer:
             if series is not None:
                 series.done(code, started)
 
+    def _stream(self, connection: socket.socket, body: bytes) -> None:
+        """Serve a server-streaming CALL: an ITEM frame per message, then
+        END or ERROR.  The caller hanging up fails the next send: the
+        method's generator is closed then (its ``finally`` runs) and the
+        callbacks it registered on its context are called."""
+        size = body[0]
+        name = body[1:1 + size].decode("ascii")
+        handler, request_class, series = self._methods[name]
+        with self._lock:
+            self.served[name] += 1
+        started = time.perf_counter() if series is not None else 0.0
+        code = "OK"
+        context = _StreamContext()
+        messages: Any = None
+        try:
+            try:
+                request = request_class.FromString(body[1 + size:])
+            except protobuf_message.DecodeError as error:
+                raise errors.BadRequest(f"a {name} request that does not decode: {error}") from None
+            messages = handler(request, context)
+            for message in messages:
+                connection.sendall(_frame(ITEM, message.SerializeToString()))
+                if series is not None:
+                    series.messages.inc()
+            connection.sendall(_frame(END))
+        except errors.NeoError as error:
+            code = type(error).__name__
+            with contextlib.suppress(OSError):
+                connection.sendall(_error_frame(error))
+        except OSError:
+            code = "CANCELLED"  # the caller hung up
+        except Exception as error:  # noqa: BLE001 - answered, as gRPC answers INTERNAL
+            code = "INTERNAL"
+            log.exception("unexpected error in %s", name)
+            with contextlib.suppress(OSError):
+                connection.sendall(_error_frame(errors.NeoError(f"INTERNAL: {type(error).__name__}: {error}")))
+        finally:
+            if messages is not None and hasattr(messages, "close"):
+                messages.close()
+            context.end()
+            if series is not None:
+                series.done(code, started)
+
     def _refused(self, peer: Any, error: errors.NeoError) -> None:
         earlier = self._refusals.admit()
         if earlier is not None:
             log.warning("refused a framed connection from %s: %s%s", peer, error,
                         f"; {earlier} more since the last such line" if earlier else "")
+
+
+class _StreamContext:
+    """What a streaming servicer method uses of gRPC's ServicerContext:
+    ``add_callback`` (called when the stream ends, however it ends)."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[], None]] = []
+        self._ended = False
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        if self._ended:
+            return False
+        self._callbacks.append(callback)
+        return True
+
+    def is_active(self) -> bool:
+        return not self._ended
+
+    def end(self) -> None:
+        self._ended = True
+        for callback in self._callbacks:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - as gRPC, a failing callback is logged only
+                log.exception("stream end callback failed")
 
 
 def _shut(connection: socket.socket) -> None:
@@ -352,11 +433,25 @@ class FramesChannel:
             raise errors.NeoError(f"unexpected frame of kind {kind}{where}")
         raise AssertionError("unreachable")
 
-    def _connection(self, deadline: float | None, peer: str) -> tuple[socket.socket, bool]:
+    def stream(self, method: str, request: Any, reply_class: type[protobuf_message.Message],
+               peer: str) -> FramesStream:
+        """A server stream of ``method`` on a connection of its own (never
+        pooled); NoFrames when the port cannot be reached."""
+        name = method.encode("ascii")
+        connection, _ = self._connection(time.monotonic() + HANDSHAKE_TIMEOUT, peer, pooled=False)
+        try:
+            connection.settimeout(None)
+            connection.sendall(_frame(CALL, bytes([len(name)]), name, request.SerializeToString()))
+        except OSError as error:
+            _shut(connection)
+            raise errors.Unavailable(f"{peer or self.address} unreachable: {error}") from None
+        return FramesStream(connection, reply_class, self._config.max_message_bytes, peer or self.address)
+
+    def _connection(self, deadline: float | None, peer: str, pooled: bool = True) -> tuple[socket.socket, bool]:
         with self._lock:
             if self._closed:
                 raise errors.Unavailable("the client is closed")
-            if self._idle:
+            if self._idle and pooled:
                 return self._idle.pop(), True
             if time.monotonic() < self._unreachable_until:
                 raise NoFrames(f"frames port {self.address} of {peer or 'the node'} unreachable lately")
@@ -400,6 +495,43 @@ class FramesChannel:
             idle, self._idle = self._idle, []
         for connection in idle:
             _shut(connection)
+
+
+class FramesStream:
+    """The messages of a server stream (iterate it once), ended by the
+    server (END; ERROR raises its NeoError) or by :meth:`cancel` from any
+    thread (the iteration then raises Unavailable), as a gRPC stream call."""
+
+    def __init__(self, connection: socket.socket, reply_class: type[protobuf_message.Message], max_bytes: int,
+                 peer: str) -> None:
+        self._connection = connection
+        self._reply_class = reply_class
+        self._max_bytes = max_bytes
+        self._peer = peer
+        self._cancelled = False
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            while True:
+                try:
+                    kind, body = _receive_frame(self._connection, self._max_bytes)
+                except (_Closed, OSError) as error:
+                    why = "cancelled" if self._cancelled else str(error)
+                    raise errors.Unavailable(f"{self._peer} stream ended: {why}") from None
+                if kind == ITEM:
+                    yield self._reply_class.FromString(body)
+                elif kind == END:
+                    return
+                elif kind == ERROR:
+                    raise _parse_error(body, f" (from {self._peer})")
+                else:
+                    raise errors.NeoError(f"unexpected frame of kind {kind} (from {self._peer})")
+        finally:
+            _shut(self._connection)
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        _shut(self._connection)
 
 
 def _remaining(deadline: float | None) -> float | None:

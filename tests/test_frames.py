@@ -23,7 +23,7 @@ from ZODB.utils import maxtid
 
 from neostore import errors, frames, rpc
 from neostore.client.cluster import FRAMED_METHODS
-from neostore.protocol import storage_pb2, storage_pb2_grpc
+from neostore.protocol import master_pb2, storage_pb2, storage_pb2_grpc
 
 from harness import ThreadCluster
 
@@ -86,6 +86,45 @@ def test_begin_finish_and_raft_steps_go_as_frames(tmp_path: Any) -> None:
             assert sum(master.frames_served("Step") for master in raft.master_nodes) > steps
         finally:
             db.close()
+
+
+class _Recorder:
+    """A DB stand-in: what the invalidation stream hands to ZODB."""
+
+    def __init__(self) -> None:
+        self.tids: list[bytes] = []
+        self.arrived = threading.Event()
+
+    def invalidate(self, tid: bytes, oids: Any) -> None:
+        self.tids.append(tid)
+        self.arrived.set()
+
+    def invalidateCache(self) -> None:  # noqa: N802 - ZODB's name
+        pass
+
+    def transform_record_data(self, data: bytes) -> bytes:
+        return data
+
+    def untransform_record_data(self, data: bytes) -> bytes:
+        return data
+
+
+def test_the_invalidation_stream_comes_as_frames(cluster: ThreadCluster) -> None:
+    streams = cluster.master.frames_served("Subscribe")
+    watcher = cluster.client()
+    recorder = _Recorder()
+    watcher.registerDB(recorder)
+    assert cluster.master.frames_served("Subscribe") == streams + 1  # the stream started over frames
+    db = ZODB.DB(cluster.client())
+    try:
+        with db.transaction() as conn:
+            conn.root()["streamed"] = 1
+        committed = db.lastTransaction()
+        assert recorder.arrived.wait(30), "the commit's invalidation never came"
+        assert committed in recorder.tids
+    finally:
+        db.close()
+        watcher.close()
 
 
 def test_a_wrong_cluster_name_is_refused_on_the_frames_port_without_naming_the_cluster(
@@ -254,3 +293,82 @@ def test_a_request_beyond_the_message_limit_is_refused_before_it_is_sent(server:
         assert _load(channel, b"small").serial == b"small"
     finally:
         channel.close()
+
+
+MASTER = master_pb2.DESCRIPTOR.services_by_name["Master"]
+
+
+class _StreamingServicer:
+    """Subscribe streams ``count`` start events, then ends, fails or
+    waits (for the caller to hang up), as ``request.client_id`` says."""
+
+    def __init__(self) -> None:
+        self.closed = threading.Event()  # the generator's finally ran
+        self.called_back = threading.Event()  # the context's callback ran
+
+    def Subscribe(self, request: master_pb2.SubscribeRequest, context: Any) -> Iterator[master_pb2.ClientEvent]:
+        context.add_callback(self.called_back.set)
+        try:
+            for tid in range(3):
+                yield master_pb2.ClientEvent(start_tid=struct.pack("!Q", tid))
+            if request.client_id == "fail":
+                raise errors.NotLeader("not the leader now")
+            while request.client_id == "wait":
+                yield master_pb2.ClientEvent(heartbeat=True)
+                time.sleep(0.01)
+        finally:
+            self.closed.set()
+
+    def __getattr__(self, name: str) -> Any:
+        def refuse(request: Any, context: Any) -> Any:
+            raise errors.BadRequest(f"{name} is not served by this test servicer")
+        return refuse
+
+
+@pytest.fixture
+def streaming() -> Iterator[tuple[frames.FramesChannel, _StreamingServicer]]:
+    servicer = _StreamingServicer()
+    config = rpc.RpcConfig(cluster_name="t")
+    serving = frames.FramesServer(config, "127.0.0.1:0", [(MASTER, servicer)])
+    serving.start()
+    channel = frames.FramesChannel(config, f"127.0.0.1:{serving.port}")
+    yield channel, servicer
+    channel.close()
+    serving.stop()
+
+
+def _subscribe(channel: frames.FramesChannel, how: str) -> frames.FramesStream:
+    return channel.stream("Subscribe", master_pb2.SubscribeRequest(client_id=how), master_pb2.ClientEvent, "m")
+
+
+def test_a_server_stream_brings_every_message_then_ends(streaming: Any) -> None:
+    channel, servicer = streaming
+    events = list(_subscribe(channel, "end"))
+    assert [event.start_tid for event in events] == [struct.pack("!Q", tid) for tid in range(3)]
+    assert servicer.closed.wait(10) and servicer.called_back.wait(10)
+
+
+def test_a_server_stream_that_fails_raises_its_error_after_what_it_sent(streaming: Any) -> None:
+    channel, _ = streaming
+    received = []
+    with pytest.raises(errors.NotLeader, match="not the leader now"):
+        for event in _subscribe(channel, "fail"):
+            received.append(event)
+    assert len(received) == 3
+
+
+def test_a_cancelled_stream_ends_at_both_ends(streaming: Any) -> None:
+    channel, servicer = streaming
+    stream = _subscribe(channel, "wait")
+    events = iter(stream)
+    for _ in range(5):
+        next(events)
+    stream.cancel()
+    with pytest.raises(errors.Unavailable, match="cancelled"):
+        for _ in events:
+            pass
+    # The server notices at its next message: the method's generator is
+    # closed and the callbacks it registered are called.
+    assert servicer.closed.wait(10) and servicer.called_back.wait(10)
+    # The server goes on serving.
+    assert len(list(_subscribe(channel, "end"))) == 3
