@@ -62,7 +62,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from neostore import errors
 from neostore.metrics import RpcMetrics, split_address
-from neostore.rpc import Counted, RpcConfig
+from neostore.rpc import Counted, RpcConfig, call, parallel_callers
 from neostore.throttle import Throttle
 
 log = logging.getLogger(__name__)
@@ -400,38 +400,22 @@ class FramesChannel:
     def call(self, method: str, request: Any, reply_class: type[protobuf_message.Message],
              timeout: float | None, peer: str) -> Any:
         """The reply of ``method``; a failure raises the NeoError it is."""
+        return self.start(method, request, reply_class, timeout, peer).result()
+
+    def start(self, method: str, request: Any, reply_class: type[protobuf_message.Message],
+              timeout: float | None, peer: str) -> PendingCall:
+        """Send the request of ``method`` now; its :meth:`PendingCall.result`
+        waits for the answer (so that one thread can have calls to several
+        nodes in flight at once).  NoFrames when the port cannot be reached."""
         name = method.encode("ascii")
         frame = _frame(CALL, bytes([len(name)]), name, request.SerializeToString())
-        where = f" (from {peer})" if peer else ""
         if len(frame) - _HEADER.size > self._config.max_message_bytes:
             raise errors.TooLarge(f"a {method} request of {len(frame) - _HEADER.size} bytes exceeds the "
                                   f"{self._config.max_message_bytes}-byte message limit")
         deadline = None if timeout is None else time.monotonic() + timeout
-        for attempt in range(2):
-            connection, reused = self._connection(deadline, peer)
-            try:
-                connection.settimeout(_remaining(deadline))
-                connection.sendall(frame)
-                kind, body = _receive_frame(connection, self._config.max_message_bytes)
-            except TimeoutError:
-                _shut(connection)
-                raise errors.DeadlineExceeded(f"{peer or self.address} unreachable: DEADLINE_EXCEEDED: "
-                                              f"no answer to {method} within {timeout}s") from None
-            except (_Closed, OSError) as error:
-                _shut(connection)
-                if reused and attempt == 0:
-                    continue  # a connection kept from before the node restarted: once more on a new one
-                raise errors.Unavailable(f"{peer or self.address} unreachable: {error}") from None
-            except errors.TooLarge as error:
-                _shut(connection)
-                raise errors.TooLarge(f"{error}{where}") from None
-            self._give_back(connection)
-            if kind == REPLY:
-                return reply_class.FromString(body)
-            if kind == ERROR:
-                raise _parse_error(body, where)
-            raise errors.NeoError(f"unexpected frame of kind {kind}{where}")
-        raise AssertionError("unreachable")
+        pending = PendingCall(self, method, frame, reply_class, timeout, deadline, peer)
+        pending.send()
+        return pending
 
     def stream(self, method: str, request: Any, reply_class: type[protobuf_message.Message],
                peer: str) -> FramesStream:
@@ -495,6 +479,68 @@ class FramesChannel:
             idle, self._idle = self._idle, []
         for connection in idle:
             _shut(connection)
+
+
+class PendingCall:
+    """A call whose request is sent (:meth:`FramesChannel.start`): its
+    answer, once, from :meth:`result`.  A connection kept from before the
+    node restarted (it fails unused) is replaced once: the request never
+    reached a live server."""
+
+    def __init__(self, channel: FramesChannel, method: str, frame: bytes,
+                 reply_class: type[protobuf_message.Message], timeout: float | None, deadline: float | None,
+                 peer: str) -> None:
+        self._channel = channel
+        self._method = method
+        self._frame = frame
+        self._reply_class = reply_class
+        self._timeout = timeout
+        self._deadline = deadline
+        self._peer = peer
+        self._connection: socket.socket | None = None
+        self._reused = False
+        self._send_error: OSError | None = None
+
+    def send(self) -> None:
+        self._connection, self._reused = self._channel._connection(self._deadline, self._peer)
+        try:
+            self._connection.settimeout(_remaining(self._deadline))
+            self._connection.sendall(self._frame)
+            self._send_error = None
+        except OSError as error:  # reported by result(), which may send once more
+            self._send_error = error
+
+    def result(self) -> Any:
+        channel, peer = self._channel, self._peer
+        where = f" (from {peer})" if peer else ""
+        for attempt in range(2):
+            if attempt:
+                self.send()
+            connection = self._connection
+            assert connection is not None
+            try:
+                if self._send_error is not None:
+                    raise self._send_error
+                kind, body = _receive_frame(connection, channel._config.max_message_bytes)
+            except TimeoutError:
+                _shut(connection)
+                raise errors.DeadlineExceeded(f"{peer or channel.address} unreachable: DEADLINE_EXCEEDED: "
+                                              f"no answer to {self._method} within {self._timeout}s") from None
+            except (_Closed, OSError) as error:
+                _shut(connection)
+                if self._reused and attempt == 0:
+                    continue  # a connection kept from before the node restarted: once more on a new one
+                raise errors.Unavailable(f"{peer or channel.address} unreachable: {error}") from None
+            except errors.TooLarge as error:
+                _shut(connection)
+                raise errors.TooLarge(f"{error}{where}") from None
+            channel._give_back(connection)
+            if kind == REPLY:
+                return self._reply_class.FromString(body)
+            if kind == ERROR:
+                raise _parse_error(body, where)
+            raise errors.NeoError(f"unexpected frame of kind {kind}{where}")
+        raise AssertionError("unreachable")
 
 
 class FramesStream:
@@ -569,7 +615,16 @@ class FramesStub:
                 left = None if timeout is None else max(0.001, timeout - (time.monotonic() - started))
                 return grpc_method(request, timeout=left)
 
+        def start(request: Any, timeout: float | None = None) -> Any:
+            """The call in flight (see :func:`neostore.rpc.call_all`): its
+            ``result()`` is the reply or raises the NeoError."""
+            try:
+                return channel.start(name, request, reply_class, timeout, peer)
+            except NoFrames:
+                return parallel_callers.submit(call, grpc_method, request, timeout, peer)
+
         method.__name__ = name
+        method.start = start  # type: ignore[attr-defined]
         self.__dict__[name] = method  # found directly from now on
         return method
 

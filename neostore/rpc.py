@@ -497,11 +497,36 @@ def call_all(calls: list[tuple[Callable[..., Any], Any, float | None, str]]) -> 
     blocking calls on this process's :data:`parallel_callers`; the last is
     a blocking call in this thread.  (Not ``.future()``: a channel with no
     call in flight starts a new thread for its next future, which cost a
-    client more than the call itself.)"""
-    jobs = [parallel_callers.submit(_outcome, method, request, timeout, peer)
-            for method, request, timeout, peer in calls[:-1]]
-    outcomes = [_outcome(*calls[-1])] if calls else []
-    return [job.result() for job in jobs] + outcomes
+    client more than the call itself.)
+
+    A framed method (:class:`neostore.frames.FramesStub`'s, which have a
+    ``start``) needs no thread: its request is sent from this thread with
+    the others', then its answer is awaited here."""
+    if not any(hasattr(method, "start") for method, *_ in calls):
+        jobs = [parallel_callers.submit(_outcome, method, request, timeout, peer)
+                for method, request, timeout, peer in calls[:-1]]
+        outcomes = [_outcome(*calls[-1])] if calls else []
+        return [job.result() for job in jobs] + outcomes
+    in_flight: list[Any] = []
+    for method, request, timeout, peer in calls:
+        start = getattr(method, "start", None)
+        if start is None:
+            in_flight.append(parallel_callers.submit(call, method, request, timeout, peer))
+            continue
+        try:
+            in_flight.append(start(request, timeout))
+        except errors.NeoError as error:
+            in_flight.append(error)
+    outcomes = []
+    for job in in_flight:
+        if isinstance(job, errors.NeoError):
+            outcomes.append(job)
+            continue
+        try:
+            outcomes.append(job.result())
+        except errors.NeoError as error:
+            outcomes.append(error)
+    return outcomes
 
 
 def _outcome(method: Callable[..., Any], request: Any, timeout: float | None, peer: str) -> Any:
