@@ -300,7 +300,7 @@ class FramesServer:
             for message in messages:
                 connection.sendall(_frame(ITEM, message.SerializeToString()))
                 if series is not None:
-                    series.messages.inc()
+                    series.sent()
             connection.sendall(_frame(END))
         except errors.NeoError as error:
             code = type(error).__name__

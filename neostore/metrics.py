@@ -27,6 +27,7 @@ lists them.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import threading
@@ -34,9 +35,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 log = logging.getLogger(__name__)
 
@@ -46,50 +48,81 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 
 
 class CallSeries:
-    """The series children of one method (looked up once, not per call)."""
+    """The counts of one method, kept as plain numbers under one lock and
+    turned into Prometheus series on a scrape: a prometheus_client Counter
+    and Histogram took a lock per value and cost a storage node about 6% of
+    its time on the commit path."""
 
-    __slots__ = ("method", "_handled", "_codes", "seconds", "messages")
+    __slots__ = ("method", "_lock", "codes", "bucket_counts", "seconds_sum", "messages")
 
-    def __init__(self, metrics: RpcMetrics, method: str) -> None:
+    def __init__(self, method: str) -> None:
         self.method = method
-        self._handled = metrics.handled
-        self._codes: dict[str, Any] = {}
-        self.seconds = metrics.seconds.labels(method)
-        self.messages = metrics.stream_messages.labels(method)
+        self._lock = threading.Lock()
+        self.codes: dict[str, int] = {}
+        self.bucket_counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one: beyond every bound
+        self.seconds_sum = 0.0
+        self.messages = 0
 
     def done(self, code: str, started: float) -> None:
-        child = self._codes.get(code)
-        if child is None:
-            child = self._codes[code] = self._handled.labels(self.method, code)
-        child.inc()
-        self.seconds.observe(time.perf_counter() - started)
+        """A call ended with ``code`` (``OK`` or an error kind); ``started``: its time.perf_counter()."""
+        elapsed = time.perf_counter() - started
+        bucket = bisect.bisect_left(LATENCY_BUCKETS, elapsed)
+        with self._lock:
+            self.codes[code] = self.codes.get(code, 0) + 1
+            self.bucket_counts[bucket] += 1
+            self.seconds_sum += elapsed
+
+    def sent(self) -> None:
+        """A message went out on this method's server stream."""
+        with self._lock:
+            self.messages += 1
+
+    def snapshot(self) -> tuple[dict[str, int], list[int], float, int]:
+        with self._lock:
+            return dict(self.codes), list(self.bucket_counts), self.seconds_sum, self.messages
 
 
-class RpcMetrics:
-    """Calls a gRPC server handled: by method and outcome, with their time."""
+class RpcMetrics(Collector):
+    """Calls a node served (gRPC and frames): by method and outcome, with their time."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.handled = Counter(
-            "neostore_rpc_server_handled", "gRPC calls this node served, by method and outcome "
-            "(OK, or the neostore error kind: Unavailable, ConflictError, WrongCluster...)",
-            ["method", "code"], registry=registry)
-        self.seconds = Histogram(
-            "neostore_rpc_server_handling_seconds", "Time from a call's arrival in its handler to its answer "
-            "(a stream: to its end)", ["method"], buckets=LATENCY_BUCKETS, registry=registry)
-        self.stream_messages = Counter(
-            "neostore_rpc_server_stream_messages", "Messages this node sent on server streams, by method",
-            ["method"], registry=registry)
         self._series: dict[str, CallSeries] = {}
         self._lock = threading.Lock()
+        registry.register(self)
 
     def series(self, full_method: str) -> CallSeries:
-        """The children for ``/package.Service/Method`` (as ``Service/Method``)."""
+        """The counts of ``/package.Service/Method`` (as ``Service/Method``)."""
         method = full_method.rsplit(".", 1)[-1].lstrip("/")
         with self._lock:
             found = self._series.get(method)
             if found is None:
-                found = self._series[method] = CallSeries(self, method)
+                found = self._series[method] = CallSeries(method)
             return found
+
+    def collect(self) -> Iterable[Metric]:
+        handled = CounterMetricFamily(
+            "neostore_rpc_server_handled", "Calls this node served (gRPC and frames), by method and outcome "
+            "(OK, or the neostore error kind: Unavailable, ConflictError, WrongCluster...)",
+            labels=["method", "code"])
+        seconds = HistogramMetricFamily(
+            "neostore_rpc_server_handling_seconds", "Time from a call's arrival in its handler to its answer "
+            "(a stream: to its end)", labels=["method"])
+        messages = CounterMetricFamily(
+            "neostore_rpc_server_stream_messages", "Messages this node sent on server streams, by method",
+            labels=["method"])
+        with self._lock:
+            series = sorted(self._series.items())
+        for method, one in series:
+            codes, buckets, total, sent = one.snapshot()
+            for code, count in sorted(codes.items()):
+                handled.add_metric([method, code], count)
+            cumulative, running = [], 0
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), buckets, strict=True):
+                running += count
+                cumulative.append((floatToGoString(bound), running))
+            seconds.add_metric([method], cumulative, total)
+            messages.add_metric([method], sent)
+        return [handled, seconds, messages]
 
 
 class _FunctionCollector(Collector):

@@ -193,7 +193,7 @@ def _wrap_handler(handler: grpc.RpcMethodHandler, series: CallSeries | None = No
                     yield from inner_us(request, context)
                 else:
                     for message in inner_us(request, context):
-                        series.messages.inc()
+                        series.sent()
                         yield message
             except GeneratorExit:  # the caller went away (cancelled)
                 code = "CANCELLED"
