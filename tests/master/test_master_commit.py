@@ -512,7 +512,9 @@ def test_start_redrives_decided_transactions_and_publishes_them(storages: list[F
     try:
         wait_until(lambda: harness.publisher.last_tid == p64(1001), what="re-driven decision published")
         assert harness.published() == [p64(1001)]
-        assert all(storage.commits == [(p64(997), p64(1001), 1)] for storage in storages)
+        # Published once decided: the Commit orders may still be on their way.
+        wait_until(lambda: all(storage.commits == [(p64(997), p64(1001), 1)] for storage in storages),
+                   what="re-driven Commit orders")
         wait_until(lambda: harness.state.pending_decisions == (), what="MarkApplied")
         ttid = harness.coordinator.begin("client")
         assert ttid > p64(1001), "new TTIDs start above the last decided TID"
