@@ -104,6 +104,8 @@ class ClusterConnection:
             target=self._run_stream, name=f"neostore-invalidations-{client_id[:8]}", daemon=True
         )
         self._last_stream_tid: bytes = b""
+        #: Masters whose frames port serves no streams (an older version): gRPC streams there.
+        self._streams_over_grpc: set[str] = set()
         self._stream_broken_since: float | None = None  # time.monotonic() of the break, None while it works
         #: Whether the cluster is STOPPING, as the stream last said.
         self.stopping = False
@@ -416,7 +418,7 @@ class ClusterConnection:
         """The master's invalidation stream: over frames where it serves
         them (a message costs a tenth of a gRPC stream's), else gRPC."""
         stub = self._framed_master_stub(address)
-        if isinstance(stub, frames.FramesStub):
+        if isinstance(stub, frames.FramesStub) and address not in self._streams_over_grpc:
             try:
                 return stub.channel.stream("Subscribe", request, master_pb2.ClientEvent, f"master {address}")
             except frames.NoFrames:
@@ -443,8 +445,10 @@ class ClusterConnection:
         watchdog = rpc.SilenceWatchdog(call, STREAM_SILENCE_LIMIT, lambda: log.warning(
             "invalidation stream from master %s silent for %.0fs, not answering, another master leads: moving on",
             address, STREAM_SILENCE_LIMIT), confirm=another_leads)
+        heard = False
         try:
             for event in rpc.stream(call, peer=f"master {address}"):
+                heard = True
                 watchdog.heard()
                 kind = event.WhichOneof("event")
                 if kind == "invalidations":
@@ -471,6 +475,12 @@ class ClusterConnection:
                 elif kind == "reset_cache_at":
                     self._listener.on_reset_cache(event.reset_cache_at)
                     self._last_stream_tid = event.reset_cache_at
+        except errors.BadRequest as error:
+            if heard or not isinstance(call, frames.FramesStream) or "no method" not in str(error):
+                raise
+            # A master of an older version serves unary frames only: its streams go over gRPC.
+            self._streams_over_grpc.add(address)
+            raise errors.Unavailable(f"master {address} serves no stream as frames ({error}): using gRPC") from None
         finally:
             watchdog.stop()
             with self._lock:

@@ -93,11 +93,16 @@ class _Recorder:
 
     def __init__(self) -> None:
         self.tids: list[bytes] = []
-        self.arrived = threading.Event()
+        self._arrived = threading.Condition()
 
     def invalidate(self, tid: bytes, oids: Any) -> None:
-        self.tids.append(tid)
-        self.arrived.set()
+        with self._arrived:
+            self.tids.append(tid)
+            self._arrived.notify_all()
+
+    def wait_for(self, tid: bytes, timeout: float = 30.0) -> bool:
+        with self._arrived:
+            return self._arrived.wait_for(lambda: tid in self.tids, timeout)
 
     def invalidateCache(self) -> None:  # noqa: N802 - ZODB's name
         pass
@@ -119,12 +124,31 @@ def test_the_invalidation_stream_comes_as_frames(cluster: ThreadCluster) -> None
     try:
         with db.transaction() as conn:
             conn.root()["streamed"] = 1
-        committed = db.lastTransaction()
-        assert recorder.arrived.wait(30), "the commit's invalidation never came"
-        assert committed in recorder.tids
+        assert recorder.wait_for(db.lastTransaction()), "the commit's invalidation never came"
     finally:
         db.close()
         watcher.close()
+
+
+def test_a_master_whose_frames_port_serves_no_streams_streams_over_grpc(tmp_path: Any) -> None:
+    """A master of the version before streams as frames answers "no method":
+    its clients follow its stream over gRPC."""
+    with ThreadCluster(str(tmp_path), name="old-frames") as old:
+        served = old.master._frames  # noqa: SLF001 - make it the older kind
+        del served._methods["Subscribe"]  # noqa: SLF001
+        served._streams.discard("Subscribe")  # noqa: SLF001
+        watcher = old.client()
+        recorder = _Recorder()
+        watcher.registerDB(recorder)
+        db = ZODB.DB(old.client())
+        try:
+            with db.transaction() as conn:
+                conn.root()["streamed"] = 1
+            assert recorder.wait_for(db.lastTransaction()), "the commit's invalidation never came"
+            assert old.master.frames_served("Subscribe") == 0
+        finally:
+            db.close()
+            watcher.close()
 
 
 def test_a_wrong_cluster_name_is_refused_on_the_frames_port_without_naming_the_cluster(
