@@ -18,7 +18,9 @@ One transaction goes through these steps (each a method below):
    the decider and wait.  A finish refused here or by the decider aborts
    the transaction (:meth:`_give_up`), as ZODB aborts after a failed
    tpc_finish.
-3. :meth:`_decide_batch` (decider thread) — take every queued finish,
+3. :meth:`_decide_batch` (the Finish's own thread when no batch is being
+   decided, :meth:`_decide_here`; else the decider thread, which takes
+   what queued meanwhile) — take every queued finish,
    drop the votes of nodes that registered again since the transaction
    began (a registering node drops its undecided pending data, see
    :meth:`registering`), check the votes again,
@@ -282,6 +284,7 @@ class CommitCoordinator:
         self._condition = threading.Condition()  # guards every attribute below
         self._transactions: dict[bytes, _Transaction] = {}
         self._queue: list[_Finish] = []
+        self._deciding = False  # a batch is being taken and decided (by a Finish's thread or the decider)
         self._applying: dict[bytes, _Applying] = {}  # by tid, in increasing order
         self._applied_marks: dict[bytes, set[int]] = {}
         self._client_sessions: collections.Counter[str] = collections.Counter()
@@ -324,6 +327,8 @@ class CommitCoordinator:
             self._condition.notify_all()
         if self._decider.is_alive():
             self._decider.join()
+        with self._decide_lock:  # a batch a Finish's thread (or an in-doubt settler) decides ends first
+            pass
         with self._condition:
             for applying in self._applying.values():
                 if applying.finish is not None and not applying.published:
@@ -474,7 +479,13 @@ class CommitCoordinator:
                 transaction.phase = Phase.BEGUN
                 raise errors.Unavailable("the master is stopping")
             self._queue.append(finish)
-            self._condition.notify_all()
+            lead = not self._deciding
+            if lead:
+                self._deciding = True
+            else:
+                self._condition.notify_all()
+        if lead:
+            self._decide_here()
         finish.done.wait()
         if finish.error is not None:
             raise finish.error
@@ -525,11 +536,43 @@ class CommitCoordinator:
 
     # -- step 3: decide (decider thread) -----------------------------------------
 
+    def _decide_here(self) -> None:
+        """A Finish's thread, while no batch is being decided, decides the
+        queue (its own transaction, and any that came with it) itself: the
+        decider thread need not be woken, nor wake it (two thread switches
+        per batch).  What queues meanwhile is left to the decider thread.
+        It never blocks past the submit timeout: a batch in doubt is
+        settled by a thread of its own (:meth:`_decide_locked`)."""
+        try:
+            with self._condition:
+                batch, self._queue = self._queue, []
+                marks, self._applied_marks = self._applied_marks, {}
+            self._decide_guarded(batch, marks, may_block=False)
+        finally:
+            with self._condition:
+                self._deciding = False
+                if self._queue or self._applied_marks or self._stopping.is_set():
+                    self._condition.notify_all()
+
+    def _decide_guarded(self, batch: list[_Finish], marks: dict[bytes, set[int]], may_block: bool = True) -> None:
+        try:
+            self._decide_batch(batch, marks, may_block)
+        except Exception:  # noqa: BLE001 - the decider must survive
+            log.exception("decider failed on a batch")
+            state = self._log.state
+            for finish in batch:
+                decided = state.decision_of_ttid(finish.transaction.ttid) is not None
+                if not finish.done.is_set() and not decided:
+                    self._undecided(finish, errors.Unavailable("internal error while deciding"))
+
     def _decide_loop(self) -> None:
         while True:
             with self._condition:
                 marks_due: float | None = None  # MarkApplied alone waits for company until then
-                while not self._queue and not self._stopping.is_set():
+                while (not self._queue or self._deciding) and not self._stopping.is_set():
+                    if self._deciding:  # a Finish's thread decides; it wakes us when done
+                        self._condition.wait()
+                        continue
                     if not self._applied_marks:
                         self._condition.wait()
                         continue
@@ -542,26 +585,32 @@ class CommitCoordinator:
                 batch, self._queue = self._queue, []
                 marks, self._applied_marks = self._applied_marks, {}
                 stopping = self._stopping.is_set()
+                self._deciding = not stopping
             if stopping:
                 for finish in batch:
                     self._undecided(finish, errors.Unavailable("the master is stopping"))
                 self._decide_batch([], marks)
                 return
             try:
-                self._decide_batch(batch, marks)
-            except Exception:  # noqa: BLE001 - the decider must survive
-                log.exception("decider failed on a batch")
-                state = self._log.state
-                for finish in batch:
-                    decided = state.decision_of_ttid(finish.transaction.ttid) is not None
-                    if not finish.done.is_set() and not decided:
-                        self._undecided(finish, errors.Unavailable("internal error while deciding"))
+                self._decide_guarded(batch, marks)
+            finally:
+                with self._condition:
+                    self._deciding = False
 
-    def _decide_batch(self, batch: list[_Finish], marks: dict[bytes, set[int]]) -> None:
-        with self._decide_lock:
-            self._decide_locked(batch, marks)
+    def _decide_batch(self, batch: list[_Finish], marks: dict[bytes, set[int]], may_block: bool = True) -> None:
+        self._decide_lock.acquire()
+        handed_over = False
+        try:
+            handed_over = self._decide_locked(batch, marks, may_block)
+        finally:
+            if not handed_over:
+                self._decide_lock.release()
 
-    def _decide_locked(self, batch: list[_Finish], marks: dict[bytes, set[int]]) -> None:
+    def _decide_locked(self, batch: list[_Finish], marks: dict[bytes, set[int]], may_block: bool = True) -> bool:
+        """Decide ``batch`` (``_decide_lock`` held).  True when the lock was
+        handed over to a thread that settles the batch in doubt (``may_block``
+        False: the caller is a Finish's thread, which must answer now); that
+        thread releases it."""
         state = self._log.state
         planned: list[tuple[_Finish, Decision]] = []
         for finish in batch:
@@ -596,21 +645,47 @@ class CommitCoordinator:
             commands.append(CommitDecisions(tuple(decision for _, decision in planned)))
         commands.extend(MarkApplied(tid, tuple(sorted(nodes))) for tid, nodes in sorted(marks.items()))
         if not commands:
-            return
+            return False
         try:
             results = self._log.submit(commands)
         except errors.InDoubt as error:
             if not planned or error.pending is None:
-                return  # only MarkApplied: recorded again by the next leader if lost
+                return False  # only MarkApplied: recorded again by the next leader if lost
+            if not may_block:
+                for finish, _ in planned:  # their clients are told now; the wait goes on elsewhere
+                    finish.fail(errors.Unavailable(
+                        f"the commit decision is not recorded yet ({error}): ask for the outcome"))
+                threading.Thread(target=self._settle_then_release, args=(planned, error),
+                                 name="decider-in-doubt", daemon=True).start()
+                return True
             settled = self._settle_in_doubt(planned, error)
             if settled is None:
-                return
+                return False
             results = settled
         except errors.NeoError as error:
             log.error("cannot record %d commit decisions: %s", len(planned), error)
             for finish, _ in planned:
                 self._undecided(finish, errors.Unavailable(f"cannot record the commit decision: {error}"))
-            return
+            return False
+        self._conclude(planned, results)
+        return False
+
+    def _settle_then_release(self, planned: list[tuple[_Finish, Decision]], error: errors.InDoubt) -> None:
+        """A batch in doubt that a Finish's thread submitted: wait for its
+        entry as the decider would, holding the ``_decide_lock`` that thread
+        handed over, then release it."""
+        try:
+            settled = self._settle_in_doubt(planned, error)
+            if settled is not None:
+                self._conclude(planned, settled)
+        except Exception:  # noqa: BLE001 - logged: the lock must be released
+            log.exception("settling %d in-doubt commit decisions failed", len(planned))
+        finally:
+            self._decide_lock.release()
+
+    def _conclude(self, planned: list[tuple[_Finish, Decision]], results: list[Any]) -> None:
+        """The batch's entry committed with ``results``: apply and publish
+        each decision ``apply`` accepted, give up the others."""
         if not planned:
             return
         outcome = results[0]

@@ -118,9 +118,9 @@ def _die_before_deciding(leader: MasterNode) -> threading.Event:
     reached = threading.Event()
     decide_batch = coordinator._decide_batch  # noqa: SLF001
 
-    def die_before_deciding(batch: list[Any], marks: Any) -> None:
+    def die_before_deciding(batch: list[Any], marks: Any, may_block: bool = True) -> None:
         if not batch:
-            decide_batch(batch, marks)
+            decide_batch(batch, marks, may_block)
             return
         reached.set()
         coordinator._stopping.wait(30)  # noqa: SLF001
