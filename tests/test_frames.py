@@ -163,7 +163,16 @@ def test_a_wrong_cluster_name_is_refused_on_the_frames_port_without_naming_the_c
         channel.close()
 
 
-class _Servicer:
+class _Refusing:
+    """A test servicer: any method it does not define is refused."""
+
+    def __getattr__(self, name: str) -> Any:
+        def refuse(request: Any, context: Any) -> Any:
+            raise errors.BadRequest(f"{name} is not served by this test servicer")
+        return refuse
+
+
+class _Servicer(_Refusing):
     """Answers LoadBefore with the oid it was asked; blocks on ``hold``."""
 
     def __init__(self) -> None:
@@ -175,11 +184,6 @@ class _Servicer:
         if request.oid == b"bad":
             raise errors.NotFound("no such object")
         return storage_pb2.LoadReply(serial=request.oid)
-
-    def __getattr__(self, name: str) -> Any:
-        def refuse(request: Any, context: Any) -> Any:
-            raise errors.BadRequest(f"{name} is not served by this test servicer")
-        return refuse
 
 
 @pytest.fixture
@@ -322,8 +326,8 @@ def test_a_request_beyond_the_message_limit_is_refused_before_it_is_sent(server:
 MASTER = master_pb2.DESCRIPTOR.services_by_name["Master"]
 
 
-class _StreamingServicer:
-    """Subscribe streams ``count`` start events, then ends, fails or
+class _StreamingServicer(_Refusing):
+    """Subscribe streams three start events, then ends, fails or
     waits (for the caller to hang up), as ``request.client_id`` says."""
 
     def __init__(self) -> None:
@@ -342,11 +346,6 @@ class _StreamingServicer:
                 time.sleep(0.01)
         finally:
             self.closed.set()
-
-    def __getattr__(self, name: str) -> Any:
-        def refuse(request: Any, context: Any) -> Any:
-            raise errors.BadRequest(f"{name} is not served by this test servicer")
-        return refuse
 
 
 @pytest.fixture
