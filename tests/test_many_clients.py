@@ -1,10 +1,11 @@
 """Hundreds of clients on one master: every one connects, and the master
 still serves the others' calls.
 
-Each client's invalidation stream holds a server thread of the master for as
-long as it is connected (grpcio's sync server).  With 256 threads, the
-clients past the 250th found none left for their connect: they timed out
-(3 processes x 100 clients: the last ones still connecting after 600 s).
+Each client's invalidation stream holds a thread of the master for as
+long as it is connected (its frames connection's; over gRPC, one of the
+sync server's workers).  With 256 gRPC workers, the clients past the 250th
+found none left for their connect: they timed out (3 processes x 100
+clients: the last ones still connecting after 600 s).
 """
 
 from __future__ import annotations
