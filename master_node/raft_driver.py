@@ -7,7 +7,7 @@ messages, proposals, unreachable reports).  Its loop runs in *rounds*, one
 at a time (a lock, the *turn*): a thread that brings a peer's Step, the
 answer to one of ours or a proposal while no round runs runs that round
 itself (``_run_here``) instead of waking the driver and waiting to be woken
-(two thread switches, about 80 us of CPU each way, and their latency), and
+(two thread switches, about 80 us of CPU for the pair, and their latency), and
 only the driver thread ticks.  Its loop:
 
 1. wait for the inbox until the next tick is due (every ``tick_interval``,
