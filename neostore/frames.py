@@ -218,10 +218,12 @@ class FramesServer:
                 kind, body = _receive_frame(connection, max_bytes)
                 if kind != CALL or not body:
                     raise errors.BadRequest(f"expected a call, got a frame of kind {kind}")
-                if body[1:1 + body[0]].decode("ascii", "replace") in self._streams:
-                    self._stream(connection, body)
+                size = body[0]
+                name, payload = body[1:1 + size].decode("ascii", "replace"), body[1 + size:]
+                if name in self._streams:
+                    self._stream(connection, name, payload)
                     return  # a stream's connection serves nothing else
-                connection.sendall(self._call(body))
+                connection.sendall(self._call(name, payload))
         except errors.NeoError as error:  # a malformed frame: say why, then hang up
             self._refused(peer, error)
             try:
@@ -248,10 +250,8 @@ class FramesServer:
         connection.sendall(_frame(WELCOME))
         return True
 
-    def _call(self, body: bytes) -> bytes:
-        """The answer frame to a CALL frame's body."""
-        size = body[0]
-        name = body[1:1 + size].decode("ascii", "replace")
+    def _call(self, name: str, payload: bytes) -> bytes:
+        """The answer frame to a CALL of ``name`` with the serialized request ``payload``."""
         found = self._methods.get(name)
         if found is None:
             return _error_frame(errors.BadRequest(f"no method {name!r} on this port"))
@@ -261,11 +261,7 @@ class FramesServer:
         started = time.perf_counter() if series is not None else 0.0
         code = "OK"
         try:
-            try:
-                request = request_class.FromString(body[1 + size:])
-            except protobuf_message.DecodeError as error:
-                raise errors.BadRequest(f"a {name} request that does not decode: {error}") from None
-            return _frame(REPLY, handler(request, None).SerializeToString())
+            return _frame(REPLY, handler(_request(name, request_class, payload), None).SerializeToString())
         except errors.NeoError as error:
             code = type(error).__name__
             return _error_frame(error)
@@ -277,13 +273,11 @@ class FramesServer:
             if series is not None:
                 series.done(code, started)
 
-    def _stream(self, connection: socket.socket, body: bytes) -> None:
+    def _stream(self, connection: socket.socket, name: str, payload: bytes) -> None:
         """Serve a server-streaming CALL: an ITEM frame per message, then
         END or ERROR.  The caller hanging up fails the next send: the
         method's generator is closed then (its ``finally`` runs) and the
         callbacks it registered on its context are called."""
-        size = body[0]
-        name = body[1:1 + size].decode("ascii")
         handler, request_class, series = self._methods[name]
         with self._lock:
             self.served[name] += 1
@@ -292,11 +286,7 @@ class FramesServer:
         context = _StreamContext()
         messages: Any = None
         try:
-            try:
-                request = request_class.FromString(body[1 + size:])
-            except protobuf_message.DecodeError as error:
-                raise errors.BadRequest(f"a {name} request that does not decode: {error}") from None
-            messages = handler(request, context)
+            messages = handler(_request(name, request_class, payload), context)
             for message in messages:
                 connection.sendall(_frame(ITEM, message.SerializeToString()))
                 if series is not None:
@@ -325,6 +315,14 @@ class FramesServer:
         if earlier is not None:
             log.warning("refused a framed connection from %s: %s%s", peer, error,
                         f"; {earlier} more since the last such line" if earlier else "")
+
+
+def _request(name: str, request_class: type[protobuf_message.Message], payload: bytes) -> Any:
+    """The request of a call of ``name``; BadRequest when it does not decode."""
+    try:
+        return request_class.FromString(payload)
+    except protobuf_message.DecodeError as error:
+        raise errors.BadRequest(f"a {name} request that does not decode: {error}") from None
 
 
 class _StreamContext:
