@@ -273,8 +273,13 @@ class CommitCoordinator:
         publisher: InvalidationPublisher,
         config: CommitConfig = CommitConfig(),
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` gives the TIDs their time; ``monotonic`` measures the
+        delays of :class:`CommitConfig` that tests advance instead of
+        sleeping (today: ``mark_applied_delay``)."""
         self._log = command_log
+        self._monotonic = monotonic
         self._storages = storages
         self._publisher = publisher
         self._config = config
@@ -287,6 +292,9 @@ class CommitCoordinator:
         self._deciding = False  # a batch is being taken and decided (by a Finish's thread or the decider)
         self._applying: dict[bytes, _Applying] = {}  # by tid, in increasing order
         self._applied_marks: dict[bytes, set[int]] = {}
+        # When _applied_marks last went from empty to not (monotonic), None
+        # while empty: a MarkApplied waits for a decision to carry it this long.
+        self._marks_since: float | None = None
         self._client_sessions: collections.Counter[str] = collections.Counter()
         #: client id -> its departure (session ended, grace running)
         self._departed: dict[str, _Departure] = {}
@@ -546,7 +554,7 @@ class CommitCoordinator:
         try:
             with self._condition:
                 batch, self._queue = self._queue, []
-                marks, self._applied_marks = self._applied_marks, {}
+                marks, self._applied_marks, self._marks_since = self._applied_marks, {}, None
             self._decide_guarded(batch, marks, may_block=False)
         finally:
             with self._condition:
@@ -568,22 +576,22 @@ class CommitCoordinator:
     def _decide_loop(self) -> None:
         while True:
             with self._condition:
-                marks_due: float | None = None  # MarkApplied alone waits for company until then
                 while (not self._queue or self._deciding) and not self._stopping.is_set():
                     if self._deciding:  # a Finish's thread decides; it wakes us when done
                         self._condition.wait()
                         continue
-                    if not self._applied_marks:
+                    if self._marks_since is None:
                         self._condition.wait()
                         continue
-                    now = time.monotonic()
-                    if marks_due is None:
-                        marks_due = now + self._config.mark_applied_delay
-                    elif now >= marks_due:
+                    # MarkApplied alone: only once no decision carried the
+                    # marks for mark_applied_delay (a busy cluster never
+                    # spends a Raft round on them alone).
+                    wait = self._marks_since + self._config.mark_applied_delay - self._monotonic()
+                    if wait <= 0:
                         break
-                    self._condition.wait(marks_due - now)
+                    self._condition.wait(wait)
                 batch, self._queue = self._queue, []
-                marks, self._applied_marks = self._applied_marks, {}
+                marks, self._applied_marks, self._marks_since = self._applied_marks, {}, None
                 stopping = self._stopping.is_set()
                 self._deciding = not stopping
             if stopping:
@@ -895,6 +903,8 @@ class CommitCoordinator:
                 return
             del self._applying[tid]
             if first.applied:
+                if self._marks_since is None:
+                    self._marks_since = self._monotonic()
                 self._applied_marks.setdefault(tid, set()).update(first.applied)
                 self._condition.notify_all()
 

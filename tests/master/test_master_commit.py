@@ -6,7 +6,7 @@ import concurrent.futures
 import dataclasses
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -103,7 +103,8 @@ class Harness:
     """A coordinator over a memory log, a publisher and fake storages 1..N."""
 
     def __init__(self, storages: list[FakeStorage], num_partitions: int = 4, num_replicas: int = 2,
-                 command_log: MemoryCommandLog | None = None, config: CommitConfig = FAST) -> None:
+                 command_log: MemoryCommandLog | None = None, config: CommitConfig = FAST,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.storages = storages
         if command_log is None:
             command_log = running_log([s.address for s in storages], num_partitions, num_replicas)
@@ -112,7 +113,8 @@ class Harness:
         self.publisher = InvalidationPublisher(last_published_tid(state), state.table)
         self.subscription = self.publisher.subscribe()
         self.links = StorageLinks(RPC_CONFIG)
-        self.coordinator = CommitCoordinator(command_log, self.links, self.publisher, config)
+        self.coordinator = CommitCoordinator(command_log, self.links, self.publisher, config,
+                                             monotonic=monotonic)
 
     @property
     def state(self) -> ClusterState:
@@ -176,6 +178,66 @@ def test_finish_commits_on_every_voter_and_returns_the_published_tid(harness: Ha
     assert harness.published() == [tid]
     assert harness.coordinator.phase_of(ttid) is None
     wait_until(lambda: harness.state.pending_decisions == (), what="MarkApplied")
+
+
+class _Clock:
+    """A monotonic clock the test advances (seconds)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_mark_applied_waits_for_a_decision_to_carry_it_from_when_its_marks_appear(
+        storages: list[FakeStorage]) -> None:
+    """A MarkApplied rides in the entry of the next decision; it gets an
+    entry of its own only once ``mark_applied_delay`` passed with no
+    decision taking it, counted from when *those* marks appeared, not from
+    when earlier marks (carried away meanwhile) did: on a busy cluster, no
+    Raft round is spent on MarkApplied alone."""
+    clock = _Clock()
+    command_log = running_log([s.address for s in storages])
+    alone: list[float] = []  # the clock when an entry of MarkApplied alone was submitted
+    submit = command_log.submit
+
+    def recording(commands: list[Any]) -> list[Any]:
+        if all(type(command).__name__ == "MarkApplied" for command in commands):
+            alone.append(clock.now)
+        return submit(commands)
+
+    command_log.submit = recording  # type: ignore[method-assign]
+    config = dataclasses.replace(FAST, mark_applied_delay=100.0)
+    harness = Harness(storages, command_log=command_log, config=config, monotonic=clock)
+    coordinator = harness.coordinator
+    coordinator.start()
+
+    def marks_waiting() -> bool:
+        with coordinator._condition:  # noqa: SLF001
+            return bool(coordinator._applied_marks)  # noqa: SLF001
+
+    def advance(to: float) -> None:
+        clock.now = to
+        with coordinator._condition:  # noqa: SLF001 - the decider computes its wait again
+            coordinator._condition.notify_all()  # noqa: SLF001
+
+    try:
+        first = harness.commit()
+        wait_until(marks_waiting, what="the first transaction applied everywhere")  # marks at 0
+        advance(90.0)
+        second = harness.commit()  # carries the first one's marks
+        assert first not in {d.tid for d in harness.state.pending_decisions}
+        wait_until(marks_waiting, what="the second transaction applied everywhere")  # marks at 90
+        advance(150.0)  # past 0 + 100, not 90 + 100: the second one's marks keep waiting
+        time.sleep(0.2)  # the decider's turn to (wrongly) submit; nothing to wait for otherwise
+        assert alone == []
+        assert second in {d.tid for d in harness.state.pending_decisions}
+        advance(195.0)
+        wait_until(lambda: harness.state.pending_decisions == (), what="MarkApplied of the second one alone")
+        assert alone == [195.0]
+    finally:
+        harness.close()
 
 
 def test_concurrent_finishes_share_log_entries_and_publish_in_tid_order(storages: list[FakeStorage]) -> None:
