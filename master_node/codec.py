@@ -24,7 +24,7 @@ import typing
 from collections.abc import Callable
 from typing import Any, Union
 
-from neostore.master_node.state import COMMAND_TYPES, ClusterState, Command
+from neostore.master_node.state import COMMAND_TYPES, ClusterState, Command, Outcome, OutcomeLog
 
 STATE_FORMAT = 1
 
@@ -109,7 +109,7 @@ def _make_encoder(cls: type) -> _Encoder:
         return _same
     if cls is bytes:
         return _hex
-    if issubclass(cls, (tuple, list)):
+    if issubclass(cls, (tuple, list, OutcomeLog)):
         return _sequence
     if dataclasses.is_dataclass(cls):
         names = tuple(field.name for field in dataclasses.fields(cls))
@@ -171,6 +171,9 @@ def _make_decoder(kind: Any) -> _Decoder:
         return lambda data: None if data is None else inner(data)
     if origin is tuple:
         return _tuple_decoder(kind)
+    if kind is OutcomeLog:
+        outcomes = _tuple_decoder(tuple[Outcome, ...])
+        return lambda data: OutcomeLog.of(outcomes(data))
     if kind is bytes:
         return _decode_bytes
     if kind is bool:

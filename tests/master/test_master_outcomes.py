@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from neostore.ids import p64, u64
 from neostore.master_node import state as state_module
@@ -15,6 +17,7 @@ from neostore.master_node.state import (
     Decision,
     NodeVote,
     Outcome,
+    OutcomeLog,
     apply,
     plan_decision,
 )
@@ -86,3 +89,27 @@ def test_a_decision_without_client_id_decodes_from_older_logs() -> None:
     assert old != encoded
     assert decode_command(old) == CommitDecisions((dataclasses.replace(decision, client_id=""),))
     assert state.outcome_of(decision.ttid, "anyone") == decision.tid, "an old record matches any client"
+
+
+@given(st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=6), st.integers(1, 700))
+@settings(max_examples=60, deadline=None)
+def test_the_log_of_outcomes_behaves_as_the_tuple_it_replaces(bounds: list[int], steps: int) -> None:
+    """OutcomeLog (chunked, so that appending copies little) against the
+    tuple model: same items in order, both ends, bound, bytes in a snapshot."""
+    model: tuple[Outcome, ...] = ()
+    log = OutcomeLog()
+    for step in range(steps):
+        bound = bounds[step % len(bounds)]
+        outcome = Outcome(p64(step), p64(step + 1), f"c{step % 3}")
+        model = (model + (outcome,))[-bound:]
+        log = log.appended(outcome, bound)
+        assert len(log) == len(model)
+    assert log == model and model == log and list(reversed(log)) == list(reversed(model))
+    assert [log[i] for i in range(-len(model), len(model))] == list(model) * 2
+    assert log[1:3] == model[1:3]
+    with pytest.raises(IndexError):
+        log[len(model)]
+    as_tuple = dataclasses.replace(running_state(ADDRESSES), recent_outcomes=model)
+    as_log = dataclasses.replace(running_state(ADDRESSES), recent_outcomes=log)
+    assert encode_state(as_log) == encode_state(as_tuple)
+    assert decode_state(encode_state(as_tuple)).recent_outcomes == log
