@@ -59,6 +59,10 @@ _SNAPSHOT_KEY = b"snapshot"
 _LOG_START_KEY = b"log_start"
 
 
+#: How many of the last entries' terms a store keeps in memory.
+TERM_CACHE = 4096
+
+
 def _key(index: int) -> bytes:
     return _INDEX.pack(index)
 
@@ -105,6 +109,11 @@ class LmdbLogStore:
         self._last_index: int = _INDEX.unpack(last_key)[0] if last_key else self._start_index
         if self._last_index < self._start_index:
             raise StorageError(f"{self.path}: entries end before the log start")
+        #: The terms of the last entries saved (index -> term, increasing
+        #: indexes, at most TERM_CACHE): the core asks for them on every
+        #: append and answer, and a read transaction each costs more than
+        #: the rest of the lookup.
+        self._recent_terms: dict[int, int] = {}
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -149,6 +158,9 @@ class LmdbLogStore:
             raise UnavailableError(f"index {index} beyond last index {self._last_index}")
         if index == self._start_index:
             return self._start_term
+        cached = self._recent_terms.get(index)
+        if cached is not None:
+            return cached
         with self._env.begin() as txn:
             raw = txn.get(_key(index), db=self._entries)
         if raw is None:
@@ -220,6 +232,18 @@ class LmdbLogStore:
                 txn.put(_HARD_STATE_KEY, encode_hard_state(hard_state), db=self._meta)
         # Committed (and synced): now the cached view may change.
         self.save_calls += 1
+        recent = self._recent_terms
+        if new_snapshot is not self._snapshot:
+            recent.clear()
+        if entries:
+            first = entries[0].index
+            if recent and first <= next(reversed(recent)):
+                for index in [index for index in recent if index >= first]:
+                    del recent[index]  # a conflicting suffix, replaced
+            for entry in entries:
+                recent[entry.index] = entry.term
+            while len(recent) > TERM_CACHE:
+                del recent[next(iter(recent))]
         self._snapshot = new_snapshot
         self._start_index, self._start_term = start_index, start_term
         self._last_index = last_index
@@ -261,3 +285,5 @@ class LmdbLogStore:
             self._delete_range(txn, self._start_index + 1, index + 1)
             txn.put(_LOG_START_KEY, _LOG_START.pack(index, term), db=self._meta)
         self._start_index, self._start_term = index, term
+        for gone in [gone for gone in self._recent_terms if gone <= index]:
+            del self._recent_terms[gone]

@@ -27,8 +27,10 @@ from neostore.raft import (
 )
 
 try:  # installed layout
+    from neostore.master_node import raft_log
     from neostore.master_node.raft_log import LmdbLogStore
 except ImportError:  # source tree
+    from master_node import raft_log
     from master_node.raft_log import LmdbLogStore
 
 VOTERS = ConfState.of(1, 2, 3)
@@ -102,6 +104,7 @@ class TestRaftLogStoreConformance:
         store.save(HardState(3), entries(4, 4, 3))
         assert store.last_index() == 4
         assert [e.term for e in store.entries(1, 5)] == [2, 2, 2, 3]
+        assert [store.term(i) for i in range(1, 5)] == [2, 2, 2, 3]
         with pytest.raises(UnavailableError):
             store.term(5)
 
@@ -208,6 +211,18 @@ def test_lmdb_save_is_one_transaction_per_call(tmp_path: Path) -> None:
         store.save(HardState(1, 1, 0), entries(1, 50, 1))
         store.save(None, [])  # nothing to write: no transaction at all
         assert store.save_calls == 1
+
+
+def test_lmdb_terms_past_the_cached_tail_are_read_from_the_file(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(raft_log, "TERM_CACHE", 3)
+    with LmdbLogStore(tmp_path / "raft", map_size=16 << 20) as store:
+        store.save(HardState(1, 1, 0), entries(1, 5, 1))
+        store.save(HardState(2, 1, 0), entries(6, 8, 2))
+        store.save(HardState(3, 1, 0), entries(7, 7, 3))  # replaces 7 and 8
+        assert [store.term(i) for i in range(1, 8)] == [1, 1, 1, 1, 1, 2, 3]
+        with pytest.raises(UnavailableError):
+            store.term(8)
 
 
 def test_lmdb_failed_save_leaves_the_store_untouched(tmp_path: Path) -> None:
