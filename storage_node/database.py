@@ -54,7 +54,7 @@ import os
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import IO, cast
+from typing import IO, Any, cast
 
 import lmdb
 
@@ -63,6 +63,7 @@ from neostore.ids import oid_repr, tid_repr
 from neostore.lmdb_files import check_data_file
 from neostore.records import Record
 from neostore.storage_node import layout
+from neostore.storage_node.group_commit import GroupCommit, Job
 from neostore.storage_node.layout import PartitionStats, StoredObject, TransactionMetadata
 
 DEFAULT_MAP_SIZE = 64 * 2**30
@@ -154,6 +155,8 @@ class Database:
         self._path = os.path.abspath(path)
         self._cluster_name = cluster_name
         self._write_mutex = threading.Lock()
+        #: Votes and commits: one transaction for those that come together.
+        self._group = GroupCommit(self._write_jobs)
         self._closed = False
         self.durable_writes = 0  # write transactions committed (one fsync each)
         os.makedirs(self._path, exist_ok=True)
@@ -242,17 +245,39 @@ class Database:
                 with env.begin(write=True) as txn:
                     yield txn
                 self.durable_writes += 1
-            except lmdb.MapFullError as error:
-                raise errors.StorageFull(
-                    f"storage node data directory {self._path} is full "
-                    f"(LMDB map size {env.info()['map_size']} bytes reached): {error}"
-                ) from None
             except (lmdb.Error, OSError) as error:
-                if _is_disk_full(error):
-                    raise errors.StorageFull(
-                        f"no space left on the disk of storage node data directory {self._path}: {error}"
-                    ) from None
+                full = self._full(env, error)
+                if full is not None:
+                    raise full from None
                 raise
+
+    def _full(self, env: lmdb.Environment, error: BaseException) -> errors.StorageFull | None:
+        """The StorageFull a full map or disk means, None for other errors."""
+        if isinstance(error, lmdb.MapFullError):
+            return errors.StorageFull(
+                f"storage node data directory {self._path} is full "
+                f"(LMDB map size {env.info()['map_size']} bytes reached): {error}")
+        if _is_disk_full(error):
+            return errors.StorageFull(
+                f"no space left on the disk of storage node data directory {self._path}: {error}")
+        return None
+
+    def _write_jobs(self, jobs: list[Job[Any]]) -> None:
+        """The group commit's write (:mod:`.group_commit`): ``jobs`` in one
+        fsynced transaction; each in a nested one when there are several,
+        so that one that raises is rolled back alone."""
+        with self._write() as txn:
+            if len(jobs) == 1:
+                (job,) = jobs
+                job.result = job.work(txn)  # raising aborts the transaction: job.error
+                return
+            env = self._environment()
+            for job in jobs:
+                try:
+                    with env.begin(write=True, parent=txn) as nested:
+                        job.result = job.work(nested)
+                except Exception as error:  # noqa: BLE001 - this job's alone
+                    job.error = self._full(env, error) or error
 
     def _read(self) -> lmdb.Transaction:
         return self._environment().begin(write=False)
@@ -558,8 +583,10 @@ class Database:
     ) -> None:
         """Make a vote durable: ``ttid``'s objects and metadata (with the
         metadata of the transactions a restore batch carries), replacing
-        whatever was pending for it, in one fsynced write."""
-        with self._write() as txn:
+        whatever was pending for it, in one fsynced write (shared with the
+        votes and commits that come meanwhile: :mod:`.group_commit`)."""
+
+        def write(txn: lmdb.Transaction) -> None:
             self._delete_pending(txn, ttid)
             for entry in objects:
                 txn.put(
@@ -573,6 +600,8 @@ class Database:
                     layout.encode_transaction(entry.metadata),
                     db=self._pending,
                 )
+
+        self._group.run(write)
 
     def pending_ttids(self) -> list[bytes]:
         """TTIDs with voted, uncommitted data, in TTID order."""
@@ -606,15 +635,19 @@ class Database:
 
     def commit_many(self, decisions: Sequence[tuple[bytes, bytes]]) -> list[bool]:
         """:meth:`commit` of each ``(ttid, tid)``, in order, all in ONE
-        fsynced write (group commit); whether each had anything pending."""
+        fsynced write, shared with the votes and commits that come meanwhile
+        (:mod:`.group_commit`); whether each had anything pending."""
         for _, tid in decisions:
             if len(tid) != layout.TID_SIZE:
                 raise layout.LayoutError("tid must be 8 bytes")
-        with self._write() as txn:
+
+        def write(txn: lmdb.Transaction) -> list[bool]:
             applied = [self._commit_in(txn, ttid, tid) for ttid, tid in decisions]
             if any(applied):
                 self._trim_applied(txn)
-        return applied
+            return applied
+
+        return self._group.run(write)
 
     def _commit_in(self, txn: lmdb.Transaction, ttid: bytes, tid: bytes) -> bool:
         entries = self._pending_entries(txn, ttid)
