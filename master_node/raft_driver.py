@@ -501,14 +501,17 @@ class RaftCommandLog:
         if messages:
             self._run_here(("messages", (messages, None)))
 
-    def exchange(self, messages: list[Message]) -> list[Message]:
+    def exchange(self, messages: list[Message],
+                 answer: Callable[[list[Message]], None] | None = None) -> list[Message]:
         """Messages of a peer's Step (the Raft servicer calls this); the
         messages this master produces for that peer while handling them,
-        once persisted (the Step's answer)."""
+        once persisted (the Step's answer).  ``answer`` (frames) sends them
+        as soon as they are, when this thread runs the round: the peer need
+        not wait for the committed entries to be applied here."""
         messages = self._addressed(messages)
         if not messages:
             return []
-        box = ReplyBox(messages[0].source)
+        box = ReplyBox(messages[0].source, answer)
         self._run_here(("messages", (messages, box)))
         return box.take(REPLY_WAIT)
 
@@ -741,6 +744,9 @@ class RaftCommandLog:
         # 2. send: in the answer of a Step being handled, or asynchronously per peer.
         if ready.messages and not send_first:
             self._send(ready.messages)
+        # The Steps handled answer now, before applying (what follows for
+        # their peers goes through the transport).
+        self._answer_steps()
         # 3. apply: the snapshot, then the committed entries.
         if ready.snapshot is not None and not ready.snapshot.is_empty():
             self._restore(ready.snapshot.data, ready.snapshot.index)

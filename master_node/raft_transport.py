@@ -62,12 +62,16 @@ class ReplyBox:
     or the Step gave up waiting), :meth:`offer` refuses: the driver sends
     on its own."""
 
-    def __init__(self, peer_id: int) -> None:
+    def __init__(self, peer_id: int, answer: Callable[[list[Message]], None] | None = None) -> None:
         self.peer_id = peer_id
         self._lock = threading.Lock()
         self._messages: list[Message] = []
         self._closed = False
         self._done = threading.Event()
+        # Closed by the thread that made it (the Step's, running the round):
+        # answer at once (``reply_now``), before the round goes on applying.
+        self._answer = answer
+        self._owner = threading.get_ident()
 
     def offer(self, message: Message) -> bool:
         with self._lock:
@@ -78,8 +82,13 @@ class ReplyBox:
 
     def close(self) -> None:
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
+            messages = list(self._messages)
         self._done.set()
+        if self._answer is not None and threading.get_ident() == self._owner:
+            self._answer(messages)
 
     def take(self, timeout: float) -> list[Message]:
         """Wait (at most ``timeout``) until closed; the messages offered."""
@@ -257,7 +266,7 @@ class RaftServicer(raft_pb2_grpc.RaftServicer):
     to the sender (or None: they will be sent on their own).
     """
 
-    def __init__(self, receive: Callable[[list[Message]], list[Message] | None]) -> None:
+    def __init__(self, receive: Callable[..., list[Message] | None]) -> None:
         self._receive = receive
 
     def Step(self, request: raft_pb2.RaftMessages, context: grpc.ServicerContext) -> raft_pb2.RaftMessages:
@@ -265,5 +274,13 @@ class RaftServicer(raft_pb2_grpc.RaftServicer):
             messages = [decode_message(data) for data in request.messages]
         except DecodeError as error:
             raise errors.BadRequest(f"undecodable raft message: {error}") from None
-        answers = self._receive(messages) or []
-        return raft_pb2.RaftMessages(messages=[encode_message(message) for message in answers])
+        reply_now = getattr(context, "reply_now", None)  # frames: answer once persisted, then apply
+        if reply_now is None:
+            answers = self._receive(messages) or []
+        else:
+            answers = self._receive(messages, lambda answers: reply_now(_encode(answers))) or []
+        return _encode(answers)
+
+
+def _encode(messages: list[Message]) -> raft_pb2.RaftMessages:
+    return raft_pb2.RaftMessages(messages=[encode_message(message) for message in messages])

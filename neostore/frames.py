@@ -39,7 +39,9 @@ restarted) is replaced once, transparently: the request never reached a
 live server.
 
 Deadlines are the caller's (its socket timeout); a servicer method runs to
-its end as it would under gRPC.  Calls served are counted in the node's
+its end as it would under gRPC.  A unary method may answer before it ends
+(its context's ``reply_now``, which gRPC's context lacks: check for it),
+then go on with work its caller need not wait for.  Calls served are counted in the node's
 RPC metrics under the same ``Service/Method`` names as gRPC's.
 """
 
@@ -223,7 +225,9 @@ class FramesServer:
                 if name in self._streams:
                     self._stream(connection, name, payload)
                     return  # a stream's connection serves nothing else
-                connection.sendall(self._call(name, payload))
+                answer = self._call(name, payload, _CallContext(connection))
+                if answer:
+                    connection.sendall(answer)
         except errors.NeoError as error:  # a malformed frame: say why, then hang up
             self._refused(peer, error)
             try:
@@ -250,8 +254,9 @@ class FramesServer:
         connection.sendall(_frame(WELCOME))
         return True
 
-    def _call(self, name: str, payload: bytes) -> bytes:
-        """The answer frame to a CALL of ``name`` with the serialized request ``payload``."""
+    def _call(self, name: str, payload: bytes, context: _CallContext | None = None) -> bytes:
+        """The answer frame to a CALL of ``name`` with the serialized request
+        ``payload``; empty when the method answered already (``reply_now``)."""
         found = self._methods.get(name)
         if found is None:
             return _error_frame(errors.BadRequest(f"no method {name!r} on this port"))
@@ -261,13 +266,16 @@ class FramesServer:
         started = time.perf_counter() if series is not None else 0.0
         code = "OK"
         try:
-            return _frame(REPLY, handler(_request(name, request_class, payload), None).SerializeToString())
+            reply = handler(_request(name, request_class, payload), context)
+            return b"" if context is not None and context.replied else _frame(REPLY, reply.SerializeToString())
         except errors.NeoError as error:
             code = type(error).__name__
-            return _error_frame(error)
+            return _error_frame(error) if context is None or not context.replied else b""
         except Exception as error:  # noqa: BLE001 - answered, as gRPC answers INTERNAL
             code = "INTERNAL"
             log.exception("unexpected error in %s", name)
+            if context is not None and context.replied:
+                return b""
             return _error_frame(errors.NeoError(f"INTERNAL: {type(error).__name__}: {error}"))
         finally:
             if series is not None:
@@ -323,6 +331,27 @@ def _request(name: str, request_class: type[protobuf_message.Message], payload: 
         return request_class.FromString(payload)
     except protobuf_message.DecodeError as error:
         raise errors.BadRequest(f"a {name} request that does not decode: {error}") from None
+
+
+class _CallContext:
+    """A unary method's context over frames: :meth:`reply_now` answers
+    before the method returns (what it returns then is dropped)."""
+
+    __slots__ = ("_connection", "replied")
+
+    def __init__(self, connection: socket.socket) -> None:
+        self._connection = connection
+        self.replied = False
+
+    def reply_now(self, reply: protobuf_message.Message) -> None:
+        """Send ``reply`` as the answer now, from the connection's own
+        thread (the one running the method).  Never raises: a caller gone
+        is noticed when the connection reads its next call."""
+        if self.replied:
+            return
+        self.replied = True
+        with contextlib.suppress(OSError):
+            self._connection.sendall(_frame(REPLY, reply.SerializeToString()))
 
 
 class _StreamContext:

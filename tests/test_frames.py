@@ -178,11 +178,20 @@ class _Servicer(_Refusing):
     def __init__(self) -> None:
         self.hold = threading.Event()
         self.hold.set()
+        self.after_reply = threading.Event()  # what answers early waits for, once answered
+        self.finished: list[bytes] = []
 
     def LoadBefore(self, request: storage_pb2.LoadBeforeRequest, context: Any) -> storage_pb2.LoadReply:
         self.hold.wait(10)
         if request.oid == b"bad":
             raise errors.NotFound("no such object")
+        if request.oid.startswith(b"early"):
+            context.reply_now(storage_pb2.LoadReply(serial=request.oid))
+            assert self.after_reply.wait(10)
+            self.finished.append(request.oid)
+            if request.oid == b"early-then-fail":
+                raise errors.NotFound("after the answer: nobody hears it")
+            return storage_pb2.LoadReply(serial=b"dropped: answered already")
         return storage_pb2.LoadReply(serial=request.oid)
 
 
@@ -237,6 +246,24 @@ def test_hostile_bytes_get_an_error_or_a_closed_connection_and_the_server_goes_o
         with pytest.raises(errors.BadRequest, match="not served"):
             channel.call("Vote", storage_pb2.VoteRequest(), storage_pb2.VoteReply, 5, "test node")
         assert _load(channel, b"oid-2").serial == b"oid-2"  # an error leaves the connection usable
+    finally:
+        channel.close()
+
+
+def test_a_method_may_answer_before_it_ends_and_its_connection_then_serves_the_next_call(server: Any) -> None:
+    serving, servicer = server
+    channel = frames.FramesChannel(rpc.RpcConfig(cluster_name="t"), f"127.0.0.1:{serving.port}")
+    try:
+        for oid in (b"early", b"early-then-fail"):
+            servicer.after_reply.clear()
+            assert _load(channel, oid).serial == oid  # while the method still runs
+            assert oid not in servicer.finished
+            servicer.after_reply.set()
+            # The pooled connection again: what the method returned or raised
+            # after its answer was not sent (this call gets its own answer).
+            assert _load(channel, b"next").serial == b"next"
+            assert servicer.finished[-1] == oid
+        assert len(channel._idle) == 1  # noqa: SLF001 - one connection served it all
     finally:
         channel.close()
 

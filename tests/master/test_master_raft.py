@@ -47,8 +47,14 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 class RaftGroup:
     """``size`` masters, each a RaftCommandLog behind a real gRPC server."""
 
-    def __init__(self, root: pathlib.Path, size: int = 3) -> None:
+    def __init__(self, root: pathlib.Path, size: int = 3, exchange: bool = False) -> None:
         self.root = root
+        #: With ``exchange``, a Step is handled as the frames port does: its
+        #: answer is the messages produced for the sender, sent as soon as
+        #: persisted (``answer``); each Step whose round ran in its own
+        #: thread records (applied index when answered, when its round ended).
+        self.exchange = exchange
+        self.answered: list[tuple[int, int]] = []
         self.servers: list[grpc.Server | None] = []
         self.addresses: list[str] = []
         self.logs: list[RaftCommandLog | None] = [None] * size
@@ -66,11 +72,22 @@ class RaftGroup:
             assert server is not None
             server.start()
 
-    def _deliver(self, index: int, messages: list) -> None:  # type: ignore[type-arg]
+    def _deliver(self, index: int, messages: list) -> list | None:  # type: ignore[type-arg]
         command_log = self.logs[index]
         if command_log is None:
             raise errors.Unavailable("stopped")
-        command_log.receive(messages)
+        if not self.exchange:
+            command_log.receive(messages)
+            return None
+        applied_when_answered: list[int] = []
+
+        def answer(answers: list) -> None:  # type: ignore[type-arg]
+            applied_when_answered.append(command_log.raft_indexes()["applied"])
+
+        answers = command_log.exchange(messages, answer)
+        if applied_when_answered:
+            self.answered.append((applied_when_answered[0], command_log.raft_indexes()["applied"]))
+        return answers
 
     def open(self, index: int) -> RaftCommandLog:
         command_log = RaftCommandLog(self.root / f"m{index + 1}", index + 1, self.addresses, RPC,
@@ -129,6 +146,25 @@ def test_three_masters_elect_one_leader_and_replicate_commands(group: RaftGroup)
     wait_for(lambda: all(log.state == leader.state for log in group.running()))
     assert all(log.state.cluster_name == "raft-test" for log in group.running())
     assert all(log.raft_term == leader.term for log in group.running())
+
+
+def test_a_step_is_answered_once_persisted_before_the_entries_it_commits_are_applied(
+        tmp_path: pathlib.Path) -> None:
+    """A follower answers the leader's append as soon as it is durable; the
+    entries that append tells it are committed are applied after (their
+    application is off the leader's wait)."""
+    raft_group = RaftGroup(tmp_path, exchange=True)
+    try:
+        leader = raft_group.leader()
+        assert submit_one(leader, CreateCluster("raft-test", 4, 1)) is None
+        for _ in range(30):
+            leader.submit([AllocateOids(1)])
+        wait_for(lambda: all(log.state == leader.state for log in raft_group.running()))
+        assert raft_group.answered, "no Step was answered from its own round"
+        assert any(when_answered < after for when_answered, after in raft_group.answered), \
+            "every Step was answered after applying what it committed"
+    finally:
+        raft_group.close()
 
 
 def test_a_refused_command_is_replicated_as_refused_everywhere(group: RaftGroup) -> None:
