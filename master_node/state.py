@@ -192,9 +192,13 @@ class OutcomeLog(Sequence[Outcome]):
     CHUNK = 256
     __slots__ = ("_chunks", "_length")
 
-    def __init__(self, chunks: tuple[tuple[Outcome, ...], ...] = ()) -> None:
-        self._chunks = tuple(chunk for chunk in chunks if chunk)
-        self._length = sum(map(len, self._chunks))
+    def __init__(self, chunks: tuple[tuple[Outcome, ...], ...] = (), length: int | None = None) -> None:
+        """``length``: the outcomes in ``chunks`` (none empty), when known."""
+        if length is None:
+            chunks = tuple(chunk for chunk in chunks if chunk)
+            length = sum(map(len, chunks))
+        self._chunks = chunks
+        self._length = length
 
     @classmethod
     def of(cls, outcomes: Iterable[Outcome]) -> OutcomeLog:
@@ -210,16 +214,19 @@ class OutcomeLog(Sequence[Outcome]):
             chunks = (*chunks[:-1], chunks[-1] + (outcome,))
         else:
             chunks = (*chunks, (outcome,))
-        excess = self._length + 1 - bound
+        length = self._length + 1
+        excess = length - bound
         while excess > 0 and chunks:
             first = chunks[0]
             if len(first) <= excess:
                 chunks = chunks[1:]
                 excess -= len(first)
+                length -= len(first)
             else:
                 chunks = (first[excess:], *chunks[1:])
+                length -= excess
                 excess = 0
-        return OutcomeLog(chunks)
+        return OutcomeLog(chunks, length)
 
     def __len__(self) -> int:
         return self._length
