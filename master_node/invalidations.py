@@ -110,6 +110,29 @@ class InvalidationPublisher:
         #: Told, for each batch of events a stream takes, how many seconds ago
         #: the oldest invalidation in it was published (metrics: fan-out lag).
         self.observe_lag: Callable[[float], None] | None = None
+        #: Called (without the condition) after anything subscribers may want
+        #: to hear of: a stream pump's wake, once for all the streams it
+        #: serves.  Copied on change: read without the condition.
+        self._listeners: tuple[Callable[[], None], ...] = ()
+        self._listener_uses: collections.Counter[Callable[[], None]] = collections.Counter()
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every change subscribers may want
+        (added as many times as it is removed: one per stream)."""
+        with self._condition:
+            self._listener_uses[listener] += 1
+            self._listeners = tuple(self._listener_uses)
+
+    def remove_listener(self, listener: Callable[[], None]) -> None:
+        with self._condition:
+            self._listener_uses[listener] -= 1
+            if self._listener_uses[listener] <= 0:
+                del self._listener_uses[listener]
+            self._listeners = tuple(self._listener_uses)
+
+    def _tell_listeners(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     @property
     def last_tid(self) -> bytes:
@@ -139,6 +162,7 @@ class InvalidationPublisher:
             self._last_tid = tid
             self.published += 1
             self._condition.notify_all()
+        self._tell_listeners()
 
     @property
     def clients(self) -> int:
@@ -156,6 +180,7 @@ class InvalidationPublisher:
             self._history.clear()
             self._floor = self._last_tid = tid
             self._condition.notify_all()
+        self._tell_listeners()
 
     def publish_table(self, table: PartitionTable) -> None:
         """A new partition table (older versions than the current are ignored)."""
@@ -163,6 +188,7 @@ class InvalidationPublisher:
             if self._table is None or table.version > self._table.version:
                 self._table = table
                 self._condition.notify_all()
+        self._tell_listeners()
 
     def between(self, after: bytes, upto: bytes, limit: int = 1000) -> list[Invalidation] | None:
         """The published transactions with ``after < tid <= upto``, in TID
@@ -188,6 +214,7 @@ class InvalidationPublisher:
             if stopping != self._stopping:
                 self._stopping = stopping
                 self._condition.notify_all()
+        self._tell_listeners()
 
     def subscribe(self, since_tid: bytes | None = None, client_id: str = "") -> Subscription:
         """A stream of events; ``since_tid`` None means from now on.  The
@@ -212,6 +239,7 @@ class InvalidationPublisher:
         with self._condition:
             self._closed = True
             self._condition.notify_all()
+        self._tell_listeners()
 
     # -- for Subscription (called with the condition held) -------------------
 

@@ -250,7 +250,9 @@ class MasterNode:
                         [(master_pb2.DESCRIPTOR.services_by_name["Master"], master_servicer)]
                         + ([(raft_pb2.DESCRIPTOR.services_by_name["Raft"], raft_servicer)]
                            if raft_servicer is not None else []),
-                        metrics=metrics.rpc if metrics is not None else None)
+                        metrics=metrics.rpc if metrics is not None else None,
+                        # Every client's invalidation stream from one thread.
+                        pumped={"Subscribe": master_servicer.open_subscription})
                     frames_server.start()
                     self._frames = frames_server
                 if isinstance(command_log, RaftCommandLog):

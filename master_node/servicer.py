@@ -25,6 +25,7 @@ import grpc
 
 from neostore import errors
 from neostore.master_node.cluster import Heartbeat, Shutdown
+from neostore.master_node.commit import CommitCoordinator
 from neostore.master_node.invalidations import (
     Event,
     Invalidation,
@@ -32,6 +33,7 @@ from neostore.master_node.invalidations import (
     ResetCache,
     StartTid,
     StoppingChanged,
+    Subscription,
     TableChanged,
 )
 from neostore.master_node.leadership import Leadership
@@ -133,6 +135,50 @@ def client_event(event: Event) -> master_pb2.ClientEvent:
     if isinstance(event, StoppingChanged):
         return master_pb2.ClientEvent(stopping=event.stopping)
     raise TypeError(f"unknown event {event!r}")
+
+
+class ClientStream:
+    """A client's invalidation stream served by a stream pump: what
+    :meth:`MasterServicer.Subscribe` yields, asked for instead of waited
+    for.  Messages at most every ``interval`` (what comes meanwhile goes in
+    the next one), a heartbeat after ``STREAM_HEARTBEAT_INTERVAL`` of
+    silence, the end once the subscription ended (the master stopping)."""
+
+    def __init__(self, publisher: InvalidationPublisher, subscription: Subscription,
+                 coordinator: CommitCoordinator | None, client_id: str, wake: Callable[[], None],
+                 interval: float) -> None:
+        self._publisher = publisher
+        self._subscription = subscription
+        self._coordinator = coordinator
+        self._client_id = client_id
+        self._wake = wake
+        self._interval = interval
+        self._sent = float("-inf")  # the last message with events
+        self._heard = time.monotonic()  # the last message of any kind
+        publisher.add_listener(wake)
+
+    def poll(self, now: float) -> tuple[list[master_pb2.ClientEvent] | None, float]:
+        heartbeat_at = self._heard + STREAM_HEARTBEAT_INTERVAL
+        if now < self._sent + self._interval:
+            return [], min(self._sent + self._interval, heartbeat_at)  # news wait for the interval
+        events = self._subscription.next_events(timeout=0)
+        if events:
+            self._sent = self._heard = now
+            return list(client_messages(events)), now + STREAM_HEARTBEAT_INTERVAL
+        if self._subscription.ended:
+            return None, now
+        if now >= heartbeat_at:
+            self._heard = now
+            return [master_pb2.ClientEvent(heartbeat=True)], now + STREAM_HEARTBEAT_INTERVAL
+        return [], heartbeat_at
+
+    def close(self) -> None:
+        self._subscription.close()
+        self._publisher.remove_listener(self._wake)
+        coordinator = self._coordinator
+        if coordinator is not None:  # may abort the client's transactions: not on the pump's thread
+            threading.Thread(target=coordinator.client_disconnected, args=(self._client_id,),
+                             name="client-departed", daemon=True).start()
 
 
 def _close_on_cancel(context: grpc.ServicerContext, close: Callable[[], None]) -> None:
@@ -241,18 +287,31 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
         return master_pb2.TransactionState(
             status=master_pb2.TransactionState.Status.Value(status.upper()), tid=tid or b"")
 
-    def Subscribe(self, request: master_pb2.SubscribeRequest,
-                  context: grpc.ServicerContext) -> Iterator[master_pb2.ClientEvent]:
+    def _open_session(self, request: master_pb2.SubscribeRequest) -> tuple[Subscription, CommitCoordinator | None]:
+        """A client's invalidation stream begins: its subscription, and
+        the coordinator told of its session (the leader's only: only the
+        leader aborts what a departed client left)."""
         if not request.client_id:
             raise errors.BadRequest("Subscribe: client_id is required")
         since_tid = request.since_tid or None
         if since_tid is not None and len(since_tid) != 8:
             raise errors.BadRequest(f"since_tid must be 8 bytes, got {len(since_tid)}")
         subscription = self._publisher.subscribe(since_tid, client_id=request.client_id)
-        # The client's session: only the leader aborts what a departed client left.
         coordinator = self._leadership.coordinator_if_leader()
         if coordinator is not None:
             coordinator.client_connected(request.client_id)
+        return subscription, coordinator
+
+    def open_subscription(self, request: master_pb2.SubscribeRequest, wake: Callable[[], None]) -> ClientStream:
+        """Subscribe over frames: the source a stream pump serves it from
+        (no thread of its own: :mod:`neostore.frames_pump`)."""
+        subscription, coordinator = self._open_session(request)
+        return ClientStream(self._publisher, subscription, coordinator, request.client_id, wake,
+                            self._stream_interval)
+
+    def Subscribe(self, request: master_pb2.SubscribeRequest,
+                  context: grpc.ServicerContext) -> Iterator[master_pb2.ClientEvent]:
+        subscription, coordinator = self._open_session(request)
         try:
             _close_on_cancel(context, subscription.close)
             sent = 0.0

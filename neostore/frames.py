@@ -55,7 +55,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from google.protobuf import message as protobuf_message
@@ -63,6 +63,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
 from neostore import errors
+from neostore.frames_pump import DEFAULT_MAX_BUFFERED, PumpedSource, StreamPump
 from neostore.metrics import RpcMetrics, split_address
 from neostore.rpc import Counted, RpcConfig, call, parallel_callers
 from neostore.throttle import Throttle
@@ -139,8 +140,16 @@ class FramesServer:
     any port); a thread per connection.  :meth:`start`, then :meth:`stop`."""
 
     def __init__(self, config: RpcConfig, address: str, services: Sequence[tuple[ServiceDescriptor, Any]],
-                 metrics: RpcMetrics | None = None) -> None:
+                 metrics: RpcMetrics | None = None,
+                 pumped: Mapping[str, Callable[[Any, Callable[[], None]], PumpedSource]] | None = None) -> None:
+        """``pumped``: server-streaming methods served from one thread for
+        all their calls (:mod:`neostore.frames_pump`): method name ->
+        ``open(request, wake)``, which validates the request (raising a
+        NeoError answers it) and returns the call's source; ``wake()``
+        asks the pump to poll its sources now."""
         self._config = config
+        self._pumped = dict(pumped or {})
+        self._pump: StreamPump | None = None
         self._tls = _tls_context(config, server=True)
         self._methods: dict[str, tuple[Callable[[Any, Any], Any], type[protobuf_message.Message], Any]] = {}
         self._streams: set[str] = set()  # the server-streaming ones among them
@@ -148,6 +157,8 @@ class FramesServer:
             for method in service.methods:
                 if method.client_streaming:
                     continue
+                if method.name in self._pumped and not method.server_streaming:
+                    raise ValueError(f"method {method.name} of {service.full_name} is not a stream: not pumped")
                 if method.name in self._methods:
                     raise ValueError(f"method {method.name} of {service.full_name} is served twice")
                 series = metrics.series(f"/{service.full_name}/{method.name}") if metrics is not None else None
@@ -176,11 +187,31 @@ class FramesServer:
         with self._lock:
             self._stopped = True
             connections, self._connections = self._connections, set()
+            pump = self._pump
         _shut(self._listener)  # shutdown first: it wakes the thread blocked in accept()
         if self._thread.is_alive():
             self._thread.join(5)
+        if pump is not None:
+            pump.stop()
         for connection in connections:
             _shut(connection)
+
+    @property
+    def pumped_streams(self) -> int:
+        """Pumped streams being served now."""
+        pump = self._pump
+        return pump.streams if pump is not None else 0
+
+    def _pump_for_streams(self) -> StreamPump | None:
+        with self._lock:
+            if self._pump is None and not self._stopped:
+                self._pump = StreamPump(_frame, ITEM, END, self._forget_connection,
+                                        max_buffered=max(DEFAULT_MAX_BUFFERED, 4 * self._config.max_message_bytes))
+            return self._pump
+
+    def _forget_connection(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._connections.discard(connection)
 
     def _accept(self) -> None:
         while True:
@@ -203,6 +234,7 @@ class FramesServer:
                 _shut(connection)
 
     def _serve(self, connection: socket.socket, peer: Any) -> None:
+        pumped = False
         try:
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             connection.settimeout(HANDSHAKE_TIMEOUT)
@@ -222,6 +254,9 @@ class FramesServer:
                     raise errors.BadRequest(f"expected a call, got a frame of kind {kind}")
                 size = body[0]
                 name, payload = body[1:1 + size].decode("ascii", "replace"), body[1 + size:]
+                if name in self._pumped:
+                    pumped = self._hand_to_pump(connection, name, payload)
+                    return  # its connection serves nothing else; this thread ends
                 if name in self._streams:
                     self._stream(connection, name, payload)
                     return  # a stream's connection serves nothing else
@@ -237,9 +272,35 @@ class FramesServer:
         except (_Closed, OSError, ValueError):  # ValueError: TLS or struct garbage
             pass
         finally:
-            with self._lock:
-                self._connections.discard(connection)
-            _shut(connection)
+            if not pumped:
+                with self._lock:
+                    self._connections.discard(connection)
+                _shut(connection)
+
+    def _hand_to_pump(self, connection: socket.socket, name: str, payload: bytes) -> bool:
+        """Open a pumped stream's source and hand its connection over; an
+        error opening it is answered (ERROR).  Whether handed over."""
+        _, request_class, series = self._methods[name]
+        with self._lock:
+            self.served[name] += 1
+        pump = self._pump_for_streams()
+        if pump is None:
+            raise _Closed()  # stopping
+        try:
+            source = self._pumped[name](_request(name, request_class, payload), pump.wake)
+        except errors.NeoError as error:
+            if series is not None:
+                series.done(type(error).__name__, time.perf_counter())
+            connection.sendall(_error_frame(error))
+            return False
+        except Exception as error:  # noqa: BLE001 - answered, as gRPC answers INTERNAL
+            log.exception("unexpected error opening %s", name)
+            if series is not None:
+                series.done("INTERNAL", time.perf_counter())
+            connection.sendall(_error_frame(errors.NeoError(f"INTERNAL: {type(error).__name__}: {error}")))
+            return False
+        pump.add(connection, source, series)
+        return True
 
     def _handshake(self, connection: socket.socket, peer: Any) -> bool:
         kind, body = _receive_frame(connection, 1024)

@@ -137,6 +137,7 @@ def test_a_master_whose_frames_port_serves_no_streams_streams_over_grpc(tmp_path
         served = old.master._frames  # noqa: SLF001 - make it the older kind
         del served._methods["Subscribe"]  # noqa: SLF001
         served._streams.discard("Subscribe")  # noqa: SLF001
+        served._pumped.pop("Subscribe")  # noqa: SLF001
         watcher = old.client()
         recorder = _Recorder()
         watcher.registerDB(recorder)
@@ -422,3 +423,131 @@ def test_a_cancelled_stream_ends_at_both_ends(streaming: Any) -> None:
     assert servicer.closed.wait(10) and servicer.called_back.wait(10)
     # The server goes on serving.
     assert len(list(_subscribe(channel, "end"))) == 3
+
+
+class _PumpedSource:
+    """A pumped Subscribe: ``news`` start_tids queued by the test, sent on
+    the next poll; the end once ``over``; ``closed`` once the pump closed it."""
+
+    def __init__(self, request: master_pb2.SubscribeRequest, wake: Any) -> None:
+        if request.client_id == "refused":
+            raise errors.BadRequest("no such client")
+        self.client_id = request.client_id
+        self.wake = wake
+        self.news: list[int] = []
+        self.over = False
+        self.closed = threading.Event()
+        self.lock = threading.Lock()
+
+    def poll(self, now: float) -> tuple[list[Any] | None, float]:
+        with self.lock:
+            news, self.news = self.news, []
+            if self.over and not news:
+                return None, now
+            again = now if self.over else now + 60  # over: the end goes at the next poll
+        return [master_pb2.ClientEvent(start_tid=struct.pack("!Q", tid)) for tid in news], again
+
+    def close(self) -> None:
+        self.closed.set()
+
+    def tell(self, *tids: int, over: bool = False) -> None:
+        with self.lock:
+            self.news.extend(tids)
+            self.over = over
+        self.wake()
+
+
+@pytest.fixture
+def pumped() -> Iterator[tuple[frames.FramesServer, frames.FramesChannel, list[_PumpedSource]]]:
+    opened: list[_PumpedSource] = []
+
+    def open_source(request: master_pb2.SubscribeRequest, wake: Any) -> _PumpedSource:
+        source = _PumpedSource(request, wake)
+        opened.append(source)
+        return source
+
+    config = rpc.RpcConfig(cluster_name="t")
+    serving = frames.FramesServer(config, "127.0.0.1:0", [(MASTER, _Refusing())], pumped={"Subscribe": open_source})
+    serving.start()
+    channel = frames.FramesChannel(config, f"127.0.0.1:{serving.port}")
+    yield serving, channel, opened
+    channel.close()
+    serving.stop()
+
+
+def _wait(predicate: Any, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def test_pumped_streams_are_served_from_one_thread_and_hear_each_wake(pumped: Any) -> None:
+    serving, channel, opened = pumped
+    threads_before = threading.active_count()
+    streams = [_subscribe(channel, f"client-{n}") for n in range(40)]
+    events = [iter(stream) for stream in streams]
+    _wait(lambda: serving.pumped_streams == 40, "40 streams in the pump")
+    # Their connections' threads ended: one pump thread serves them all.
+    _wait(lambda: threading.active_count() <= threads_before + 2, "the connection threads to end")
+    for round_ in range(3):
+        for source in opened:
+            source.tell(round_)
+        for received in events:
+            assert next(received).start_tid == struct.pack("!Q", round_)
+    for source in opened:
+        source.tell(99, over=True)
+    for received in events:
+        assert [event.start_tid for event in received] == [struct.pack("!Q", 99)]  # then END
+    assert all(source.closed.wait(10) for source in opened)
+    _wait(lambda: serving.pumped_streams == 0, "the streams to leave the pump")
+    assert serving.served["Subscribe"] == 40
+
+
+def test_a_pumped_stream_whose_caller_hangs_up_is_closed_and_the_others_go_on(pumped: Any) -> None:
+    serving, channel, opened = pumped
+    leaving, staying = _subscribe(channel, "leaving"), _subscribe(channel, "staying")
+    staying_events = iter(staying)
+    _wait(lambda: len(opened) == 2 and serving.pumped_streams == 2, "both streams in the pump")
+    leaving.cancel()
+    assert opened[0].closed.wait(10), "the pump did not notice the caller hang up"
+    opened[1].tell(7)
+    assert next(staying_events).start_tid == struct.pack("!Q", 7)
+    assert not opened[1].closed.is_set()
+
+
+def test_a_pumped_stream_refused_at_opening_is_answered_with_its_error(pumped: Any) -> None:
+    serving, channel, _ = pumped
+    with pytest.raises(errors.BadRequest, match="no such client"):
+        list(_subscribe(channel, "refused"))
+    assert serving.pumped_streams == 0
+
+
+def test_stopping_the_server_ends_its_pumped_streams(pumped: Any) -> None:
+    serving, channel, opened = pumped
+    events = iter(_subscribe(channel, "until-stop"))
+    _wait(lambda: serving.pumped_streams == 1, "the stream in the pump")
+    opened[0].tell(1)
+    assert next(events).start_tid == struct.pack("!Q", 1)
+    serving.stop()
+    assert opened[0].closed.wait(10)
+    with pytest.raises(errors.Unavailable):
+        next(events)
+
+
+def test_a_reader_too_slow_for_the_pump_is_dropped(pumped: Any) -> None:
+    serving, channel, opened = pumped
+    stream = _subscribe(channel, "asleep")
+    events = iter(stream)
+    _wait(lambda: serving.pumped_streams == 1, "the stream in the pump")
+    opened[0].tell(0)
+    assert next(events).start_tid == struct.pack("!Q", 0)  # then it reads no more
+    serving._pump._max_buffered = 64 << 10  # noqa: SLF001 - reached with a few MB unread
+    source = opened[0]
+    for _ in range(4000):  # up to 60 MB: past what the sockets' buffers can hold
+        source.tell(*range(1000))
+        _wait(lambda: not source.news or source.closed.is_set(), "the pump to take the news")
+        if source.closed.is_set():
+            break
+    assert opened[0].closed.wait(30), "a reader that reads nothing kept its stream"
+    stream.cancel()
