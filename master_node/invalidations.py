@@ -362,6 +362,8 @@ class Subscription(Iterator[Event]):
             if self._closed or publisher._closed:
                 return False
             self._buffer.extend(publisher._events_after(self))
-            if not self._buffer and not publisher._condition.wait(timeout):
-                return False
+            if self._buffer:
+                break
+            if (timeout is not None and timeout <= 0) or not publisher._condition.wait(timeout):
+                return False  # timeout 0: a stream pump asking, never waiting
         return True

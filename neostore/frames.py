@@ -41,7 +41,10 @@ live server.
 Deadlines are the caller's (its socket timeout); a servicer method runs to
 its end as it would under gRPC.  A unary method may answer before it ends
 (its context's ``reply_now``, which gRPC's context lacks: check for it),
-then go on with work its caller need not wait for.  Calls served are counted in the node's
+then go on with work its caller need not wait for.  A server-streaming
+method the server *pumps* (``pumped``) holds no thread: its connection goes
+to the port's one pump thread once the call is opened
+(:mod:`neostore.frames_pump`).  Calls served are counted in the node's
 RPC metrics under the same ``Service/Method`` names as gRPC's.
 """
 
@@ -137,7 +140,8 @@ class FramesServer:
     """Serves the unary methods of each ``(service, servicer)`` of
     ``services`` (a protobuf service descriptor, the object whose methods
     serve it; method names must not repeat) on ``address`` (``host:0``:
-    any port); a thread per connection.  :meth:`start`, then :meth:`stop`."""
+    any port); a thread per connection, except the pumped streams' (one
+    thread for all).  :meth:`start`, then :meth:`stop`."""
 
     def __init__(self, config: RpcConfig, address: str, services: Sequence[tuple[ServiceDescriptor, Any]],
                  metrics: RpcMetrics | None = None,
@@ -157,8 +161,6 @@ class FramesServer:
             for method in service.methods:
                 if method.client_streaming:
                     continue
-                if method.name in self._pumped and not method.server_streaming:
-                    raise ValueError(f"method {method.name} of {service.full_name} is not a stream: not pumped")
                 if method.name in self._methods:
                     raise ValueError(f"method {method.name} of {service.full_name} is served twice")
                 series = metrics.series(f"/{service.full_name}/{method.name}") if metrics is not None else None
@@ -166,6 +168,9 @@ class FramesServer:
                                               message_factory.GetMessageClass(method.input_type), series)
                 if method.server_streaming:
                     self._streams.add(method.name)
+        unknown = set(self._pumped) - self._streams
+        if unknown:
+            raise ValueError(f"pumped methods {sorted(unknown)} are not server-streaming methods served here")
         host, port = split_address(address, "frames address")
         self._listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
                                               backlog=1024)

@@ -1,5 +1,5 @@
-"""Smoke runs of benchmarks/raft_commit.py, commit.py and transport_floor.py: each runs
-and reports every figure.
+"""Smoke runs of benchmarks/raft_commit.py, commit.py, transport_floor.py and
+many_clients.py: each runs and reports every figure.
 
 No timing bound: only that the script finishes, prints JSON with the
 expected keys, and every figure is a positive number.
@@ -120,3 +120,22 @@ def test_transport_floor_benchmark_quick_run_reports_every_shape() -> None:
         # CPU time ticks by 1/SC_CLK_TCK: 300 cheap calls may not fill one tick.
         for key in ("server_cpu_us_per_call", "client_cpu_us_per_call"):
             assert figures[key] >= 0, (shape, key, figures[key])
+
+
+@pytest.mark.timeout(300)
+def test_many_clients_benchmark_quick_run_tells_every_client_of_every_commit() -> None:
+    script = SCRIPT.parent / "many_clients.py"
+    completed = subprocess.run(
+        [sys.executable, str(script), "--clients", "6", "--processes", "2", "--commits", "3", "--masters", "1",
+         "--json"], check=False, capture_output=True, text=True, timeout=280)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads(completed.stdout)
+    assert set(results["runs"]) == {"neostore", "zeo"}
+    for system, (run,) in results["runs"].items():
+        assert run["opened"] == 6 and run["connect_failures"] == 0, (system, run)
+        assert run["invalidations_missed"] == 0, (system, run)
+        for key in ("connect_s", "commit_p50_ms", "fan_out_max_ms"):
+            assert _positive(run[key]), (system, key, run[key])
+    threads_before, threads_with = results["runs"]["neostore"][0]["master_threads"]
+    assert threads_before > 0 and threads_with > 0
+    assert results["runs"]["zeo"][0]["master_threads"] is None
