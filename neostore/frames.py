@@ -209,7 +209,7 @@ class FramesServer:
 
     def _pump_for_streams(self) -> StreamPump | None:
         with self._lock:
-            if self._pump is None and not self._stopped:
+            if (self._pump is None or not self._pump.alive) and not self._stopped:  # a failed pump is replaced
                 self._pump = StreamPump(_frame, ITEM, END, self._forget_connection,
                                         max_buffered=max(DEFAULT_MAX_BUFFERED, 4 * self._config.max_message_bytes))
             return self._pump

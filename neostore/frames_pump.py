@@ -102,6 +102,12 @@ class StreamPump:
 
     # -- from any thread -------------------------------------------------------
 
+    @property
+    def alive(self) -> bool:
+        """Serving (not stopped, and its thread did not fail)."""
+        with self._lock:
+            return not self._stopping and self._thread.is_alive()
+
     def add(self, connection: socket.socket, source: PumpedSource, series: Any = None) -> None:
         """Serve ``source`` on ``connection`` (its handshake and call done) from now on."""
         connection.setblocking(False)

@@ -551,3 +551,33 @@ def test_a_reader_too_slow_for_the_pump_is_dropped(pumped: Any) -> None:
             break
     assert opened[0].closed.wait(30), "a reader that reads nothing kept its stream"
     stream.cancel()
+
+
+def test_a_failing_source_ends_its_own_stream_and_a_failed_pump_is_replaced(pumped: Any) -> None:
+    serving, channel, opened = pumped
+    broken = _subscribe(channel, "broken")  # kept: a stream collected closes its connection
+    fine = iter(_subscribe(channel, "fine"))
+    _wait(lambda: len(opened) == 2 and serving.pumped_streams == 2, "both streams in the pump")
+
+    def fail(now: float) -> Any:
+        raise RuntimeError("a source bug")
+
+    opened[0].poll = fail  # type: ignore[method-assign]
+    opened[0].wake()
+    assert opened[0].closed.wait(10), "the failing source's stream was not ended"
+    opened[1].tell(5)
+    assert next(fine).start_tid == struct.pack("!Q", 5)  # the other stream goes on
+    failed_pump = serving._pump  # noqa: SLF001
+
+    def pump_bug(stream: Any, now: float) -> None:
+        raise RuntimeError("a pump bug")
+
+    failed_pump._poll = pump_bug  # noqa: SLF001
+    failed_pump.wake()
+    assert opened[1].closed.wait(10), "a failed pump left its streams open"
+    again = iter(_subscribe(channel, "again"))  # a new stream: a new pump
+    _wait(lambda: len(opened) == 3 and serving.pumped_streams == 1, "the stream in a new pump")
+    opened[2].tell(6)
+    assert next(again).start_tid == struct.pack("!Q", 6)
+    assert serving._pump is not failed_pump  # noqa: SLF001
+    broken.cancel()
