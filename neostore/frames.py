@@ -66,7 +66,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
 from neostore import errors
-from neostore.frames_pump import DEFAULT_MAX_BUFFERED, PumpedSource, StreamPump
+from neostore.frames_pump import DEFAULT_MAX_BUFFERED, IdleConnections, PumpedSource, StreamPump
 from neostore.metrics import RpcMetrics, split_address
 from neostore.rpc import Counted, RpcConfig, call, parallel_callers
 from neostore.throttle import Throttle
@@ -77,6 +77,9 @@ HELLO, WELCOME, CALL, REPLY, ERROR, ITEM, END = 1, 2, 3, 4, 5, 6, 7
 _HEADER = struct.Struct("!IB")
 #: How long a new connection may take to say HELLO (and a caller to connect).
 HANDSHAKE_TIMEOUT = 10.0
+#: A connection with no call for this long gives its thread back
+#: (:class:`~neostore.frames_pump.IdleConnections`); its next call starts one.
+IDLE_PARK = 5.0
 #: Idle connections a pool keeps per address (more are closed when returned).
 MAX_IDLE = 32
 
@@ -85,8 +88,24 @@ class _Closed(Exception):
     """The connection ended (EOF, reset): no whole frame came."""
 
 
-def _receive_exactly(connection: socket.socket, size: int) -> bytes:
+class _Idle(Exception):
+    """No call came within the idle time: nothing of a frame was read."""
+
+
+def _receive_exactly(connection: socket.socket, size: int, idle: float | None = None) -> bytes:
+    """``size`` bytes; with ``idle``, _Idle if none come within that many seconds."""
     data = bytearray()
+    if idle is not None:
+        connection.settimeout(idle)
+        try:
+            chunk = connection.recv(size)
+        except TimeoutError:
+            raise _Idle() from None
+        finally:
+            connection.settimeout(None)
+        if not chunk:
+            raise _Closed("connection closed")
+        data += chunk
     while len(data) < size:
         chunk = connection.recv(min(size - len(data), 1 << 20))
         if not chunk:
@@ -95,9 +114,10 @@ def _receive_exactly(connection: socket.socket, size: int) -> bytes:
     return bytes(data)
 
 
-def _receive_frame(connection: socket.socket, max_bytes: int) -> tuple[int, bytes]:
-    """(kind, body) of the next frame; TooLarge beyond ``max_bytes``."""
-    length, kind = _HEADER.unpack(_receive_exactly(connection, _HEADER.size))
+def _receive_frame(connection: socket.socket, max_bytes: int, idle: float | None = None) -> tuple[int, bytes]:
+    """(kind, body) of the next frame; TooLarge beyond ``max_bytes``; _Idle
+    when none starts within ``idle`` seconds."""
+    length, kind = _HEADER.unpack(_receive_exactly(connection, _HEADER.size, idle))
     if length - 1 > max_bytes:
         raise errors.TooLarge(f"a frame of {length - 1} bytes exceeds the {max_bytes}-byte limit")
     return kind, _receive_exactly(connection, length - 1) if length > 1 else b""
@@ -145,7 +165,8 @@ class FramesServer:
 
     def __init__(self, config: RpcConfig, address: str, services: Sequence[tuple[ServiceDescriptor, Any]],
                  metrics: RpcMetrics | None = None,
-                 pumped: Mapping[str, Callable[[Any, Callable[[], None]], PumpedSource]] | None = None) -> None:
+                 pumped: Mapping[str, Callable[[Any, Callable[[], None]], PumpedSource]] | None = None,
+                 idle_park: float = IDLE_PARK) -> None:
         """``pumped``: server-streaming methods served from one thread for
         all their calls (:mod:`neostore.frames_pump`): method name ->
         ``open(request, wake)``, which validates the request (raising a
@@ -154,6 +175,8 @@ class FramesServer:
         self._config = config
         self._pumped = dict(pumped or {})
         self._pump: StreamPump | None = None
+        self._idle_park = idle_park
+        self._idle: IdleConnections | None = None
         self._tls = _tls_context(config, server=True)
         self._methods: dict[str, tuple[Callable[[Any, Any], Any], type[protobuf_message.Message], Any]] = {}
         self._streams: set[str] = set()  # the server-streaming ones among them
@@ -192,12 +215,14 @@ class FramesServer:
         with self._lock:
             self._stopped = True
             connections, self._connections = self._connections, set()
-            pump = self._pump
+            pump, idle = self._pump, self._idle
         _shut(self._listener)  # shutdown first: it wakes the thread blocked in accept()
         if self._thread.is_alive():
             self._thread.join(5)
         if pump is not None:
             pump.stop()
+        if idle is not None:
+            idle.stop()
         for connection in connections:
             _shut(connection)
 
@@ -213,6 +238,28 @@ class FramesServer:
                 self._pump = StreamPump(_frame, ITEM, END, self._forget_connection,
                                         max_buffered=max(DEFAULT_MAX_BUFFERED, 4 * self._config.max_message_bytes))
             return self._pump
+
+    @property
+    def parked_connections(self) -> int:
+        """Connections waiting for a call without a thread."""
+        idle = self._idle
+        return idle.parked if idle is not None else 0
+
+    def _park(self, connection: socket.socket) -> bool:
+        """Hand an idle connection to the watcher; False when stopping."""
+        with self._lock:
+            if (self._idle is None or not self._idle.alive) and not self._stopped:  # a failed one is replaced
+                self._idle = IdleConnections(self._resume, self._forget_connection)
+            idle = self._idle
+        return idle is not None and idle.park(connection)
+
+    def _resume(self, connection: socket.socket) -> None:
+        """A parked connection became readable (a call, or its end): serve it on this new thread."""
+        try:
+            peer: Any = connection.getpeername()
+        except OSError:
+            peer = "?"
+        self._serve(connection, peer, resumed=True)
 
     def _forget_connection(self, connection: socket.socket) -> None:
         with self._lock:
@@ -238,29 +285,36 @@ class FramesServer:
                     self._connections.discard(connection)
                 _shut(connection)
 
-    def _serve(self, connection: socket.socket, peer: Any) -> None:
-        pumped = False
+    def _serve(self, connection: socket.socket, peer: Any, resumed: bool = False) -> None:
+        """Serve a connection's calls (after its handshake, unless ``resumed``
+        from the idle watcher) until it closes, goes to the pump, or idles."""
+        handed_over = False  # to the pump or the idle watcher
         try:
-            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            connection.settimeout(HANDSHAKE_TIMEOUT)
-            if self._tls is not None:
-                tls_connection = self._tls.wrap_socket(connection, server_side=True)
-                with self._lock:
-                    self._connections.discard(connection)
-                    self._connections.add(tls_connection)
-                connection = tls_connection
-            if not self._handshake(connection, peer):
-                return
-            connection.settimeout(None)
+            if not resumed:
+                connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                connection.settimeout(HANDSHAKE_TIMEOUT)
+                if self._tls is not None:
+                    tls_connection = self._tls.wrap_socket(connection, server_side=True)
+                    with self._lock:
+                        self._connections.discard(connection)
+                        self._connections.add(tls_connection)
+                    connection = tls_connection
+                if not self._handshake(connection, peer):
+                    return
+                connection.settimeout(None)
             max_bytes = self._config.max_message_bytes
             while True:
-                kind, body = _receive_frame(connection, max_bytes)
+                try:
+                    kind, body = _receive_frame(connection, max_bytes, self._idle_park)
+                except _Idle:
+                    handed_over = self._park(connection)
+                    return
                 if kind != CALL or not body:
                     raise errors.BadRequest(f"expected a call, got a frame of kind {kind}")
                 size = body[0]
                 name, payload = body[1:1 + size].decode("ascii", "replace"), body[1 + size:]
                 if name in self._pumped:
-                    pumped = self._hand_to_pump(connection, name, payload)
+                    handed_over = self._hand_to_pump(connection, name, payload)
                     return  # its connection serves nothing else; this thread ends
                 if name in self._streams:
                     self._stream(connection, name, payload)
@@ -277,7 +331,7 @@ class FramesServer:
         except (_Closed, OSError, ValueError):  # ValueError: TLS or struct garbage
             pass
         finally:
-            if not pumped:
+            if not handed_over:
                 with self._lock:
                     self._connections.discard(connection)
                 _shut(connection)

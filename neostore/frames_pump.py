@@ -1,4 +1,5 @@
-"""One thread for every long-lived stream of a frames port.
+"""One thread for every long-lived stream of a frames port, and one for
+its connections that wait for a call (:class:`IdleConnections`).
 
 A server-streaming call over frames (:mod:`neostore.frames`) used to keep
 its connection's thread for as long as it lasted: a master with 2,500
@@ -278,3 +279,108 @@ class StreamPump:
         with contextlib.suppress(OSError):
             stream.connection.close()
         self._on_end(stream.connection)
+
+
+class IdleConnections:
+    """The connections of a frames port that wait for their next call,
+    watched from one thread.
+
+    A connection's thread serves its calls one after another with no
+    hand-off; once it has waited ``idle`` seconds for the next call it
+    parks the connection here and ends.  When the connection becomes
+    readable (a call, or its caller hanging up), ``resume(connection)`` is
+    called on a new thread, which serves it as before.  So a busy caller
+    keeps its thread and an idle one (a client that only listens, a pooled
+    connection kept for later) holds none.
+    """
+
+    def __init__(self, resume: Callable[[socket.socket], None], on_drop: Callable[[socket.socket], None],
+                 name: str = "frames-idle") -> None:
+        self._resume = resume
+        self._on_drop = on_drop
+        self._selector = selectors.DefaultSelector()
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._selector.register(self._wake_reader, selectors.EVENT_READ, None)
+        self._lock = threading.Lock()
+        self._parking: list[socket.socket] = []
+        self._stopping = False
+        #: Connections parked now (read without the lock: metrics and tests).
+        self.parked = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        with self._lock:
+            return not self._stopping and self._thread.is_alive()
+
+    def park(self, connection: socket.socket) -> bool:
+        """Watch ``connection`` until its next call; False when stopping
+        (the caller closes it)."""
+        with self._lock:
+            if self._stopping:
+                return False
+            self._parking.append(connection)
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_writer.send(b"\0")
+        return True
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            self._stopping = True
+        with contextlib.suppress(OSError):
+            self._wake_writer.send(b"\0")
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        watched: set[socket.socket] = set()
+        try:
+            while True:
+                ready = self._selector.select(MAX_SLEEP)
+                with self._lock:
+                    if self._stopping:
+                        break
+                    parking, self._parking = self._parking, []
+                for connection in parking:
+                    try:
+                        self._selector.register(connection, selectors.EVENT_READ, connection)
+                        watched.add(connection)
+                    except (ValueError, OSError):  # closed meanwhile
+                        self._drop(connection)
+                for key, _ in ready:
+                    if key.data is None:
+                        with contextlib.suppress(BlockingIOError, OSError):
+                            while self._wake_reader.recv(4096):
+                                pass
+                        continue
+                    connection = key.data
+                    with contextlib.suppress(KeyError, ValueError, OSError):
+                        self._selector.unregister(connection)
+                    watched.discard(connection)
+                    try:
+                        threading.Thread(target=self._resume, args=(connection,), name="frames-connection",
+                                         daemon=True).start()
+                    except RuntimeError:  # no thread to be had: the caller reconnects
+                        self._drop(connection)
+                self.parked = len(watched)
+        except Exception:  # noqa: BLE001 - logged; its connections are closed, callers reconnect
+            log.exception("idle connection watcher failed: closing its connections")
+        finally:
+            with self._lock:
+                self._stopping = True
+                parking, self._parking = self._parking, []
+            for connection in [*watched, *parking]:
+                self._drop(connection)
+            self.parked = 0
+            self._selector.close()
+            self._wake_reader.close()
+            self._wake_writer.close()
+
+    def _drop(self, connection: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            connection.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            connection.close()
+        self._on_drop(connection)

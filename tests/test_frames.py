@@ -581,3 +581,27 @@ def test_a_failing_source_ends_its_own_stream_and_a_failed_pump_is_replaced(pump
     assert next(again).start_tid == struct.pack("!Q", 6)
     assert serving._pump is not failed_pump  # noqa: SLF001
     broken.cancel()
+
+
+def test_a_connection_idle_past_the_park_time_gives_its_thread_back_until_its_next_call() -> None:
+    servicer = _Servicer()
+    config = rpc.RpcConfig(cluster_name="t")
+    serving = frames.FramesServer(config, "127.0.0.1:0", [(STORAGE, servicer)], idle_park=0.05)
+    serving.start()
+    channels = [frames.FramesChannel(config, f"127.0.0.1:{serving.port}") for _ in range(20)]
+    try:
+        threads_before = threading.active_count()
+        for round_ in range(3):
+            for n, channel in enumerate(channels):  # each on its pooled connection
+                oid = b"round %d caller %d" % (round_, n)
+                assert _load(channel, oid).serial == oid
+            _wait(lambda: serving.parked_connections == 20, "every connection parked")
+            # One watcher thread for them all, not one each.
+            _wait(lambda: threading.active_count() <= threads_before + 1, "the connections' threads to end")
+        assert all(len(channel._idle) == 1 for channel in channels)  # noqa: SLF001 - the same connections
+        channels[0].close()  # a parked connection whose caller hangs up is closed and forgotten
+        _wait(lambda: serving.parked_connections == 19, "the closed connection to leave the watcher")
+    finally:
+        for channel in channels:
+            channel.close()
+        serving.stop()

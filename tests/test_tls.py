@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pathlib
 import subprocess
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -12,7 +14,7 @@ from ZODB import POSException
 from ZODB.Connection import TransactionMetaData
 from ZODB.utils import maxtid, z64
 
-from neostore import frames
+from neostore import errors, frames
 from neostore.client import NeoStorage
 from neostore.protocol import storage_pb2
 from neostore.rpc import RpcConfig, TlsConfig
@@ -87,3 +89,77 @@ def test_a_client_certified_by_another_ca_is_refused(tls_cluster: Any) -> None:
     foreign = _authority(base / "foreign-ca", "foreign")
     with pytest.raises(POSException.StorageError, match="cannot connect to cluster 'secure'"):
         NeoStorage(cluster.masters, cluster.name, tls=foreign, connect_timeout=2)
+
+
+class _Echo:
+    """Answers LoadBefore with the oid it was asked; refuses the rest."""
+
+    def __getattr__(self, name: str) -> Any:
+        def refuse(request: Any, context: Any) -> Any:
+            raise errors.BadRequest(f"{name} is not served by this test servicer")
+        return refuse
+
+    def LoadBefore(self, request: storage_pb2.LoadBeforeRequest, context: Any) -> storage_pb2.LoadReply:
+        return storage_pb2.LoadReply(serial=request.oid)
+
+
+class _Told:
+    """A DB stand-in: the TIDs the invalidation stream brings."""
+
+    def __init__(self) -> None:
+        self.tids: list[bytes] = []
+        self.arrived = threading.Event()
+
+    def invalidate(self, tid: bytes, oids: Any) -> None:
+        self.tids.append(tid)
+        self.arrived.set()
+
+    def invalidateCache(self) -> None:  # noqa: N802 - ZODB's name
+        pass
+
+    def transform_record_data(self, data: bytes) -> bytes:
+        return data
+
+    untransform_record_data = transform_record_data
+
+
+def test_over_tls_an_idle_connection_parks_and_the_invalidation_stream_is_pumped(tls_cluster: Any) -> None:
+    cluster, base = tls_cluster
+    config = RpcConfig(cluster_name="secure", tls=TlsConfig(str(base / "cluster-ca" / "ca.pem"),
+                                                           str(base / "cluster-ca" / "node.pem"),
+                                                           str(base / "cluster-ca" / "node.key")))
+    server = frames.FramesServer(config, "127.0.0.1:0", [(storage_pb2.DESCRIPTOR.services_by_name["Storage"],
+                                                          _Echo())], idle_park=0.05)
+    server.start()
+    channel = frames.FramesChannel(config, f"127.0.0.1:{server.port}")
+    try:
+        for round_ in range(3):
+            oid = b"tls round %d" % round_
+            assert channel.call("LoadBefore", storage_pb2.LoadBeforeRequest(oid=oid, before_tid=maxtid),
+                                storage_pb2.LoadReply, 10, "node").serial == oid
+            deadline = time.monotonic() + 30
+            while server.parked_connections != 1:
+                assert time.monotonic() < deadline, "the idle TLS connection was not parked"
+                time.sleep(0.005)
+    finally:
+        channel.close()
+        server.stop()
+    # A client's invalidation stream over TLS frames, from the master's pump.
+    watcher, writer = cluster.client(), cluster.client()
+    told = _Told()
+    watcher.registerDB(told)
+    try:
+        oid = writer.new_oid()
+        txn = TransactionMetaData()
+        writer.tpc_begin(txn)
+        writer.store(oid, z64, b"told over tls", "", txn)
+        writer.tpc_vote(txn)
+        tid = writer.tpc_finish(txn)
+        deadline = time.monotonic() + 30
+        while tid not in told.tids:
+            assert time.monotonic() < deadline, "the commit's invalidation never came over the TLS stream"
+            told.arrived.wait(0.1)
+        assert cluster.master.frames_served("Subscribe") >= 2
+    finally:
+        watcher.close()
+        writer.close()
