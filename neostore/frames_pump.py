@@ -57,6 +57,59 @@ class PumpedSource(Protocol):
         """The stream ended (however): release what it holds.  Called once."""
 
 
+class _SelectorThread:
+    """A daemon thread sleeping in a selector over sockets and a wake-up
+    socket (:meth:`_poke`); its subclass's ``_run`` is the loop."""
+
+    def __init__(self, name: str) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+        self._selector.register(self._wake_reader, selectors.EVENT_READ, None)
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    @property
+    def alive(self) -> bool:
+        """Serving (not stopped, and its thread did not fail)."""
+        with self._lock:
+            return not self._stopping and self._thread.is_alive()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the thread; it closes whatever it holds."""
+        with self._lock:
+            self._stopping = True
+        self._poke()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _poke(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_writer.send(b"\0")
+
+    def _drain_pokes(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while self._wake_reader.recv(4096):
+                pass
+
+    def _close_selector(self) -> None:
+        self._selector.close()
+        self._wake_reader.close()
+        self._wake_writer.close()
+
+
+def _close(connection: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        connection.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        connection.close()
+
+
 class _Stream:
     __slots__ = ("connection", "source", "outbox", "next_at", "series", "started", "writing", "ended")
 
@@ -71,7 +124,7 @@ class _Stream:
         self.ended = False
 
 
-class StreamPump:
+class StreamPump(_SelectorThread):
     """Serves pumped streams from one thread; see the module docstring.
 
     ``frame(kind, body)`` makes a frame; ``item``/``end`` are the frame
@@ -81,33 +134,20 @@ class StreamPump:
     def __init__(self, frame: Callable[[int, bytes], bytes], item: int, end: int,
                  on_end: Callable[[socket.socket], None], max_buffered: int = DEFAULT_MAX_BUFFERED,
                  name: str = "frames-pump") -> None:
+        super().__init__(name)
         self._frame = frame
         self._item = item
         self._end = end
         self._on_end = on_end
         self._max_buffered = max_buffered
-        self._selector = selectors.DefaultSelector()
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._wake_reader.setblocking(False)
-        self._wake_writer.setblocking(False)
-        self._selector.register(self._wake_reader, selectors.EVENT_READ, None)
-        self._lock = threading.Lock()
         self._added: list[_Stream] = []
         self._woken = False
-        self._stopping = False
         self._streams: dict[socket.socket, _Stream] = {}
         #: Streams served now (read without the lock: for metrics and tests).
         self.streams = 0
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     # -- from any thread -------------------------------------------------------
-
-    @property
-    def alive(self) -> bool:
-        """Serving (not stopped, and its thread did not fail)."""
-        with self._lock:
-            return not self._stopping and self._thread.is_alive()
 
     def add(self, connection: socket.socket, source: PumpedSource, series: Any = None) -> None:
         """Serve ``source`` on ``connection`` (its handshake and call done) from now on."""
@@ -128,17 +168,7 @@ class StreamPump:
             if self._woken:
                 return
             self._woken = True
-        with contextlib.suppress(BlockingIOError, OSError):
-            self._wake_writer.send(b"\0")
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """End every stream (their callers see the connection close) and the thread."""
-        with self._lock:
-            self._stopping = True
-        with contextlib.suppress(OSError):
-            self._wake_writer.send(b"\0")
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        self._poke()
 
     # -- the pump's thread -------------------------------------------------------
 
@@ -154,9 +184,7 @@ class StreamPump:
                 for key, mask in self._selector.select(min(max(deadline - now, 0.0), MAX_SLEEP)):
                     if key.data is None:
                         woken = True
-                        with contextlib.suppress(BlockingIOError, OSError):
-                            while self._wake_reader.recv(4096):
-                                pass
+                        self._drain_pokes()
                         continue
                     stream: _Stream = key.data
                     if mask & selectors.EVENT_READ:
@@ -183,9 +211,7 @@ class StreamPump:
                 self._finish(stream, "CANCELLED")
             self._streams.clear()
             self.streams = 0
-            self._selector.close()
-            self._wake_reader.close()
-            self._wake_writer.close()
+            self._close_selector()
 
     def _start(self, stream: _Stream) -> None:
         try:
@@ -274,14 +300,11 @@ class StreamPump:
             stream.source.close()
         except Exception:  # noqa: BLE001 - as a stream's callbacks: logged only
             log.exception("closing a stream's source failed")
-        with contextlib.suppress(OSError):
-            stream.connection.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            stream.connection.close()
+        _close(stream.connection)
         self._on_end(stream.connection)
 
 
-class IdleConnections:
+class IdleConnections(_SelectorThread):
     """The connections of a frames port that wait for their next call,
     watched from one thread.
 
@@ -296,24 +319,13 @@ class IdleConnections:
 
     def __init__(self, resume: Callable[[socket.socket], None], on_drop: Callable[[socket.socket], None],
                  name: str = "frames-idle") -> None:
+        super().__init__(name)
         self._resume = resume
         self._on_drop = on_drop
-        self._selector = selectors.DefaultSelector()
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._wake_reader.setblocking(False)
-        self._selector.register(self._wake_reader, selectors.EVENT_READ, None)
-        self._lock = threading.Lock()
         self._parking: list[socket.socket] = []
-        self._stopping = False
         #: Connections parked now (read without the lock: metrics and tests).
         self.parked = 0
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
-
-    @property
-    def alive(self) -> bool:
-        with self._lock:
-            return not self._stopping and self._thread.is_alive()
 
     def park(self, connection: socket.socket) -> bool:
         """Watch ``connection`` until its next call; False when stopping
@@ -322,17 +334,8 @@ class IdleConnections:
             if self._stopping:
                 return False
             self._parking.append(connection)
-        with contextlib.suppress(BlockingIOError, OSError):
-            self._wake_writer.send(b"\0")
+        self._poke()
         return True
-
-    def stop(self, timeout: float = 5.0) -> None:
-        with self._lock:
-            self._stopping = True
-        with contextlib.suppress(OSError):
-            self._wake_writer.send(b"\0")
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         watched: set[socket.socket] = set()
@@ -351,9 +354,7 @@ class IdleConnections:
                         self._drop(connection)
                 for key, _ in ready:
                     if key.data is None:
-                        with contextlib.suppress(BlockingIOError, OSError):
-                            while self._wake_reader.recv(4096):
-                                pass
+                        self._drain_pokes()
                         continue
                     connection = key.data
                     with contextlib.suppress(KeyError, ValueError, OSError):
@@ -374,13 +375,8 @@ class IdleConnections:
             for connection in [*watched, *parking]:
                 self._drop(connection)
             self.parked = 0
-            self._selector.close()
-            self._wake_reader.close()
-            self._wake_writer.close()
+            self._close_selector()
 
     def _drop(self, connection: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            connection.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            connection.close()
+        _close(connection)
         self._on_drop(connection)

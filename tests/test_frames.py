@@ -26,6 +26,7 @@ from neostore.client.cluster import FRAMED_METHODS
 from neostore.protocol import master_pb2, storage_pb2, storage_pb2_grpc
 
 from harness import ThreadCluster
+from waiting import wait_until
 
 STORAGE = storage_pb2.DESCRIPTOR.services_by_name["Storage"]
 
@@ -457,6 +458,12 @@ class _PumpedSource:
         self.wake()
 
 
+def _source(opened: list[_PumpedSource], client_id: str) -> _PumpedSource:
+    """The source of ``client_id``'s stream (streams open in any order: a thread each)."""
+    (source,) = [source for source in opened if source.client_id == client_id]
+    return source
+
+
 @pytest.fixture
 def pumped() -> Iterator[tuple[frames.FramesServer, frames.FramesChannel, list[_PumpedSource]]]:
     opened: list[_PumpedSource] = []
@@ -475,21 +482,14 @@ def pumped() -> Iterator[tuple[frames.FramesServer, frames.FramesChannel, list[_
     serving.stop()
 
 
-def _wait(predicate: Any, what: str) -> None:
-    deadline = time.monotonic() + 30
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
-
-
 def test_pumped_streams_are_served_from_one_thread_and_hear_each_wake(pumped: Any) -> None:
     serving, channel, opened = pumped
     threads_before = threading.active_count()
     streams = [_subscribe(channel, f"client-{n}") for n in range(40)]
     events = [iter(stream) for stream in streams]
-    _wait(lambda: serving.pumped_streams == 40, "40 streams in the pump")
+    wait_until(lambda: serving.pumped_streams == 40, "40 streams in the pump")
     # Their connections' threads ended: one pump thread serves them all.
-    _wait(lambda: threading.active_count() <= threads_before + 2, "the connection threads to end")
+    wait_until(lambda: threading.active_count() <= threads_before + 2, "the connection threads to end")
     for round_ in range(3):
         for source in opened:
             source.tell(round_)
@@ -500,7 +500,7 @@ def test_pumped_streams_are_served_from_one_thread_and_hear_each_wake(pumped: An
     for received in events:
         assert [event.start_tid for event in received] == [struct.pack("!Q", 99)]  # then END
     assert all(source.closed.wait(10) for source in opened)
-    _wait(lambda: serving.pumped_streams == 0, "the streams to leave the pump")
+    wait_until(lambda: serving.pumped_streams == 0, "the streams to leave the pump")
     assert serving.served["Subscribe"] == 40
 
 
@@ -508,12 +508,12 @@ def test_a_pumped_stream_whose_caller_hangs_up_is_closed_and_the_others_go_on(pu
     serving, channel, opened = pumped
     leaving, staying = _subscribe(channel, "leaving"), _subscribe(channel, "staying")
     staying_events = iter(staying)
-    _wait(lambda: len(opened) == 2 and serving.pumped_streams == 2, "both streams in the pump")
+    wait_until(lambda: len(opened) == 2 and serving.pumped_streams == 2, "both streams in the pump")
     leaving.cancel()
-    assert opened[0].closed.wait(10), "the pump did not notice the caller hang up"
-    opened[1].tell(7)
+    assert _source(opened, "leaving").closed.wait(10), "the pump did not notice the caller hang up"
+    _source(opened, "staying").tell(7)
     assert next(staying_events).start_tid == struct.pack("!Q", 7)
-    assert not opened[1].closed.is_set()
+    assert not _source(opened, "staying").closed.is_set()
 
 
 def test_a_pumped_stream_refused_at_opening_is_answered_with_its_error(pumped: Any) -> None:
@@ -526,7 +526,7 @@ def test_a_pumped_stream_refused_at_opening_is_answered_with_its_error(pumped: A
 def test_stopping_the_server_ends_its_pumped_streams(pumped: Any) -> None:
     serving, channel, opened = pumped
     events = iter(_subscribe(channel, "until-stop"))
-    _wait(lambda: serving.pumped_streams == 1, "the stream in the pump")
+    wait_until(lambda: serving.pumped_streams == 1, "the stream in the pump")
     opened[0].tell(1)
     assert next(events).start_tid == struct.pack("!Q", 1)
     serving.stop()
@@ -539,14 +539,14 @@ def test_a_reader_too_slow_for_the_pump_is_dropped(pumped: Any) -> None:
     serving, channel, opened = pumped
     stream = _subscribe(channel, "asleep")
     events = iter(stream)
-    _wait(lambda: serving.pumped_streams == 1, "the stream in the pump")
+    wait_until(lambda: serving.pumped_streams == 1, "the stream in the pump")
     opened[0].tell(0)
     assert next(events).start_tid == struct.pack("!Q", 0)  # then it reads no more
     serving._pump._max_buffered = 64 << 10  # noqa: SLF001 - reached with a few MB unread
     source = opened[0]
     for _ in range(4000):  # up to 60 MB: past what the sockets' buffers can hold
         source.tell(*range(1000))
-        _wait(lambda: not source.news or source.closed.is_set(), "the pump to take the news")
+        wait_until(lambda: not source.news or source.closed.is_set(), "the pump to take the news")
         if source.closed.is_set():
             break
     assert opened[0].closed.wait(30), "a reader that reads nothing kept its stream"
@@ -557,15 +557,16 @@ def test_a_failing_source_ends_its_own_stream_and_a_failed_pump_is_replaced(pump
     serving, channel, opened = pumped
     broken = _subscribe(channel, "broken")  # kept: a stream collected closes its connection
     fine = iter(_subscribe(channel, "fine"))
-    _wait(lambda: len(opened) == 2 and serving.pumped_streams == 2, "both streams in the pump")
+    wait_until(lambda: len(opened) == 2 and serving.pumped_streams == 2, "both streams in the pump")
 
     def fail(now: float) -> Any:
         raise RuntimeError("a source bug")
 
-    opened[0].poll = fail  # type: ignore[method-assign]
-    opened[0].wake()
-    assert opened[0].closed.wait(10), "the failing source's stream was not ended"
-    opened[1].tell(5)
+    failing, going_on = _source(opened, "broken"), _source(opened, "fine")
+    failing.poll = fail  # type: ignore[method-assign]
+    failing.wake()
+    assert failing.closed.wait(10), "the failing source's stream was not ended"
+    going_on.tell(5)
     assert next(fine).start_tid == struct.pack("!Q", 5)  # the other stream goes on
     failed_pump = serving._pump  # noqa: SLF001
 
@@ -574,10 +575,10 @@ def test_a_failing_source_ends_its_own_stream_and_a_failed_pump_is_replaced(pump
 
     failed_pump._poll = pump_bug  # noqa: SLF001
     failed_pump.wake()
-    assert opened[1].closed.wait(10), "a failed pump left its streams open"
+    assert going_on.closed.wait(10), "a failed pump left its streams open"
     again = iter(_subscribe(channel, "again"))  # a new stream: a new pump
-    _wait(lambda: len(opened) == 3 and serving.pumped_streams == 1, "the stream in a new pump")
-    opened[2].tell(6)
+    wait_until(lambda: len(opened) == 3 and serving.pumped_streams == 1, "the stream in a new pump")
+    _source(opened, "again").tell(6)
     assert next(again).start_tid == struct.pack("!Q", 6)
     assert serving._pump is not failed_pump  # noqa: SLF001
     broken.cancel()
@@ -595,12 +596,12 @@ def test_a_connection_idle_past_the_park_time_gives_its_thread_back_until_its_ne
             for n, channel in enumerate(channels):  # each on its pooled connection
                 oid = b"round %d caller %d" % (round_, n)
                 assert _load(channel, oid).serial == oid
-            _wait(lambda: serving.parked_connections == 20, "every connection parked")
+            wait_until(lambda: serving.parked_connections == 20, "every connection parked")
             # One watcher thread for them all, not one each.
-            _wait(lambda: threading.active_count() <= threads_before + 1, "the connections' threads to end")
+            wait_until(lambda: threading.active_count() <= threads_before + 1, "the connections' threads to end")
         assert all(len(channel._idle) == 1 for channel in channels)  # noqa: SLF001 - the same connections
         channels[0].close()  # a parked connection whose caller hangs up is closed and forgotten
-        _wait(lambda: serving.parked_connections == 19, "the closed connection to leave the watcher")
+        wait_until(lambda: serving.parked_connections == 19, "the closed connection to leave the watcher")
     finally:
         for channel in channels:
             channel.close()

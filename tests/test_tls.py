@@ -6,7 +6,6 @@ from __future__ import annotations
 import pathlib
 import subprocess
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from neostore.protocol import storage_pb2
 from neostore.rpc import RpcConfig, TlsConfig
 
 from harness import ThreadCluster
+from waiting import wait_until
 
 
 def _openssl(*args: str, cwd: pathlib.Path) -> None:
@@ -47,15 +47,20 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
         yield cluster, base
 
 
-def test_a_client_with_a_cluster_certificate_commits_and_reads(tls_cluster: Any) -> None:
-    cluster, _ = tls_cluster
-    storage = cluster.client()
+def _commit_new_object(storage: NeoStorage, data: bytes) -> tuple[bytes, bytes]:
+    """(oid, tid) of a transaction creating one object holding ``data``."""
     oid = storage.new_oid()
     txn = TransactionMetaData()
     storage.tpc_begin(txn)
-    storage.store(oid, z64, b"over tls", "", txn)
+    storage.store(oid, z64, data, "", txn)
     storage.tpc_vote(txn)
-    tid = storage.tpc_finish(txn)
+    return oid, storage.tpc_finish(txn)
+
+
+def test_a_client_with_a_cluster_certificate_commits_and_reads(tls_cluster: Any) -> None:
+    cluster, _ = tls_cluster
+    storage = cluster.client()
+    oid, tid = _commit_new_object(storage, b"over tls")
     assert storage.loadBefore(oid, maxtid) == (b"over tls", tid, None)
     # The vote and the load went as frames over TLS, not through the fallback to gRPC.
     framed = {node.frames_address for node in cluster.storages}
@@ -137,10 +142,7 @@ def test_over_tls_an_idle_connection_parks_and_the_invalidation_stream_is_pumped
             oid = b"tls round %d" % round_
             assert channel.call("LoadBefore", storage_pb2.LoadBeforeRequest(oid=oid, before_tid=maxtid),
                                 storage_pb2.LoadReply, 10, "node").serial == oid
-            deadline = time.monotonic() + 30
-            while server.parked_connections != 1:
-                assert time.monotonic() < deadline, "the idle TLS connection was not parked"
-                time.sleep(0.005)
+            wait_until(lambda: server.parked_connections == 1, "the idle TLS connection to be parked")
     finally:
         channel.close()
         server.stop()
@@ -149,16 +151,8 @@ def test_over_tls_an_idle_connection_parks_and_the_invalidation_stream_is_pumped
     told = _Told()
     watcher.registerDB(told)
     try:
-        oid = writer.new_oid()
-        txn = TransactionMetaData()
-        writer.tpc_begin(txn)
-        writer.store(oid, z64, b"told over tls", "", txn)
-        writer.tpc_vote(txn)
-        tid = writer.tpc_finish(txn)
-        deadline = time.monotonic() + 30
-        while tid not in told.tids:
-            assert time.monotonic() < deadline, "the commit's invalidation never came over the TLS stream"
-            told.arrived.wait(0.1)
+        _, tid = _commit_new_object(writer, b"told over tls")
+        wait_until(lambda: tid in told.tids, "the commit's invalidation over the TLS stream")
         assert cluster.master.frames_served("Subscribe") >= 2
     finally:
         watcher.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import concurrent.futures
 import pathlib
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -19,16 +18,10 @@ from neostore.storage_node.database import Database, PendingObject
 from neostore.storage_node.group_commit import GroupCommit, Job
 from neostore.storage_node.layout import StoredObject
 
+from waiting import wait_until
+
 CLUSTER = "test-cluster"
 PARTITION = 3
-
-
-def _wait_for(predicate: Any, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.002)
 
 
 class _GatedWriter:
@@ -55,14 +48,22 @@ class _GatedWriter:
                 job.error = error
 
 
+def _queued_behind_a_first_write(pool: concurrent.futures.ThreadPoolExecutor, writer: _GatedWriter,
+                                 group: GroupCommit, count: int) -> tuple[Any, list[Any]]:
+    """A first write held in ``writer``, then ``count`` writes queued behind
+    it (each returning its number): their futures."""
+    first = pool.submit(group.run, lambda txn: "first")
+    assert writer.entered.wait(30)
+    others = [pool.submit(group.run, lambda txn, n=n: n) for n in range(count)]
+    wait_until(lambda: len(group._queue) == count, f"{count} writes queued")  # noqa: SLF001
+    return first, others
+
+
 def test_the_writes_that_come_during_a_write_share_the_next_one() -> None:
     writer = _GatedWriter()
     group = GroupCommit(writer)
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        first = pool.submit(group.run, lambda txn: "first")
-        assert writer.entered.wait(30)
-        others = [pool.submit(group.run, lambda txn, n=n: n) for n in range(5)]
-        _wait_for(lambda: len(group._queue) == 5, "five writes queued")  # noqa: SLF001
+        first, others = _queued_behind_a_first_write(pool, writer, group, 5)
         writer.gate.set()
         assert first.result(30) == "first"
         assert [future.result(30) for future in others] == list(range(5))
@@ -89,10 +90,7 @@ def test_a_group_that_fails_to_commit_fails_each_of_its_writes_and_the_next_grou
     writer = _GatedWriter()
     group = GroupCommit(writer)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        first = pool.submit(group.run, lambda txn: "first")
-        assert writer.entered.wait(30)
-        doomed = [pool.submit(group.run, lambda txn, n=n: n) for n in range(3)]
-        _wait_for(lambda: len(group._queue) == 3, "three writes queued")  # noqa: SLF001
+        first, doomed = _queued_behind_a_first_write(pool, writer, group, 3)
         writer.fail_next = OSError("disk gone")
         writer.gate.set()
         with pytest.raises(OSError, match="disk gone"):
@@ -126,13 +124,13 @@ def test_votes_and_commits_written_together_each_get_their_own_outcome(tmp_path:
                                     [PendingObject(PARTITION, p64(2), _stored(b"first"))])
                 group = database._group  # noqa: SLF001
                 # Taken as a group of its own, and waiting for the write mutex:
-                _wait_for(lambda: group._writing and not group._queue, "the first write")  # noqa: SLF001
+                wait_until(lambda: group._writing and not group._queue, "the first write")  # noqa: SLF001
                 commit = pool.submit(database.commit_many, [(p64(100), p64(200))])
                 votes = [pool.submit(database.write_pending, p64(102 + n),
                                      [PendingObject(PARTITION, p64(3 + n), _stored(b"vote %d" % n))])
                          for n in range(3)]
                 too_big = pool.submit(database.write_pending, p64(110), [PendingObject(PARTITION, p64(9), big)])
-                _wait_for(lambda: len(group._queue) == 5, "five writes queued")  # noqa: SLF001
+                wait_until(lambda: len(group._queue) == 5, "five writes queued")  # noqa: SLF001
                 database._write_mutex.release()  # noqa: SLF001
                 first.result(30)
                 assert commit.result(30) == [True]
