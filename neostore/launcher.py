@@ -18,10 +18,12 @@ the database as it was.  Logs go to ``DATA/logs/``.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import functools
 import io
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -41,8 +43,45 @@ QUICK_DEATH = 10.0
 MAX_QUICK_RESTARTS = 3
 
 
+#: Ports free_port handed out lately: never twice in a row of clusters.
+_RECENT_PORTS: collections.deque[int] = collections.deque(maxlen=256)
+_PORTS_LOCK = threading.Lock()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel gives outgoing connections and port-0 binds."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            low, high = (int(value) for value in ports.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free right now on ``host``."""
+    """A TCP port free right now on ``host``, for a server started later
+    (a master's address, which its peers know before it binds it).
+
+    Taken below the kernel's ephemeral range when there is room: in between,
+    an outgoing connection (or a bind to port 0) is given an ephemeral port,
+    and took a port chosen this way from a test's master once ("Address
+    already in use").  Random, checked free by a bind, never one of the last
+    ports handed out here."""
+    low, _ = _ephemeral_range()
+    if low > 11000:
+        for _ in range(200):
+            port = random.randrange(10000, low)
+            with _PORTS_LOCK:
+                if port in _RECENT_PORTS:
+                    continue
+            with socket.socket() as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+            with _PORTS_LOCK:
+                _RECENT_PORTS.append(port)
+            return port
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]

@@ -131,3 +131,16 @@ def test_a_node_that_dies_is_reported_and_restarted(neo_cluster: NeoCluster) -> 
     assert neo_cluster.process.wait(WAIT) == 0
     errors = neo_cluster.stderr()
     assert f"storage-0 (pid {storage}) died (killed by SIGKILL): restarting it" in errors, errors
+
+
+def test_ports_chosen_for_later_are_outside_the_kernels_ephemeral_range_and_not_repeated() -> None:
+    """A port free_port chooses is bound later (a master's address); an
+    outgoing connection meanwhile gets an ephemeral port, so the chosen one
+    lies below that range, where nothing takes it unasked."""
+    from neostore.launcher import _ephemeral_range
+
+    low, high = _ephemeral_range()
+    ports = [free_port() for _ in range(100)]
+    assert len(set(ports)) == len(ports)
+    if low > 11000:
+        assert all(10000 <= port < low for port in ports), (low, high, sorted(ports)[:5], sorted(ports)[-5:])
