@@ -84,6 +84,8 @@ import ZODB
 from persistent import Persistent
 from persistent.mapping import PersistentMapping
 
+from neostore.launcher import free_port  # a port below the ephemeral range: nothing takes it meanwhile
+
 # The add/update objects' class must unpickle in every process: the script is
 # "__main__" here and "__mp_main__" in the clients, so it is registered under
 # one fixed name too, and the class says that name.
@@ -340,12 +342,6 @@ class Clients:
 
 
 # -- the systems ---------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def kill_group(process: subprocess.Popen[Any] | None) -> None:

@@ -40,6 +40,8 @@ import ZODB.FileStorage
 from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 
+from neostore.launcher import free_port  # a port below the ephemeral range: nothing takes it meanwhile
+
 START_TIMEOUT = 60.0
 
 
@@ -90,12 +92,6 @@ def copy_into(destination: Any, source_path: str) -> float:
     finally:
         source.close()
         destination.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def into_zeo(workdir: str, source_path: str) -> float:

@@ -40,15 +40,11 @@ from typing import Any
 
 import grpc
 
+from neostore.launcher import free_port  # a port below the ephemeral range: nothing takes it meanwhile
+
 SHAPES = ("grpc-unary", "grpc-stream", "framed-socket")
 _SERVICE = "neostore.bench.Floor"
 _FRAME = struct.Struct("!I")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # -- servers (each run as its own process: python transport_floor.py --serve SHAPE PORT) --------
@@ -167,7 +163,7 @@ def _wait_listening(port: int, server: subprocess.Popen[bytes]) -> None:
 
 
 def measure(shape: str, calls: int, payload_size: int) -> dict[str, float]:
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, __file__, "--serve", shape, str(port)])
     try:
         _wait_listening(port, server)
