@@ -13,8 +13,9 @@ transactions one after another, 0.1 s apart.  Reported:
 * connect: seconds until every client is open (all processes at once);
 * commit p50: ``transaction.commit()`` of this process, with them connected;
 * fan-out p50 / max: from ``commit()`` returning to the last client told
-  (every client must be told of every commit: a client that is not counts
-  as a failure, and the run says so);
+  (below 0 when every client heard before the committer's ``commit()``
+  returned; every client must be told of every commit: a client that is
+  not is counted as missed, and the run says so);
 * neostore only: the masters' threads and resident memory, before the
   clients connect and with them connected (per client: the difference
   divided by the clients).

@@ -36,8 +36,10 @@ data.  The outcomes, as ZODB's ``loadBefore`` wants them (ZODB issue #318):
   for a back-pointer, the ``data_serial`` holding the data.
 
 Writes are serialised by one mutex (LMDB allows one writer at a time
-anyway).  A full map or disk raises :class:`~neostore.errors.StorageFull`
-naming the data directory; the failed LMDB transaction is aborted, so
+anyway); the votes and Commit orders that arrive while one is written
+share the next transaction and its fsync (:mod:`.group_commit`).  A full
+map or disk raises :class:`~neostore.errors.StorageFull` naming the data
+directory; the failed LMDB transaction is aborted, so
 nothing already committed is touched.
 """
 

@@ -134,8 +134,10 @@ def test_many_clients_benchmark_quick_run_tells_every_client_of_every_commit() -
     for system, (run,) in results["runs"].items():
         assert run["opened"] == 6 and run["connect_failures"] == 0, (system, run)
         assert run["invalidations_missed"] == 0, (system, run)
-        for key in ("connect_s", "commit_p50_ms", "fan_out_max_ms"):
+        for key in ("connect_s", "commit_p50_ms"):
             assert _positive(run[key]), (system, key, run[key])
+        for key in ("fan_out_p50_ms", "fan_out_max_ms"):  # below 0 when a client heard before commit() returned
+            assert isinstance(run[key], float) and math.isfinite(run[key]), (system, key, run[key])
     threads_before, threads_with = results["runs"]["neostore"][0]["master_threads"]
     assert threads_before > 0 and threads_with > 0
     assert results["runs"]["zeo"][0]["master_threads"] is None
