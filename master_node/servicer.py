@@ -172,7 +172,12 @@ class ClientStream:
             return [master_pb2.ClientEvent(heartbeat=True)], now + STREAM_HEARTBEAT_INTERVAL
         return [], heartbeat_at
 
+    def end(self) -> None:
+        """End the stream from any thread (its caller went): the next poll says so."""
+        self._subscription.close()
+
     def close(self) -> None:
+        """The stream ended: release its subscription and session (once)."""
         self._subscription.close()
         self._publisher.remove_listener(self._wake)
         coordinator = self._coordinator
@@ -287,10 +292,11 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
         return master_pb2.TransactionState(
             status=master_pb2.TransactionState.Status.Value(status.upper()), tid=tid or b"")
 
-    def _open_session(self, request: master_pb2.SubscribeRequest) -> tuple[Subscription, CommitCoordinator | None]:
-        """A client's invalidation stream begins: its subscription, and
-        the coordinator told of its session (the leader's only: only the
-        leader aborts what a departed client left)."""
+    def open_subscription(self, request: master_pb2.SubscribeRequest, wake: Callable[[], None]) -> ClientStream:
+        """A client's invalidation stream begins: its source, polled by the
+        frames port's pump (no thread of its own: :mod:`neostore.frames_pump`)
+        or by :meth:`Subscribe`.  The session is told to the coordinator of
+        the leader only: only the leader aborts what a departed client left."""
         if not request.client_id:
             raise errors.BadRequest("Subscribe: client_id is required")
         since_tid = request.since_tid or None
@@ -300,37 +306,32 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
         coordinator = self._leadership.coordinator_if_leader()
         if coordinator is not None:
             coordinator.client_connected(request.client_id)
-        return subscription, coordinator
-
-    def open_subscription(self, request: master_pb2.SubscribeRequest, wake: Callable[[], None]) -> ClientStream:
-        """Subscribe over frames: the source a stream pump serves it from
-        (no thread of its own: :mod:`neostore.frames_pump`)."""
-        subscription, coordinator = self._open_session(request)
         return ClientStream(self._publisher, subscription, coordinator, request.client_id, wake,
                             self._stream_interval)
 
     def Subscribe(self, request: master_pb2.SubscribeRequest,
                   context: grpc.ServicerContext) -> Iterator[master_pb2.ClientEvent]:
-        subscription, coordinator = self._open_session(request)
+        """Over gRPC (a client whose master serves no frames streams): the
+        same source a pump polls, polled by this worker between waits for
+        the publisher's news; it holds the worker for the whole session."""
+        woken = threading.Event()
+        stream = self.open_subscription(request, woken.set)
+
+        def cancelled() -> None:
+            stream.end()
+            woken.set()
+
         try:
-            _close_on_cancel(context, subscription.close)
-            sent = 0.0
+            _close_on_cancel(context, cancelled)
             while True:
-                pause = sent + self._stream_interval - time.monotonic()
-                if pause > 0:
-                    time.sleep(pause)  # what comes meanwhile goes in the next message
-                events = subscription.next_events(timeout=STREAM_HEARTBEAT_INTERVAL)
-                if events:
-                    yield from client_messages(events)
-                    sent = time.monotonic()
-                elif subscription.ended:
-                    break
-                else:
-                    yield master_pb2.ClientEvent(heartbeat=True)
+                woken.clear()  # news from now on wakes the wait below
+                messages, next_at = stream.poll(time.monotonic())
+                if messages is None:
+                    return
+                yield from messages
+                woken.wait(max(0.0, next_at - time.monotonic()))
         finally:
-            subscription.close()
-            if coordinator is not None:
-                coordinator.client_disconnected(request.client_id)
+            stream.close()
 
     def RegisterStorage(self, request: master_pb2.RegisterStorageRequest,
                         context: grpc.ServicerContext) -> master_pb2.RegisterStorageReply:
