@@ -185,9 +185,10 @@ class InvalidationPublisher:
     def publish_table(self, table: PartitionTable) -> None:
         """A new partition table (older versions than the current are ignored)."""
         with self._condition:
-            if self._table is None or table.version > self._table.version:
-                self._table = table
-                self._condition.notify_all()
+            if self._table is not None and table.version <= self._table.version:
+                return
+            self._table = table
+            self._condition.notify_all()
         self._tell_listeners()
 
     def between(self, after: bytes, upto: bytes, limit: int = 1000) -> list[Invalidation] | None:
@@ -211,9 +212,10 @@ class InvalidationPublisher:
     def publish_stopping(self, stopping: bool) -> None:
         """The cluster became STOPPING, or RUNNING again."""
         with self._condition:
-            if stopping != self._stopping:
-                self._stopping = stopping
-                self._condition.notify_all()
+            if stopping == self._stopping:
+                return
+            self._stopping = stopping
+            self._condition.notify_all()
         self._tell_listeners()
 
     def subscribe(self, since_tid: bytes | None = None, client_id: str = "") -> Subscription:
