@@ -292,6 +292,12 @@ class StorageNode:
         return self._ownership.table
 
     @property
+    def awaiting_table(self) -> int:
+        """Requests waiting now for a newer partition table than this node
+        holds (their callers routed with it: see ``ownership.py``)."""
+        return self._ownership.waiting
+
+    @property
     def database(self) -> Database:
         if self._database is None:
             raise errors.Unavailable("storage node not started")

@@ -13,24 +13,47 @@ request is checked against them before it reaches data:
 
 Tables only move forward: an update with a lower version than the one held
 is ignored (a late registration answer must not undo a session update).
+
+A request routed with a newer table than this node holds waits for that
+table (at most ``table_wait`` seconds, then
+:class:`~neostore.errors.Unavailable`): the masters send each table to the
+storage nodes and to the clients on separate streams, and a node must not
+judge a cell by a table older than its caller's.  The case that needs it: a
+transaction committed without this node (unreachable for it) makes its cell
+OUT_OF_DATE; the committing client learns that table with its Finish
+answer, and its next store comes here before the node's session brings the
+table.  By the old table the cell would still be readable: the node would
+lock and check conflicts against data that lacks the transaction just
+committed, and answer a conflict that does not exist (NEO's storage nodes
+likewise wait for the partition table a request names).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
 from neostore import errors
 from neostore.ids import u64
 from neostore.partition_table import READABLE_STATES, WRITABLE_STATES, CellState, PartitionTable
 
+#: The longest a request routed with a newer table than the node's waits
+#: for it (its session with the master brings it within milliseconds).
+TABLE_WAIT = 10.0
+
 
 class Ownership:
     """This node's id and partition table (thread-safe)."""
 
-    def __init__(self, node_id: int = 0) -> None:
+    def __init__(self, node_id: int = 0, table_wait: float = TABLE_WAIT) -> None:
         self._mutex = threading.Lock()
+        #: Notified (with ``_mutex``) when a newer table is adopted.
+        self._adopted = threading.Condition(self._mutex)
         self._node_id = node_id
         self._table: PartitionTable | None = None
+        self._table_wait = table_wait
+        #: Requests waiting for a newer table now (for tests and metrics).
+        self.waiting = 0
 
     @property
     def node_id(self) -> int:
@@ -52,10 +75,11 @@ class Ownership:
             if self._table is not None and table.version <= self._table.version:
                 return False
             self._table = table
+            self._adopted.notify_all()
             return True
 
-    def _created_table(self) -> PartitionTable:
-        table = self.table
+    def _created_table(self, routed_version: int = 0) -> PartitionTable:
+        table = self._table_routed_with(routed_version)
         if table is None or not table.created:
             raise errors.Unavailable(
                 f"storage node {self.node_id} has no partition table yet"
@@ -77,8 +101,35 @@ class Ownership:
         """NotOwner unless this node's cell of ``partition`` is CORRUPTED."""
         return self._check(partition, frozenset({CellState.CORRUPTED}), "CORRUPTED", routed_version)
 
+    def _table_routed_with(self, routed_version: int) -> PartitionTable | None:
+        """The table, once at least at ``routed_version`` (see the module
+        docstring); Unavailable if it does not come in time.  None without
+        a table (registering): the caller says so at once."""
+        with self._mutex:
+            table = self._table
+            if table is None or routed_version <= table.version:
+                return table
+            deadline = time.monotonic() + self._table_wait
+            self.waiting += 1
+            try:
+                while True:
+                    current = self._table
+                    assert current is not None  # a table is never unset
+                    if current.version >= routed_version:
+                        return current
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise errors.Unavailable(
+                            f"storage node {self._node_id} holds partition table version {current.version}, "
+                            f"older than version {routed_version} the request was routed with, and no newer "
+                            f"one came within {self._table_wait:g}s"
+                        )
+                    self._adopted.wait(remaining)
+            finally:
+                self.waiting -= 1
+
     def _check(self, partition: int, states: frozenset[CellState], kind: str, routed_version: int) -> CellState:
-        table = self._created_table()
+        table = self._created_table(routed_version)
         node_id = self.node_id
         if not 0 <= partition < table.num_partitions:
             raise errors.BadRequest(
