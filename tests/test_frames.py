@@ -23,6 +23,7 @@ from ZODB.utils import maxtid
 
 from neostore import errors, frames, rpc
 from neostore.client.cluster import FRAMED_METHODS
+from neostore.launcher import free_port
 from neostore.protocol import master_pb2, storage_pb2, storage_pb2_grpc
 
 from harness import ThreadCluster
@@ -325,10 +326,12 @@ def test_concurrent_callers_each_get_their_own_answer(server: Any) -> None:
 
 
 def test_a_frames_port_out_of_reach_falls_back_to_grpc(cluster: ThreadCluster) -> None:
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        closed_port = unused.getsockname()[1]
-    node = cluster.storages[0]
+    # Below the kernel's ephemeral range (free_port): no outgoing connection
+    # or port-0 bind can take it meanwhile, so nothing listens there.
+    closed_port = free_port()
+    ZODB.DB(cluster.client()).close()  # the root exists (whichever test ran before)
+    table = cluster.master.state.table
+    node = next(n for n in cluster.storages if n.node_id in table.readable_nodes(0))  # holds the root
     channel = frames.FramesChannel(cluster.rpc, f"127.0.0.1:{closed_port}")  # nothing listens there
     grpc_stub = storage_pb2_grpc.StorageStub(rpc.make_channel(cluster.rpc, node.address))
     stub = frames.FramesStub(channel, grpc_stub, FRAMED_METHODS, "node 1")
