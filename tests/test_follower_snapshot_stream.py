@@ -29,6 +29,7 @@ from neostore.master_node import node as master_node_module
 from neostore.master_node.raft_driver import RaftCommandLog
 
 from harness import ThreadCluster
+from waiting import wait_until
 
 # Instead of 60 s: the bug shows as tpc_finish failing after this.  Not
 # tight: the scenario's own commits and catch-up must fit in it on a loaded
@@ -42,13 +43,6 @@ class _ShortLog(RaftCommandLog):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["keep_entries"] = 1
         super().__init__(*args, **kwargs)
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def _isolate(cluster: ThreadCluster, index: int) -> list[tuple[Any, Any]]:
@@ -99,7 +93,7 @@ def test_a_reset_from_a_follower_caught_up_by_snapshot_completes_the_clients_own
 
             connection_to_cluster._follow_stream = follow_and_note
             connection_to_cluster._stream_call.cancel()
-            _wait(lambda: streaming_from and streaming_from[-1] == follower.address, 10, "the stream on F")
+            wait_until(lambda: streaming_from and streaming_from[-1] == follower.address, "the stream on F")
             time.sleep(0.3)  # subscribed
             print(f"\nisolated master {index + 1} ({follower.address}) from Raft; client streams from it")
 
@@ -134,7 +128,7 @@ def test_a_reset_from_a_follower_caught_up_by_snapshot_completes_the_clients_own
             for sender, enqueue in undo:
                 sender.enqueue = enqueue
             print("healed: the follower catches up from a snapshot")
-            _wait(lambda: follower.state.last_tid >= last_tid, 20, "the follower to catch up")
+            wait_until(lambda: follower.state.last_tid >= last_tid, "the follower to catch up")
             committer.join(FINISH_LIMIT + 10)
             assert "seconds" in outcome, "tpc_finish did not return"
             assert "error" not in outcome, f"tpc_finish failed after {outcome['seconds']:.1f}s: {outcome['error']}"
@@ -147,7 +141,7 @@ def test_a_reset_from_a_follower_caught_up_by_snapshot_completes_the_clients_own
             with helper_db.transaction() as connection:
                 connection.root.other["n"] = 100
             expected = helper.lastTransaction()
-            _wait(lambda: storage.lastTransaction() >= expected, 10, "the next invalidation")
+            wait_until(lambda: storage.lastTransaction() >= expected, "the next invalidation")
             with db.transaction() as connection:
                 assert connection.root()["other"]["n"] == 100
         finally:

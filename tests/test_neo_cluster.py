@@ -13,12 +13,13 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from neostore.launcher import free_port
+
+from waiting import wait_until
 
 WAIT = 90.0  # seconds for an event on a busy machine; each wait ends as soon as it happens
 
@@ -47,14 +48,6 @@ def children(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 found.append(int(entry.name))
     return found
-
-
-def wait_for(condition, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 class NeoCluster:
@@ -118,14 +111,16 @@ def test_a_closed_stdout_pipe_still_stops_every_node(neo_cluster: NeoCluster) ->
 def test_nodes_die_with_a_killed_neo_cluster(neo_cluster: NeoCluster) -> None:
     neo_cluster.process.kill()
     neo_cluster.process.wait(WAIT)
-    wait_for(lambda: not [pid for pid in neo_cluster.nodes if alive(pid)], "the nodes to stop")
+    wait_until(lambda: not [pid for pid in neo_cluster.nodes if alive(pid)], "the nodes to stop", timeout=WAIT,
+               interval=0.1)
 
 
 def test_a_node_that_dies_is_reported_and_restarted(neo_cluster: NeoCluster) -> None:
     storage = max(neo_cluster.nodes)  # started after the master
     os.kill(storage, signal.SIGKILL)
-    wait_for(lambda: len([pid for pid in children(neo_cluster.process.pid) if alive(pid)]) == 2
-             and storage not in children(neo_cluster.process.pid), "a new storage node process")
+    wait_until(lambda: len([pid for pid in children(neo_cluster.process.pid) if alive(pid)]) == 2
+               and storage not in children(neo_cluster.process.pid), "a new storage node process", timeout=WAIT,
+               interval=0.1)  # a walk of /proc per look
     assert process_state(storage) is None  # reaped, not <defunct>
     neo_cluster.process.send_signal(signal.SIGTERM)
     assert neo_cluster.process.wait(WAIT) == 0

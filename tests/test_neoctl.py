@@ -11,6 +11,7 @@ from neostore.protocol import master_pb2
 from neostore.storage_node.node import StorageNode
 
 from harness import unstarted_cluster
+from waiting import wait_until
 
 
 def test_start_creates_the_table_of_a_cluster_created_empty(
@@ -28,16 +29,6 @@ def test_start_creates_the_table_of_a_cluster_created_empty(
 
 
 # -- maintenance: set cluster, kill, check --repair, print node -------------------------
-
-
-def _wait(condition, what: str, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_set_cluster_stopping_refuses_new_transactions_until_running(
@@ -107,7 +98,7 @@ def test_kill_takes_a_node_down_and_refuses_to_orphan_a_partition(
         assert table.node(victim.node_id).state == NodeState.DOWN
         assert not table.partitions_of_node(victim.node_id, [CellState.UP_TO_DATE])
         # The node was told why it stops (it reads the order on its own thread).
-        _wait(lambda: "neoctl kill" in victim.shutdown_reason, "the node told why it stops")
+        wait_until(lambda: "neoctl kill" in victim.shutdown_reason, "the node told why it stops", timeout=60)
         # Writes and reads go on with one replica per partition.
         with db.transaction() as conn:
             conn.root()["data"]["value"] = 1
@@ -148,7 +139,7 @@ def test_check_repair_rebuilds_a_corrupted_replica_and_print_node_shows_sizes(
         db = ZODB.DB(cluster.client())
         with db.transaction() as conn:
             conn.root()["data"] = PersistentMapping({i: PersistentMapping(v=i) for i in range(30)})
-        _wait(lambda: not cluster.master.state.pending_decisions, "decisions applied")
+        wait_until(lambda: not cluster.master.state.pending_decisions, "decisions applied", timeout=60)
         # Damage one replica behind the cluster's back: a record lost, another one altered.
         victim = cluster.storages[1]
         records, _ = victim.database.scan_range(0, layout.RANGE_OBJECTS)
@@ -159,8 +150,8 @@ def test_check_repair_rebuilds_a_corrupted_replica_and_print_node_shows_sizes(
         assert neoctl.main([*base, "check", "--repair", "0"]) == neoctl.EXIT_INCONSISTENT
         out = capsys.readouterr().out
         assert "DIFFERS" in out and "rebuilding CORRUPTED cells" in out, out
-        _wait(lambda: cluster.master.state.table.cell_state(0, victim.node_id) == CellState.UP_TO_DATE,
-              "the rebuilt cell UP_TO_DATE")
+        wait_until(lambda: cluster.master.state.table.cell_state(0, victim.node_id) == CellState.UP_TO_DATE,
+                   "the rebuilt cell UP_TO_DATE", timeout=60)
         for kind in (layout.RANGE_TRANSACTIONS, layout.RANGE_OBJECTS):
             digests = {range_digest(s.database.scan_range(0, kind)[0]) for s in cluster.storages}
             assert len(digests) == 1, kind
@@ -210,7 +201,8 @@ def test_truncate_rolls_the_database_back_everywhere_even_on_a_node_that_was_dow
         # A node away during the truncation catches up with it when it rejoins.
         away = cluster.storages[2]
         away.stop()
-        _wait(lambda: cluster.master.state.table.node(away.node_id).state == NodeState.DOWN, "node down")
+        wait_until(lambda: cluster.master.state.table.node(away.node_id).state == NodeState.DOWN, "node down",
+                   timeout=60)
         assert neoctl.main([*base, "truncate", layout.ZERO_ID.hex()[:4]]) == neoctl.EXIT_USAGE  # stdin not a tty
         assert "--yes" in capsys.readouterr().err
         assert neoctl.main([*base, "truncate", "not-a-tid", "--yes"]) == neoctl.EXIT_USAGE
@@ -224,7 +216,8 @@ def test_truncate_rolls_the_database_back_everywhere_even_on_a_node_that_was_dow
         assert not state.stopping and state.last_tid > old_last
         # The client that was connected resets its cache (once its stream
         # brings the truncation) and sees value 3.
-        _wait(lambda: db.lastTransaction() >= state.last_tid, "the client's stream brought the truncation")
+        wait_until(lambda: db.lastTransaction() >= state.last_tid, "the client's stream brought the truncation",
+                   timeout=60)
         db.storage.sync()
         with db.transaction() as conn:
             root = conn.root()
@@ -324,7 +317,11 @@ def test_health_and_check_tell_the_truth_about_a_degraded_cluster(
             conn.root()["data"] = PersistentMapping(value=0)
         db.close()
         leader = cluster.wait_for_leader()
-        _wait(lambda: neoctl.main([*base, "health"]) == 0, "every master following the leader")
+        def healthy() -> bool:
+            capsys.readouterr()  # only the last look's output is checked below
+            return neoctl.main([*base, "health"]) == 0
+
+        wait_until(healthy, "every master following the leader", timeout=60, interval=0.05)
         assert capsys.readouterr().out.splitlines() == ["HEALTHY"]
         assert neoctl.main([*base, "--json", "health"]) == neoctl.EXIT_OK
         assert json.loads(capsys.readouterr().out) == {"health": "HEALTHY", "problems": []}
@@ -342,7 +339,7 @@ def test_health_and_check_tell_the_truth_about_a_degraded_cluster(
 
         away = cluster.storages[2]
         away.stop()
-        _wait(lambda: leader.state.table.node(away.node_id).state == NodeState.DOWN, "node down")
+        wait_until(lambda: leader.state.table.node(away.node_id).state == NodeState.DOWN, "node down", timeout=60)
         assert neoctl.main([*base, "--json", "health"]) == neoctl.EXIT_DEGRADED
         report = json.loads(capsys.readouterr().out)
         assert report["health"] == "DEGRADED"

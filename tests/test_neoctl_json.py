@@ -24,8 +24,7 @@ import argparse
 import json
 import pathlib
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -39,6 +38,7 @@ from neostore.partition_table import NodeState
 from neostore.storage_node.node import StorageConfig, StorageNode
 
 from harness import ThreadCluster, unstarted_cluster
+from waiting import wait_until
 
 DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "neoctl-json.md"
 
@@ -318,14 +318,6 @@ class Neoctl:
         return check_output(command, out)
 
 
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def _commit(cluster: ThreadCluster, db: ZODB.DB, count: int, prefix: str) -> list[bytes]:
     """``count`` transactions of a few objects each; their TIDs."""
     tids = []
@@ -333,7 +325,7 @@ def _commit(cluster: ThreadCluster, db: ZODB.DB, count: int, prefix: str) -> lis
         with db.transaction() as conn:
             conn.root()[f"{prefix}{index}"] = PersistentMapping({i: PersistentMapping(v=i) for i in range(5)})
         tids.append(db.lastTransaction())
-    _wait_for(lambda: not cluster.master.state.pending_decisions, "every decision applied")
+    wait_until(lambda: not cluster.master.state.pending_decisions, "every decision applied", timeout=60)
     return tids
 
 
@@ -446,7 +438,7 @@ def test_nothing_on_stdout_when_no_master_answers_except_health(capsys: pytest.C
 
 def test_start(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
     with unstarted_cluster(str(tmp_path), "fresh", num_partitions=3) as (master, _):
-        _wait_for(lambda: len(master.state.table.nodes) == 2, "both storage nodes registered")
+        wait_until(lambda: len(master.state.table.nodes) == 2, "both storage nodes registered", timeout=60)
         run = Neoctl([master.address], "fresh", capsys)
         assert run.check("print cluster")["state"] == "EMPTY"
         empty = run.check("print pt")
@@ -497,16 +489,16 @@ def test_truncate_kill_drop_node_add_node_tweak_set_replicas(tmp_path: pathlib.P
         assert table["moves"], table
         run.check("status")  # whatever the replication shows by now, it matches the schema
         assert run.check("wait", "--timeout", "60", "--interval", "0.05") == []
-        _wait_for(lambda: victim.node_id not in {n.node_id for n in cluster.master.state.table.nodes},
-                  "the dropped node gone from the table")
+        wait_until(lambda: victim.node_id not in {n.node_id for n in cluster.master.state.table.nodes},
+                   "the dropped node gone from the table", timeout=60)
 
         # A new node: admitted without moves, then the table rebalanced.
         newcomer = StorageNode(StorageConfig(rpc=cluster.rpc, masters=cluster.masters,
                                              data_dir=str(tmp_path / "newcomer")))
         newcomer.start()
         cluster.storages.append(newcomer)
-        _wait_for(lambda: any(n.state == NodeState.PENDING for n in cluster.master.state.table.nodes),
-                  "the new node registered")
+        wait_until(lambda: any(n.state == NodeState.PENDING for n in cluster.master.state.table.nodes),
+                   "the new node registered", timeout=60)
         pending = next(n.node_id for n in cluster.master.state.table.nodes if n.state == NodeState.PENDING)
         table = run.check("add-node", "--no-rebalance", str(pending))
         assert "moves" not in table
@@ -527,7 +519,8 @@ def test_add_master_and_remove_master(tmp_path: pathlib.Path, capsys: pytest.Cap
     with ThreadCluster(str(tmp_path), num_storages=2, num_partitions=2, num_replicas=2, num_masters=3) as cluster:
         run = Neoctl(cluster.masters, cluster.name, capsys)
         # Every master answers and follows the leader (what a membership change needs).
-        _wait_for(lambda: run("health")[0] == neoctl.EXIT_OK, "every master following the leader")
+        wait_until(lambda: run("health")[0] == neoctl.EXIT_OK, "every master following the leader", timeout=60,
+                   interval=0.05)  # a round of rpcs per look
         info = run.check("print cluster")
         assert sorted(info["masters"]) == sorted(cluster.masters) and info["leader"] in cluster.masters
         address = f"127.0.0.1:{free_port()}"

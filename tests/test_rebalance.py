@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -32,6 +31,8 @@ from neostore.client import NeoStorage
 from neostore.launcher import LocalCluster, NodeProcess
 from neostore.storage_node import layout
 from neostore.storage_node.database import Database
+
+from waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.process]
 
@@ -48,14 +49,6 @@ def neoctl(cluster: LocalCluster, *args: str, timeout: float = 300) -> subproces
 def ok(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 0, f"neoctl failed ({result.returncode}): {result.stderr}{result.stdout}"
     return result.stdout
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 class Writer(threading.Thread):
@@ -137,7 +130,8 @@ def test_add_two_nodes_then_drop_the_first_under_load(tmp_path: pathlib.Path) ->
         started = time.monotonic()
         ok(neoctl(cluster, "drop-node", str(first)))
         ok(neoctl(cluster, "wait", "--timeout", "240", "--quiet"))
-        wait_until(lambda: all(n["node_id"] != first for n in table(cluster)["nodes"]), 60, "the node to leave")
+        wait_until(lambda: all(n["node_id"] != first for n in table(cluster)["nodes"]), "the node to leave", timeout=60,
+                   interval=0.2)  # a neoctl process per look
         steps.append(f"drop-node {first}: {time.monotonic() - started:.1f}s")
         dropped = cluster.storages[0]
         assert dropped.process is not None
@@ -146,7 +140,7 @@ def test_add_two_nodes_then_drop_the_first_under_load(tmp_path: pathlib.Path) ->
         # Three writers on one hot object: whoever just committed holds the
         # latest version and votes again at once, so a writer can lose every
         # race for a few seconds.  Each must commit in the end.
-        wait_until(lambda: all(w.committed > 0 for w in writers), 120, "every writer to commit at least once")
+        wait_until(lambda: all(w.committed > 0 for w in writers), "every writer to commit at least once", timeout=120)
     finally:
         for writer in writers:
             writer.stop.set()

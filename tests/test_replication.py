@@ -12,8 +12,7 @@ import itertools
 import os
 import pathlib
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import transaction
@@ -33,14 +32,7 @@ from neostore.storage_node.node import StorageConfig, StorageNode
 from neostore.storage_node.ranges import range_digest
 
 from harness import ThreadCluster
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+from waiting import wait_until
 
 
 def admin(cluster: ThreadCluster) -> master_pb2_grpc.AdminStub:
@@ -55,7 +47,8 @@ def take_down(cluster: ThreadCluster, index: int) -> int:
     """Stop storage ``index`` and wait until the master marks it DOWN; its node id."""
     away = cluster.storages[index]
     away.stop()
-    wait_until(lambda: cluster.master.state.table.node(away.node_id).state == NodeState.DOWN, what="node down")
+    wait_until(lambda: cluster.master.state.table.node(away.node_id).state == NodeState.DOWN, what="node down",
+               timeout=60)
     return away.node_id
 
 
@@ -79,7 +72,7 @@ def assert_replicas_identical(cluster: ThreadCluster) -> None:
     """Every partition's UP_TO_DATE replicas hold the same records, byte for
     byte, once every decision is applied (published at the decision, a
     transaction reaches its participants' disks a moment later)."""
-    wait_until(lambda: not cluster.master.state.pending_decisions, timeout=30, what="every decision applied")
+    wait_until(lambda: not cluster.master.state.pending_decisions, what="every decision applied")
     state = cluster.master.state
     by_id = {node.node_id: node for node in cluster.storages}
     for partition, row in enumerate(state.table.rows):
@@ -111,7 +104,7 @@ class ReplicatorHold:
         self._after = after
 
     def wait_held(self) -> None:
-        wait_until(lambda: len(self.inserted) >= self._after, what="replication under way")
+        wait_until(lambda: len(self.inserted) >= self._after, what="replication under way", timeout=60)
 
     def release(self) -> None:
         self._gate.set()
@@ -141,10 +134,10 @@ def test_a_node_away_while_transactions_commit_catches_up(cluster: ThreadCluster
     missed = node_cells(cluster, node_id, CellState.OUT_OF_DATE)
     assert missed, "the node's cells should be OUT_OF_DATE after missing commits"
     back = restart(cluster, 0, replication_chunk_records=10)
-    wait_until(lambda: not node_cells(cluster, node_id, CellState.OUT_OF_DATE), what="catch-up")
+    wait_until(lambda: not node_cells(cluster, node_id, CellState.OUT_OF_DATE), what="catch-up", timeout=60)
     totals = back.replicator.totals
     # (the master marks a cell before its answer reaches the replicator)
-    wait_until(lambda: totals["cells_done"] == len(missed), what="every cell counted")
+    wait_until(lambda: totals["cells_done"] == len(missed), what="every cell counted", timeout=60)
     assert totals["chunks_copied"] > 0 and totals["records_copied"] > 0
     assert totals["chunks_skipped"] > 0, totals  # what it held before leaving was not copied again
     assert_replicas_identical(cluster)
@@ -176,12 +169,13 @@ def test_catch_up_goes_on_while_clients_commit(cluster: ThreadCluster, db: ZODB.
     thread.start()
     try:
         restart(cluster, 1, replication_chunk_records=7)
-        wait_until(lambda: not node_cells(cluster, node_id, CellState.OUT_OF_DATE), what="catch-up under load")
+        wait_until(lambda: not node_cells(cluster, node_id, CellState.OUT_OF_DATE), what="catch-up under load",
+                   timeout=60)
     finally:
         stop.set()
         thread.join(30)
     assert not failures, failures
-    wait_until(lambda: not cluster.master.state.pending_decisions, what="every decision applied")
+    wait_until(lambda: not cluster.master.state.pending_decisions, what="every decision applied", timeout=60)
     assert_replicas_identical(cluster)
 
 
@@ -195,7 +189,7 @@ def test_replication_resumes_after_the_target_restarts(
     hold.wait_held()
     stopper = threading.Thread(target=node.stop)
     stopper.start()
-    wait_until(lambda: node.replicator.stopping, what="the replicator told to stop")
+    wait_until(lambda: node.replicator.stopping, what="the replicator told to stop", timeout=60)
     hold.release()
     stopper.join(30)
     monkeypatch.undo()
@@ -207,7 +201,8 @@ def test_replication_resumes_after_the_target_restarts(
         database.close()
     assert any(position is not None for position in positions), "no replication position was stored"
     node = restart(cluster, 2, replication_chunk_records=3)
-    wait_until(lambda: not node_cells(cluster, node_id, CellState.OUT_OF_DATE), what="catch-up after restart")
+    wait_until(lambda: not node_cells(cluster, node_id, CellState.OUT_OF_DATE), what="catch-up after restart",
+               timeout=60)
     assert first_copied > 0
     assert_replicas_identical(cluster)
 
@@ -217,7 +212,7 @@ def test_check_marks_the_replica_that_differs_from_the_majority(tmp_path: pathli
         database = ZODB.DB(cluster.client())
         with database.transaction() as conn:
             conn.root()["x"] = PersistentMapping(v=1)
-        wait_until(lambda: not cluster.master.state.pending_decisions, what="applied")
+        wait_until(lambda: not cluster.master.state.pending_decisions, what="applied", timeout=60)
         stub = admin(cluster)
         assert all(p.consistent for p in stub.Check(master_pb2.CheckRequest(), timeout=60).partitions)
         # Damage one replica of partition 0 behind the cluster's back: a record it lacks.
@@ -260,12 +255,12 @@ def test_a_cell_that_becomes_writable_between_stores_and_vote_gets_the_whole_tra
         stub = admin(cluster)
         rpc.call(stub.Tweak, master_pb2.TweakRequest(replicas=2), timeout=30)
         wait_until(lambda: all(c.state == CellState.UP_TO_DATE for c in cluster.master.state.table.rows[0])
-                   and len(cluster.master.state.table.rows[0]) == 2, what="a second UP_TO_DATE cell")
+                   and len(cluster.master.state.table.rows[0]) == 2, what="a second UP_TO_DATE cell", timeout=60)
         version = cluster.master.state.table.version
-        wait_until(lambda: storage._cluster.table.version >= version, what="the client to see it")
+        wait_until(lambda: storage._cluster.table.version >= version, what="the client to see it", timeout=60)
         storage.tpc_vote(meta)
         tid = storage.tpc_finish(meta)
-        wait_until(lambda: not cluster.master.state.pending_decisions, what="applied")
+        wait_until(lambda: not cluster.master.state.pending_decisions, what="applied", timeout=60)
         for node in cluster.storages:
             result = node.database.load_before(0, oid, MAX_TID)
             assert result.serial == tid, f"storage node {node.node_id} lacks the object (first: {first})"
@@ -285,8 +280,8 @@ def test_replication_progress_is_visible_through_the_admin_service(cluster: Thre
         seen.extend(stub.GetReplication(common_pb2.Empty(), timeout=10).cells)
         return not node_cells(cluster, node_id, CellState.OUT_OF_DATE)
 
-    wait_until(watch, what="catch-up")
-    wait_until(lambda: node.replicator.totals["cells_done"] > 0, what="the replicator's count")
+    wait_until(watch, what="catch-up", timeout=60)
+    wait_until(lambda: node.replicator.totals["cells_done"] > 0, what="the replicator's count", timeout=60)
     assert seen, "no progress was reported while replicating"
     assert all(p.node_id == node_id and not p.done for p in seen), seen[:3]
     assert any(p.bytes_done > 0 and p.rate > 0 and p.bytes_left > 0 for p in seen), seen[:3]
@@ -334,8 +329,8 @@ def test_replication_survives_the_loss_of_its_source(tmp_path: pathlib.Path, mon
         source.stop()  # the source dies in the middle of the walk
         hold.release()
         wait_until(lambda: not node_cells(cluster, node_id, CellState.OUT_OF_DATE),
-                   what="catch-up from the other source")
-        wait_until(lambda: not cluster.master.state.pending_decisions, timeout=30, what="every decision applied")
+                   what="catch-up from the other source", timeout=60)
+        wait_until(lambda: not cluster.master.state.pending_decisions, what="every decision applied")
         survivors = [s for s in cluster.storages if s is not source]
         state = cluster.master.state
         for partition in range(3):

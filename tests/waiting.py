@@ -1,7 +1,7 @@
 """Waiting in tests for something to happen: for the event, never a guess.
 
-One helper for the tests written since; the older modules still carry
-their own (issue 18 asks to bring them here).
+The one helper every test uses (issue 18 brought the modules' own copies
+here).
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ import time
 from collections.abc import Callable
 
 
-def wait_until(predicate: Callable[[], object], what: str, timeout: float = 30.0) -> None:
-    """Poll ``predicate`` until true; fail the test naming ``what`` after
-    ``timeout`` seconds (generous: a loaded machine must not fail it)."""
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = 30.0, interval: float = 0.005) -> None:
+    """Poll ``predicate`` every ``interval`` seconds until true; fail the
+    test naming ``what`` after ``timeout`` seconds (generous: a loaded
+    machine must not fail it).  A predicate that costs (a subprocess, a
+    walk of /proc, an rpc) takes a longer ``interval``."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.005)
+        time.sleep(interval)

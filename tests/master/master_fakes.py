@@ -98,15 +98,6 @@ def running_log(addresses: Sequence[str], num_partitions: int = 4, num_replicas:
     return command_log
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until true; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
-
-
 def in_background(function: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
     """Run ``function(*args)`` in a daemon thread (a failing test never hangs on it)."""
     future: concurrent.futures.Future[Any] = concurrent.futures.Future()

@@ -32,7 +32,8 @@ from neostore.master_node.state import (
 from neostore.master_node.storage_links import StorageLinks
 from neostore.partition_table import CellState, NodeState
 
-from master_fakes import CLUSTER, RPC_CONFIG, FakeStorage, in_background, running_log, wait_until
+from master_fakes import CLUSTER, RPC_CONFIG, FakeStorage, in_background, running_log
+from waiting import wait_until
 
 # A participant that fails fails at once, so the deadline only bounds how
 # long the tests of unreachable nodes wait; it is not tight, so that a healthy
@@ -262,7 +263,7 @@ def test_concurrent_finishes_share_log_entries_and_publish_in_tid_order(storages
         assert len(command_log.decision_entries()) < 12, "finishes arriving together share one entry"
         # Published once decided: the Commit orders reach the participants after.
         wait_until(lambda: all(set(storage.committed_tids()) == set(tids) for storage in storages),
-                   timeout=30, what="every participant applies all twelve")
+                   what="every participant applies all twelve")
     finally:
         harness.close()
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import pathlib
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -32,14 +30,6 @@ from neostore.master_node.commit import CommitCoordinator
 from neostore.master_node.node import MasterNode
 
 from harness import ThreadCluster
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.02)
 
 
 def _coordinator(master: MasterNode) -> CommitCoordinator:

@@ -14,7 +14,7 @@ import logging
 import pathlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -39,16 +39,10 @@ from neostore.master_node.state import (
 )
 from neostore.protocol import raft_pb2_grpc
 
+from waiting import wait_until
+
 RPC = rpc.RpcConfig("membership-test")
 TICK = 0.05  # an election timeout of 0.5-1 s: a loaded machine does not miss that many heartbeats
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 # -- the address book in the state -----------------------------------------------------
@@ -144,7 +138,7 @@ class Group:
                         if log.is_leader and log.term == log.raft_term and not log.removed]
             return len(found) == 1
 
-        wait_for(one_leader)
+        wait_until(one_leader, "exactly one current leader among the running masters")
         return found[0]
 
     def close(self) -> None:
@@ -172,10 +166,11 @@ def test_a_joining_master_catches_up_from_a_snapshot_and_knows_every_address(gro
     assert leader.add_master(new_address) == 4
     assert dict(leader.members())[4] == new_address
     joined = group.join(3, 4, dict(leader.members()))
-    wait_for(lambda: joined.state == leader.state)
+    wait_until(lambda: joined.state == leader.state, "the joined master to catch up with the leader's state")
     assert joined.members() == leader.members() == list(enumerate(group.addresses, start=1))
     submit_one(group.leader(), AllocateOids(1))  # four voters commit
-    wait_for(lambda: all(log.state == group.leader().state for log in group.running()))
+    wait_until(lambda: all(log.state == group.leader().state for log in group.running()),
+               "every running master to reach the leader's state")
 
 
 def test_membership_changes_are_refused_with_clear_errors(group: Group) -> None:
@@ -208,10 +203,12 @@ def test_a_removed_master_stops_and_the_rest_keep_committing(group: Group) -> No
     assert leader.remove_master(follower.address) == follower.node_id
     # It learns that its removal committed from the leader's last broadcast
     # (best effort); in any case it appended the change, so it never campaigns.
-    wait_for(lambda: follower.removed or follower.node_id not in follower._node.conf_state.voters)
+    wait_until(lambda: follower.removed or follower.node_id not in follower._node.conf_state.voters,
+               "the removed follower to learn it is no longer a voter")
     submit_one(leader, AllocateOids(1))
     rest = [log for log in group.running() if log is not follower]
-    wait_for(lambda: all(log.state == leader.state for log in rest))
+    wait_until(lambda: all(log.state == leader.state for log in rest),
+               "the remaining masters to reach the leader's state")
     assert all(follower.address not in dict(log.members()).values() for log in rest)
 
 
@@ -270,7 +267,7 @@ def test_masters_grow_lose_one_and_shrink_while_a_client_commits(
         writer = threading.Thread(target=commit_forever, daemon=True)
         writer.start()
         try:
-            wait_for(lambda: len(committed) >= 3, 30)
+            wait_until(lambda: len(committed) >= 3, "the client's first 3 commits")
             new_index = cluster.add_master()
             new_address = cluster.master_addresses[new_index]
             info = cluster.cluster_info(address=new_address)
@@ -289,7 +286,7 @@ def test_masters_grow_lose_one_and_shrink_while_a_client_commits(
             assert process is not None
             process.kill()
             before = len(committed)
-            wait_for(lambda: len(committed) >= before + 5, 60)
+            wait_until(lambda: len(committed) >= before + 5, "5 more commits after the leader was killed", timeout=60)
             assert not failures
 
             # The new master holds the committed state: at least every
@@ -297,7 +294,8 @@ def test_masters_grow_lose_one_and_shrink_while_a_client_commits(
             # the two never need to be equal at one instant).
             last = committed[-1]
             seen = storage.lastTransaction()
-            wait_for(lambda: cluster.cluster_info(address=new_address).last_tid >= seen, 20)
+            wait_until(lambda: cluster.cluster_info(address=new_address).last_tid >= seen,
+                       "the new master to know the client's last transaction", interval=0.05)  # an rpc per look
             assert last >= before + 5
 
             # Remove the dead master: three members, all alive, keep committing.
@@ -306,7 +304,8 @@ def test_masters_grow_lose_one_and_shrink_while_a_client_commits(
             assert original[victim] not in [m["address"] for m in json.loads(out)["members"]]
             cluster.removed.add(victim)
             before = len(committed)
-            wait_for(lambda: len(committed) >= before + 5, 60)
+            wait_until(lambda: len(committed) >= before + 5, "5 more commits after removing the dead master",
+                       timeout=60)
             # And remove a live original one: it exits by itself.
             live = next(i for i, address in enumerate(original) if i != victim and address != new_address)
             cluster.remove_master(live)
@@ -314,7 +313,7 @@ def test_masters_grow_lose_one_and_shrink_while_a_client_commits(
             assert live_process is not None and live_process.process is not None
             live_process.process.wait(30)
             before = len(committed)
-            wait_for(lambda: len(committed) >= before + 5, 60)
+            wait_until(lambda: len(committed) >= before + 5, "5 more commits after removing a live master", timeout=60)
             assert not failures
             assert len(cluster.cluster_info(address=new_address).members) == 2
         finally:
@@ -343,7 +342,7 @@ def test_neoctl_removing_the_leader_hands_leadership_over_first(
         # by the new leader, rather than stepping down and leaving the group
         # an election timeout without a leader.
         assert any("handed leadership over to" in r.getMessage() for r in caplog.records), caplog.text
-        wait_for(lambda: leader.removed, 10)
+        wait_until(lambda: leader.removed, "the old leader to learn it was removed")
         leader.stop()  # as neo-master does once removed: its clients move to another master
         new_leader = cluster.wait_for_leader(other_than=leader)
         assert len(new_leader.members()) == 2

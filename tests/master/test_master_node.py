@@ -15,7 +15,8 @@ from neostore.master_node.node import MasterConfig, MasterNode
 from neostore.partition_table import CellState, NodeState, PartitionTable
 from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc
 
-from master_fakes import CLUSTER, RPC_CONFIG, FakeStorage, in_background, wait_until
+from master_fakes import CLUSTER, RPC_CONFIG, FakeStorage, in_background
+from waiting import wait_until
 
 # Not tight: a healthy Commit on a loaded machine must never count as a failure.
 FAST = CommitConfig(commit_timeout=2.0, commit_deadline=2.0, abort_timeout=1.0, mark_applied_delay=0.01,
@@ -214,7 +215,7 @@ def test_a_committed_transaction_is_applied_and_published_to_subscribers(
         assert running.info().last_tid == tid
         # Published at the decision: the Commit orders reach the participants after.
         wait_until(lambda: all(storage.committed_tids() == [tid] for storage in storages),
-                   timeout=30, what="every participant applies it")
+                   what="every participant applies it")
     finally:
         call.cancel()
 

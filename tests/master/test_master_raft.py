@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pathlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -31,17 +31,10 @@ from neostore.master_node.state import AllocateOids, CreateCluster, RegisterNode
 from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc, raft_pb2_grpc
 
 from harness import ThreadCluster
+from waiting import wait_until
 
 RPC = rpc.RpcConfig("raft-test")
 TICK = 0.05  # an election timeout of 0.5-1 s: a loaded machine does not miss that many heartbeats
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 class RaftGroup:
@@ -105,7 +98,7 @@ class RaftGroup:
     def running(self) -> list[RaftCommandLog]:
         return [command_log for command_log in self.logs if command_log is not None]
 
-    def leader(self, timeout: float = 10.0) -> RaftCommandLog:
+    def leader(self, timeout: float = 30.0) -> RaftCommandLog:
         found: list[RaftCommandLog] = []
 
         def one_leader() -> bool:
@@ -113,7 +106,7 @@ class RaftGroup:
                         if command_log.is_leader and command_log.term == command_log.raft_term]
             return len(found) == 1
 
-        wait_for(one_leader, timeout)
+        wait_until(one_leader, "exactly one current leader among the running masters", timeout)
         return found[0]
 
     def close(self) -> None:
@@ -143,7 +136,8 @@ def test_three_masters_elect_one_leader_and_replicate_commands(group: RaftGroup)
     assert submit_one(leader, CreateCluster("raft-test", 4, 1)) is None
     results = leader.submit([AllocateOids(2), RegisterNode(0, "127.0.0.1:1")])
     assert results[1] == 1
-    wait_for(lambda: all(log.state == leader.state for log in group.running()))
+    wait_until(lambda: all(log.state == leader.state for log in group.running()),
+               "the running masters to reach the leader's state")
     assert all(log.state.cluster_name == "raft-test" for log in group.running())
     assert all(log.raft_term == leader.term for log in group.running())
 
@@ -159,7 +153,8 @@ def test_a_step_is_answered_once_persisted_before_the_entries_it_commits_are_app
         assert submit_one(leader, CreateCluster("raft-test", 4, 1)) is None
         for _ in range(30):
             leader.submit([AllocateOids(1)])
-        wait_for(lambda: all(log.state == leader.state for log in raft_group.running()))
+        wait_until(lambda: all(log.state == leader.state for log in raft_group.running()),
+                   "the running masters to reach the leader's state")
         assert raft_group.answered, "no Step was answered from its own round"
         assert any(when_answered < after for when_answered, after in raft_group.answered), \
             "every Step was answered after applying what it committed"
@@ -172,13 +167,14 @@ def test_a_refused_command_is_replicated_as_refused_everywhere(group: RaftGroup)
     (result,) = leader.submit([AllocateOids(1)])  # no cluster yet: refused, changes nothing
     assert isinstance(result, errors.NeoError)
     submit_one(leader, CreateCluster("raft-test", 4, 1))
-    wait_for(lambda: all(log.state == leader.state for log in group.running()))
+    wait_until(lambda: all(log.state == leader.state for log in group.running()),
+               "the running masters to reach the leader's state")
 
 
 def test_a_follower_answers_writes_with_the_leaders_address(group: RaftGroup) -> None:
     leader = group.leader()
     follower = next(log for log in group.running() if log is not leader)
-    wait_for(lambda: follower.leader_address == leader.address)
+    wait_until(lambda: follower.leader_address == leader.address, "the follower to know the leader's address")
     with pytest.raises(errors.NotLeader, match=f"leader is {leader.address}"):
         follower.submit([CreateCluster("raft-test", 4, 1)])
 
@@ -192,7 +188,8 @@ def test_stopping_the_leader_elects_another_that_keeps_committing(group: RaftGro
     assert new_leader.term > first_term
     assert all(log.raft_term == new_leader.term for log in group.running())
     submit_one(new_leader, AllocateOids(5))
-    wait_for(lambda: all(log.state == new_leader.state for log in group.running()))
+    wait_until(lambda: all(log.state == new_leader.state for log in group.running()),
+               "the running masters to reach the new leader's state")
     assert new_leader.state.cluster_name == "raft-test"
 
 
@@ -202,11 +199,12 @@ def test_a_restarted_master_recovers_its_state_from_snapshot_and_log(group: Raft
     for _ in range(45):  # past two snapshots (every 20 entries)
         submit_one(leader, AllocateOids(1))
     follower_index = next(i for i, log in enumerate(group.logs) if log is not leader)
-    wait_for(lambda: all(log.state == leader.state for log in group.running()))
+    wait_until(lambda: all(log.state == leader.state for log in group.running()),
+               "the running masters to reach the leader's state")
     group.stop(follower_index)
     submit_one(leader, AllocateOids(1))
     restarted = group.open(follower_index)
-    wait_for(lambda: restarted.state == leader.state)
+    wait_until(lambda: restarted.state == leader.state, "the restarted master to catch up with the leader's state")
 
 
 def test_a_submit_not_committed_in_time_is_in_doubt_until_its_entry_commits_or_is_replaced(
@@ -239,7 +237,8 @@ def test_a_submit_not_committed_in_time_is_in_doubt_until_its_entry_commits_or_i
         assert results is not None, "the in-doubt entry was neither committed nor replaced in 30 s"
     new_leader = group.leader()
     submit_one(new_leader, AllocateOids(1))  # an entry of the new term: everything before it is settled
-    wait_for(lambda: all(log.state == new_leader.state for log in group.running()))
+    wait_until(lambda: all(log.state == new_leader.state for log in group.running()),
+               "the running masters to reach the new leader's state")
     expected_last = (7 + 1) if results is not None else 1
     assert all(u64(log.state.last_oid) == expected_last for log in group.running())
 
@@ -256,7 +255,7 @@ def test_a_new_leader_is_told_once_it_applied_an_entry_of_its_term(group: RaftGr
         command_log.on_leader(lambda term, node_id=command_log.node_id: led.append((node_id, term)))
     group.stop(group.logs.index(leader))
     new_leader = group.leader()
-    wait_for(lambda: (new_leader.node_id, new_leader.term) in led)
+    wait_until(lambda: (new_leader.node_id, new_leader.term) in led, "the new leader to be told it leads its term")
 
 
 # -- whole clusters: three masters, three storage nodes, a ZODB client ----------------
@@ -287,7 +286,8 @@ def test_a_cluster_of_three_masters_commits_through_the_leader(tmp_path: pathlib
         try:
             _commit(db, "a", 1)
             followers = [master for master in cluster.master_nodes if master is not leader]
-            wait_for(lambda: all(master.state == leader.state for master in followers))
+            wait_until(lambda: all(master.state == leader.state for master in followers),
+                       "the followers to reach the leader's state")
             info = _cluster_info(cluster, followers[0].address)
             assert info.leader == leader.address
             assert list(info.masters) == cluster.masters

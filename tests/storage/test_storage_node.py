@@ -9,8 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,6 +22,8 @@ from neostore.records import Record
 from neostore.storage_node.database import Database, PendingObject
 from neostore.storage_node.layout import StoredObject
 from neostore.storage_node.node import StorageConfig, StorageNode
+
+from waiting import wait_until
 
 CLUSTER = "node-test"
 NODE_ID = 7
@@ -102,14 +103,6 @@ def config(data_dir: pathlib.Path, masters: list[str], cluster: str = CLUSTER, *
     return StorageConfig(rpc=rpc.RpcConfig(cluster), masters=masters, data_dir=str(data_dir), **settings)
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
-
-
 def unused_address() -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -173,7 +166,8 @@ def test_session_delivers_partition_table_changes(tmp_path: pathlib.Path, master
     try:
         fake.events.put(master_pb2.StorageEvent(heartbeat=True))
         fake.events.put(master_pb2.StorageEvent(partition_table=make_table(4, node.address).to_proto()))
-        wait_until(lambda: node.partition_table is not None and node.partition_table.version == 4)
+        wait_until(lambda: node.partition_table is not None and node.partition_table.version == 4,
+                   "the node to receive partition table version 4")
     finally:
         node.stop()
 
@@ -183,11 +177,11 @@ def test_node_registers_again_when_its_session_ends(tmp_path: pathlib.Path, mast
     node = StorageNode(config(tmp_path / "data", [address]))
     node.start()
     try:
-        wait_until(lambda: fake.sessions == 1)
+        wait_until(lambda: fake.sessions == 1, "the node's first session")
         fake.refuse_sessions = 1
         fake.events.put(None)  # the master ends the session (it marked the node DOWN)
         # Registers, is refused a session once, registers again, reopens it.
-        wait_until(lambda: fake.sessions == 2)
+        wait_until(lambda: fake.sessions == 2, "the node to reopen its session")
         assert len(fake.registrations) == 3
         assert all(request.node_id == NODE_ID for request in fake.registrations[1:])
         assert node.failure is None
@@ -200,10 +194,10 @@ def test_node_forgotten_by_the_cluster_fails(tmp_path: pathlib.Path, master: Mas
     node = StorageNode(config(tmp_path / "data", [address]))
     node.start()
     try:
-        wait_until(lambda: fake.sessions == 1)
+        wait_until(lambda: fake.sessions == 1, "the node's first session")
         fake.forgot_node = True
         fake.events.put(None)
-        wait_until(lambda: node.failure is not None)
+        wait_until(lambda: node.failure is not None, "the node to fail, forgotten by the cluster")
         assert isinstance(node.failure, errors.WrongCluster)
     finally:
         node.stop()
