@@ -6,7 +6,6 @@ import os
 import pathlib
 import queue
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import pytest
 
 from neostore import errors, rpc
 from neostore.ids import p64
+from neostore.launcher import free_port
 from neostore.partition_table import Cell, CellState, NodeState, PartitionTable, StorageNodeInfo
 from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc
 from neostore.records import Record
@@ -104,9 +104,9 @@ def config(data_dir: pathlib.Path, masters: list[str], cluster: str = CLUSTER, *
 
 
 def unused_address() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
+    """An address where nothing listens: below the kernel's ephemeral range
+    (free_port), so no outgoing connection or port-0 bind takes it meanwhile."""
+    return f"127.0.0.1:{free_port()}"
 
 
 def test_registration_recovers_pending_transactions(tmp_path: pathlib.Path, master: MasterFixture) -> None:
