@@ -24,6 +24,7 @@ test: install check-protos lint test-fast test-slow test-docker
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(PY) tools/typecheck.py
 
 check-protos: install
 	$(PY) tools/gen_protos.py --check

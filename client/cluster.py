@@ -142,9 +142,9 @@ class ClusterConnection:
                 f"invalidation stream from masters {', '.join(self._masters)} did not start"
             )
         if self._stream_error is not None:
-            error = self._stream_error
+            stream_error = self._stream_error
             self.close()
-            raise error
+            raise stream_error
 
     def close(self) -> None:
         self._closed.set()
@@ -326,7 +326,7 @@ class ClusterConnection:
         address, frames_address = node.address, node.frames_address
         key = (address, frames_address)
         with self._lock:
-            stub = self._storage_stubs.get(key)
+            stub: Any = self._storage_stubs.get(key)  # a FramesStub stands for a StorageStub
             if stub is None:
                 if self._closed.is_set():
                     raise errors.Unavailable("the client is closed")

@@ -411,7 +411,8 @@ def _store_on(cluster: ClusterConnection, context: TransactionContext, table: An
             ttid=context.ttid, table_version=table.version, objects=[_encode_write(w) for w in chunk])
         context.contacted.add(node_id)
         reply = _request(context, node_id,
-                         lambda request=request: rpc.call(stub.Store, request, timeout=STORE_TIMEOUT, peer=peer))
+                         lambda request=request: rpc.call(  # type: ignore[misc]  # mypy: lambda defaults
+                             stub.Store, request, timeout=STORE_TIMEOUT, peer=peer))
         if reply is None:
             return
         _took(context, table, node_id, chunk, reply.conflicts)
@@ -439,7 +440,8 @@ def _vote_on(cluster: ClusterConnection, context: TransactionContext, table: Any
         request = storage_pb2.StoreRequest(
             ttid=context.ttid, table_version=table.version, objects=[_encode_write(w) for w in chunk])
         stored = _request(context, node_id,
-                          lambda request=request: rpc.call(stub.Store, request, timeout=STORE_TIMEOUT, peer=peer))
+                          lambda request=request: rpc.call(  # type: ignore[misc]  # mypy: lambda defaults
+                              stub.Store, request, timeout=STORE_TIMEOUT, peer=peer))
         if stored is None:
             return
         _took(context, table, node_id, chunk, stored.conflicts)
@@ -519,7 +521,7 @@ def _vote_at_once(cluster: ClusterConnection, context: TransactionContext, resol
                 waited_too_long = True
                 continue
             if isinstance(reply, errors.NeoError):
-                reply = _request(context, node_id, lambda reply=reply: _raise(reply))
+                reply = _request(context, node_id, lambda reply=reply: _raise(reply))  # type: ignore[misc]
                 if reply is None:
                     continue
             _took(context, table, node_id, writes, reply.conflicts)
@@ -595,6 +597,7 @@ def _vote_everywhere(cluster: ClusterConnection, context: TransactionContext) ->
     vote takes no lock), the metadata partition's cells with the metadata."""
     table = cluster.table
     meta = context.metadata_partition
+    assert meta is not None  # chosen by vote() before any node is visited
     meta_nodes = {n for n in table.writable_nodes(meta) if n not in context.failed}
     targets = sorted((set(context.stored_on) | meta_nodes) - set(context.failed) - context.voted)
     calls = []
@@ -613,7 +616,7 @@ def _vote_everywhere(cluster: ClusterConnection, context: TransactionContext) ->
         calls.append((node_id, with_meta, (stub.Vote, request, VOTE_TIMEOUT, peer)))
     for (node_id, with_meta, _), reply in zip(calls, rpc.call_all([call for *_, call in calls]), strict=True):
         if isinstance(reply, errors.NeoError):
-            _request(context, node_id, lambda reply=reply: _raise(reply))
+            _request(context, node_id, lambda reply=reply: _raise(reply))  # type: ignore[misc]
             continue
         _voted(context, node_id, with_meta, reply)
 
@@ -765,9 +768,10 @@ def finish(
             cluster.learn_table(reply.catch_up.partition_table)
         if reply.catch_up.complete:
             since_last = [(i.tid, i.ttid, list(i.oids)) for i in reply.catch_up.invalidations]
-    except (errors.Unavailable, errors.NotLeader, errors.UnknownTransaction) as error:  # noqa: F841 - used below, where the outcome is known (ruff misreads the rebinding)
+    except (errors.Unavailable, errors.NotLeader, errors.UnknownTransaction) as finish_error:
         # The master died or leadership changed mid-finish: committed or not?
         # (Not when this client is closing: its stream is gone, nobody waits.)
+        error: errors.NeoError = finish_error
         tid = None
         known = False  # that it did not commit
         if not cluster.closed:

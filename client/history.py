@@ -46,7 +46,7 @@ def transactions(
         _paged(cluster, node_id, partitions, min_tid or ZERO_TID, max_tid or MAX_TID, descending)
         for node_id, partitions in by_node.items()
     ]
-    return heapq.merge(*pages, key=lambda t: t.tid, reverse=descending)
+    return iter(heapq.merge(*pages, key=lambda t: t.tid, reverse=descending))
 
 
 def _paged(

@@ -178,7 +178,7 @@ def _vote(cluster: ClusterConnection, context: commit.TransactionContext,
         replies = rpc.call_all([call for _, call in calls])
         for (node_id, _), reply in zip(calls, replies, strict=True):
             if isinstance(reply, errors.NeoError):
-                commit._request(context, node_id, lambda reply=reply: commit._raise(reply))
+                commit._request(context, node_id, lambda reply=reply: commit._raise(reply))  # type: ignore[misc]
                 continue
             if reply.conflicts:  # a restore is never checked: a node that says otherwise is broken
                 raise POSException.StorageError(

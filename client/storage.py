@@ -154,7 +154,7 @@ class NeoStorage(ConflictResolvingStorage):
         table = self._cluster.table
         count = size = 0
         for partition in range(table.num_partitions):
-            reply = self._call(lambda partition=partition: self._cluster.read_call(
+            reply = self._call(lambda partition=partition: self._cluster.read_call(  # type: ignore[misc]
                 partition, "GetStats", storage_pb2.StatsRequest(partitions=[partition])))
             count += reply.object_count
             size += reply.size

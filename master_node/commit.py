@@ -1049,7 +1049,7 @@ class CommitCoordinator:
                 future = self._executor.submit(abort, address)
             except RuntimeError:  # executor shut down: the master is stopping
                 return
-            future.add_done_callback(lambda done, address=address: report(done, address))
+            future.add_done_callback(lambda done, address=address: report(done, address))  # type: ignore[misc]
             futures.append(future)
         if wait:
             # Bounded: the executor may be shut down (master or interpreter

@@ -127,11 +127,11 @@ class _NodeQueue:
             for order in batch:
                 owner.failed(order, self.node_id, error, False)
             return
-        for order, error in zip(batch, results, strict=True):
-            if error is None:
+        for order, refusal in zip(batch, results, strict=True):
+            if refusal is None:
                 owner.applied(order, self.node_id)
             else:
-                owner.failed(order, self.node_id, error, False)
+                owner.failed(order, self.node_id, refusal, False)
 
     def _retry(self, batch: list[Order], error: errors.NeoError) -> None:
         now = time.monotonic()

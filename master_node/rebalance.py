@@ -51,7 +51,7 @@ import dataclasses
 import heapq
 import itertools
 from collections import Counter
-from collections.abc import Collection, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 
 from neostore.partition_table import READABLE_STATES, Cell, CellState
 
@@ -60,6 +60,9 @@ Row = tuple[Cell, ...]
 # The states a cell may keep as a target, most wanted first, and the state it
 # then has.  CORRUPTED and DISCARDED cells are never kept: a node holding one
 # that becomes a target again starts over as OUT_OF_DATE.
+#: A failure domain: ("label", the nodes' label), or ("node", node_id) for a node without one.
+Label = tuple[str, str | int]
+
 _KEEP_ORDER = (CellState.UP_TO_DATE, CellState.FEEDING, CellState.OUT_OF_DATE)
 _KEPT_STATE = {
     CellState.UP_TO_DATE: CellState.UP_TO_DATE,
@@ -89,7 +92,7 @@ def plan_rows(
     down = frozenset(down)
     eligible = sorted(set(members) - down)
     if not eligible or not rows:
-        targets = [frozenset()] * len(rows)
+        targets: list[frozenset[int]] = [frozenset()] * len(rows)
     else:
         targets = _choose_targets(rows, eligible, min(num_replicas, len(eligible)), labels)
     return tuple(_transition(row, target) for row, target in zip(rows, targets, strict=True))
@@ -123,7 +126,7 @@ def _choose_targets(
     rows: Sequence[Sequence[Cell]], eligible: list[int], width: int, labels: Mapping[int, str]
 ) -> list[frozenset[int]]:
     """R' (``width``) distinct eligible nodes per partition (steps 1 to 5)."""
-    label_of = {n: ("label", labels[n]) if labels.get(n) else ("node", n) for n in eligible}
+    label_of: dict[int, Label] = {n: ("label", labels[n]) if labels.get(n) else ("node", n) for n in eligible}
     quota, caps = _quotas(rows, eligible, width, label_of)
     plan = _Assignment(len(rows), width, quota, caps, label_of)
     _keep(plan, rows)
@@ -140,8 +143,8 @@ def _cap(label_total: int, num_partitions: int) -> int:
 
 
 def _quotas(
-    rows: Sequence[Sequence[Cell]], eligible: list[int], width: int, label_of: Mapping[int, Hashable]
-) -> tuple[dict[int, int], dict[Hashable, int]]:
+    rows: Sequence[Sequence[Cell]], eligible: list[int], width: int, label_of: Mapping[int, Label]
+) -> tuple[dict[int, int], dict[Label, int]]:
     """Target cells per node and label caps (steps 1 and 2).
 
     The remainder's extra cells go to the nodes holding the most cells that
@@ -153,7 +156,7 @@ def _quotas(
     num_partitions = len(rows)
     base, extra = divmod(num_partitions * width, len(eligible))
     quota = dict.fromkeys(eligible, base)
-    label_total: Counter[Hashable] = Counter()
+    label_total: Counter[Label] = Counter()
     for node_id in eligible:
         label_total[label_of[node_id]] += base
     held: Counter[int] = Counter()
@@ -186,12 +189,12 @@ class _Assignment:
     num_partitions: int
     width: int
     quota: dict[int, int]
-    caps: dict[Hashable, int]
-    label_of: dict[int, Hashable]
+    caps: dict[Label, int]
+    label_of: dict[int, Label]
     nodes: list[set[int]] = dataclasses.field(init=False)  # per partition
     held: dict[int, set[int]] = dataclasses.field(init=False)  # partitions per node
-    in_label: list[Counter[Hashable]] = dataclasses.field(init=False)  # per partition
-    members_of: dict[Hashable, list[int]] = dataclasses.field(init=False)  # label -> nodes
+    in_label: list[Counter[Label]] = dataclasses.field(init=False)  # per partition
+    members_of: dict[Label, list[int]] = dataclasses.field(init=False)  # label -> nodes
 
     def __post_init__(self) -> None:
         self.nodes = [set() for _ in range(self.num_partitions)]
@@ -207,10 +210,10 @@ class _Assignment:
     def missing(self, partition: int) -> int:
         return self.width - len(self.nodes[partition])
 
-    def label_room(self, label: Hashable) -> int:
+    def label_room(self, label: Label) -> int:
         return sum(self.room(node_id) for node_id in self.members_of[label])
 
-    def label_has_room(self, partition: int, label: Hashable) -> bool:
+    def label_has_room(self, partition: int, label: Label) -> bool:
         return self.in_label[partition][label] < self.caps[label]
 
     def fits(self, partition: int, node_id: int) -> bool:
@@ -285,7 +288,7 @@ def _augment(plan: _Assignment, rows: Sequence[Sequence[Cell]], short: list[int]
     best: dict[Vertex, tuple[int, int]] = {}
     parent: dict[Vertex, Vertex | None] = {}
     order = itertools.count()
-    heap = [(0, 0, next(order), ("p", p), None) for p in short]
+    heap: list[tuple[int, int, int, Vertex, Vertex | None]] = [(0, 0, next(order), ("p", p), None) for p in short]
     while heap:
         cost, hops, _, vertex, previous = heapq.heappop(heap)
         if vertex in parent:

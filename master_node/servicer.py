@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import grpc
 
@@ -87,7 +88,8 @@ def cluster_info(leadership: Leadership, publisher: InvalidationPublisher,
     members = info.members()
     return master_pb2.ClusterInfo(
         cluster_name=state.cluster_name,
-        state=master_pb2.ClusterInfo.STOPPING if state.running and state.stopping else int(state.status),
+        state=(master_pb2.ClusterInfo.STOPPING if state.running and state.stopping
+               else cast("master_pb2.ClusterInfo.State", int(state.status))),
         num_partitions=state.num_partitions,
         num_replicas=state.num_replicas,
         table_version=state.table.version,
@@ -290,7 +292,8 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
                             context: grpc.ServicerContext) -> master_pb2.TransactionState:
         status, tid = self._leadership.coordinator().state_of(request.ttid)  # NotLeader on a follower
         return master_pb2.TransactionState(
-            status=master_pb2.TransactionState.Status.Value(status.upper()), tid=tid or b"")
+            status=cast("master_pb2.TransactionState.Status", master_pb2.TransactionState.Status.Value(status.upper())),
+            tid=tid or b"")
 
     def open_subscription(self, request: master_pb2.SubscribeRequest, wake: Callable[[], None]) -> ClientStream:
         """A client's invalidation stream begins: its source, polled by the

@@ -916,7 +916,7 @@ def _decide(state: ClusterState, decision: Decision) -> ClusterState:
     else:
         _check_votes(table.rows, decision.partitions, decision.votes)
     partition_last_tids = list(state.partition_last_tids)
-    misses = []
+    misses: list[MissedTid] = []
     for partition in decision.partitions:
         partition_last_tids[partition] = decision.tid
         voters = {vote.node_id for vote in decision.votes if partition in vote.partitions}
@@ -1042,12 +1042,12 @@ def _mark_up_to_date(state: ClusterState, command: MarkUpToDate) -> tuple[Cluste
                 caught_up.add((held.partition, command.node_id))
     if not marked:
         return state, ()
-    missed = tuple(m for m in state.missed if (m.partition, m.node_id) not in caught_up)
+    still_missed = tuple(m for m in state.missed if (m.partition, m.node_id) not in caught_up)
     for partition in set(marked):  # enough replicas up to date: the cells moving away go
         row = rows[partition]
         if sum(1 for cell in row if cell.state == CellState.UP_TO_DATE) >= state.num_replicas:
             rows[partition] = [cell for cell in row if cell.state != CellState.FEEDING]
-    new_state = dataclasses.replace(state, table=state.table.with_rows(rows), missed=missed)
+    new_state = dataclasses.replace(state, table=state.table.with_rows(rows), missed=still_missed)
     return _without_dropped_nodes(new_state), tuple(sorted(set(marked)))
 
 

@@ -193,7 +193,7 @@ def from_rpc_error(error: grpc.RpcError, peer: str = "") -> NeoError:
         return cls(f"{details}{where}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(f"{peer or 'peer'} unreachable: {code.name}: {details}")
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+    if code is not None and code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
         return Unavailable(f"{peer or 'peer'} unreachable: {code.name}: {details}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return TooLarge(f"{details}{where}")

@@ -22,6 +22,7 @@ transaction's metadata and every record's data.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import logging
 import queue
@@ -73,8 +74,8 @@ class Progress:
     transactions: int = 0
     records: int = 0
     bytes: int = 0
-    first_tid: bytes = ZERO_TID
-    last_tid: bytes = ZERO_TID
+    first_tid: builtins.bytes = ZERO_TID  # builtins: ``bytes`` is the field above here
+    last_tid: builtins.bytes = ZERO_TID
     started: float = dataclasses.field(default_factory=time.monotonic)
     fraction: float = 0.0  # of the source's time span (from its first TID to its last)
 

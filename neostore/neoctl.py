@@ -35,7 +35,7 @@ import os
 import re
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 from neostore import add_version_argument, errors, rpc
 from neostore.ids import p64, tid_repr, tid_time
@@ -255,7 +255,7 @@ def command_tweak(admin: Admin, args: argparse.Namespace) -> int:
 
 
 def command_set_cluster(admin: Admin, args: argparse.Namespace) -> int:
-    state = master_pb2.ClusterInfo.State.Value(args.state)
+    state = cast("master_pb2.ClusterInfo.State", master_pb2.ClusterInfo.State.Value(args.state))
     info = _cluster_dict(admin.call("SetClusterState", master_pb2.SetClusterStateRequest(state=state)))
     if args.json:
         print(json.dumps(info, indent=2))

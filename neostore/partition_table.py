@@ -13,6 +13,7 @@ import dataclasses
 import enum
 import functools
 from collections.abc import Iterable, Sequence
+from typing import cast
 
 from neostore.ids import u64
 from neostore.protocol import common_pb2
@@ -139,10 +140,11 @@ class PartitionTable:
             num_partitions=self.num_partitions,
             num_replicas=self.num_replicas,
             rows=[common_pb2.PartitionRow(cells=[
-                common_pb2.Cell(node_id=c.node_id, state=int(c.state)) for c in row
+                common_pb2.Cell(node_id=c.node_id, state=cast("common_pb2.Cell.State", int(c.state))) for c in row
             ]) for row in self.rows],
             nodes=[common_pb2.StorageNode(
-                node_id=n.node_id, address=n.address, state=int(n.state), label=n.label,
+                node_id=n.node_id, address=n.address, state=cast("common_pb2.StorageNode.State", int(n.state)),
+                label=n.label,
                 frames_address=n.frames_address,
             ) for n in self.nodes],
         )

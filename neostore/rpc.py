@@ -460,7 +460,7 @@ class SharedChannels:
     """
 
     def __init__(self) -> None:
-        self._channels: Counted[tuple[RpcConfig, str], tuple[grpc.Channel, dict[type, Any]]] = Counted(
+        self._channels: Counted[tuple[RpcConfig, str], tuple[grpc.Channel, dict[Any, Any]]] = Counted(
             lambda key: (make_channel(*key), {}), lambda shared: shared[0].close())
 
     def acquire(self, config: RpcConfig, address: str, stub_class: Callable[[grpc.Channel], Stub]) -> Stub:

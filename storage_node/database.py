@@ -596,10 +596,10 @@ class Database:
                     layout.encode_object(entry.stored),
                     db=self._pending,
                 )
-            for entry in (metadata, *carried) if metadata is not None else carried:
+            for meta in (metadata, *carried) if metadata is not None else carried:
                 txn.put(
-                    layout.pending_metadata_key(ttid, entry.partition, entry.tid),
-                    layout.encode_transaction(entry.metadata),
+                    layout.pending_metadata_key(ttid, meta.partition, meta.tid),
+                    layout.encode_transaction(meta.metadata),
                     db=self._pending,
                 )
 

@@ -43,7 +43,7 @@ import grpc
 from neostore import errors, leaders, rpc
 from neostore.frames import FramesServer
 from neostore.ids import tid_repr
-from neostore.metrics import NodeMetrics, counter, gauge, gauges, lmdb_families
+from neostore.metrics import Metric, NodeMetrics, counter, gauge, gauges, lmdb_families
 from neostore.partition_table import CellState, PartitionTable
 from neostore.protocol import common_pb2, master_pb2, master_pb2_grpc, storage_pb2, storage_pb2_grpc
 from neostore.storage_node.database import DEFAULT_MAP_SIZE, Database
@@ -225,7 +225,7 @@ class StorageNode:
                 for cell in row:
                     if cell.node_id == self.node_id:
                         cells[cell.state.name] += 1
-        families = [
+        families: list[Metric] = [
             gauge("neostore_storage_node_id", "The node id the masters gave this storage node (0: none yet)",
                   self.node_id),
             gauges("neostore_storage_cells", "This node's cells in its partition table, by state", "state", cells),

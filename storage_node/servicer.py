@@ -103,7 +103,8 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
             partition = self._ownership.partition_of(oid)
             try:
                 result = self._read(
-                    [partition], lambda p=partition, o=oid: self._database.load_before(p, o, before_tid),
+                    [partition],
+                    lambda p=partition, o=oid: self._database.load_before(p, o, before_tid),  # type: ignore[misc]
                     request.table_version, oid, request.unfinished_ttids)
             except (errors.NotOwner, errors.NotFound):
                 continue  # STATUS_UNSPECIFIED: not for this node to answer
