@@ -38,8 +38,12 @@ from neostore.ids import u64
 from neostore.partition_table import READABLE_STATES, WRITABLE_STATES, CellState, PartitionTable
 
 #: The longest a request routed with a newer table than the node's waits
-#: for it (its session with the master brings it within milliseconds).
-TABLE_WAIT = 10.0
+#: for it: its session with the master brings it within milliseconds.  Short,
+#: because a node cut off from the masters but not from the clients would
+#: make each such request wait this long; refused, the request goes to
+#: another replica (a read) or the node misses the transaction (a write:
+#: the master then marks its cells OUT_OF_DATE), which is always safe.
+TABLE_WAIT = 2.0
 
 
 class Ownership:
