@@ -135,6 +135,12 @@ class ObjectCache:
                     entry = self._entries[(oid, start)]
                     entry.end = tid
 
+    def snapshot(self) -> list[tuple[bytes, bytes, bytes | None, bytes]]:
+        """Every entry as ``(oid, start, end, data)``, least recently used
+        first (stored back in this order, they keep it)."""
+        with self._lock:
+            return [(oid, start, entry.end, entry.data) for (oid, start), entry in self._entries.items()]
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()

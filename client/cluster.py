@@ -114,8 +114,11 @@ class ClusterConnection:
 
     # -- life cycle ---------------------------------------------------------
 
-    def connect(self) -> None:
-        """Wait for a running cluster, fetch the table, start the stream."""
+    def connect(self, resume: Callable[[Any], bytes | None] | None = None) -> None:
+        """Wait for a running cluster, fetch the table, start the stream.
+        ``resume(cluster_info)``, before the stream starts: the TID after
+        which the stream must bring every commit (the client's cache was
+        current as of it), or None to start from now."""
         deadline = time.monotonic() + self._connect_timeout
         while True:
             try:
@@ -134,6 +137,10 @@ class ClusterConnection:
                     f"through masters {', '.join(self._masters)}: {reason}"
                 )
             time.sleep(0.1)
+        if resume is not None:
+            since = resume(info)
+            if since is not None:
+                self._last_stream_tid = since
         self.refresh_table()
         self._stream_thread.start()
         if not self._stream_started.wait(max(0.1, deadline - time.monotonic())):

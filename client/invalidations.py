@@ -62,6 +62,7 @@ class InvalidationDispatcher:
         self._last_tid: bytes = ZERO_TID  # last TID handed to ZODB
         self._known_tid: bytes = ZERO_TID  # a TID known committed (a conflict named it)
         self._started = False
+        self._resumed = False  # the cache came from a file: the stream starts after its TID
         self._own: dict[bytes, _OwnCommit] = {}
 
     def register_db(self, db: Any) -> None:
@@ -79,7 +80,8 @@ class InvalidationDispatcher:
         with self._order_lock, self._progress:
             if not self._started:
                 self._started = True
-                self._last_tid = max(self._last_tid, tid)
+                if not self._resumed:  # else the stream brings what came after the cache file's TID
+                    self._last_tid = max(self._last_tid, tid)
             self._progress.notify_all()
 
     def on_invalidation(self, tid: bytes, ttid: bytes, oids: list[bytes]) -> None:
@@ -128,6 +130,22 @@ class InvalidationDispatcher:
             self._progress.notify_all()
 
     # -- used by the storage ---------------------------------------------------
+
+    def resume(self, tid: bytes) -> None:
+        """The cache was loaded from a file whose entries were current as of
+        ``tid``: start there, before the stream starts, which then brings
+        every commit after ``tid`` (or a cache reset)."""
+        with self._order_lock, self._progress:
+            if self._started:
+                raise RuntimeError("resume() after the invalidation stream started")
+            self._resumed = True
+            self._last_tid = tid
+
+    def consistent(self, use: Callable[[bytes], Any]) -> Any:
+        """``use(last_tid)`` while no invalidation is handled: the cache
+        then reflects every one up to ``last_tid``."""
+        with self._order_lock:
+            return use(self._last_tid)
 
     def last_transaction(self) -> bytes:
         with self._order_lock:

@@ -10,11 +10,14 @@ ZODB expects, maps neostore errors to ZODB exceptions, and forwards:
   :mod:`neostore.client.undo`;
 * the transaction log to :mod:`neostore.client.history`;
 * invalidations from the master's stream to ZODB through
-  :mod:`neostore.client.invalidations`.
+  :mod:`neostore.client.invalidations`;
+* with ``cache_path``, the cache kept on disk between runs:
+  :mod:`neostore.client.cache_file`.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,7 +28,7 @@ from ZODB import POSException, interfaces
 from ZODB.ConflictResolution import ConflictResolvingStorage
 
 from neostore import errors, rpc
-from neostore.client import commit, history, prefetch, restore_batch, undo
+from neostore.client import cache_file, commit, history, prefetch, restore_batch, undo
 from neostore.client.cache import ObjectCache
 from neostore.client.cluster import MASTER_RETRY_SECONDS, ClusterConnection
 from neostore.client.exceptions import ClusterUnavailableError, to_zodb_error
@@ -35,6 +38,8 @@ from neostore.client.restore_batch import RestoredTransaction
 from neostore.ids import MAX_TID, ZERO_TID, oid_repr, partition_of, tid_repr
 from neostore.protocol import master_pb2, storage_pb2
 from neostore.records import Record
+
+log = logging.getLogger(__name__)
 
 #: oids asked from the master at first, as NEO does; each further request
 #: asks for twice as many, up to MAX_OID_BATCH (the master's own cap), so
@@ -64,7 +69,8 @@ class NeoStorage(ConflictResolvingStorage):
 
     ``master_nodes``: the masters' ``host:port`` addresses (a list, or one
     string separated by spaces or commas); ``name``: the cluster name, which
-    every node checks.
+    every node checks; ``cache_path``: a file where the object cache is
+    kept between runs (loaded when opening, written when closing).
     """
 
     def __init__(
@@ -79,6 +85,7 @@ class NeoStorage(ConflictResolvingStorage):
         max_message_bytes: int = rpc.DEFAULT_MAX_MESSAGE_BYTES,
         server_sync: bool = False,
         wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
+        cache_path: str | None = None,
     ) -> None:
         if isinstance(master_nodes, str):
             master_nodes = master_nodes.replace(",", " ").split()
@@ -104,8 +111,10 @@ class NeoStorage(ConflictResolvingStorage):
         self._at_once = commit.AtOnceVotes()
         self._records = RecordLister(self._cluster, self._dispatcher.last_transaction)
         self._closed = False
+        self._cache_path = cache_path or None
+        self._cluster_id = ""
         try:
-            self._cluster.connect()
+            self._cluster.connect(resume=self._load_cache_file)
         except errors.NeoError as error:
             self._cluster.close()
             raise to_zodb_error(error) from None
@@ -139,6 +148,55 @@ class NeoStorage(ConflictResolvingStorage):
         # ZODB's DB drops its connections' bookkeeping right after this
         # returns: no invalidation may reach it from the stream afterwards.
         self._dispatcher.detach_db()
+        if self._cache_path is not None:
+            self._save_cache_file(self._cache_path)
+
+    # -- the cache file (cache-path) -------------------------------------------
+
+    def _load_cache_file(self, info: Any) -> bytes | None:
+        """Before the stream starts: the cache from ``cache_path``, if it is
+        this cluster's and not newer than it; the TID the stream must go on
+        from (see :mod:`neostore.client.cache_file`)."""
+        self._cluster_id = info.cluster_id
+        if self._cache_path is None:
+            return None
+        saved = cache_file.load(self._cache_path)
+        if saved is None:
+            return None
+        path = self._cache_path
+        if (saved.cluster_name, saved.cluster_id) != (self._name, info.cluster_id):
+            log.warning("client cache file %s belongs to cluster %r (id %s), not to this one (%r, id %s): "
+                        "not used", path, saved.cluster_name, saved.cluster_id or "none", self._name,
+                        info.cluster_id or "none")
+            return None
+        if saved.last_tid > info.last_tid:
+            log.warning("client cache file %s is newer (%s) than the cluster's last transaction (%s), as if the "
+                        "cluster had been restored from an older copy: not used", path,
+                        tid_repr(saved.last_tid), tid_repr(info.last_tid))
+            return None
+        for entry in saved.entries:
+            self._cache.store(entry.oid, entry.data, entry.start, entry.end)
+        self._dispatcher.resume(saved.last_tid)
+        log.info("client cache file %s: %d revisions, current as of %s", path, len(saved.entries),
+                 tid_repr(saved.last_tid))
+        return saved.last_tid
+
+    def _save_cache_file(self, path: str) -> None:
+        """Keep the cache in ``path`` for the next run; a failure is logged
+        (the next run then starts with the previous file, or cold)."""
+        def snapshot(last_tid: bytes) -> tuple[bytes, list[cache_file.CacheEntry]]:
+            return last_tid, [cache_file.CacheEntry(*entry) for entry in self._cache.snapshot()]
+
+        last_tid, entries = self._dispatcher.consistent(snapshot)
+        if last_tid == ZERO_TID:
+            return  # the stream never started: nothing is known to be current
+        try:
+            size = cache_file.save(path, self._name, self._cluster_id, last_tid, entries)
+        except OSError as error:
+            log.warning("client cache file %s not written: %s", path, error)
+            return
+        log.info("client cache file %s: %d revisions written (%d bytes), current as of %s",
+                 path, len(entries), size, tid_repr(last_tid))
 
     def new_client(self, **options: Any) -> NeoStorage:
         """Another, independent client of the same cluster."""

@@ -8,11 +8,12 @@
           master-nodes 127.0.0.1:5551 127.0.0.1:5552
           name mycluster
           cache-size 50MB
+          cache-path /var/cache/myapp/neostore.cache
         </neostore>
       </zodb>
 
 * zodburi: ``neostore://mycluster@127.0.0.1:5551,127.0.0.1:5552?cache_size=50MB``
-  (query keys: ``read_only``, ``cache_size``, ``compress``, ``server_sync``,
+  (query keys: ``read_only``, ``cache_size``, ``cache_path``, ``compress``, ``server_sync``,
   ``connect_timeout``, ``wait_timeout``, ``ca``, ``cert``, ``key``, plus ZODB.DB's own keys).
 """
 
@@ -54,6 +55,7 @@ class NeoStorageConfig(BaseConfig):
             wait_timeout=config.wait_timeout,
             server_sync=config.server_sync,
             tls=_tls(config.ca, config.cert, config.key),
+            cache_path=config.cache_path,
         )
 
 
@@ -61,7 +63,7 @@ class NeoStorageURIResolver(Resolver):
     """zodburi resolver for ``neostore://NAME@HOST:PORT[,HOST:PORT...]?...``."""
 
     _int_args = ("read_only", "compress", "server_sync")
-    _string_args = ("ca", "cert", "key")
+    _string_args = ("ca", "cert", "key", "cache_path")
     _bytesize_args = ("cache_size",)
     _float_args = ("connect_timeout", "wait_timeout")
 
@@ -78,7 +80,7 @@ class NeoStorageURIResolver(Resolver):
             raise ValueError(f"invalid neostore URI {uri!r}: cluster name and a master are needed")
         kw, unused = self.interpret_kwargs(dict(parse_qsl(query)))
         tls = _tls(kw.pop("ca", None), kw.pop("cert", None), kw.pop("key", None))
-        options = {key: kw[key] for key in ("cache_size", "connect_timeout", "wait_timeout") if key in kw}
+        options = {key: kw[key] for key in ("cache_size", "cache_path", "connect_timeout", "wait_timeout") if key in kw}
         for flag in ("read_only", "compress", "server_sync"):
             if flag in kw:
                 options[flag] = bool(kw[flag])

@@ -37,6 +37,7 @@ class ThreadCluster:
         raft_tick_interval: float = 0.1,
         snapshot_every: int | None = None,
         metrics: bool = False,
+        history_size: int | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.name = name
@@ -56,6 +57,7 @@ class ThreadCluster:
                 raft_tick_interval=raft_tick_interval,
                 metrics="127.0.0.1:0" if metrics else "",
                 **({} if snapshot_every is None else {"snapshot_every": snapshot_every}),
+                **({} if history_size is None else {"history_size": history_size}),
             ))
             for index in range(num_masters)
         ]

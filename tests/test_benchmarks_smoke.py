@@ -1,5 +1,5 @@
-"""Smoke runs of benchmarks/raft_commit.py, commit.py, transport_floor.py and
-many_clients.py: each runs and reports every figure.
+"""Smoke runs of benchmarks/raft_commit.py, commit.py, transport_floor.py,
+many_clients.py and warm_restart.py: each runs and reports every figure.
 
 No timing bound: only that the script finishes, prints JSON with the
 expected keys, and every figure is a positive number.
@@ -141,3 +141,18 @@ def test_many_clients_benchmark_quick_run_tells_every_client_of_every_commit() -
     threads_before, threads_with = results["runs"]["neostore"][0]["master_threads"]
     assert threads_before > 0 and threads_with > 0
     assert results["runs"]["zeo"][0]["master_threads"] is None
+
+
+@pytest.mark.timeout(180)
+def test_warm_restart_benchmark_reports_both_restarts() -> None:
+    script = SCRIPT.parent / "warm_restart.py"
+    completed = subprocess.run(
+        [sys.executable, str(script), "--objects", "60", "--page", "20", "--rounds", "1", "--json"],
+        check=False, capture_output=True, text=True, timeout=170,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads(completed.stdout)
+    for kind in ("cold", "warm"):
+        assert _positive(results[kind]["first_page_ms"]) and _positive(results[kind]["loads_per_second"])
+    # Warm: the page came from the file (the cold client loaded it all from the storage nodes).
+    assert results["warm"]["served_by_client_cache"] >= 20 > results["cold"]["served_by_client_cache"]

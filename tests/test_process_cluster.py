@@ -55,7 +55,7 @@ def test_a_zodb_application_writes_and_another_client_reads(cluster: LocalCluste
     reader.close()
 
 
-def test_zconfig_and_zodburi_open_the_cluster(cluster: LocalCluster) -> None:
+def test_zconfig_and_zodburi_open_the_cluster(cluster: LocalCluster, tmp_path: Any) -> None:
     def from_zconfig(option: str) -> ZODB.DB:
         return databaseFromString(f"""
             %import neostore
@@ -82,6 +82,16 @@ def test_zconfig_and_zodburi_open_the_cluster(cluster: LocalCluster) -> None:
     db.close()
     db = from_zconfig("server-sync on")
     assert db.storage._server_sync is True
+    db.close()
+    cache_path = tmp_path / "zconfig.cache"
+    db = from_zconfig(f"cache-path {cache_path}")
+    assert db.storage._cache_path == str(cache_path)
+    db.close()
+    assert cache_path.exists()  # written at close
+    factory, dbkw = zodburi.resolve_uri(
+        f"neostore://{cluster.name}@{cluster.masters[0]}?cache_path={tmp_path / 'uri.cache'}")
+    db = ZODB.DB(factory(), **dbkw)
+    assert db.storage._cache_path == str(tmp_path / "uri.cache")
     db.close()
 
 
