@@ -635,10 +635,11 @@ class Database:
         """
         return self.commit_many([(ttid, tid)])[0]
 
-    def commit_many(self, decisions: Sequence[tuple[bytes, bytes]]) -> list[bool]:
+    def commit_many(self, decisions: Sequence[tuple[bytes, bytes]], linger: float = 0.0) -> list[bool]:
         """:meth:`commit` of each ``(ttid, tid)``, in order, all in ONE
         fsynced write, shared with the votes and commits that come meanwhile
-        (:mod:`.group_commit`); whether each had anything pending."""
+        (:mod:`.group_commit`; ``linger``: how long a write that would be
+        alone waits for company); whether each had anything pending."""
         for _, tid in decisions:
             if len(tid) != layout.TID_SIZE:
                 raise layout.LayoutError("tid must be 8 bytes")
@@ -649,7 +650,7 @@ class Database:
                 self._trim_applied(txn)
             return applied
 
-        return self._group.run(write)
+        return self._group.run(write, linger)
 
     def _commit_in(self, txn: lmdb.Transaction, ttid: bytes, tid: bytes) -> bool:
         entries = self._pending_entries(txn, ttid)

@@ -47,18 +47,28 @@ class GroupCommit:
     def __init__(self, write: Callable[[list[Job[Any]]], None]) -> None:
         self._write = write
         self._mutex = threading.Lock()
+        #: Notified (with ``_mutex``) when a job is queued: a lingering writer wakes.
+        self._queued = threading.Condition(self._mutex)
         self._queue: list[Job[Any]] = []
         self._writing = False  # a caller is writing a group
         self.groups = 0  # transactions written
         self.jobs = 0  # works written in them
 
-    def run(self, work: Callable[[Any], R]) -> R:
-        """``work(txn)`` written and durable; its result, or what it raised."""
+    def run(self, work: Callable[[Any], R], linger: float = 0.0) -> R:
+        """``work(txn)`` written and durable; its result, or what it raised.
+
+        ``linger``: a job that would be written alone waits up to that many
+        seconds for another one to share its write (the first to come ends
+        the wait).  For a write nobody waits on but the caller: a Commit
+        order, whose client's next vote usually comes right after it."""
         job: Job[R] = Job(work)
         with self._mutex:
             self._queue.append(job)
+            self._queued.notify_all()
             lead = not self._writing
             self._writing = True
+            if lead and linger > 0 and len(self._queue) == 1:
+                self._queued.wait_for(lambda: len(self._queue) > 1, linger)
         if not lead:
             job.wake.wait()
             lead = not job.finished

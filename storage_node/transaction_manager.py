@@ -24,12 +24,21 @@
    (:mod:`~neostore.storage_node.locks`).
 3. **commit** (``Commit``, from the master once the decision is in its Raft
    log; many transactions per rpc): pending → committed under the final
-   TID, many transactions in one fsynced write (:meth:`commit_many`), then
-   the locks are released.  Idempotent: a repeated commit (a new leader
-   re-driving its decisions, even after this node restarted) is recognised
-   through ``applied`` and answers without change.  The masters publish a
-   decision before this order arrives, so a read that may concern a voted
-   transaction waits for its commit or abort first (:meth:`settle`).
+   TID, many transactions in one fsynced write (:meth:`commit_many`).  The
+   locks are released as the order arrives, before that write: the decision
+   is durable in the masters' log and the data durable as pending, so
+   nothing can undo it.  Until the write is done the transaction is
+   *decided* here: a store of one of its objects checks conflicts against
+   its TID (the next transaction of the same client usually comes now), a
+   read of one of them waits for the write.  And the write lingers briefly
+   (``COMMIT_LINGER``) when it would be alone, so that such a store's vote
+   shares its fsync.  The order is answered once the write is durable, so
+   the master's MarkApplied still means durable.  Idempotent: a repeated
+   commit (a new leader re-driving its decisions, even after this node
+   restarted) is recognised through ``applied`` and answers without
+   change.  The masters publish a decision before this order arrives, so a
+   read that may concern a voted transaction waits for its commit or abort
+   first (:meth:`settle`).
 4. **abort** (``Abort``, client or master): drop buffer and pending, release
    the locks.  Idempotent; aborting a committed TTID changes nothing.
 
@@ -62,6 +71,9 @@ log = logging.getLogger(__name__)
 
 #: How many finished TTIDs are remembered in memory.
 FINISHED_MEMORY = 100_000
+#: How long a Commit order's write that would be alone waits for a vote to
+#: share its fsync (see step 3 of the module docstring).
+COMMIT_LINGER = 0.002
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +124,9 @@ class TransactionManager:
         #: Notified (with ``_mutex``) whenever a transaction ends here.
         self._ended = threading.Condition(self._mutex)
         self._buffers: dict[bytes, TransactionBuffer] = {}
+        #: oid -> (tid, ttid) of the newest transaction whose Commit order
+        #: released its locks and whose write is not done yet (step 3).
+        self._decided: dict[bytes, tuple[bytes, bytes]] = {}
         #: ttid -> final TID (committed) or None (aborted), oldest first.
         self._finished: collections.OrderedDict[bytes, bytes | None] = collections.OrderedDict()
         self._term_mutex = threading.Lock()
@@ -200,10 +215,18 @@ class TransactionManager:
         if write.locking:
             # A transaction that wrote this oid while the cell was not
             # readable took no lock: once voted, wait for its decision too.
-            self.settle(write.oid, lock_timeout, ignore=(ttid,))
-            # Stable while we hold the lock: a commit of this oid releases
-            # the lock only after its LMDB write.
+            # One decided here whose write is not done (it released the
+            # lock) gives its TID instead: no wait, unless this store points
+            # back to a revision, which must be written.
+            back_pointer = write.stored is not None and write.stored.data_tid is not None
+            self.settle(write.oid, lock_timeout, ignore=(ttid,), decided_too=back_pointer)
+            # Stable while we hold the lock: a commit of this oid is decided
+            # here (first) or written (then) before it releases the lock.
+            with self._mutex:
+                decided = self._decided.get(write.oid)
             committed = self._database.last_serial(write.partition, write.oid) or ZERO_TID
+            if decided is not None and decided[0] > committed:
+                committed = decided[0]
             self._check_back_pointer(ttid, write)
         with self._mutex:
             buffer = self._buffers.get(ttid)
@@ -347,7 +370,8 @@ class TransactionManager:
 
     # -- reads wait for what may be decided ------------------------------------
 
-    def settle(self, oid: bytes | None = None, timeout: float | None = None, ignore: Collection[bytes] = ()) -> None:
+    def settle(self, oid: bytes | None = None, timeout: float | None = None, ignore: Collection[bytes] = (),
+               decided_too: bool = True) -> None:
         """Before a read: wait until no transaction that voted here — on
         ``oid``'s lock, or any at all when ``oid`` is None — is still
         undecided here.
@@ -362,11 +386,13 @@ class TransactionManager:
         ``SUSPECT_AFTER`` seconds is checked with the master leader (its
         order may have been lost); past ``timeout`` (the lock timeout by
         default) the read fails with LockTimeout: the client reads
-        elsewhere or again.
+        elsewhere or again.  ``decided_too`` False: not for a transaction
+        whose Commit order came and whose write is not done (a conflict
+        check uses its TID instead).
         """
         deadline = time.monotonic() + (self._locks.timeout if timeout is None else timeout)
         with self._mutex:
-            waiting = self._undecided(oid) - set(ignore)
+            waiting = self._undecided(oid, decided_too) - set(ignore)
             if not waiting:
                 return
             checked = time.monotonic()
@@ -393,12 +419,15 @@ class TransactionManager:
                     continue
                 self._ended.wait(min(deadline, checked + self._locks.suspect_after) - now)
 
-    def _undecided(self, oid: bytes | None) -> set[bytes]:
+    def _undecided(self, oid: bytes | None, decided_too: bool = True) -> set[bytes]:
         """The voted transactions a read of ``oid`` (or of anything) must wait for (mutex held)."""
         if oid is None:
             return {ttid for ttid, buffer in self._buffers.items() if buffer.phase is Phase.VOTED}
         holder = self._locks.owner(oid)
         waiting = {holder} if holder is not None and self._is_voted(holder) else set()
+        decided = self._decided.get(oid)
+        if decided_too and decided is not None and self._is_voted(decided[1]):
+            waiting.add(decided[1])
         # A write to a cell that was not readable then took no lock; the cell
         # may have become readable since (caught up) while that transaction
         # is voted, and a read or a conflict check must not see past it.
@@ -461,7 +490,10 @@ class TransactionManager:
                     todo.append((index, ttid, tid, buffer))
                 except errors.NeoError as error:
                     outcomes[index] = error
-            applied = self._database.commit_many([(ttid, tid) for _, ttid, tid, _ in todo]) if todo else []
+            early = self._release_decided([(ttid, tid, buffer) for _, ttid, tid, buffer in todo])
+            applied = (self._database.commit_many([(ttid, tid) for _, ttid, tid, _ in todo], COMMIT_LINGER)
+                       if todo else [])
+            self._forget_decided(early)
             for (index, ttid, tid, buffer), done in zip(todo, applied, strict=True):
                 if buffer is None and not done:
                     # No buffer (pending data from before a restart) and nothing pending.
@@ -477,6 +509,32 @@ class TransactionManager:
             for buffer in held:
                 buffer.vote_mutex.release()
         return outcomes
+
+    def _release_decided(
+        self, decided: Sequence[tuple[bytes, bytes, TransactionBuffer | None]]
+    ) -> list[tuple[bytes, bytes, TransactionBuffer]]:
+        """Step 3: release the locks of these transactions (their vote_mutex
+        held, checked) before their write; those released.  Not for a
+        buffer that took unchecked stores or carries restored transactions
+        (their revisions are not all under the decision's TID): they keep
+        their locks until written, as before."""
+        early = [(ttid, tid, buffer) for ttid, tid, buffer in decided
+                 if buffer is not None and not buffer.unchecked and buffer.newest_carried is None]
+        with self._mutex:
+            for ttid, tid, buffer in early:
+                for oid in buffer.objects:
+                    self._decided[oid] = (tid, ttid)
+        for ttid, _, _ in early:
+            self._locks.release_all(ttid)
+        return early
+
+    def _forget_decided(self, early: Sequence[tuple[bytes, bytes, TransactionBuffer]]) -> None:
+        """Their write is done: their objects are read from the database again."""
+        with self._mutex:
+            for ttid, tid, buffer in early:
+                for oid in buffer.objects:
+                    if self._decided.get(oid) == (tid, ttid):
+                        del self._decided[oid]
 
     def _check_voted(self, ttid: bytes, tid: bytes, buffer: TransactionBuffer) -> None:
         """Raise unless ``buffer`` (its vote_mutex held) is ``ttid``'s, voted."""

@@ -19,6 +19,8 @@ from neostore.storage_node.locks import LockManager
 from neostore.storage_node.transaction_manager import ObjectWrite, TransactionManager
 from neostore.storage_node.transactions import Phase
 
+from waiting import wait_until
+
 PARTITION = 0
 OID, OTHER_OID = p64(1), p64(2)
 OLDEST, OLD, YOUNG = p64(50), p64(100), p64(200)
@@ -608,3 +610,44 @@ def test_a_voted_write_made_without_lock_holds_reads_and_conflict_checks_until_i
     assert reading.error is None
     [conflict] = stale.result
     assert conflict.committed_serial == p64(150)  # not the revision the write replaced
+
+
+def test_a_commit_order_releases_the_locks_before_its_write_which_the_next_vote_shares(
+        manager: TransactionManager, database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decision is durable (masters) and the data too (pending): the
+    locks go as the order arrives.  Until the write is done, a store of the
+    object checks its conflict against the decided TID, a read waits, and
+    the write waits (lingers) for a vote to share its fsync."""
+    from neostore.storage_node import transaction_manager
+
+    run_transaction(manager, p64(10), p64(20), write(OID, ZERO_TID, b"first"))
+    monkeypatch.setattr(transaction_manager, "COMMIT_LINGER", 60.0)  # until the vote below comes
+    assert manager.store(OLD, [write(OID, p64(20), b"second")]) == []
+    manager.vote(OLD)
+    committing = Background(lambda: manager.commit(OLD, p64(150)))
+    wait_until(lambda: manager._locks.owner(OID) is None, "the commit order to release the lock")
+    assert committing.running_after(0.0), "its write lingers for company"
+    # No wait for the write: the check uses the decided TID.
+    [conflict] = manager.store(YOUNG, [write(OID, p64(20), b"stale")])
+    assert conflict.committed_serial == p64(150)
+    assert manager.store(YOUNG, [write(OID, p64(150), b"third")]) == []
+    reading = Background(lambda: manager.settle(OID))
+    assert reading.running_after(0.2), "a read waits for the write"
+    writes = database.durable_writes
+    manager.vote(YOUNG)  # shares the commit's write
+    committing.join(30)
+    reading.join(30)
+    assert committing.error is None and reading.error is None
+    assert database.durable_writes == writes + 1
+    assert committed_data(database) == b"second"
+    monkeypatch.undo()
+    manager.commit(YOUNG, p64(250))
+    assert committed_data(database) == b"third"
+
+
+def test_a_commit_order_alone_is_written_after_the_linger(manager: TransactionManager, database: Database) -> None:
+    writes = database.durable_writes
+    run_transaction(manager, OLD, p64(150), write(OID, ZERO_TID, b"alone"))
+    assert database.durable_writes == writes + 2  # the vote, then the commit once nothing came
+    assert committed_data(database) == b"alone"
+    assert manager._decided == {}
