@@ -42,7 +42,7 @@ import lmdb
 from neostore import add_version_argument, errors
 from neostore.master_node.node import MasterConfig, MasterNode
 from neostore.metrics import split_address
-from neostore.node_options import add_common_arguments, parse_arguments, setup_logging
+from neostore.node_options import add_common_arguments, exit_if_stop_hangs, parse_arguments, setup_logging
 from neostore.rpc import RpcConfig, add_tls_arguments, tls_from_arguments
 
 
@@ -131,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       file=sys.stderr, flush=True)
                 break
     finally:
+        exit_if_stop_hangs()
         node.stop()
     return 0
 

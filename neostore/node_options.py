@@ -1,4 +1,5 @@
-"""What ``neo-master`` and ``neo-storage`` share: a config file, logging.
+"""What ``neo-master`` and ``neo-storage`` share: a config file, logging,
+a stop that cannot hang.
 
 **Config file** (``--config FILE``, TOML): one key per command-line flag,
 named like the flag without its dashes (``log-level`` or ``log_level``);
@@ -13,12 +14,20 @@ when logrotate moves it away, and on SIGUSR2 as ZEO does), else stderr;
 ``level``, ``logger``, ``message`` and ``exception``).  A warning that
 repeats (same logger and message template) is written at most once a
 minute, the next one saying how many were left out.
+
+**Stopping** (SIGTERM, SIGINT, the parent's death): the node stops in
+order, and :func:`exit_if_stop_hangs` makes sure the process ends anyway
+if that takes more than ``STOP_TIMEOUT`` seconds: every thread's stack is
+written to stderr (what hung, for the bug report) and the process exits
+with code 1.  A node that does not go away when told is worse than one
+that stops abruptly: nothing it committed depends on an orderly stop.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import faulthandler
 import json
 import logging
 import logging.handlers
@@ -34,6 +43,15 @@ from neostore.throttle import Throttle
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: A repeated warning is written at most this often (seconds).
 REPEAT_INTERVAL = 60.0
+#: The longest an orderly stop may take before the process exits anyway.
+STOP_TIMEOUT = 30.0
+
+
+def exit_if_stop_hangs(timeout: float = STOP_TIMEOUT) -> None:
+    """Call as an orderly stop begins: if the process is still running
+    ``timeout`` seconds later, write every thread's stack to stderr and exit
+    (code 1).  See the module docstring."""
+    faulthandler.dump_traceback_later(timeout, exit=True)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:

@@ -30,7 +30,7 @@ from types import FrameType
 
 from neostore import add_version_argument, errors, rpc
 from neostore.metrics import split_address
-from neostore.node_options import add_common_arguments, parse_arguments, setup_logging
+from neostore.node_options import add_common_arguments, exit_if_stop_hangs, parse_arguments, setup_logging
 from neostore.storage_node.database import DEFAULT_MAP_SIZE
 from neostore.storage_node.node import StorageConfig, StorageNode
 
@@ -119,15 +119,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     while not stop_requested.wait(0.5):
         failure = node.failure
         if failure is not None:
+            exit_if_stop_hangs()
             node.stop()
             print(f"neo-storage: error: {failure}", file=sys.stderr)
             return EXIT_FATAL
         if node.shutdown_reason:
             log.warning("stopping storage node %d: %s", node.node_id, node.shutdown_reason)
+            exit_if_stop_hangs()
             node.stop()
             print(f"neo-storage: {node.shutdown_reason}", file=sys.stderr)
             return 0
     log.info("stopping storage node %d", node.node_id)
+    exit_if_stop_hangs()
     node.stop()
     return 0
 

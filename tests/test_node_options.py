@@ -1,4 +1,5 @@
-"""neo-master / neo-storage options: a TOML config file, log files, JSON logs, repeated warnings."""
+"""neo-master / neo-storage options: a TOML config file, log files, JSON logs, repeated warnings,
+a stop that cannot hang."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 
 import pytest
@@ -184,3 +186,18 @@ log-format = "json"
     entries = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert any("cluster 'configured'" in entry["message"] for entry in entries), entries
     assert process.stderr is not None and process.stderr.read() == ""
+
+
+def test_a_stop_that_hangs_ends_the_process_with_every_thread_stack() -> None:
+    """A node told to stop must go away even if its orderly stop hangs."""
+    hung = textwrap.dedent("""
+        import threading, time
+        from neostore.node_options import exit_if_stop_hangs
+        threading.Thread(target=time.sleep, args=(3600,), name="stuck-helper", daemon=True).start()
+        exit_if_stop_hangs(0.5)
+        threading.Event().wait()  # the orderly stop, hung
+    """)
+    result = subprocess.run([sys.executable, "-c", hung], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "Timeout (0:00:00.500000)!" in result.stderr
+    assert result.stderr.count("Thread 0x") >= 2  # every thread, the stuck one too
