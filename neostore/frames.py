@@ -66,7 +66,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
 from neostore import errors
-from neostore.frames_pump import DEFAULT_MAX_BUFFERED, IdleConnections, PumpedSource, StreamPump
+from neostore.frames_pump import DEFAULT_MAX_BUFFERED, IdleConnections, PumpedSource, StreamPump, shut
 from neostore.metrics import RpcMetrics, split_address
 from neostore.rpc import Counted, RpcConfig, call, parallel_callers
 from neostore.throttle import Throttle
@@ -216,7 +216,7 @@ class FramesServer:
             self._stopped = True
             connections, self._connections = self._connections, set()
             pump, idle = self._pump, self._idle
-        _shut(self._listener)  # shutdown first: it wakes the thread blocked in accept()
+        shut(self._listener)  # shutdown first: it wakes the thread blocked in accept()
         if self._thread.is_alive():
             self._thread.join(5)
         if pump is not None:
@@ -224,7 +224,7 @@ class FramesServer:
         if idle is not None:
             idle.stop()
         for connection in connections:
-            _shut(connection)
+            shut(connection)
 
     @property
     def pumped_streams(self) -> int:
@@ -273,7 +273,7 @@ class FramesServer:
                 return  # stopped
             with self._lock:
                 if self._stopped:
-                    _shut(connection)
+                    shut(connection)
                     return
                 self._connections.add(connection)
             try:
@@ -283,7 +283,7 @@ class FramesServer:
                 self._refused(peer, errors.Unavailable(f"cannot start a thread for the connection: {error}"))
                 with self._lock:
                     self._connections.discard(connection)
-                _shut(connection)
+                shut(connection)
 
     def _serve(self, connection: socket.socket, peer: Any, resumed: bool = False) -> None:
         """Serve a connection's calls (after its handshake, unless ``resumed``
@@ -334,7 +334,7 @@ class FramesServer:
             if not handed_over:
                 with self._lock:
                     self._connections.discard(connection)
-                _shut(connection)
+                shut(connection)
 
     def _hand_to_pump(self, connection: socket.socket, name: str, payload: bytes) -> bool:
         """Open a pumped stream's source and hand its connection over; an
@@ -500,17 +500,6 @@ class _StreamContext:
                 log.exception("stream end callback failed")
 
 
-def _shut(connection: socket.socket) -> None:
-    try:
-        connection.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    try:
-        connection.close()
-    except OSError:
-        pass
-
-
 # -- client ------------------------------------------------------------------
 
 
@@ -574,7 +563,7 @@ class FramesChannel:
             connection.settimeout(None)
             connection.sendall(_frame(CALL, bytes([len(name)]), name, request.SerializeToString()))
         except OSError as error:
-            _shut(connection)
+            shut(connection)
             raise errors.Unavailable(f"{peer or self.address} unreachable: {error}") from None
         return FramesStream(connection, reply_class, self._config.max_message_bytes, peer or self.address)
 
@@ -597,15 +586,15 @@ class FramesChannel:
             kind, body = _receive_frame(connection, 1 << 16)
         except (_Closed, OSError, ssl.SSLError, errors.TooLarge) as error:  # socket.timeout is an OSError
             if connection is not None:
-                _shut(connection)
+                shut(connection)
             with self._lock:
                 self._unreachable_until = time.monotonic() + self.RETRY_AFTER
             raise NoFrames(f"frames port {self.address} of {peer or 'the node'} unreachable: {error}") from None
         if kind == ERROR:
-            _shut(connection)
+            shut(connection)
             raise _parse_error(body, f" (from {peer})" if peer else "")
         if kind != WELCOME:
-            _shut(connection)
+            shut(connection)
             with self._lock:
                 self._unreachable_until = time.monotonic() + self.RETRY_AFTER
             raise NoFrames(f"{self.address} is not a neostore frames port (frame kind {kind})")
@@ -618,14 +607,14 @@ class FramesChannel:
             if not self._closed and len(self._idle) < MAX_IDLE:
                 self._idle.append(connection)
                 return
-        _shut(connection)
+        shut(connection)
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
         for connection in idle:
-            _shut(connection)
+            shut(connection)
 
 
 class PendingCall:
@@ -670,16 +659,16 @@ class PendingCall:
                     raise self._send_error
                 kind, body = _receive_frame(connection, channel._config.max_message_bytes)
             except TimeoutError:
-                _shut(connection)
+                shut(connection)
                 raise errors.DeadlineExceeded(f"{peer or channel.address} unreachable: DEADLINE_EXCEEDED: "
                                               f"no answer to {self._method} within {self._timeout}s") from None
             except (_Closed, OSError) as error:
-                _shut(connection)
+                shut(connection)
                 if self._reused and attempt == 0:
                     continue  # a connection kept from before the node restarted: once more on a new one
                 raise errors.Unavailable(f"{peer or channel.address} unreachable: {error}") from None
             except errors.TooLarge as error:
-                _shut(connection)
+                shut(connection)
                 raise errors.TooLarge(f"{error}{where}") from None
             channel._give_back(connection)
             if kind == REPLY:
@@ -720,11 +709,11 @@ class FramesStream:
                 else:
                     raise errors.NeoError(f"unexpected frame of kind {kind} (from {self._peer})")
         finally:
-            _shut(self._connection)
+            shut(self._connection)
 
     def cancel(self) -> None:
         self._cancelled = True
-        _shut(self._connection)
+        shut(self._connection)
 
 
 def _remaining(deadline: float | None) -> float | None:

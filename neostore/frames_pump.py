@@ -103,7 +103,9 @@ class _SelectorThread:
         self._wake_writer.close()
 
 
-def _close(connection: socket.socket) -> None:
+def shut(connection: socket.socket) -> None:
+    """Shut a connection down both ways and close it, whatever state it is in
+    (the frames port's connections, pumped or parked or not)."""
     with contextlib.suppress(OSError):
         connection.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
@@ -300,7 +302,7 @@ class StreamPump(_SelectorThread):
             stream.source.close()
         except Exception:  # noqa: BLE001 - as a stream's callbacks: logged only
             log.exception("closing a stream's source failed")
-        _close(stream.connection)
+        shut(stream.connection)
         self._on_end(stream.connection)
 
 
@@ -378,5 +380,5 @@ class IdleConnections(_SelectorThread):
             self._close_selector()
 
     def _drop(self, connection: socket.socket) -> None:
-        _close(connection)
+        shut(connection)
         self._on_drop(connection)
