@@ -20,27 +20,35 @@ import os
 import subprocess
 import sys
 import tempfile
+import tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-#: Where setuptools installs each top-level source directory (pyproject.toml's package-dir).
-SUBPACKAGES = {"master_node": "master_node", "storage_node": "storage_node", "client": "client"}
+
+
+def _subpackages() -> dict[str, str]:
+    """``neostore.X`` installed from the source directory ``D``, as X -> D
+    (pyproject.toml's ``[tool.setuptools] package-dir``)."""
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as file:
+        package_dir = tomllib.load(file)["tool"]["setuptools"]["package-dir"]
+    return {name.split(".", 1)[1]: source for name, source in package_dir.items() if name.startswith("neostore.")}
 
 
 def main() -> int:
+    subpackages = _subpackages()
     with tempfile.TemporaryDirectory(prefix="neostore-typecheck-") as tree:
         package = os.path.join(tree, "neostore")
         os.mkdir(package)
         for name in os.listdir(os.path.join(ROOT, "neostore")):
             if name != "__pycache__":
                 os.symlink(os.path.join(ROOT, "neostore", name), os.path.join(package, name))
-        for installed, source in SUBPACKAGES.items():
+        for installed, source in subpackages.items():
             os.symlink(os.path.join(ROOT, source), os.path.join(package, installed))
         result = subprocess.run(
             [sys.executable, "-m", "mypy", "--config-file", os.path.join(ROOT, "pyproject.toml"),
              "-p", "neostore", *sys.argv[1:]],
             cwd=tree, capture_output=True, text=True)
         output = result.stdout + result.stderr
-        for installed, source in SUBPACKAGES.items():
+        for installed, source in subpackages.items():
             output = output.replace(f"neostore/{installed}/", f"{source}/")
         sys.stdout.write(output)
         return result.returncode
