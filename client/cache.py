@@ -16,6 +16,11 @@ A load sent to a storage node races with invalidations: its answer may say
 "current" about a revision that an invalidation processed meanwhile has
 replaced.  :meth:`ObjectCache.begin_load` / :meth:`ObjectCache.end_load`
 bracket every load so that such an answer is stored with the right ``end``.
+A load's reference read-ahead brings objects nobody named before it was
+sent: :meth:`ObjectCache.begin_read_ahead` / :meth:`ObjectCache.end_read_ahead`
+bracket it so, noting every invalidation processed meanwhile, whatever
+its objects.  The cache counts what read-ahead brought and how much of
+it was read (:meth:`ObjectCache.read_ahead_stats`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import threading
+from collections.abc import Iterable
 
 from neostore.ids import u64
 
@@ -38,6 +44,17 @@ class _Entry:
     data: bytes
     start: bytes
     end: bytes | None
+    ahead: bool = False  # brought by read-ahead, not read yet
+
+
+@dataclasses.dataclass
+class ReadAheadStats:
+    """What reference read-ahead brought into the cache, and what of it was read."""
+
+    objects: int = 0
+    bytes: int = 0
+    used_objects: int = 0
+    used_bytes: int = 0
 
 
 class ObjectCache:
@@ -54,6 +71,11 @@ class ObjectCache:
         self._loading: dict[bytes, int] = {}  # oid -> loads in flight
         # oid -> invalidation TIDs seen while loading it (or [_CLEARED])
         self._raced: dict[bytes, list[bytes]] = {}
+        # read-ahead in flight: token -> {oid: invalidation TIDs seen meanwhile}
+        self._wide: dict[int, dict[bytes, list[bytes]]] = {}
+        self._wide_cleared: set[int] = set()
+        self._next_token = 0
+        self._ahead = ReadAheadStats()
         self.hits = 0
         self.misses = 0
 
@@ -66,25 +88,46 @@ class ObjectCache:
 
     # -- lookups ---------------------------------------------------------------
 
-    def load_before(self, oid: bytes, before: bytes, last_seen: bytes) -> tuple[bytes, bytes, bytes | None] | None:
-        """``(data, start, end)`` if the cache can answer, else ``None``."""
+    def load_before(self, oid: bytes, before: bytes, last_seen: bytes,
+                    first_use: list[bool] | None = None) -> tuple[bytes, bytes, bytes | None] | None:
+        """``(data, start, end)`` if the cache can answer, else ``None``.
+        ``first_use``: a True is appended to it when the answer is an entry
+        that read-ahead brought and nobody read before."""
         with self._lock:
-            starts = self._by_oid.get(oid)
-            if starts:
-                for start in starts:
-                    if start >= before:
+            entry = self._find(oid, before, last_seen)
+            if entry is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end((oid, entry.start))
+            self.hits += 1
+            if entry.ahead:
+                entry.ahead = False
+                self._ahead.used_objects += 1
+                self._ahead.used_bytes += len(entry.data)
+                if first_use is not None:
+                    first_use.append(True)
+            return entry.data, entry.start, entry.end
+
+    def missing(self, oids: Iterable[bytes], before: bytes, last_seen: bytes) -> list[bytes]:
+        """Those of ``oids`` that :meth:`load_before` could not answer and
+        no load is bringing (no count, no change of the LRU order)."""
+        with self._lock:
+            return [oid for oid in oids if oid not in self._loading and self._find(oid, before, last_seen) is None]
+
+    def _find(self, oid: bytes, before: bytes, last_seen: bytes) -> _Entry | None:
+        starts = self._by_oid.get(oid)
+        if starts:
+            for start in starts:
+                if start >= before:
+                    continue
+                entry = self._entries[(oid, start)]
+                if entry.end is None:
+                    if u64(before) - 1 > u64(last_seen):
                         continue
-                    entry = self._entries[(oid, start)]
-                    if entry.end is None:
-                        if u64(before) - 1 > u64(last_seen):
-                            continue
-                    elif entry.end < before:
-                        continue
-                    self._entries.move_to_end((oid, start))
-                    self.hits += 1
-                    return entry.data, entry.start, entry.end
-            self.misses += 1
-            return None
+                elif entry.end < before:
+                    continue
+                return entry
+        return None
 
     def load_serial(self, oid: bytes, serial: bytes) -> bytes | None:
         with self._lock:
@@ -100,8 +143,10 @@ class ObjectCache:
         with self._lock:
             self._loading[oid] = self._loading.get(oid, 0) + 1
 
-    def end_load(self, oid: bytes, data: bytes | None, start: bytes | None, end: bytes | None) -> None:
-        """Finish a load; cache its answer (``data`` None: nothing to cache)."""
+    def end_load(self, oid: bytes, data: bytes | None, start: bytes | None, end: bytes | None,
+                 ahead: bool = False) -> None:
+        """Finish a load; cache its answer (``data`` None: nothing to cache);
+        ``ahead``: a load nobody asked for yet (read-ahead)."""
         with self._lock:
             count = self._loading[oid] - 1
             raced = self._raced.get(oid, [])
@@ -116,7 +161,43 @@ class ObjectCache:
                 later = [tid for tid in raced if tid > start]
                 if later:
                     end = min(later)
-            self._add(oid, data, start, end)
+            if self._add(oid, data, start, end) and ahead:
+                self._brought_ahead(oid, start, data)
+
+    def begin_read_ahead(self) -> int:
+        """Before sending a load that may bring other objects along: a
+        token for :meth:`end_read_ahead`."""
+        with self._lock:
+            self._next_token += 1
+            self._wide[self._next_token] = {}
+            return self._next_token
+
+    def end_read_ahead(self, token: int, revisions: list[tuple[bytes, bytes, bytes, bytes | None]]) -> None:
+        """Cache the ``(oid, data, start, end)`` revisions a load brought
+        along (none: it failed), as :meth:`end_load` would each."""
+        with self._lock:
+            raced = self._wide.pop(token)
+            if self._wide_cleared:
+                if token in self._wide_cleared:
+                    self._wide_cleared.discard(token)
+                    return
+            for oid, data, start, end in revisions:
+                if end is None:
+                    later = [tid for tid in raced.get(oid, ()) if tid > start]
+                    if later:
+                        end = min(later)
+                if self._add(oid, data, start, end):
+                    self._brought_ahead(oid, start, data)
+
+    def _brought_ahead(self, oid: bytes, start: bytes, data: bytes) -> None:
+        self._ahead.objects += 1
+        self._ahead.bytes += len(data)
+        self._entries[(oid, start)].ahead = True
+
+    def read_ahead_stats(self) -> ReadAheadStats:
+        """What read-ahead brought (new entries only) and what of it was read since."""
+        with self._lock:
+            return dataclasses.replace(self._ahead)
 
     # -- changes -------------------------------------------------------------------
 
@@ -127,6 +208,9 @@ class ObjectCache:
     def invalidate(self, oids: list[bytes], tid: bytes) -> None:
         """Objects ``oids`` got a new revision at ``tid``."""
         with self._lock:
+            for raced in self._wide.values():
+                for oid in oids:
+                    raced.setdefault(oid, []).append(tid)
             for oid in oids:
                 if oid in self._loading:
                     self._raced.setdefault(oid, []).append(tid)
@@ -149,8 +233,11 @@ class ObjectCache:
             self._size = 0
             for oid in self._loading:
                 self._raced[oid] = [_CLEARED]
+            self._wide_cleared.update(self._wide)
 
-    def _add(self, oid: bytes, data: bytes, start: bytes, end: bytes | None) -> None:
+    def _add(self, oid: bytes, data: bytes, start: bytes, end: bytes | None) -> bool:
+        """Whether a new entry was made (not one known already, nor one older
+        than the current revision known)."""
         key = (oid, start)
         old = self._entries.get(key)
         if old is not None:
@@ -158,11 +245,11 @@ class ObjectCache:
                 old.end = end
                 self._current.pop(oid, None)
             self._entries.move_to_end(key)
-            return
+            return False
         if end is None:
             current = self._current.get(oid)
             if current is not None and current > start:
-                return  # we already know a newer revision
+                return False  # we already know a newer revision
             if current is not None and current < start:
                 # Its end is unknown (maybe not ``start``): forget it.
                 self._remove(oid, current)
@@ -174,6 +261,7 @@ class ObjectCache:
         while self._size > self._max_bytes and self._entries:
             old_oid, old_start = next(iter(self._entries))
             self._remove(old_oid, old_start)
+        return key in self._entries
 
     def _remove(self, oid: bytes, start: bytes) -> None:
         victim = self._entries.pop((oid, start))

@@ -37,13 +37,17 @@ PREFETCH_TIMEOUT = 30.0
 
 
 def prefetch(cluster: ClusterConnection, cache: ObjectCache, last_seen: Callable[[], bytes],
-             oids: Iterable[bytes], before_tid: bytes) -> int:
+             oids: Iterable[bytes], before_tid: bytes, max_bytes: int = 0, ahead: bool = False,
+             ) -> tuple[int, int]:
     """Load the revisions of ``oids`` current just before ``before_tid``
-    into ``cache``; how many came.  ``last_seen()``: the last TID whose
-    invalidations the cache has processed."""
+    into ``cache``; (how many came, how many calls were made).
+    ``last_seen()``: the last TID whose invalidations the cache has
+    processed; ``max_bytes``: of data per node (0: the nodes' limit);
+    ``ahead``: read-ahead, not a prefetch the application asked for (the
+    cache counts what it brings)."""
     wanted = [oid for oid in dict.fromkeys(oids)
               if len(oid) == 8 and cache.load_before(oid, before_tid, last_seen()) is None]
-    batches, calls = load_many_calls(cluster, wanted, before_tid, PREFETCH_TIMEOUT)
+    batches, calls = load_many_calls(cluster, wanted, before_tid, PREFETCH_TIMEOUT, max_bytes)
     for batch in batches:
         for oid in batch:
             cache.begin_load(oid)
@@ -59,13 +63,13 @@ def prefetch(cluster: ClusterConnection, cache: ObjectCache, last_seen: Callable
             answers = outcome.replies if isinstance(outcome, storage_pb2.LoadManyReply) else ()
             for position, oid in enumerate(batch):
                 data, start, end = _revision(oid, answers[position] if position < len(answers) else None)
-                cache.end_load(oid, data, start, end)
+                cache.end_load(oid, data, start, end, ahead)
                 loaded += data is not None
-    return loaded
+    return loaded, len(calls)
 
 
 def load_many_calls(cluster: ClusterConnection, oids: Iterable[bytes], before_tid: bytes, timeout: float,
-                    ) -> tuple[list[list[bytes]], list[tuple[Any, ...]]]:
+                    max_bytes: int = 0) -> tuple[list[list[bytes]], list[tuple[Any, ...]]]:
     """``LoadBeforeMany`` calls for ``oids`` as of ``before_tid``: each oid
     asked of a readable replica of its partition (one at random), grouped
     per node, at most ``BATCH`` per call; (the oids of each call, the calls
@@ -87,7 +91,7 @@ def load_many_calls(cluster: ClusterConnection, oids: Iterable[bytes], before_ti
         for start in range(0, len(node_oids), BATCH):
             batch = node_oids[start:start + BATCH]
             request = cluster.name_unfinished(storage_pb2.LoadBeforeManyRequest(
-                oids=batch, before_tid=before_tid, table_version=table.version))
+                oids=batch, before_tid=before_tid, table_version=table.version, max_bytes=max_bytes))
             batches.append(batch)
             calls.append((stub.LoadBeforeMany, request, timeout, peer))
     return batches, calls

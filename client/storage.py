@@ -26,10 +26,11 @@ from typing import Any
 import zope.interface
 from ZODB import POSException, interfaces
 from ZODB.ConflictResolution import ConflictResolvingStorage
+from ZODB.serialize import referencesf
 
 from neostore import errors, rpc
 from neostore.client import cache_file, commit, history, prefetch, restore_batch, undo
-from neostore.client.cache import ObjectCache
+from neostore.client.cache import ObjectCache, ReadAheadStats
 from neostore.client.cluster import MASTER_RETRY_SECONDS, ClusterConnection
 from neostore.client.exceptions import ClusterUnavailableError, to_zodb_error
 from neostore.client.invalidations import InvalidationDispatcher, catch_up
@@ -49,6 +50,13 @@ log = logging.getLogger(__name__)
 OID_BATCH = 100
 MAX_OID_BATCH = 1000
 DEFAULT_CACHE_SIZE = 20 * 1024 * 1024
+#: Bytes of referenced objects a cold load may bring along (ZConfig
+#: read-ahead; 0: none).  See neostore.storage_node.read_ahead.
+DEFAULT_READ_AHEAD = 64 * 1024
+#: An object read for the first time whose references are missing from the
+#: cache brings at least this many, at most that many of them at once.
+FOLLOW_AT_LEAST = 2
+FOLLOW_AT_MOST = 1000
 #: Seconds a call keeps trying an unreachable cluster (ZConfig wait-timeout).
 DEFAULT_WAIT_TIMEOUT = MASTER_RETRY_SECONDS
 SYNC_TIMEOUT = 60.0
@@ -86,6 +94,7 @@ class NeoStorage(ConflictResolvingStorage):
         server_sync: bool = False,
         wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
         cache_path: str | None = None,
+        read_ahead: int = DEFAULT_READ_AHEAD,
     ) -> None:
         if isinstance(master_nodes, str):
             master_nodes = master_nodes.replace(",", " ").split()
@@ -97,6 +106,11 @@ class NeoStorage(ConflictResolvingStorage):
         self._compress = compress
         self._client_id = uuid.uuid4().hex
         self._cache = ObjectCache(cache_size)
+        if read_ahead < 0:
+            raise ValueError(f"read_ahead must be 0 or more bytes, not {read_ahead}")
+        # Never more than a quarter of the cache: what comes along must not push out what is used.
+        self._read_ahead = min(read_ahead, cache_size // 4)
+        self.load_calls = 0  # LoadBefore and LoadBeforeMany calls of loads (benchmarks count round trips)
         self._dispatcher = InvalidationDispatcher(self._cache)
         self._config = rpc.RpcConfig(cluster_name=name, tls=tls, max_message_bytes=max_message_bytes)
         self._cluster = ClusterConnection(
@@ -262,15 +276,29 @@ class NeoStorage(ConflictResolvingStorage):
         self._synced = True
 
     def loadBefore(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
-        cached = self._cache.load_before(oid, tid, self._dispatcher.last_transaction())
+        first_use: list[bool] = []
+        cached = self._cache.load_before(oid, tid, self._dispatcher.last_transaction(), first_use)
         if cached is not None:
+            if first_use and self._read_ahead:
+                self._follow_references(cached[0], tid)
             return cached
+        loaded = self._load_before(oid, tid)
+        if loaded is not None and self._read_ahead:
+            self._follow_references(loaded[0], tid)
+        return loaded
+
+    def _load_before(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
+        """One LoadBefore, with reference read-ahead when on; its answers cached."""
         partition = partition_of(oid, self._cluster.table.num_partitions)
-        request = storage_pb2.LoadBeforeRequest(oid=oid, before_tid=tid)
+        request = storage_pb2.LoadBeforeRequest(oid=oid, before_tid=tid, read_ahead_bytes=self._read_ahead)
         self._cache.begin_load(oid)
+        token = self._cache.begin_read_ahead() if self._read_ahead else 0
         data = start = end = None
+        brought: list[tuple[bytes, bytes, bytes, bytes | None]] = []
         try:
+            self.load_calls += 1
             reply = self._call(lambda: self._cluster.read_call(partition, "LoadBefore", request), oid)
+            brought = _brought_along(reply)
             if reply.status != storage_pb2.LoadReply.FOUND:
                 return None
             data = Record.from_proto(reply.record).unpack(f"object {oid_repr(oid)}")
@@ -278,6 +306,31 @@ class NeoStorage(ConflictResolvingStorage):
             return data, start, end
         finally:
             self._cache.end_load(oid, data, start, end)
+            if token:
+                self._cache.end_read_ahead(token, brought)
+
+    def _follow_references(self, data: bytes, tid: bytes) -> None:
+        """The second half of read-ahead, for an object read for the first
+        time (loaded, or brought along and now read): the objects it refers
+        to that neither the cache holds nor a load brought (their nodes are
+        others) come in one LoadBeforeMany per node, as a prefetch, so that
+        reading them costs no round trip each.  Best effort."""
+        try:
+            references = referencesf(data)
+        except Exception:  # noqa: BLE001 - not a ZODB pickle: nothing to follow
+            return
+        if len(references) < FOLLOW_AT_LEAST:
+            return
+        missing = self._cache.missing(dict.fromkeys(references), tid, self._dispatcher.last_transaction())
+        if len(missing) >= FOLLOW_AT_LEAST:
+            _, calls = prefetch.prefetch(self._cluster, self._cache, self._dispatcher.last_transaction,
+                                         missing[:FOLLOW_AT_MOST], tid, self._read_ahead, ahead=True)
+            self.load_calls += calls
+
+    def read_ahead_stats(self) -> ReadAheadStats:
+        """What reference read-ahead brought into this client's cache, and
+        how much of it was read."""
+        return self._cache.read_ahead_stats()
 
     def prefetch(self, oids: Iterable[bytes], tid: bytes) -> None:
         """IPrefetchStorage (``Connection.prefetch``): bring the revisions
@@ -515,3 +568,21 @@ class NeoStorage(ConflictResolvingStorage):
             return fn()
         except errors.NeoError as error:
             raise to_zodb_error(error, oid) from None
+
+
+def _brought_along(reply: storage_pb2.LoadReply) -> list[tuple[bytes, bytes, bytes, bytes | None]]:
+    """``(oid, data, start, end)`` of each revision a LoadBefore brought along
+    (reference read-ahead); one that does not check out is left out (its own
+    load, if ever made, reports it)."""
+    brought = []
+    for extra in reply.read_ahead:
+        answer = extra.reply
+        if len(extra.oid) != 8 or len(answer.serial) != 8 or answer.status != storage_pb2.LoadReply.FOUND:
+            continue
+        try:
+            data = Record.from_proto(answer.record).unpack(f"object {oid_repr(extra.oid)}")
+        except errors.NeoError as error:
+            log.warning("read-ahead of object %s: %s", oid_repr(extra.oid), error)
+            continue
+        brought.append((extra.oid, data, answer.serial, answer.next_serial or None))
+    return brought

@@ -13,7 +13,7 @@
       </zodb>
 
 * zodburi: ``neostore://mycluster@127.0.0.1:5551,127.0.0.1:5552?cache_size=50MB``
-  (query keys: ``read_only``, ``cache_size``, ``cache_path``, ``compress``, ``server_sync``,
+  (query keys: ``read_only``, ``cache_size``, ``cache_path``, ``read_ahead``, ``compress``, ``server_sync``,
   ``connect_timeout``, ``wait_timeout``, ``ca``, ``cert``, ``key``, plus ZODB.DB's own keys).
 """
 
@@ -56,6 +56,7 @@ class NeoStorageConfig(BaseConfig):
             server_sync=config.server_sync,
             tls=_tls(config.ca, config.cert, config.key),
             cache_path=config.cache_path,
+            read_ahead=config.read_ahead,
         )
 
 
@@ -64,7 +65,7 @@ class NeoStorageURIResolver(Resolver):
 
     _int_args = ("read_only", "compress", "server_sync")
     _string_args = ("ca", "cert", "key", "cache_path")
-    _bytesize_args = ("cache_size",)
+    _bytesize_args = ("cache_size", "read_ahead")
     _float_args = ("connect_timeout", "wait_timeout")
 
     def __call__(self, uri: str) -> tuple[Any, dict[str, Any]]:
@@ -80,7 +81,8 @@ class NeoStorageURIResolver(Resolver):
             raise ValueError(f"invalid neostore URI {uri!r}: cluster name and a master are needed")
         kw, unused = self.interpret_kwargs(dict(parse_qsl(query)))
         tls = _tls(kw.pop("ca", None), kw.pop("cert", None), kw.pop("key", None))
-        options = {key: kw[key] for key in ("cache_size", "cache_path", "connect_timeout", "wait_timeout") if key in kw}
+        options = {key: kw[key] for key in ("cache_size", "cache_path", "read_ahead", "connect_timeout", "wait_timeout")
+                   if key in kw}
         for flag in ("read_only", "compress", "server_sync"):
             if flag in kw:
                 options[flag] = bool(kw[flag])

@@ -367,25 +367,43 @@ class Database:
         See the module docstring for the outcomes.  Raises NotFound only
         when this node holds no revision of ``oid`` at all.
         """
-        prefix = layout.object_prefix(partition, oid)
+        with self._read() as txn:
+            return self._load_before_in(txn, txn.cursor(db=self._objects), partition, oid, before_tid)
+
+    def load_before_many(self, wanted: Sequence[tuple[int, bytes]], before_tid: bytes) -> dict[bytes, LoadResult]:
+        """:meth:`load_before` of each ``(partition, oid)`` in one read
+        transaction: the FOUND ones, by oid (the others are left out)."""
+        found: dict[bytes, LoadResult] = {}
         with self._read() as txn:
             cursor = txn.cursor(db=self._objects)
-            next_serial: bytes | None = None
-            if cursor.set_range(layout.object_key(partition, oid, before_tid)):
-                if _key(cursor).startswith(prefix):
-                    next_serial = _key(cursor)[len(prefix):]
-                positioned = cursor.prev()
-            else:
-                positioned = cursor.last()
-            if not positioned or not _key(cursor).startswith(prefix):
-                if next_serial is None:
-                    raise errors.NotFound(
-                        f"object {oid_repr(oid)} has no revision in partition {partition} of this node"
-                    )
-                return LoadResult(LoadStatus.NO_REVISION, None, next_serial)
-            serial = _key(cursor)[len(prefix):]
-            stored = layout.decode_object(_value(cursor))
-            return self._resolve(txn, partition, oid, serial, stored, next_serial)
+            for partition, oid in wanted:
+                try:
+                    result = self._load_before_in(txn, cursor, partition, oid, before_tid)
+                except (errors.NotFound, errors.Corrupted):
+                    continue  # a load of its own says what is wrong
+                if result.status is LoadStatus.FOUND:
+                    found[oid] = result
+        return found
+
+    def _load_before_in(self, txn: lmdb.Transaction, cursor: lmdb.Cursor, partition: int, oid: bytes,
+                        before_tid: bytes) -> LoadResult:
+        prefix = layout.object_prefix(partition, oid)
+        next_serial: bytes | None = None
+        if cursor.set_range(layout.object_key(partition, oid, before_tid)):
+            if _key(cursor).startswith(prefix):
+                next_serial = _key(cursor)[len(prefix):]
+            positioned = cursor.prev()
+        else:
+            positioned = cursor.last()
+        if not positioned or not _key(cursor).startswith(prefix):
+            if next_serial is None:
+                raise errors.NotFound(
+                    f"object {oid_repr(oid)} has no revision in partition {partition} of this node"
+                )
+            return LoadResult(LoadStatus.NO_REVISION, None, next_serial)
+        serial = _key(cursor)[len(prefix):]
+        stored = layout.decode_object(_value(cursor))
+        return self._resolve(txn, partition, oid, serial, stored, next_serial)
 
     def load_serial(self, partition: int, oid: bytes, serial: bytes) -> LoadResult:
         """Revision ``serial`` of ``oid``: FOUND, or NotFound (also when

@@ -28,6 +28,7 @@ from neostore.ids import oid_repr, tid_repr
 from neostore.partition_table import READABLE_STATES
 from neostore.protocol import common_pb2, storage_pb2, storage_pb2_grpc
 from neostore.records import Record
+from neostore.storage_node import read_ahead
 from neostore.storage_node.database import Database, LoadResult, LoadStatus, PendingMetadata
 from neostore.storage_node.layout import StoredObject, TransactionMetadata
 from neostore.storage_node.ownership import Ownership
@@ -84,9 +85,31 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         oid = _identifier(request.oid, "oid")
         before_tid = _identifier(request.before_tid, "before_tid")
         partition = self._ownership.partition_of(oid)
-        return _load_reply(self._read(
-            [partition], lambda: self._database.load_before(partition, oid, before_tid), request.table_version, oid,
-            request.unfinished_ttids))
+        budget = read_ahead.check_budget(request.read_ahead_bytes)
+        result = self._read([partition], lambda: self._database.load_before(partition, oid, before_tid),
+                            request.table_version, oid, request.unfinished_ttids)
+        reply = _load_reply(result)
+        if budget and result.record is not None:
+            for extra_oid, extra in read_ahead.walk(
+                    result.record, oid, budget,
+                    lambda oids: self._load_at_once(oids, before_tid, request.unfinished_ttids)):
+                reply.read_ahead.add(oid=extra_oid, reply=_load_reply(extra))
+        return reply
+
+    def _load_at_once(self, oids: Sequence[bytes], before_tid: bytes, unfinished: Sequence[bytes],
+                      ) -> dict[bytes, LoadResult]:
+        """The FOUND loads of those of ``oids`` that a LoadBefore sent now
+        would answer here without waiting (read-ahead): readable here and
+        settled, the cells checked again after the read as :meth:`_read`
+        does."""
+        readable = set(self._ownership.readable_partitions())
+        wanted = [(partition, oid) for oid in oids
+                  if (partition := self._ownership.partition_of(oid)) in readable]
+        unsettled = self._manager.unsettled([oid for _, oid in wanted], ignore=unfinished)
+        found = self._database.load_before_many(
+            [(partition, oid) for partition, oid in wanted if oid not in unsettled], before_tid)
+        still = set(self._ownership.readable_partitions())
+        return {oid: result for oid, result in found.items() if self._ownership.partition_of(oid) in still}
 
     def LoadBeforeMany(self, request: storage_pb2.LoadBeforeManyRequest,
                        context: Any) -> storage_pb2.LoadManyReply:
@@ -95,10 +118,11 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         oids = [_identifier(oid, f"oids[{i}]") for i, oid in enumerate(request.oids)]
         before_tid = _identifier(request.before_tid, "before_tid")
         reply = storage_pb2.LoadManyReply()
+        limit = min(request.max_bytes or LOAD_MANY_MAX_BYTES, LOAD_MANY_MAX_BYTES)
         size = 0
         for oid in oids:
             answer = reply.replies.add()
-            if size >= LOAD_MANY_MAX_BYTES:
+            if size >= limit:
                 continue
             partition = self._ownership.partition_of(oid)
             try:

@@ -58,7 +58,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 from neostore import errors
 from neostore.ids import ZERO_TID, oid_repr, tid_repr
@@ -418,6 +418,22 @@ class TransactionManager:
                         self._mutex.acquire()
                     continue
                 self._ended.wait(min(deadline, checked + self._locks.suspect_after) - now)
+
+    def unsettled(self, oids: Iterable[bytes], ignore: Collection[bytes] = ()) -> set[bytes]:
+        """Those of ``oids`` that a read would wait for now (:meth:`settle`
+        with ``decided_too``, ``ignore`` aside), without waiting."""
+        with self._mutex:
+            unchecked = [buffer for ttid, buffer in self._buffers.items()
+                         if buffer.unchecked and buffer.phase is Phase.VOTED and ttid not in ignore]
+            waiting = set()
+            for oid in oids:
+                holder = self._locks.owner(oid)
+                decided = self._decided.get(oid)
+                if (holder is not None and holder not in ignore and self._is_voted(holder)) or (
+                        decided is not None and decided[1] not in ignore and self._is_voted(decided[1])) or any(
+                        oid in buffer.objects for buffer in unchecked):
+                    waiting.add(oid)
+            return waiting
 
     def _undecided(self, oid: bytes | None, decided_too: bool = True) -> set[bytes]:
         """The voted transactions a read of ``oid`` (or of anything) must wait for (mutex held)."""

@@ -54,7 +54,7 @@ def _reads(storage: NeoStorage) -> list[str]:
 def test_prefetched_objects_are_read_without_a_call_each(
         cluster: ThreadCluster, monkeypatch: pytest.MonkeyPatch) -> None:
     _populate(cluster, OBJECTS)
-    storage = cluster.client()
+    storage = cluster.client(read_ahead=0)  # no object comes before the prefetch asks for it
     db = ZODB.DB(storage)
     try:
         connection = db.open()

@@ -70,6 +70,7 @@ def test_zconfig_and_zodburi_open_the_cluster(cluster: LocalCluster, tmp_path: A
 
     db = from_zconfig("cache-size 5MB")
     assert db.storage._server_sync is False  # the default, as in ZEO
+    assert db.storage._read_ahead == 64 * 1024  # the default
     with db.transaction() as conn:
         conn.root()["zconfig"] = True
     db.close()
@@ -92,6 +93,15 @@ def test_zconfig_and_zodburi_open_the_cluster(cluster: LocalCluster, tmp_path: A
         f"neostore://{cluster.name}@{cluster.masters[0]}?cache_path={tmp_path / 'uri.cache'}")
     db = ZODB.DB(factory(), **dbkw)
     assert db.storage._cache_path == str(tmp_path / "uri.cache")
+    db.close()
+    db = from_zconfig("read-ahead 0")
+    assert db.storage._read_ahead == 0
+    db.close()
+    factory, dbkw = zodburi.resolve_uri(f"neostore://{cluster.name}@{cluster.masters[0]}?read_ahead=200KB")
+    db = ZODB.DB(factory(), **dbkw)
+    assert db.storage._read_ahead == 200 * 1024
+    with db.transaction() as conn:
+        assert conn.root()["zconfig"] is True
     db.close()
 
 

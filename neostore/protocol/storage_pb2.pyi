@@ -18,28 +18,32 @@ TRANSACTIONS: RangeKind
 OBJECTS: RangeKind
 
 class LoadBeforeRequest(_message.Message):
-    __slots__ = ("oid", "before_tid", "table_version", "unfinished_ttids")
+    __slots__ = ("oid", "before_tid", "table_version", "unfinished_ttids", "read_ahead_bytes")
     OID_FIELD_NUMBER: _ClassVar[int]
     BEFORE_TID_FIELD_NUMBER: _ClassVar[int]
     TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     UNFINISHED_TTIDS_FIELD_NUMBER: _ClassVar[int]
+    READ_AHEAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     oid: bytes
     before_tid: bytes
     table_version: int
     unfinished_ttids: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, oid: _Optional[bytes] = ..., before_tid: _Optional[bytes] = ..., table_version: _Optional[int] = ..., unfinished_ttids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    read_ahead_bytes: int
+    def __init__(self, oid: _Optional[bytes] = ..., before_tid: _Optional[bytes] = ..., table_version: _Optional[int] = ..., unfinished_ttids: _Optional[_Iterable[bytes]] = ..., read_ahead_bytes: _Optional[int] = ...) -> None: ...
 
 class LoadBeforeManyRequest(_message.Message):
-    __slots__ = ("oids", "before_tid", "table_version", "unfinished_ttids")
+    __slots__ = ("oids", "before_tid", "table_version", "unfinished_ttids", "max_bytes")
     OIDS_FIELD_NUMBER: _ClassVar[int]
     BEFORE_TID_FIELD_NUMBER: _ClassVar[int]
     TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     UNFINISHED_TTIDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     oids: _containers.RepeatedScalarFieldContainer[bytes]
     before_tid: bytes
     table_version: int
     unfinished_ttids: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, oids: _Optional[_Iterable[bytes]] = ..., before_tid: _Optional[bytes] = ..., table_version: _Optional[int] = ..., unfinished_ttids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    max_bytes: int
+    def __init__(self, oids: _Optional[_Iterable[bytes]] = ..., before_tid: _Optional[bytes] = ..., table_version: _Optional[int] = ..., unfinished_ttids: _Optional[_Iterable[bytes]] = ..., max_bytes: _Optional[int] = ...) -> None: ...
 
 class LoadManyReply(_message.Message):
     __slots__ = ("replies",)
@@ -60,7 +64,7 @@ class LoadSerialRequest(_message.Message):
     def __init__(self, oid: _Optional[bytes] = ..., serial: _Optional[bytes] = ..., table_version: _Optional[int] = ..., unfinished_ttids: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class LoadReply(_message.Message):
-    __slots__ = ("status", "record", "serial", "next_serial", "data_serial")
+    __slots__ = ("status", "record", "serial", "next_serial", "data_serial", "read_ahead")
     class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATUS_UNSPECIFIED: _ClassVar[LoadReply.Status]
@@ -74,12 +78,22 @@ class LoadReply(_message.Message):
     SERIAL_FIELD_NUMBER: _ClassVar[int]
     NEXT_SERIAL_FIELD_NUMBER: _ClassVar[int]
     DATA_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    READ_AHEAD_FIELD_NUMBER: _ClassVar[int]
     status: LoadReply.Status
     record: _common_pb2.DataRecord
     serial: bytes
     next_serial: bytes
     data_serial: bytes
-    def __init__(self, status: _Optional[_Union[LoadReply.Status, str]] = ..., record: _Optional[_Union[_common_pb2.DataRecord, _Mapping]] = ..., serial: _Optional[bytes] = ..., next_serial: _Optional[bytes] = ..., data_serial: _Optional[bytes] = ...) -> None: ...
+    read_ahead: _containers.RepeatedCompositeFieldContainer[ReadAhead]
+    def __init__(self, status: _Optional[_Union[LoadReply.Status, str]] = ..., record: _Optional[_Union[_common_pb2.DataRecord, _Mapping]] = ..., serial: _Optional[bytes] = ..., next_serial: _Optional[bytes] = ..., data_serial: _Optional[bytes] = ..., read_ahead: _Optional[_Iterable[_Union[ReadAhead, _Mapping]]] = ...) -> None: ...
+
+class ReadAhead(_message.Message):
+    __slots__ = ("oid", "reply")
+    OID_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    oid: bytes
+    reply: LoadReply
+    def __init__(self, oid: _Optional[bytes] = ..., reply: _Optional[_Union[LoadReply, _Mapping]] = ...) -> None: ...
 
 class ObjectStore(_message.Message):
     __slots__ = ("oid", "serial", "record", "data_serial", "undone_creation", "check_only", "restore", "tid")
