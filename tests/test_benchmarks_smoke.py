@@ -1,5 +1,6 @@
 """Smoke runs of benchmarks/raft_commit.py, commit.py, transport_floor.py,
-many_clients.py and warm_restart.py: each runs and reports every figure.
+many_clients.py, warm_restart.py and cold_read.py: each runs and reports
+every figure.
 
 No timing bound: only that the script finishes, prints JSON with the
 expected keys, and every figure is a positive number.
@@ -156,3 +157,24 @@ def test_warm_restart_benchmark_reports_both_restarts() -> None:
         assert _positive(results[kind]["first_page_ms"]) and _positive(results[kind]["loads_per_second"])
     # Warm: the page came from the file (the cold client loaded it all from the storage nodes).
     assert results["warm"]["served_by_client_cache"] >= 20 > results["cold"]["served_by_client_cache"]
+
+
+@pytest.mark.timeout(300)
+def test_cold_read_benchmark_reports_neostore_with_and_without_read_ahead_and_zeo() -> None:
+    script = SCRIPT.parent / "cold_read.py"
+    completed = subprocess.run(
+        [sys.executable, str(script), "--objects", "100", "--tree", "500", "--repetitions", "1",
+         "--systems", "neostore,zeo", "--json"],
+        check=False, capture_output=True, text=True, timeout=280,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads(completed.stdout)["results"]
+    for which, size in (("flat", 100), ("tree", 500)):
+        rows = results[which]
+        assert set(rows) == {"neostore read-ahead", "neostore no read-ahead", "zeo"}
+        for row in rows.values():
+            assert _positive(row["objects_per_second"]) and row["objects"] == size
+        # Without read-ahead every object is a round trip; with it, far fewer.
+        assert rows["neostore no read-ahead"]["round_trips"] > size
+        assert rows["neostore read-ahead"]["round_trips"] < rows["neostore no read-ahead"]["round_trips"]
+        assert _positive(rows["neostore read-ahead"]["read_ahead_kib"])
