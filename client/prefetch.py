@@ -44,10 +44,11 @@ def prefetch(cluster: ClusterConnection, cache: ObjectCache, last_seen: Callable
     ``last_seen()``: the last TID whose invalidations the cache has
     processed; ``max_bytes``: of data per node (0: the nodes' limit);
     ``ahead``: read-ahead, not a prefetch the application asked for (the
-    cache counts what it brings)."""
+    cache counts what it brings, and the nodes leave out what they would
+    have to wait for)."""
     wanted = [oid for oid in dict.fromkeys(oids)
               if len(oid) == 8 and cache.load_before(oid, before_tid, last_seen()) is None]
-    batches, calls = load_many_calls(cluster, wanted, before_tid, PREFETCH_TIMEOUT, max_bytes)
+    batches, calls = load_many_calls(cluster, wanted, before_tid, PREFETCH_TIMEOUT, max_bytes, no_wait=ahead)
     for batch in batches:
         for oid in batch:
             cache.begin_load(oid)
@@ -69,7 +70,7 @@ def prefetch(cluster: ClusterConnection, cache: ObjectCache, last_seen: Callable
 
 
 def load_many_calls(cluster: ClusterConnection, oids: Iterable[bytes], before_tid: bytes, timeout: float,
-                    max_bytes: int = 0) -> tuple[list[list[bytes]], list[tuple[Any, ...]]]:
+                    max_bytes: int = 0, no_wait: bool = False) -> tuple[list[list[bytes]], list[tuple[Any, ...]]]:
     """``LoadBeforeMany`` calls for ``oids`` as of ``before_tid``: each oid
     asked of a readable replica of its partition (one at random), grouped
     per node, at most ``BATCH`` per call; (the oids of each call, the calls
@@ -91,7 +92,8 @@ def load_many_calls(cluster: ClusterConnection, oids: Iterable[bytes], before_ti
         for start in range(0, len(node_oids), BATCH):
             batch = node_oids[start:start + BATCH]
             request = cluster.name_unfinished(storage_pb2.LoadBeforeManyRequest(
-                oids=batch, before_tid=before_tid, table_version=table.version, max_bytes=max_bytes))
+                oids=batch, before_tid=before_tid, table_version=table.version, max_bytes=max_bytes,
+                no_wait=no_wait))
             batches.append(batch)
             calls.append((stub.LoadBeforeMany, request, timeout, peer))
     return batches, calls

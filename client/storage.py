@@ -323,8 +323,12 @@ class NeoStorage(ConflictResolvingStorage):
             return
         missing = self._cache.missing(dict.fromkeys(references), tid, self._dispatcher.last_transaction())
         if len(missing) >= FOLLOW_AT_LEAST:
-            _, calls = prefetch.prefetch(self._cluster, self._cache, self._dispatcher.last_transaction,
-                                         missing[:FOLLOW_AT_MOST], tid, self._read_ahead, ahead=True)
+            try:
+                _, calls = prefetch.prefetch(self._cluster, self._cache, self._dispatcher.last_transaction,
+                                             missing[:FOLLOW_AT_MOST], tid, self._read_ahead, ahead=True)
+            except errors.NeoError as error:  # what did not come is loaded when read
+                log.debug("read-ahead of %d objects failed: %s", len(missing), error)
+                return
             self.load_calls += calls
 
     def read_ahead_stats(self) -> ReadAheadStats:

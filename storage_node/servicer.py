@@ -119,10 +119,11 @@ class StorageServicer(storage_pb2_grpc.StorageServicer):
         before_tid = _identifier(request.before_tid, "before_tid")
         reply = storage_pb2.LoadManyReply()
         limit = min(request.max_bytes or LOAD_MANY_MAX_BYTES, LOAD_MANY_MAX_BYTES)
+        unsettled = self._manager.unsettled(oids, ignore=request.unfinished_ttids) if request.no_wait else set()
         size = 0
         for oid in oids:
             answer = reply.replies.add()
-            if size >= limit:
+            if size >= limit or oid in unsettled:
                 continue
             partition = self._ownership.partition_of(oid)
             try:

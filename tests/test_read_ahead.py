@@ -220,6 +220,8 @@ def test_an_object_a_voted_transaction_may_change_never_comes_along(cluster: Thr
     from ZODB.Connection import TransactionMetaData
     from ZODB.utils import maxtid
 
+    from neostore import rpc
+    from neostore.client import prefetch
     from neostore.ids import partition_of
     from neostore.protocol import storage_pb2
 
@@ -253,6 +255,12 @@ def test_an_object_a_voted_transaction_may_change_never_comes_along(cluster: Thr
     writer.tpc_vote(metadata)
     try:
         assert not brought() & set(children), "a child voted on, undecided, came along"
+        # The follow-up of read-ahead (LoadBeforeMany with no_wait) leaves them out at once too.
+        _, calls = prefetch.load_many_calls(probe._cluster, children, maxtid, 5.0, no_wait=True)
+        outcomes = rpc.call_all(calls)
+        assert all(isinstance(outcome, storage_pb2.LoadManyReply) for outcome in outcomes), outcomes
+        assert all(reply.status == storage_pb2.LoadReply.STATUS_UNSPECIFIED
+                   for outcome in outcomes for reply in outcome.replies)
     finally:
         writer.tpc_abort(metadata)
     assert brought() & set(children)

@@ -32,18 +32,20 @@ class LoadBeforeRequest(_message.Message):
     def __init__(self, oid: _Optional[bytes] = ..., before_tid: _Optional[bytes] = ..., table_version: _Optional[int] = ..., unfinished_ttids: _Optional[_Iterable[bytes]] = ..., read_ahead_bytes: _Optional[int] = ...) -> None: ...
 
 class LoadBeforeManyRequest(_message.Message):
-    __slots__ = ("oids", "before_tid", "table_version", "unfinished_ttids", "max_bytes")
+    __slots__ = ("oids", "before_tid", "table_version", "unfinished_ttids", "max_bytes", "no_wait")
     OIDS_FIELD_NUMBER: _ClassVar[int]
     BEFORE_TID_FIELD_NUMBER: _ClassVar[int]
     TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     UNFINISHED_TTIDS_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NO_WAIT_FIELD_NUMBER: _ClassVar[int]
     oids: _containers.RepeatedScalarFieldContainer[bytes]
     before_tid: bytes
     table_version: int
     unfinished_ttids: _containers.RepeatedScalarFieldContainer[bytes]
     max_bytes: int
-    def __init__(self, oids: _Optional[_Iterable[bytes]] = ..., before_tid: _Optional[bytes] = ..., table_version: _Optional[int] = ..., unfinished_ttids: _Optional[_Iterable[bytes]] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+    no_wait: bool
+    def __init__(self, oids: _Optional[_Iterable[bytes]] = ..., before_tid: _Optional[bytes] = ..., table_version: _Optional[int] = ..., unfinished_ttids: _Optional[_Iterable[bytes]] = ..., max_bytes: _Optional[int] = ..., no_wait: _Optional[bool] = ...) -> None: ...
 
 class LoadManyReply(_message.Message):
     __slots__ = ("replies",)
