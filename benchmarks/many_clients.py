@@ -2,7 +2,7 @@
 
     python benchmarks/many_clients.py [--clients 300,1000] [--processes 4]
                                       [--commits 30] [--systems neostore,zeo]
-                                      [--masters 3] [--json]
+                                      [--masters 3] [--kill-leader] [--json]
 
 For each system and each number of clients: the clients are opened in
 ``--processes`` processes (each client a NeoStorage or ClientStorage
@@ -19,6 +19,15 @@ transactions one after another, 0.1 s apart.  Reported:
 * neostore only: the masters' threads and resident memory, before the
   clients connect and with them connected (per client: the difference
   divided by the clients).
+
+With ``--kill-leader``, then: kill -9 of the leading master (ZEO: of
+runzeo, started again at once on the same port and FileStorage, as a
+supervisor would), and ``--commits`` more commits 0.1 s apart, each retried
+until it succeeds.  Reported: seconds from the kill to the first commit
+that succeeded, to the first commit every client was told of (the last
+client told), the commits made after the kill that some client was never
+told of (each such client counted), and the clients whose caches were
+reset instead (told that it missed what it cannot be told).
 
 neostore runs ``--masters`` masters (Raft when more than one) and 3 storage
 nodes, R=2; its clients spread their streams over every master.  A
@@ -54,7 +63,7 @@ class Recorder:
     def invalidate(self, tid, oids):
         self.arrivals.setdefault(tid.hex(), []).append(time.monotonic())
     def invalidateCache(self):
-        pass
+        self.arrivals.setdefault("reset", []).append(time.monotonic())
     def transform_record_data(self, data):
         return data
     untransform_record_data = transform_record_data
@@ -93,6 +102,8 @@ def _proc_status(pid: int) -> tuple[int, int]:
 
 
 class NeostoreCluster:
+    kill_what = "the leading master"
+
     key = "neostore"
 
     def __init__(self, workdir: str, masters: int) -> None:
@@ -116,10 +127,50 @@ class NeostoreCluster:
     def describe(self) -> str:
         return f"{self.masters_count} master(s), 3 storage nodes, 12 partitions, 2 replicas"
 
+    def kill_leader(self) -> None:
+        """kill -9 of the leading master (of the only one: started again, as a supervisor would)."""
+        import signal
+
+        from commit import Neostore
+
+        processes = [self.cluster.master, *self.cluster.other_masters]
+        index = Neostore.leader(self) if self.masters_count > 1 else 0  # type: ignore[arg-type]
+        leader = processes[index]
+        assert leader is not None
+        os.kill(leader.process.pid, signal.SIGKILL)
+        leader.process.wait()
+        if self.masters_count == 1:
+            self.cluster.restart_master(index=0)
+
 
 class ZeoServer(Zeo):
+    kill_what = "runzeo (started again at once)"
+
     def master_pids(self) -> list[int]:
         return []
+
+    def kill_leader(self) -> None:
+        """kill -9 of runzeo, then runzeo again on the same port and FileStorage."""
+        import signal
+        import socket
+
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        port = self.spec["port"]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "ZEO.runzeo", "-a", f"127.0.0.1:{port}",
+                 "-f", os.path.join(self.dir, "Data.fs")],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("runzeo did not listen again within 60 s")
 
 
 def _masters_status(system: Any) -> tuple[int, int]:
@@ -131,7 +182,26 @@ def _masters_status(system: Any) -> tuple[int, int]:
     return threads, rss
 
 
-def measure(system: Any, clients: int, processes: int, commits: int, log: Any) -> dict[str, Any]:
+RETRY_FOR = 180.0  # seconds a commit after the kill keeps being retried
+
+
+def _commit_retrying(tm: Any, root: Any) -> None:
+    """One increment, retried until it commits (the cluster recovering from the kill)."""
+    deadline = time.monotonic() + RETRY_FOR
+    while True:
+        try:
+            root["counter"]["n"] += 1
+            tm.commit()
+            return
+        except Exception:  # noqa: BLE001 - disconnected, unavailable, conflict: again
+            tm.abort()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def measure(system: Any, clients: int, processes: int, commits: int, log: Any,
+            kill_leader: bool = False) -> dict[str, Any]:
     import transaction
     import ZODB
     from persistent.mapping import PersistentMapping
@@ -172,7 +242,17 @@ def measure(system: Any, clients: int, processes: int, commits: int, log: Any) -
                 end = time.monotonic()
                 latencies.append(end - begin)
                 ends[db.lastTransaction().hex()] = end
-            time.sleep(2.0)  # the last invalidations on their way
+            after_kill: dict[str, float] = {}
+            if kill_leader:
+                time.sleep(1.0)
+                killed = time.monotonic()
+                system.kill_leader()
+                log(f"  killed {system.kill_what}")
+                for _ in range(commits):
+                    _commit_retrying(tm, root)
+                    after_kill[db.lastTransaction().hex()] = time.monotonic()
+                    time.sleep(0.1)
+            time.sleep(5.0 if kill_leader else 2.0)  # the last invalidations on their way
         finally:
             db.close()
         arrivals: dict[str, list[float]] = {}
@@ -188,6 +268,15 @@ def measure(system: Any, clients: int, processes: int, commits: int, log: Any) -
             missed += opened - len(told)
             if told:
                 fan_out.append(max(told) - end)
+        recovery: dict[str, Any] = {}
+        if kill_leader:
+            first_told_all = [max(arrivals[tid]) for tid in after_kill if len(arrivals.get(tid, [])) >= opened]
+            recovery = {
+                "kill_to_first_commit_s": min(after_kill.values()) - killed,
+                "kill_to_all_told_s": (min(first_told_all) - killed) if first_told_all else None,
+                "after_kill_missed": sum(opened - len(arrivals.get(tid, [])) for tid in after_kill),
+                "cache_resets": len(arrivals.get("reset", [])),
+            }
         return {
             "clients": clients, "opened": opened, "connect_failures": len(failures),
             "connect_s": connect_seconds,
@@ -198,6 +287,7 @@ def measure(system: Any, clients: int, processes: int, commits: int, log: Any) -
             "master_threads": [threads_before, threads_with] if system.master_pids() else None,
             "master_rss_kib_per_client": ((rss_with - rss_before) / opened) if system.master_pids() and opened
             else None,
+            **recovery,
         }
     finally:
         for child in children:
@@ -217,6 +307,8 @@ def main() -> int:
     parser.add_argument("--commits", type=int, default=30)
     parser.add_argument("--systems", default="neostore,zeo")
     parser.add_argument("--masters", type=int, default=3)
+    parser.add_argument("--kill-leader", action="store_true",
+                        help="then kill -9 the leading master (ZEO: runzeo) and commit on")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     counts = [int(count) for count in args.clients.split(",")]
@@ -230,7 +322,7 @@ def main() -> int:
                 system.start()
                 try:
                     results["runs"].setdefault(key, []).append(
-                        measure(system, clients, args.processes, args.commits, log))
+                        measure(system, clients, args.processes, args.commits, log, args.kill_leader))
                 finally:
                     system.stop()
     if args.json:
@@ -250,6 +342,16 @@ def main() -> int:
             print(f"{key:10} {run['opened']:>7} {run['connect_s']:>9.1f} {run['commit_p50_ms']:>8.1f}ms "
                   f"{_ms(run['fan_out_p50_ms']):>11} {_ms(run['fan_out_max_ms']):>7} "
                   f"{run['invalidations_missed']:>6} {threads_text:>15} {per_client_text:>10}")
+    if args.kill_leader:
+        print()
+        print("after kill -9 of the leading master (ZEO: of runzeo, started again at once):")
+        print(f"{'system':10} {'clients':>7} {'first commit':>12} {'all told':>9} {'missed':>6} {'resets':>6}")
+        for key, runs in results["runs"].items():
+            for run in runs:
+                told = run["kill_to_all_told_s"]
+                print(f"{key:10} {run['opened']:>7} {run['kill_to_first_commit_s']:>11.1f}s "
+                      f"{'never' if told is None else f'{told:.1f}s':>9} {run['after_kill_missed']:>6} "
+                      f"{run['cache_resets']:>6}")
     return 0
 
 

@@ -144,6 +144,24 @@ def test_many_clients_benchmark_quick_run_tells_every_client_of_every_commit() -
     assert results["runs"]["zeo"][0]["master_threads"] is None
 
 
+@pytest.mark.timeout(400)
+def test_many_clients_benchmark_reports_the_recovery_from_a_killed_leader() -> None:
+    script = SCRIPT.parent / "many_clients.py"
+    completed = subprocess.run(
+        [sys.executable, str(script), "--clients", "6", "--processes", "2", "--commits", "3", "--masters", "3",
+         "--kill-leader", "--json"], check=False, capture_output=True, text=True, timeout=380)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads(completed.stdout)
+    for system, (run,) in results["runs"].items():
+        assert run["opened"] == 6 and run["invalidations_missed"] == 0, (system, run)
+        assert _positive(run["kill_to_first_commit_s"]), (system, run)
+        assert run["kill_to_all_told_s"] is None or _positive(run["kill_to_all_told_s"]), (system, run)
+        assert isinstance(run["after_kill_missed"], int) and isinstance(run["cache_resets"], int), (system, run)
+    # neostore: every client hears of every commit after the kill (a follower kept the history).
+    neostore = results["runs"]["neostore"][0]
+    assert neostore["after_kill_missed"] == 0 and _positive(neostore["kill_to_all_told_s"]), neostore
+
+
 @pytest.mark.timeout(180)
 def test_warm_restart_benchmark_reports_both_restarts() -> None:
     script = SCRIPT.parent / "warm_restart.py"
