@@ -35,21 +35,22 @@ from neostore.client import NeoStorage
 from neostore.launcher import LocalCluster
 
 
-def _page(masters: list[str], name: str, page: int, cache_path: str | None) -> tuple[float, float, int]:
-    """Open, read ``page`` objects: (seconds to the first page, loads/s, objects served by the client cache)."""
+def _page(masters: list[str], name: str, page: int, cache_path: str | None) -> tuple[float, float, int, int]:
+    """Open, read ``page`` objects: (seconds to the first page, loads/s, objects served by the client
+    cache, calls to storage nodes for them)."""
     began = time.perf_counter()
     storage = NeoStorage(masters, name, cache_path=cache_path)
     db = ZODB.DB(storage, cache_size=10 * page)
-    hits = storage._cache.hits
+    hits, calls = storage._cache.hits, storage.load_calls
     with db.transaction() as conn:
         items = conn.root()["items"]
         loading = time.perf_counter()
         total = sum(items[i]["n"] for i in range(page))
         done = time.perf_counter()
     assert total == sum(range(page))
-    served = storage._cache.hits - hits
+    served, calls = storage._cache.hits - hits, storage.load_calls - calls
     db.close()  # writes the cache file, when there is one
-    return done - began, page / (done - loading), served
+    return done - began, page / (done - loading), served, calls
 
 
 def main() -> int:
@@ -71,7 +72,7 @@ def main() -> int:
             db.close()
             cache_path = os.path.join(workdir, "client.cache")
             _page(masters, cluster.name, args.page, cache_path)  # the first file
-            rows: dict[str, list[tuple[float, float, int]]] = {"cold": [], "warm": []}
+            rows: dict[str, list[tuple[float, float, int, int]]] = {"cold": [], "warm": []}
             for _ in range(args.rounds):
                 rows["cold"].append(_page(masters, cluster.name, args.page, None))
                 rows["warm"].append(_page(masters, cluster.name, args.page, cache_path))
@@ -80,16 +81,17 @@ def main() -> int:
     figures: dict[str, Any] = {
         kind: {"first_page_ms": 1000 * statistics.median(r[0] for r in runs),
                "loads_per_second": statistics.median(r[1] for r in runs),
-               "served_by_client_cache": statistics.median(r[2] for r in runs)}
+               "served_by_client_cache": statistics.median(r[2] for r in runs),
+               "storage_calls": statistics.median(r[3] for r in runs)}
         for kind, runs in rows.items()}
     if args.json:
         print(json.dumps({"objects": args.objects, "page": args.page, "rounds": args.rounds, **figures}, indent=2))
         return 0
     print(f"restart, then a page of {args.page} objects (of {args.objects}); medians of {args.rounds} rounds")
-    print(f"{'':6} {'first page':>12} {'loads/s':>10} {'from the client cache':>22}")
+    print(f"{'':6} {'first page':>12} {'loads/s':>10} {'from the client cache':>22} {'storage calls':>14}")
     for kind, row in figures.items():
         print(f"{kind:6} {row['first_page_ms']:>9.1f} ms {row['loads_per_second']:>10.0f} "
-              f"{row['served_by_client_cache']:>22.0f}")
+              f"{row['served_by_client_cache']:>22.0f} {row['storage_calls']:>14.0f}")
     return 0
 
 

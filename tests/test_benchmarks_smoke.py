@@ -173,8 +173,10 @@ def test_warm_restart_benchmark_reports_both_restarts() -> None:
     results = json.loads(completed.stdout)
     for kind in ("cold", "warm"):
         assert _positive(results[kind]["first_page_ms"]) and _positive(results[kind]["loads_per_second"])
-    # Warm: the page came from the file (the cold client loaded it all from the storage nodes).
-    assert results["warm"]["served_by_client_cache"] >= 20 > results["cold"]["served_by_client_cache"]
+    # Warm: the page came from the file, with no call to a storage node; the cold client called them
+    # (read-ahead brings most of the page with the first loads, so its cache serves much of it too).
+    assert results["warm"]["served_by_client_cache"] >= 20 and results["warm"]["storage_calls"] == 0
+    assert results["cold"]["storage_calls"] >= 1
 
 
 @pytest.mark.timeout(300)
