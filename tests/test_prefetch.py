@@ -51,6 +51,32 @@ def _reads(storage: NeoStorage) -> list[str]:
     return calls
 
 
+def start_writer(cluster: ThreadCluster, key: str, commits: int, stop: threading.Event,
+                 failures: list[BaseException]) -> threading.Thread:
+    """A thread that sets every object of the list ``root[key]`` to 1, then
+    2... (one value per transaction, ``commits`` of them at most) until
+    ``stop``; what it raises goes to ``failures``."""
+    def write() -> None:
+        db = ZODB.DB(cluster.client())
+        try:
+            tm = transaction.TransactionManager()
+            connection = db.open(tm)
+            value = 0
+            while not stop.is_set() and value < commits:
+                value += 1
+                with tm:
+                    for item in connection.root()[key]:
+                        item["v"] = value
+        except BaseException as error:  # noqa: BLE001 - reported by the test
+            failures.append(error)
+        finally:
+            db.close()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    return writer
+
+
 def test_prefetched_objects_are_read_without_a_call_each(
         cluster: ThreadCluster, monkeypatch: pytest.MonkeyPatch) -> None:
     _populate(cluster, OBJECTS)
@@ -86,28 +112,8 @@ def test_a_prefetch_never_brings_data_newer_than_the_snapshot_under_concurrent_c
     count = 50
     _populate(cluster, count)
     stop = threading.Event()
-    written: list[int] = []
     failures: list[BaseException] = []
-
-    def write() -> None:
-        db = ZODB.DB(cluster.client())
-        try:
-            tm = transaction.TransactionManager()
-            connection = db.open(tm)
-            value = 0
-            while not stop.is_set() and value < 200:
-                value += 1
-                with tm:
-                    for item in connection.root()["items"]:
-                        item["v"] = value
-                written.append(value)
-        except BaseException as error:  # noqa: BLE001 - reported below
-            failures.append(error)
-        finally:
-            db.close()
-
-    writer = threading.Thread(target=write)
-    writer.start()
+    writer = start_writer(cluster, "items", 200, stop, failures)
     seen: list[int] = []
     db = ZODB.DB(cluster.client())
     try:

@@ -15,6 +15,7 @@ import ZODB
 from BTrees.OOBTree import OOBTree
 from persistent.list import PersistentList
 from persistent.mapping import PersistentMapping
+from test_prefetch import start_writer
 from ZODB.utils import p64
 
 from neostore import errors
@@ -169,25 +170,7 @@ def test_read_ahead_never_shows_a_reader_data_newer_than_its_snapshot_under_conc
     _populate(cluster, "race", PersistentList(PersistentMapping(v=0) for _ in range(count)))
     stop = threading.Event()
     failures: list[BaseException] = []
-
-    def write() -> None:
-        db = ZODB.DB(cluster.client())
-        try:
-            tm = transaction.TransactionManager()
-            connection = db.open(tm)
-            value = 0
-            while not stop.is_set() and value < 300:
-                value += 1
-                with tm:
-                    for item in connection.root()["race"]:
-                        item["v"] = value
-        except BaseException as error:  # noqa: BLE001 - reported below
-            failures.append(error)
-        finally:
-            db.close()
-
-    writer = threading.Thread(target=write)
-    writer.start()
+    writer = start_writer(cluster, "race", 300, stop, failures)
     seen: list[int] = []
     storage = cluster.client()
     db = ZODB.DB(storage, cache_size=0)  # nothing kept by the connection: every walk reads the client cache
