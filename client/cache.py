@@ -19,8 +19,14 @@ bracket every load so that such an answer is stored with the right ``end``.
 A load's reference read-ahead brings objects nobody named before it was
 sent: :meth:`ObjectCache.begin_read_ahead` / :meth:`ObjectCache.end_read_ahead`
 bracket it so, noting every invalidation processed meanwhile, whatever
-its objects.  The cache counts what read-ahead brought and how much of
-it was read (:meth:`ObjectCache.read_ahead_stats`).
+its objects.  What one read-ahead brings is a *cohort*, in the order its
+objects were named: when one of them is read for the first time,
+:meth:`ObjectCache.cohort_members` gives it and the next ones whose
+references were not all brought yet (in a walk, the siblings read next),
+so that the client asks for what they all refer to at once
+(:meth:`ObjectCache.mark_followed` once they came).  The cache counts what
+read-ahead brought and how much of it was read
+(:meth:`ObjectCache.read_ahead_stats`).
 """
 
 from __future__ import annotations
@@ -38,13 +44,19 @@ _CLEARED = b""
 #: Fixed cost counted per entry, beyond its data.
 ENTRY_OVERHEAD = 100
 
+#: Read-ahead cohorts remembered, the newest, up to this many entries in
+#: all (an older one's entries, read, bring only what each refers to).
+MAX_COHORT_ENTRIES = 200_000
+
 
 @dataclasses.dataclass
 class _Entry:
     data: bytes
     start: bytes
     end: bytes | None
-    ahead: bool = False  # brought by read-ahead, not read yet
+    cohort: int = 0  # brought by read-ahead and not read yet: the read-ahead's (0: neither)
+    position: int = 0  # in its cohort
+    followed: bool = False  # what it refers to was brought
 
 
 @dataclasses.dataclass
@@ -75,6 +87,9 @@ class ObjectCache:
         self._wide: dict[int, dict[bytes, list[bytes]]] = {}
         self._wide_cleared: set[int] = set()
         self._next_token = 0
+        # cohort -> the entries one read-ahead brought, in the order they were named
+        self._cohorts: collections.OrderedDict[int, list[tuple[bytes, bytes]]] = collections.OrderedDict()
+        self._cohort_entries = 0
         self._ahead = ReadAheadStats()
         self.hits = 0
         self.misses = 0
@@ -89,10 +104,11 @@ class ObjectCache:
     # -- lookups ---------------------------------------------------------------
 
     def load_before(self, oid: bytes, before: bytes, last_seen: bytes,
-                    first_use: list[bool] | None = None) -> tuple[bytes, bytes, bytes | None] | None:
+                    first_use: list[tuple[int, int]] | None = None) -> tuple[bytes, bytes, bytes | None] | None:
         """``(data, start, end)`` if the cache can answer, else ``None``.
-        ``first_use``: a True is appended to it when the answer is an entry
-        that read-ahead brought and nobody read before."""
+        ``first_use``: ``(cohort, position)`` is appended to it when the
+        answer is an entry that read-ahead brought, read for the first time,
+        whose references were not all brought yet."""
         with self._lock:
             entry = self._find(oid, before, last_seen)
             if entry is None:
@@ -100,12 +116,12 @@ class ObjectCache:
                 return None
             self._entries.move_to_end((oid, entry.start))
             self.hits += 1
-            if entry.ahead:
-                entry.ahead = False
+            if entry.cohort:
+                if first_use is not None and not entry.followed:
+                    first_use.append((entry.cohort, entry.position))
+                entry.cohort = 0
                 self._ahead.used_objects += 1
                 self._ahead.used_bytes += len(entry.data)
-                if first_use is not None:
-                    first_use.append(True)
             return entry.data, entry.start, entry.end
 
     def missing(self, oids: Iterable[bytes], before: bytes, last_seen: bytes) -> list[bytes]:
@@ -144,9 +160,9 @@ class ObjectCache:
             self._loading[oid] = self._loading.get(oid, 0) + 1
 
     def end_load(self, oid: bytes, data: bytes | None, start: bytes | None, end: bytes | None,
-                 ahead: bool = False) -> None:
+                 cohort: int = 0) -> None:
         """Finish a load; cache its answer (``data`` None: nothing to cache);
-        ``ahead``: a load nobody asked for yet (read-ahead)."""
+        ``cohort``: a load nobody asked for yet (read-ahead), from :meth:`new_cohort`."""
         with self._lock:
             count = self._loading[oid] - 1
             raced = self._raced.get(oid, [])
@@ -161,8 +177,8 @@ class ObjectCache:
                 later = [tid for tid in raced if tid > start]
                 if later:
                     end = min(later)
-            if self._add(oid, data, start, end) and ahead:
-                self._brought_ahead(oid, start, data)
+            if self._add(oid, data, start, end) and cohort:
+                self._brought_ahead(oid, start, data, cohort)
 
     def begin_read_ahead(self) -> int:
         """Before sending a load that may bring other objects along: a
@@ -171,6 +187,47 @@ class ObjectCache:
             self._next_token += 1
             self._wide[self._next_token] = {}
             return self._next_token
+
+    def new_cohort(self) -> int:
+        """A cohort for the loads one read-ahead makes (:meth:`end_load`)."""
+        with self._lock:
+            self._next_token += 1
+            return self._next_token
+
+    def cohort_members(self, cohort: int, position: int, most: int) -> list[tuple[tuple[bytes, bytes], bytes]]:
+        """``(key, data)`` of the entry at ``position`` in ``cohort`` and of
+        the next ones still cached whose references were not all brought,
+        at most ``most`` (looking at ``4 * most`` at most)."""
+        with self._lock:
+            members = []
+            for key in self._cohorts.get(cohort, [])[position:position + 4 * most]:
+                entry = self._entries.get(key)
+                if entry is not None and not entry.followed:
+                    members.append((key, entry.data))
+                    if len(members) >= most:
+                        break
+            return members
+
+    def unread_ahead(self, oids: Iterable[bytes], before: bytes, last_seen: bytes,
+                     ) -> list[tuple[tuple[bytes, bytes], bytes]]:
+        """``(key, data)`` of those of ``oids`` that the cache answers with
+        an entry read-ahead brought, nobody read yet, and whose references
+        were not all brought (no count, no change of the LRU order)."""
+        with self._lock:
+            found = []
+            for oid in oids:
+                entry = self._find(oid, before, last_seen)
+                if entry is not None and entry.cohort and not entry.followed:
+                    found.append(((oid, entry.start), entry.data))
+            return found
+
+    def mark_followed(self, keys: Iterable[tuple[bytes, bytes]]) -> None:
+        """What these entries refer to was brought: their first read asks nothing."""
+        with self._lock:
+            for key in keys:
+                entry = self._entries.get(key)
+                if entry is not None:
+                    entry.followed = True
 
     def end_read_ahead(self, token: int, revisions: list[tuple[bytes, bytes, bytes, bytes | None]]) -> None:
         """Cache the ``(oid, data, start, end)`` revisions a load brought
@@ -187,12 +244,20 @@ class ObjectCache:
                     if later:
                         end = min(later)
                 if self._add(oid, data, start, end):
-                    self._brought_ahead(oid, start, data)
+                    self._brought_ahead(oid, start, data, token)
 
-    def _brought_ahead(self, oid: bytes, start: bytes, data: bytes) -> None:
+    def _brought_ahead(self, oid: bytes, start: bytes, data: bytes, cohort: int) -> None:
         self._ahead.objects += 1
         self._ahead.bytes += len(data)
-        self._entries[(oid, start)].ahead = True
+        members = self._cohorts.get(cohort)
+        if members is None:
+            members = self._cohorts[cohort] = []
+        while self._cohort_entries >= MAX_COHORT_ENTRIES and len(self._cohorts) > 1:
+            self._cohort_entries -= len(self._cohorts.popitem(last=False)[1])
+        self._cohort_entries += 1
+        entry = self._entries[(oid, start)]
+        entry.cohort, entry.position = cohort, len(members)
+        members.append((oid, start))
 
     def read_ahead_stats(self) -> ReadAheadStats:
         """What read-ahead brought (new entries only) and what of it was read since."""

@@ -37,18 +37,20 @@ PREFETCH_TIMEOUT = 30.0
 
 
 def prefetch(cluster: ClusterConnection, cache: ObjectCache, last_seen: Callable[[], bytes],
-             oids: Iterable[bytes], before_tid: bytes, max_bytes: int = 0, ahead: bool = False,
-             ) -> tuple[int, int]:
+             oids: Iterable[bytes], before_tid: bytes, max_bytes: int = 0, cohort: int = 0,
+             ) -> tuple[list[bytes], int]:
     """Load the revisions of ``oids`` current just before ``before_tid``
-    into ``cache``; (how many came, how many calls were made).
+    into ``cache``; (the data of each that came, in the order asked, and
+    how many calls were made).
     ``last_seen()``: the last TID whose invalidations the cache has
     processed; ``max_bytes``: of data per node (0: the nodes' limit);
-    ``ahead``: read-ahead, not a prefetch the application asked for (the
-    cache counts what it brings, and the nodes leave out what they would
-    have to wait for)."""
+    ``cohort``: read-ahead's (:meth:`ObjectCache.new_cohort`), not a
+    prefetch the application asked for: the cache counts what it brings,
+    as one cohort in the order asked, and the nodes leave out what they
+    would have to wait for."""
     wanted = [oid for oid in dict.fromkeys(oids)
               if len(oid) == 8 and cache.load_before(oid, before_tid, last_seen()) is None]
-    batches, calls = load_many_calls(cluster, wanted, before_tid, PREFETCH_TIMEOUT, max_bytes, no_wait=ahead)
+    batches, calls = load_many_calls(cluster, wanted, before_tid, PREFETCH_TIMEOUT, max_bytes, no_wait=bool(cohort))
     for batch in batches:
         for oid in batch:
             cache.begin_load(oid)
@@ -56,16 +58,21 @@ def prefetch(cluster: ClusterConnection, cache: ObjectCache, last_seen: Callable
     try:
         outcomes = rpc.call_all(calls)
     finally:
-        loaded = 0
+        revisions: dict[bytes, tuple[bytes | None, bytes | None, bytes | None]] = {}
         for index, batch in enumerate(batches):
             outcome = outcomes[index] if index < len(outcomes) else None
             if isinstance(outcome, errors.NeoError):
                 log.debug("prefetch from %s failed: %s", calls[index][3], outcome)
             answers = outcome.replies if isinstance(outcome, storage_pb2.LoadManyReply) else ()
             for position, oid in enumerate(batch):
-                data, start, end = _revision(oid, answers[position] if position < len(answers) else None)
-                cache.end_load(oid, data, start, end, ahead)
-                loaded += data is not None
+                revisions[oid] = _revision(oid, answers[position] if position < len(answers) else None)
+        loaded: list[bytes] = []
+        for oid in wanted:  # in the order asked (a cohort's order); each begun load ends once
+            if oid in revisions:
+                data, start, end = revisions[oid]
+                cache.end_load(oid, data, start, end, cohort)
+                if data is not None:
+                    loaded.append(data)
     return loaded, len(calls)
 
 

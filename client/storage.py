@@ -57,6 +57,11 @@ DEFAULT_READ_AHEAD = 64 * 1024
 #: cache brings at least this many, at most that many of them at once.
 FOLLOW_AT_LEAST = 2
 FOLLOW_AT_MOST = 1000
+#: ... and then the references of what came, for this many rounds in all.
+FOLLOW_ROUNDS = 2
+#: An object read-ahead brought, read for the first time, asks for the
+#: references of at most this many of its siblings (itself included).
+FOLLOW_MEMBERS = 64
 #: Seconds a call keeps trying an unreachable cluster (ZConfig wait-timeout).
 DEFAULT_WAIT_TIMEOUT = MASTER_RETRY_SECONDS
 SYNC_TIMEOUT = 60.0
@@ -276,15 +281,26 @@ class NeoStorage(ConflictResolvingStorage):
         self._synced = True
 
     def loadBefore(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
-        first_use: list[bool] = []
+        first_use: list[tuple[int, int]] = []
         cached = self._cache.load_before(oid, tid, self._dispatcher.last_transaction(), first_use)
         if cached is not None:
             if first_use and self._read_ahead:
-                self._follow_references(cached[0], tid)
+                # Brought with its siblings, which a walk reads next: ask for what they refer to at once.
+                cohort, position = first_use[0]
+                siblings: list[tuple[tuple[bytes, bytes] | None, bytes]] = [
+                    *self._cache.cohort_members(cohort, position, FOLLOW_MEMBERS)]
+                self._follow_references(siblings or [(None, cached[0])], tid)  # its cohort forgotten: itself
             return cached
         loaded = self._load_before(oid, tid)
         if loaded is not None and self._read_ahead:
-            self._follow_references(loaded[0], tid)
+            # It, and those of its children that came along with it: a walk may never read them (a
+            # BTree's inner nodes, when it goes along the buckets), but what they refer to is read next.
+            members: list[tuple[tuple[bytes, bytes] | None, bytes]] = [(None, loaded[0])]
+            try:
+                members += self._cache.unread_ahead(referencesf(loaded[0]), tid, self._dispatcher.last_transaction())
+            except Exception:  # noqa: BLE001 - not a ZODB pickle: nothing to follow
+                pass
+            self._follow_references(members, tid)
         return loaded
 
     def _load_before(self, oid: bytes, tid: bytes) -> tuple[bytes, bytes, bytes | None] | None:
@@ -309,27 +325,48 @@ class NeoStorage(ConflictResolvingStorage):
             if token:
                 self._cache.end_read_ahead(token, brought)
 
-    def _follow_references(self, data: bytes, tid: bytes) -> None:
+    def _follow_references(self, members: Sequence[tuple[tuple[bytes, bytes] | None, bytes]], tid: bytes) -> None:
         """The second half of read-ahead, for an object read for the first
-        time (loaded, or brought along and now read): the objects it refers
-        to that neither the cache holds nor a load brought (their nodes are
-        others) come in one LoadBeforeMany per node, as a prefetch, so that
-        reading them costs no round trip each.  Best effort."""
-        try:
-            references = referencesf(data)
-        except Exception:  # noqa: BLE001 - not a ZODB pickle: nothing to follow
-            return
-        if len(references) < FOLLOW_AT_LEAST:
-            return
-        missing = self._cache.missing(dict.fromkeys(references), tid, self._dispatcher.last_transaction())
-        if len(missing) >= FOLLOW_AT_LEAST:
-            try:
-                _, calls = prefetch.prefetch(self._cluster, self._cache, self._dispatcher.last_transaction,
-                                             missing[:FOLLOW_AT_MOST], tid, self._read_ahead, ahead=True)
-            except errors.NeoError as error:  # what did not come is loaded when read
-                log.debug("read-ahead of %d objects failed: %s", len(missing), error)
+        time (loaded, or brought along and now read, with the siblings
+        brought with it): the objects they refer to that the cache lacks
+        (their nodes are others, or the budget ran out) come in one
+        LoadBeforeMany per node; then, for ``FOLLOW_ROUNDS`` rounds in all,
+        what those refer to, and what the objects refer to that read-ahead
+        had brought already (a BTree's inner nodes, which a walk along its
+        buckets never reads), so that reading them costs no round trip
+        each.  ``members``: ``(cache key or None, data)``; a member whose
+        references all came is marked, and asks nothing when read.  Best
+        effort."""
+        for _ in range(FOLLOW_ROUNDS):
+            wanted: dict[bytes, None] = {}
+            included: list[tuple[tuple[bytes, bytes] | None, list[bytes]]] = []
+            for key, data in members:
+                try:
+                    references = referencesf(data)
+                except Exception:  # noqa: BLE001 - not a ZODB pickle: nothing to follow
+                    references = []
+                if included and len(wanted) + len(references) > FOLLOW_AT_MOST:
+                    break  # the rest when one of them is read
+                wanted.update(dict.fromkeys(references))
+                included.append((key, references))
+            last_seen = self._dispatcher.last_transaction
+            missing = self._cache.missing(wanted, tid, last_seen())
+            records: list[bytes] = []
+            if len(missing) >= FOLLOW_AT_LEAST:
+                try:
+                    records, calls = prefetch.prefetch(self._cluster, self._cache, last_seen, missing, tid,
+                                                       self._read_ahead, cohort=self._cache.new_cohort())
+                except errors.NeoError as error:  # what did not come is loaded when read
+                    log.debug("read-ahead of %d objects failed: %s", len(missing), error)
+                    return
+                self.load_calls += calls
+                missing = self._cache.missing(missing, tid, last_seen())
+            lacking = set(missing)
+            self._cache.mark_followed(key for key, references in included
+                                      if key is not None and not lacking.intersection(references))
+            if not records:
                 return
-            self.load_calls += calls
+            members = [(None, data) for data in records]
 
     def read_ahead_stats(self) -> ReadAheadStats:
         """What reference read-ahead brought into this client's cache, and

@@ -99,6 +99,30 @@ def test_an_invalidation_processed_while_a_read_ahead_travels_ends_what_it_bring
     assert cache.read_ahead_stats().objects - cache.read_ahead_stats().used_objects == 1, "brought, never read"
 
 
+def test_a_read_ahead_cohort_hands_each_sibling_to_a_follow_up_until_what_it_refers_to_came() -> None:
+    cache = ObjectCache(1 << 20)
+    cohort = cache.new_cohort()
+    for i in range(5):
+        cache.begin_load(p64(i))
+        cache.end_load(p64(i), b"d%d" % i, p64(1), None, cohort)
+    first_use: list[tuple[int, int]] = []
+    assert cache.load_before(p64(0), p64(9), p64(8), first_use) == (b"d0", p64(1), None)
+    assert first_use == [(cohort, 0)], "read for the first time: its cohort and place"
+    members = cache.cohort_members(cohort, 0, 3)
+    assert [data for _, data in members] == [b"d0", b"d1", b"d2"]
+    assert [data for _, data in cache.unread_ahead([p64(1), p64(3), p64(9)], p64(9), p64(8))] == [b"d1", b"d3"]
+    cache.mark_followed(key for key, _ in members[:2])  # what d0 and d1 refer to came; d2's did not
+    first_use.clear()
+    cache.load_before(p64(1), p64(9), p64(8), first_use)
+    assert first_use == [], "its references came with a sibling's follow-up: nothing to ask"
+    cache.load_before(p64(2), p64(9), p64(8), first_use)
+    assert first_use == [(cohort, 2)]
+    assert [data for _, data in cache.cohort_members(cohort, 2, 10)] == [b"d2", b"d3", b"d4"]
+    first_use.clear()
+    cache.load_before(p64(2), p64(9), p64(8), first_use)
+    assert first_use == [], "read before: no follow-up again"
+
+
 # -- on a cluster ---------------------------------------------------------------------------
 
 OBJECTS = 300
