@@ -45,8 +45,9 @@ _CLEARED = b""
 ENTRY_OVERHEAD = 100
 
 #: Read-ahead cohorts remembered, the newest, up to this many entries in
-#: all (an older one's entries, read, bring only what each refers to).
-MAX_COHORT_ENTRIES = 200_000
+#: all (an older one's entries, read, bring only what each refers to; the
+#: lists hold keys of entries evicted since, so they are bounded apart).
+MAX_COHORT_ENTRIES = 50_000
 
 
 @dataclasses.dataclass

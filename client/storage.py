@@ -330,11 +330,9 @@ class NeoStorage(ConflictResolvingStorage):
         time (loaded, or brought along and now read, with the siblings
         brought with it): the objects they refer to that the cache lacks
         (their nodes are others, or the budget ran out) come in one
-        LoadBeforeMany per node; then, for ``FOLLOW_ROUNDS`` rounds in all,
-        what those refer to, and what the objects refer to that read-ahead
-        had brought already (a BTree's inner nodes, which a walk along its
-        buckets never reads), so that reading them costs no round trip
-        each.  ``members``: ``(cache key or None, data)``; a member whose
+        LoadBeforeMany per node; then what those refer to, for
+        ``FOLLOW_ROUNDS`` rounds in all, so that reading them costs no round
+        trip each.  ``members``: ``(cache key or None, data)``; a member whose
         references all came is marked, and asks nothing when read.  Best
         effort."""
         for _ in range(FOLLOW_ROUNDS):
