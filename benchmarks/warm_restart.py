@@ -40,8 +40,9 @@ def _page(masters: list[str], name: str, page: int, cache_path: str | None) -> t
     cache, calls to storage nodes for them)."""
     began = time.perf_counter()
     storage = NeoStorage(masters, name, cache_path=cache_path)
-    db = ZODB.DB(storage, cache_size=10 * page)
+    # From before the DB's own load of the root: with read-ahead, that load may bring the whole page.
     hits, calls = storage._cache.hits, storage.load_calls
+    db = ZODB.DB(storage, cache_size=10 * page)
     with db.transaction() as conn:
         items = conn.root()["items"]
         loading = time.perf_counter()
