@@ -26,7 +26,6 @@ from typing import Any
 import zope.interface
 from ZODB import POSException, interfaces
 from ZODB.ConflictResolution import ConflictResolvingStorage
-from ZODB.serialize import referencesf
 
 from neostore import errors, rpc
 from neostore.client import cache_file, commit, history, prefetch, restore_batch, undo
@@ -38,7 +37,7 @@ from neostore.client.record_iteration import RecordLister
 from neostore.client.restore_batch import RestoredTransaction
 from neostore.ids import MAX_TID, ZERO_TID, oid_repr, partition_of, tid_repr
 from neostore.protocol import master_pb2, storage_pb2
-from neostore.records import Record
+from neostore.records import Record, references
 
 log = logging.getLogger(__name__)
 
@@ -296,10 +295,7 @@ class NeoStorage(ConflictResolvingStorage):
             # It, and those of its children that came along with it: a walk may never read them (a
             # BTree's inner nodes, when it goes along the buckets), but what they refer to is read next.
             members: list[tuple[tuple[bytes, bytes] | None, bytes]] = [(None, loaded[0])]
-            try:
-                members += self._cache.unread_ahead(referencesf(loaded[0]), tid, self._dispatcher.last_transaction())
-            except Exception:  # noqa: BLE001 - not a ZODB pickle: nothing to follow
-                pass
+            members += self._cache.unread_ahead(references(loaded[0]), tid, self._dispatcher.last_transaction())
             self._follow_references(members, tid)
         return loaded
 
@@ -339,14 +335,11 @@ class NeoStorage(ConflictResolvingStorage):
             wanted: dict[bytes, None] = {}
             included: list[tuple[tuple[bytes, bytes] | None, list[bytes]]] = []
             for key, data in members:
-                try:
-                    references = referencesf(data)
-                except Exception:  # noqa: BLE001 - not a ZODB pickle: nothing to follow
-                    references = []
-                if included and len(wanted) + len(references) > FOLLOW_AT_MOST:
+                refs = references(data)
+                if included and len(wanted) + len(refs) > FOLLOW_AT_MOST:
                     break  # the rest when one of them is read
-                wanted.update(dict.fromkeys(references))
-                included.append((key, references))
+                wanted.update(dict.fromkeys(refs))
+                included.append((key, refs))
             last_seen = self._dispatcher.last_transaction
             missing = self._cache.missing(wanted, tid, last_seen())
             records: list[bytes] = []
@@ -360,8 +353,8 @@ class NeoStorage(ConflictResolvingStorage):
                 self.load_calls += calls
                 missing = self._cache.missing(missing, tid, last_seen())
             lacking = set(missing)
-            self._cache.mark_followed(key for key, references in included
-                                      if key is not None and not lacking.intersection(references))
+            self._cache.mark_followed(key for key, refs in included
+                                      if key is not None and not lacking.intersection(refs))
             if not records:
                 return
             members = [(None, data) for data in records]

@@ -9,9 +9,14 @@ loads.  So a record is checked at every hop and never recompressed.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import zlib
 
+from ZODB.serialize import referencesf
+
 from neostore import errors
+
+log = logging.getLogger(__name__)
 
 #: Below this size compression rarely pays off.
 COMPRESS_MIN_BYTES = 64
@@ -53,3 +58,14 @@ class Record:
     @classmethod
     def from_proto(cls, message) -> Record:  # type: ignore[no-untyped-def]
         return cls(message.data, message.compressed, message.checksum)
+
+
+def references(data: bytes) -> list[bytes]:
+    """The oids an object's data (a ZODB record's pickles) refers to, weak
+    and cross-database references aside (``referencesf``); none if it is
+    not such a pickle (read-ahead on both sides follows them)."""
+    try:
+        return referencesf(data)
+    except Exception:  # noqa: BLE001 - not a ZODB pickle: nothing to follow
+        log.debug("references of a record could not be read", exc_info=True)
+        return []

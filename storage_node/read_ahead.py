@@ -23,16 +23,11 @@ at, whatever the budget.
 from __future__ import annotations
 
 import collections
-import logging
 from collections.abc import Callable
 
-from ZODB.serialize import referencesf
-
-from neostore import errors
+from neostore import errors, records
 from neostore.records import Record
 from neostore.storage_node.database import LoadResult
-
-log = logging.getLogger(__name__)
 
 #: The most objects one answer brings along, and the most references the
 #: walk looks at (an object held elsewhere, or already taken, is looked at
@@ -44,18 +39,18 @@ MAX_BUDGET = 4 * 1024 * 1024
 
 
 def references(record: Record) -> list[bytes]:
-    """The oids ``record``'s pickle refers to (none if it cannot be read)."""
+    """The oids ``record``'s pickle refers to (none if it is damaged or not a pickle)."""
     try:
-        return referencesf(record.unpack())
-    except Exception:  # noqa: BLE001 - not a ZODB pickle, or damaged: nothing to follow
-        log.debug("read-ahead: references of a record could not be read", exc_info=True)
+        data = record.unpack()
+    except Exception:  # noqa: BLE001 - damaged (checksum, compression): a load of its own reports it
         return []
+    return records.references(data)
 
 
 def walk(first: Record, oid: bytes, budget: int, load: Callable[[list[bytes]], dict[bytes, LoadResult]],
          ) -> list[tuple[bytes, LoadResult]]:
     """The objects to bring along with ``oid`` (whose record is ``first``):
-    ``(oid, record)`` breadth first from ``first``'s references, their data
+    ``(oid, load)`` breadth first from ``first``'s references, their data
     at most ``budget`` bytes in all.
 
     ``load(oids)``: the FOUND loads of those ``oids`` that this node answers
