@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pathlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -77,6 +77,26 @@ def start_writer(cluster: ThreadCluster, key: str, commits: int, stop: threading
     return writer
 
 
+def read_snapshots(tm: transaction.TransactionManager, read: Callable[[], set[int]],
+                   failures: list[BaseException], between: Callable[[int], None] | None = None) -> list[int]:
+    """The value the reader's transactions saw, one ``read()`` per
+    transaction (``between(round)`` before each), for 40 rounds at least and
+    until it saw a commit of the writer's (``failures``: the writer's);
+    fails on a transaction that saw two values."""
+    seen: list[int] = []
+    rounds = 0
+    while rounds < 40 or (not seen[-1] and not failures):
+        rounds += 1
+        assert rounds < 100_000, "the writer's commits never reached the reader"
+        if between is not None:
+            between(rounds)
+        with tm:
+            values = read()
+        assert len(values) == 1, f"one snapshot shows {sorted(values)}"
+        seen.append(values.pop())
+    return seen
+
+
 def test_prefetched_objects_are_read_without_a_call_each(
         cluster: ThreadCluster, monkeypatch: pytest.MonkeyPatch) -> None:
     _populate(cluster, OBJECTS)
@@ -114,21 +134,17 @@ def test_a_prefetch_never_brings_data_newer_than_the_snapshot_under_concurrent_c
     stop = threading.Event()
     failures: list[BaseException] = []
     writer = start_writer(cluster, "items", 200, stop, failures)
-    seen: list[int] = []
     db = ZODB.DB(cluster.client())
     try:
         tm = transaction.TransactionManager()
         connection = db.open(tm)
-        rounds = 0
-        while rounds < 40 or (not seen[-1] and not failures):  # until it saw a commit of the writer's
-            rounds += 1
-            assert rounds < 100_000, "the writer's commits never reached the reader"
-            with tm:
-                items = list(connection.root()["items"])
-                connection.prefetch(items)
-                values = {item["v"] for item in items}
-            assert len(values) == 1, f"one snapshot shows {sorted(values)}"
-            seen.append(values.pop())
+
+        def read() -> set[int]:
+            items = list(connection.root()["items"])
+            connection.prefetch(items)
+            return {item["v"] for item in items}
+
+        seen = read_snapshots(tm, read, failures)
     finally:
         stop.set()
         writer.join()

@@ -15,7 +15,7 @@ import ZODB
 from BTrees.OOBTree import OOBTree
 from persistent.list import PersistentList
 from persistent.mapping import PersistentMapping
-from test_prefetch import start_writer
+from test_prefetch import read_snapshots, start_writer
 from ZODB.utils import p64
 
 from neostore import errors
@@ -195,23 +195,18 @@ def test_read_ahead_never_shows_a_reader_data_newer_than_its_snapshot_under_conc
     stop = threading.Event()
     failures: list[BaseException] = []
     writer = start_writer(cluster, "race", 300, stop, failures)
-    seen: list[int] = []
     storage = cluster.client()
     db = ZODB.DB(storage, cache_size=0)  # nothing kept by the connection: every walk reads the client cache
     try:
         tm = transaction.TransactionManager()
         connection = db.open(tm)
-        rounds = 0
-        while rounds < 40 or (not seen[-1] and not failures):  # until it saw a commit of the writer's
-            rounds += 1
-            assert rounds < 100_000, "the writer's commits never reached the reader"
+
+        def between(rounds: int) -> None:
+            connection.cacheMinimize()
             if rounds % 5 == 0:
                 storage._cache.clear()  # cold again: the next walk loads, with read-ahead
-            with tm:
-                values = {item["v"] for item in connection.root()["race"]}
-            connection.cacheMinimize()
-            assert len(values) == 1, f"one snapshot shows {sorted(values)}"
-            seen.append(values.pop())
+
+        seen = read_snapshots(tm, lambda: {item["v"] for item in connection.root()["race"]}, failures, between)
     finally:
         stop.set()
         writer.join()
