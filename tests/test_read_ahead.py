@@ -266,3 +266,10 @@ def test_an_object_a_voted_transaction_may_change_never_comes_along(cluster: Thr
     finally:
         writer.tpc_abort(metadata)
     assert brought() & set(children)
+
+
+def test_a_negative_read_ahead_budget_is_refused_before_connecting() -> None:
+    from neostore.client import NeoStorage
+
+    with pytest.raises(ValueError, match="read_ahead must be 0 or more bytes, not -1"):
+        NeoStorage(["127.0.0.1:1"], "nowhere", read_ahead=-1)
